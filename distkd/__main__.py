@@ -1,0 +1,3 @@
+from distkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Datasets as Parquet shards (``<split>-*.parquet`` with ``id``, ``image`` bytes, ``label``), read with Ray Data."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray.data
+import torch
+import torchvision.io
+
+from distkd import storage
+
+COLUMNS = ("id", "image", "label")
+FOOTER_BYTES = 1 << 16
+
+
+class DataError(ValueError):
+    """Data that does not match the layout: names the URI and what was expected."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset: its shard files, in order, and the rows the job uses."""
+
+    uri: str
+    name: str
+    files: tuple[str, ...]
+    limit: int | None = None
+
+    @classmethod
+    def open(cls, uri: str, name: str, limit: int | None = None) -> Split:
+        files = tuple(f for f in storage.list_files(uri, ".parquet") if f.rsplit("/", 1)[-1].startswith(f"{name}-"))
+        if not files:
+            raise DataError(f"{uri}: no Parquet shards for split '{name}' (expected files named {name}-*.parquet)")
+        schema = _schema(files[0])
+        missing = [c for c in COLUMNS if c not in schema.names]
+        if missing:
+            raise DataError(f"{files[0]}: missing column(s) {missing}; expected columns {list(COLUMNS)}")
+        return cls(uri, name, files, limit)
+
+    def fingerprint(self) -> str:
+        """Names, sizes and Parquet footers of the files: changes whenever their content does."""
+        digest = hashlib.sha256()
+        for uri in self.files:
+            fs, path = storage.resolve(uri)
+            size = fs.get_file_info(path).size
+            with fs.open_input_file(path) as f:
+                f.seek(max(0, size - FOOTER_BYTES))
+                digest.update(f"{uri.rsplit('/', 1)[-1]}:{size}:".encode() + f.read())
+        return digest.hexdigest()
+
+    def identity(self) -> dict:
+        return {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
+
+    def read_labels(self) -> np.ndarray:
+        """The label column of the rows in use (small: read on the driver)."""
+        labels, total = [], 0
+        for uri in self.files:
+            fs, path = storage.resolve(uri)
+            labels.append(pq.read_table(path, columns=["label"], filesystem=fs)["label"].to_numpy())
+            total += len(labels[-1])
+            if self.limit is not None and total >= self.limit:
+                break
+        return np.concatenate(labels)[: self.limit]
+
+    def read(self) -> ray.data.Dataset:
+        """The rows in use, in file order (``limit`` takes the first N)."""
+        fs, _ = storage.resolve(self.uri)
+        paths = [storage.resolve(f)[1] for f in self.files]
+        ds = ray.data.read_parquet(paths, filesystem=fs, columns=list(COLUMNS))
+        return ds.limit(self.limit) if self.limit is not None else ds
+
+
+def _schema(uri: str):
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_schema(f)
+
+
+def image_shape(split: Split) -> tuple[int, int, int]:
+    """(channels, height, width) of the split's first image."""
+    fs, path = storage.resolve(split.files[0])
+    with fs.open_input_file(path) as f:
+        first = pq.ParquetFile(f).read_row_group(0, columns=["image"])["image"][0].as_py()
+    return tuple(decode(first).shape)
+
+
+def decode(data: bytes) -> torch.Tensor:
+    """Encoded image bytes (JPEG, PNG, ...) -> uint8 tensor [C, H, W], RGB."""
+    return torchvision.io.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=torchvision.io.ImageReadMode.RGB)
+
+
+def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Ray Data batch of encoded rows -> ``image`` as a uint8 [N, C, H, W] array (a CPU task)."""
+    images = [decode(b) for b in batch["image"]]
+    return {"id": batch["id"], "image": torch.stack(images).numpy(), "label": batch["label"]}

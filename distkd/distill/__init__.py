@@ -1,0 +1,1 @@
+"""Distillation: the KD loss and the Ray Train loop."""

@@ -1,0 +1,1 @@
+"""Evaluation: mergeable classification metrics, model cost and the comparison report."""

@@ -1,0 +1,63 @@
+"""What a model costs to keep and to run, to put beside what it scores."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` after ``warmup`` untimed calls (synchronising CUDA around each)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def model_cost(
+    model: torch.nn.Module,
+    input_shape: tuple[int, int, int],
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    repeats: int = 20,
+) -> dict:
+    """Parameters, serialised size, FLOPs per sample, batch-1 latency and batched throughput.
+
+    Moves ``model`` to ``device`` and puts it in eval mode (and leaves it so). FLOPs are what
+    ``FlopCounterMode`` counts: 2 per multiply-add of convolutions and matmuls, nothing for
+    elementwise ops.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+
+    one = torch.randn(1, *input_shape, device=device)
+    batch = torch.randn(batch_size, *input_shape, device=device)
+    # Not around the .to() above: parameters copied in inference mode could never be trained again.
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model(one)
+        latency = _median_seconds(lambda: model(one), repeats, device)
+        batch_time = _median_seconds(lambda: model(batch), max(3, repeats // 4), device)
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "size_bytes": buffer.getbuffer().nbytes,
+        "flops_per_sample": counter.get_total_flops(),
+        "latency_ms": latency * 1e3,
+        "throughput": batch_size / batch_time,
+        "device": str(device),
+    }

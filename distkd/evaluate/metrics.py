@@ -1,0 +1,148 @@
+"""Exact, mergeable classification metrics.
+
+Evaluation runs over blocks of a dataset in parallel, so each block is reduced to sufficient
+statistics (counts and sums) with ``block_stats``; ``sum_stats`` adds them up and
+``compute_metrics`` turns the totals into metrics. Because only counts and sums are merged, the
+result does not depend on how the data was split and equals a single pass over all of it.
+
+The top-k statistic is keyed ``top{k}_correct`` with ``k = min(top_k, num_classes)``, so blocks
+made with different ``k`` cannot be merged silently; ``compute_metrics`` reports it as
+``topk_accuracy`` together with ``top_k``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def block_stats(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    teacher_logits: np.ndarray | None = None,
+    *,
+    num_bins: int = 15,
+    top_k: int = 5,
+) -> dict[str, np.ndarray]:
+    """Sufficient statistics of one block of predictions, each with a leading axis of length 1.
+
+    ``logits`` [N, C], ``labels`` [N]; ``teacher_logits`` [N, C] adds teacher agreement and
+    KL(p_teacher || p_student) at T=1. Confidence bins are equal-width over [0, 1], right-closed.
+    """
+    n, c = logits.shape
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.shape != (n,):
+        raise ValueError(f"labels have shape {labels.shape}, expected ({n},)")
+    if n and not 0 <= labels.min() <= labels.max() < c:
+        raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
+    log_p = _log_softmax(logits)
+    pred = log_p.argmax(axis=1)
+    label_log_p = log_p[np.arange(n), labels]
+    k = min(top_k, c)
+    # Rank of the true class: how many classes score strictly higher.
+    rank = (log_p > label_log_p[:, None]).sum(axis=1)
+    conf = np.exp(log_p.max(axis=1))
+    bins = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    correct = pred == labels
+
+    stats = {
+        "confusion": np.bincount(labels * c + pred, minlength=c * c).astype(np.int64).reshape(c, c),
+        f"top{k}_correct": np.int64((rank < k).sum()),
+        "bin_count": np.bincount(bins, minlength=num_bins).astype(np.int64),
+        "bin_confidence": np.bincount(bins, weights=conf, minlength=num_bins),
+        "bin_correct": np.bincount(bins[correct], minlength=num_bins).astype(np.int64),
+        "nll_sum": np.float64(-label_log_p.sum()),
+    }
+    if teacher_logits is not None:
+        if teacher_logits.shape != logits.shape:
+            raise ValueError(f"teacher_logits have shape {teacher_logits.shape}, expected {logits.shape}")
+        log_t = _log_softmax(teacher_logits)
+        stats["teacher_agree"] = np.int64((log_t.argmax(axis=1) == pred).sum())
+        stats["teacher_kl_sum"] = np.float64((np.exp(log_t) * (log_t - log_p)).sum())
+    return {key: np.asarray(v)[None] for key, v in stats.items()}
+
+
+def sum_stats(blocks: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Sum block statistics over their leading axes (one row per block, or several rows)."""
+    total: dict[str, np.ndarray] | None = None
+    for i, block in enumerate(blocks):
+        summed = {key: np.asarray(v).sum(axis=0) for key, v in block.items()}
+        if total is None:
+            total = summed
+            continue
+        if summed.keys() != total.keys():
+            diff = sorted(summed.keys() ^ total.keys())
+            raise ValueError(f"block {i} has different statistics than block 0: {diff}")
+        for key, v in summed.items():
+            if v.shape != total[key].shape:
+                what = "class count" if key == "confusion" else "shape"
+                raise ValueError(
+                    f"block {i}: {what} mismatch in {key!r}: {v.shape} vs {total[key].shape}"
+                )
+            total[key] = total[key] + v
+    if total is None:
+        raise ValueError("no blocks to sum")
+    return total
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den == 0 (scikit-learn's ``zero_division=0``)."""
+    num, den = np.broadcast_arrays(np.asarray(num, np.float64), np.asarray(den, np.float64))
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+
+def compute_metrics(stats: dict[str, np.ndarray], class_names: list[str] | None = None) -> dict:
+    """Metrics from summed statistics, as a JSON-serialisable dict.
+
+    Averages run over all classes, including those absent from the data (as scikit-learn does
+    given ``labels=range(C)``); ratios with a zero denominator are 0.
+    """
+    cm = stats["confusion"]
+    c = cm.shape[0]
+    names = [str(i) for i in range(c)] if class_names is None else list(class_names)
+    if len(names) != c:
+        raise ValueError(f"{len(names)} class names for {c} classes")
+    topk = {int(m[1]): key for key in stats if (m := re.fullmatch(r"top(\d+)_correct", key))}
+    ((k, topk_key),) = topk.items()
+
+    count = int(cm.sum())
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    precision = _div(tp, cm.sum(axis=0))
+    recall = _div(tp, support)
+    f1 = _div(2 * tp, cm.sum(axis=0) + support)
+    weights = _div(support, count)
+
+    bin_count = stats["bin_count"]
+    bin_gap = np.abs(stats["bin_correct"] - stats["bin_confidence"])  # |acc - conf| * count
+    metrics = {
+        "count": count,
+        "accuracy": float(_div(tp.sum(), count)),
+        "top_k": k,
+        "topk_accuracy": float(_div(stats[topk_key], count)),
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
+        "precision_weighted": float((precision * weights).sum()),
+        "recall_weighted": float((recall * weights).sum()),
+        "f1_weighted": float((f1 * weights).sum()),
+        "per_class": [
+            {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(names, precision, recall, f1, support)
+        ],
+        "ece": float(_div(bin_gap.sum(), bin_count.sum())),
+        "nll": float(_div(stats["nll_sum"], count)),
+        "confusion": cm.tolist(),
+    }
+    if "teacher_agree" in stats:
+        metrics["teacher_agreement"] = float(_div(stats["teacher_agree"], count))
+        metrics["teacher_kl"] = float(_div(stats["teacher_kl_sum"], count))
+    return metrics

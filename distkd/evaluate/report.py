@@ -1,0 +1,213 @@
+"""The report people read: one table of quality beside cost, per-class F1, and plots.
+
+Writes ``report.md`` (with the PNGs beside it) and a self-contained ``report.html`` (PNGs inlined).
+Figures are built as bare ``matplotlib.figure.Figure`` objects, which render with Agg and never
+touch pyplot's global state or backend, so nothing needs closing and nothing leaks.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def _si(value: float, unit: str = "", sep: str = " ") -> str:
+    """3 significant figures with an SI prefix: 1.56K, 40.1 MFLOPs, 1.60 MB."""
+    value = float(f"{value:.3g}")
+    prefixes = ["", "K", "M", "G", "T", "P"]
+    i = 0
+    while abs(value) >= 1000 and i < len(prefixes) - 1:
+        value /= 1000
+        i += 1
+    if i == 0 and value == int(value):  # a plain count: 512, not 512.00
+        return f"{int(value)}{sep}{unit}".rstrip()
+    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:.{digits}f}{sep}{prefixes[i]}{unit}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "model"
+
+
+def _summary(models: list[dict]) -> tuple[list[str], list[list[str]]]:
+    ks = {m["metrics"]["top_k"] for m in models}
+    header = ["model", "role", "params", "size", "FLOPs/sample", "accuracy", f"top-{ks.pop() if len(ks) == 1 else 'k'}",
+              "macro F1", "ECE", "agreement with teacher", "latency ms (b=1)", "throughput/s"]
+    rows = []
+    for m in models:
+        met, cost = m["metrics"], m["cost"]
+        agreement = met.get("teacher_agreement")
+        rows.append([
+            m["name"], m["role"], _si(cost["params"], sep=""), _si(cost["size_bytes"], "B"),
+            _si(cost["flops_per_sample"], "FLOPs"), _pct(met["accuracy"]), _pct(met["topk_accuracy"]),
+            f"{met['f1_macro']:.4f}", f"{met['ece']:.4f}", "" if agreement is None else _pct(agreement),
+            f"{cost['latency_ms']:.2f}", _si(cost["throughput"], sep=""),
+        ])
+    return header, rows
+
+
+def _per_class(models: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["class", "support", *(m["name"] for m in models)]
+    columns = [m["metrics"]["per_class"] for m in models]
+    rows = [[c["class"], str(c["support"]), *(f"{col[i]['f1']:.4f}" for col in columns)]
+            for i, c in enumerate(columns[0])]
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]], text_columns: int) -> str:
+    """A table whose first ``text_columns`` columns are left-aligned, the numbers right-aligned."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return "\n".join([line(header), "|" + "|".join(align) + "|", *map(line, rows)])
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _tick_fontsize(num_classes: int) -> float:
+    return 10 if num_classes <= 10 else 8 if num_classes <= 30 else 5
+
+
+def _confusion_figure(model: dict) -> Figure:
+    met = model["metrics"]
+    names = [c["class"] for c in met["per_class"]]
+    cm = np.asarray(met["confusion"], dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    side = min(max(4.5, 0.45 * len(names) + 2.5), 14)
+    fig = Figure(figsize=(side + 1, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of true class")
+    ticks = np.arange(len(names))
+    size = _tick_fontsize(len(names))
+    if len(names) <= 10:
+        ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=size)
+    else:
+        ax.set_xticks(ticks, names, rotation=90, fontsize=size)
+    ax.set_yticks(ticks, names, fontsize=size)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{model['name']}: accuracy {_pct(met['accuracy'])}")
+    if len(names) <= 20:  # beyond that the numbers are unreadable
+        for (i, j), v in np.ndenumerate(norm):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v > 0.5 else "black")
+    return fig
+
+
+def _per_class_f1_figure(models: list[dict]) -> Figure:
+    names = [c["class"] for c in models[0]["metrics"]["per_class"]]
+    x = np.arange(len(names))
+    width = 0.8 / len(models)
+    fig = Figure(figsize=(min(max(7.0, 0.25 * len(names) * len(models) + 2), 20), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, m in enumerate(models):
+        f1 = [c["f1"] for c in m["metrics"]["per_class"]]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, f1, width, label=m["name"])
+    ax.set_xticks(x, names, rotation=90 if len(names) > 10 else 0, fontsize=_tick_fontsize(len(names)))
+    ax.set_xlim(-0.5, len(names) - 0.5)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("F1")
+    ax.set_title("per-class F1")
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(len(models), 4), fontsize=9, frameon=False)
+    return fig
+
+
+def _accuracy_vs_size_figure(models: list[dict]) -> Figure:
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for m in models:
+        params, acc = m["cost"]["params"], 100 * m["metrics"]["accuracy"]
+        ax.scatter(params, acc, s=60)
+        ax.annotate(m["name"], (params, acc), xytext=(6, 6), textcoords="offset points", fontsize=9)
+    ax.set_xscale("log")
+    ax.margins(x=0.3, y=0.2)
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs model size")
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; line-height: 1.4; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+th, td { padding: 0.3rem 0.6rem; border-bottom: 1px solid #e4e4e4; text-align: right; white-space: nowrap; }
+th { background: #f4f6f8; vertical-align: bottom; white-space: normal; }
+th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
+.per-class th:nth-child(2), .per-class td:nth-child(2) { text-align: right; }
+tbody tr:nth-child(even) { background: #fafafa; }
+.plots { display: flex; flex-wrap: wrap; gap: 1rem; }
+.plots img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #666; font-size: 0.8rem; }
+"""
+
+
+def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd report") -> dict[str, Path]:
+    """Write the comparison of ``models`` (dicts of name, role, metrics, cost) into ``out_dir``.
+
+    Returns every written file's path, keyed by file name.
+    """
+    slugs = [slug(m["name"]) for m in models]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"model names must differ after slugging: {slugs}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    figures = {f"confusion_{s}.png": _confusion_figure(m) for s, m in zip(slugs, models)}
+    figures["per_class_f1.png"] = _per_class_f1_figure(models)
+    figures["accuracy_vs_size.png"] = _accuracy_vs_size_figure(models)
+    paths = {}
+    for name, fig in figures.items():
+        paths[name] = out / name
+        fig.savefig(paths[name], dpi=110)
+
+    summary, per_class = _summary(models), _per_class(models)
+    devices = ", ".join(sorted({m["cost"]["device"] for m in models}))
+    note = (f"Evaluated on {models[0]['metrics']['count']} samples. ECE: expected calibration error. "
+            f"Latency (median, batch 1) and throughput measured on {devices}.")
+    overview = ["per_class_f1.png", "accuracy_vs_size.png"]
+    confusions = [f"confusion_{s}.png" for s in slugs]
+
+    md = [f"# {title}", "", _markdown_table(*summary, text_columns=2), "", note, "", "## Per-class F1", "",
+          _markdown_table(*per_class, text_columns=1), "", "## Plots", ""]
+    md += [f"![{name.removesuffix('.png')}]({name})" for name in overview + confusions]
+    paths["report.md"] = out / "report.md"
+    paths["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
+
+    def img(name: str) -> str:
+        data = base64.b64encode(paths[name].read_bytes()).decode()
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
+
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+{_html_table(*summary)}
+<p class="note">{html.escape(note)}</p>
+<h2>Accuracy, size and per-class F1</h2>
+<div class="plots">{"".join(img(n) for n in overview)}</div>
+<div class="per-class">{_html_table(*per_class)}</div>
+<h2>Confusion matrices</h2>
+<div class="plots">{"".join(img(n) for n in confusions)}</div>
+</body></html>
+"""
+    paths["report.html"] = out / "report.html"
+    paths["report.html"].write_text(page, encoding="utf-8")
+    return paths

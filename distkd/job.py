@@ -1,0 +1,86 @@
+"""A job made concrete: its config checked against the data, the models and the store, and the
+content-derived names of everything it writes. Built on the driver, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from distkd import storage
+from distkd.config import ConfigError, JobConfig, ModelConfig
+from distkd.data.source import DataError, Split, image_shape
+from distkd.data.transforms import Normalize
+from distkd.distill.train import ModelSpec
+from distkd.models import MODELS
+
+
+def _jsonable(obj: object) -> object:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "model_dump"):  # pydantic configs
+        return obj.model_dump()
+    raise TypeError(f"cannot hash a {type(obj).__name__}")
+
+
+def digest(obj: object, length: int = 16) -> str:
+    """A short, stable hash of JSON-able data, dataclasses and configs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_jsonable).encode()).hexdigest()[:length]
+
+
+class MissingOutput(RuntimeError):
+    """A stage's input that is not committed in the store and that this run may not compute."""
+
+
+def require(compute: bool, uri: str, stage: str) -> None:
+    if not compute:
+        raise MissingOutput(f"{uri}: not committed; run the '{stage}' stage first (distkd {stage.replace('_', '-')} JOB.yaml)")
+
+
+@dataclass(frozen=True)
+class Job:
+    config: JobConfig
+    train: Split
+    test: Split
+    num_classes: int
+    normalize: Normalize
+    teacher: ModelSpec
+    student: ModelSpec
+
+    @classmethod
+    def prepare(cls, config: JobConfig, source: str = "job") -> Job:
+        """Check what can be checked without a cluster; errors name the key or the URI."""
+        for role in ("teacher", "student"):
+            model: ModelConfig = getattr(config, role)
+            if model.name not in MODELS:
+                raise ConfigError(f"{source}: key '{role}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}")
+            if model.weights is not None and not storage.exists(model.weights):
+                raise ConfigError(f"{source}: key '{role}.weights': no file at {model.weights}")
+        data = config.data
+        try:
+            train = Split.open(data.uri, data.train_split, data.limit)
+            test = Split.open(data.uri, data.test_split, data.limit)
+        except DataError as e:
+            raise ConfigError(f"{source}: key 'data.uri': {e}") from None
+        num_classes = data.num_classes or int(train.read_labels().max()) + 1
+        if data.class_names is not None and len(data.class_names) != num_classes:
+            raise ConfigError(f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes")
+        shape = image_shape(train)
+        if not len(data.mean) == len(data.std) == shape[0]:
+            raise ConfigError(f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel)")
+        specs = [ModelSpec(m.name, dict(m.kwargs), num_classes, shape) for m in (config.teacher, config.student)]
+        for spec, role in zip(specs, ("teacher", "student")):
+            try:
+                spec.build()
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{source}: key '{role}.kwargs': cannot build '{spec.name}': {e}") from None
+        return cls(config, train, test, num_classes, Normalize(tuple(data.mean), tuple(data.std)), *specs)
+
+    def uri(self, *parts: str) -> str:
+        return storage.join(self.config.store, *parts)
+
+    def run_uri(self, role: str, *inputs: object) -> str:
+        """``<store>/runs/<job>-<role>-<hash of everything that shapes the run>``."""
+        return self.uri("runs", f"{self.config.name}-{role}-{digest(inputs)}")

@@ -1,0 +1,64 @@
+"""Models by name: torchvision classifiers and the small students, built for the data's shape."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from distkd import storage
+from distkd.models.students import LeNet5, ResNet9
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_channels: int = 3, image_size: int = 224, cifar_stem: bool = False) -> nn.Module:
+        model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        if cifar_stem:
+            _cifar_stem(model, in_channels)
+        return model
+
+    return build
+
+
+def _cifar_stem(model: nn.Module, in_channels: int) -> None:
+    """Replace the ImageNet stem (7x7/2 conv + max-pool, or 3x3/2 conv) with a 3x3/1 conv for 32x32 inputs."""
+    if hasattr(model, "conv1"):  # ResNets
+        model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    else:  # MobileNets: first conv of the first block
+        stem = model.features[0][0]
+        model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 1, 1, bias=False)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "resnet9": ResNet9,
+    **{n: _torchvision(n) for n in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")},
+}
+
+
+def build_model(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
+    if name not in MODELS:
+        raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))}")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+def state_dict_bytes(model: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def weights_hash(uri: str) -> str:
+    return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+
+
+def load_weights(model: nn.Module, uri: str) -> nn.Module:
+    """Load a state_dict (or a ``{"model": state_dict}`` checkpoint) from a path or URI."""
+    state = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+    model.load_state_dict(state.get("model", state))
+    return model
