@@ -68,7 +68,13 @@ class StudentConfig(ModelConfig):
 
 
 class SoftLabelConfig(Strict):
+    format: Literal["dense", "topk"] = "dense"
     dtype: Literal["float16", "float32"] = "float16"
+    top_k: int | None = Field(default=None, gt=0)  # classes kept per row with format: topk
+    temperature: float = Field(default=4.0, gt=0)  # of the stored top-k log-probabilities
+    views: int = Field(default=0, ge=0)  # augmented views recorded per image (0: the clean image)
+    view_seed: int = 0
+    shard_rows: int = Field(default=10_000, gt=0)  # rows per shard; each shard commits on its own
     batch_size: int = Field(default=512, gt=0)
     actors: int = Field(default=1, gt=0)
     cpus_per_actor: float = Field(default=1.0, ge=0)
@@ -82,9 +88,17 @@ class DistillConfig(Strict):
     baseline: bool = True  # also train the student from scratch, for the report
 
 
+class EvaluatedModel(ModelConfig):
+    role: str  # "teacher" is the one students are compared with
+    weights: str
+
+
 class EvaluateConfig(Strict):
     batch_size: int = Field(default=1024, gt=0)
     actors: int = Field(default=1, gt=0)
+    split: str | None = None  # None: data.test_split
+    # Checkpoints to evaluate instead of the job's own teacher and students.
+    models: list[EvaluatedModel] | None = Field(default=None, min_length=1)
 
 
 class ResourcesConfig(Strict):

@@ -43,25 +43,23 @@ def require(compute: bool, uri: str, stage: str) -> None:
 class Job:
     config: JobConfig
     train: Split
-    test: Split
+    test: Split  # per-epoch validation (its first ``val_limit`` rows)
+    evaluated: Split  # the split the evaluate stage reports on
     num_classes: int
     normalize: Normalize
     teacher: ModelSpec
     student: ModelSpec
+    checkpoints: dict[str, tuple[ModelSpec, str]]  # evaluate.models: role -> (model, weights)
 
     @classmethod
     def prepare(cls, config: JobConfig, source: str = "job") -> Job:
         """Check what can be checked without a cluster; errors name the key or the URI."""
-        for role in ("teacher", "student"):
-            model: ModelConfig = getattr(config, role)
-            if model.name not in MODELS:
-                raise ConfigError(f"{source}: key '{role}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}")
-            if model.weights is not None and not storage.exists(model.weights):
-                raise ConfigError(f"{source}: key '{role}.weights': no file at {model.weights}")
         data = config.data
         try:
-            train = Split.open(data.uri, data.train_split, data.limit)
-            test = Split.open(data.uri, data.test_split, data.limit)
+            train, test, evaluated = (
+                Split.open(data.uri, name, data.limit)
+                for name in (data.train_split, data.test_split, config.evaluate.split or data.test_split)
+            )
         except DataError as e:
             raise ConfigError(f"{source}: key 'data.uri': {e}") from None
         num_classes = data.num_classes or int(train.read_labels().max()) + 1
@@ -70,13 +68,27 @@ class Job:
         shape = image_shape(train)
         if not len(data.mean) == len(data.std) == shape[0]:
             raise ConfigError(f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel)")
-        specs = [ModelSpec(m.name, dict(m.kwargs), num_classes, shape) for m in (config.teacher, config.student)]
-        for spec, role in zip(specs, ("teacher", "student")):
+
+        def spec(key: str, model: ModelConfig) -> ModelSpec:
+            if model.name not in MODELS:
+                raise ConfigError(f"{source}: key '{key}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}")
+            if model.weights is not None and not storage.exists(model.weights):
+                raise ConfigError(f"{source}: key '{key}.weights': no file at {model.weights}")
+            built = ModelSpec(model.name, dict(model.kwargs), num_classes, shape)
             try:
-                spec.build()
+                built.build()
             except (TypeError, ValueError) as e:
-                raise ConfigError(f"{source}: key '{role}.kwargs': cannot build '{spec.name}': {e}") from None
-        return cls(config, train, test, num_classes, Normalize(tuple(data.mean), tuple(data.std)), *specs)
+                raise ConfigError(f"{source}: key '{key}.kwargs': cannot build '{model.name}': {e}") from None
+            return built
+
+        checkpoints = {m.role: (spec(f"evaluate.models.{i}", m), m.weights) for i, m in enumerate(config.evaluate.models or [])}
+        if len(checkpoints) != len(config.evaluate.models or []):
+            raise ConfigError(f"{source}: key 'evaluate.models': each model needs its own 'role'")
+        if checkpoints and config.stages != ["evaluate"]:
+            raise ConfigError(f"{source}: key 'stages': a job with 'evaluate.models' only evaluates them: use [evaluate]")
+        normalize = Normalize(tuple(data.mean), tuple(data.std))
+        teacher, student = spec("teacher", config.teacher), spec("student", config.student)
+        return cls(config, train, test, evaluated, num_classes, normalize, teacher, student, checkpoints)
 
     def uri(self, *parts: str) -> str:
         return storage.join(self.config.store, *parts)

@@ -33,11 +33,14 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     stages = stages or job.config.stages
     last = max(STAGES.index(s) for s in stages)
     connect(job.config.ray_address)
+    if job.checkpoints:  # an evaluation job: the checkpoints it names, nothing upstream
+        return {"report": evaluate(job, job.checkpoints)}
     out = {"teacher": teacher_weights(job, compute="train_teacher" in stages)}
     if last >= STAGES.index("softlabels"):
         out["softlabels"] = generate(job, out["teacher"], compute="softlabels" in stages)
     if last >= STAGES.index("distill"):
         out.update(students(job, out["softlabels"], compute="distill" in stages))
     if last >= STAGES.index("evaluate"):
-        out["report"] = evaluate(job, {role: uri for role, uri in out.items() if role != "softlabels"})
+        models = {role: (job.teacher if role == "teacher" else job.student, uri) for role, uri in out.items() if role != "softlabels"}
+        out["report"] = evaluate(job, models)
     return out

@@ -44,14 +44,24 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def list_files(uri: str, suffix: str = "") -> list[str]:
-    """URIs of the files directly under folder ``uri`` whose names end in ``suffix``, sorted."""
+def _children(uri: str, kind: pafs.FileType) -> list[str]:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+    return sorted(i.base_name for i in infos if i.type == kind)
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """URIs of the files directly under folder ``uri`` whose names end in ``suffix``, sorted;
+    hidden names (``.``, ``_``: temporary files, markers) are left out."""
+    names = _children(uri, pafs.FileType.File)
     return [join(uri, n) for n in names if n.endswith(suffix) and not n.startswith((".", "_"))]
+
+
+def list_folders(uri: str) -> list[str]:
+    """URIs of the folders directly under folder ``uri``, sorted."""
+    return [join(uri, n) for n in _children(uri, pafs.FileType.Directory)]
 
 
 def read_bytes(uri: str) -> bytes:
@@ -63,8 +73,9 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write through a temporary name and a move, so readers never see half a file."""
     fs, path = resolve(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    folder, name = path.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex}"  # hidden: never listed as a file
     with fs.open_output_stream(tmp) as f:
         f.write(data)
     fs.move(tmp, path)

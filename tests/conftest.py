@@ -66,7 +66,6 @@ def ray_cluster(s3_server):
 
     from distkd.pipeline import connect
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     connect(None)
     yield

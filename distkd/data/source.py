@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
-import torch
-import torchvision.io
+from PIL import Image
 
 from distkd import storage
 
@@ -55,16 +56,19 @@ class Split:
     def identity(self) -> dict:
         return {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
 
-    def read_labels(self) -> np.ndarray:
-        """The label column of the rows in use (small: read on the driver)."""
-        labels, total = [], 0
+    def read_table(self, columns: list[str]) -> pa.Table:
+        """The rows in use, read here in the driver (for small columns, tests and benchmarks)."""
+        tables, total = [], 0
         for uri in self.files:
             fs, path = storage.resolve(uri)
-            labels.append(pq.read_table(path, columns=["label"], filesystem=fs)["label"].to_numpy())
-            total += len(labels[-1])
+            tables.append(pq.read_table(path, columns=columns, filesystem=fs))
+            total += len(tables[-1])
             if self.limit is not None and total >= self.limit:
                 break
-        return np.concatenate(labels)[: self.limit]
+        return pa.concat_tables(tables).slice(0, self.limit)
+
+    def read_labels(self) -> np.ndarray:
+        return self.read_table(["label"])["label"].to_numpy()
 
     def read(self) -> ray.data.Dataset:
         """The rows in use, in file order (``limit`` takes the first N)."""
@@ -88,12 +92,12 @@ def image_shape(split: Split) -> tuple[int, int, int]:
     return tuple(decode(first).shape)
 
 
-def decode(data: bytes) -> torch.Tensor:
-    """Encoded image bytes (JPEG, PNG, ...) -> uint8 tensor [C, H, W], RGB."""
-    return torchvision.io.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=torchvision.io.ImageReadMode.RGB)
+def decode(data: bytes) -> np.ndarray:
+    """Encoded image bytes (JPEG, PNG, ...) -> uint8 array [C, H, W], RGB."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
 
 
 def decode_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Ray Data batch of encoded rows -> ``image`` as a uint8 [N, C, H, W] array (a CPU task)."""
-    images = [decode(b) for b in batch["image"]]
-    return {"id": batch["id"], "image": torch.stack(images).numpy(), "label": batch["label"]}
+    return {"id": batch["id"], "image": np.stack([decode(b) for b in batch["image"]]), "label": batch["label"]}

@@ -23,12 +23,21 @@ class Normalize:
         return {"normalize": asdict(self)}
 
 
-def random_crop_flip(images: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The standard CIFAR augmentation: a random crop of the zero-padded image and a random horizontal flip."""
-    n, _, h, w = images.shape
+PAD = 4  # the standard CIFAR augmentation pads by 4 pixels
+
+
+def crop_flip(images: torch.Tensor, params: torch.Tensor, pad: int = PAD) -> torch.Tensor:
+    """Per image, the crop at offset (dy, dx) of the zero-padded image, flipped horizontally if
+    ``flip``; ``params`` is [N, 3] (dy, dx, flip)."""
+    _, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    flip = torch.rand(n, generator=generator).lt(0.5).tolist()
-    crops = [padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(zip(dy, dx))]
-    return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip)])
+    crops = [padded[i, :, y : y + h, x : x + w] for i, (y, x, _) in enumerate(params.tolist())]
+    return torch.stack([c.flip(-1) if f else c for c, (_, _, f) in zip(crops, params.tolist())])
+
+
+def random_crop_flip(images: torch.Tensor, pad: int = PAD, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The standard CIFAR augmentation: a random crop of the zero-padded image and a random horizontal flip."""
+    n = len(images)
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.randint(0, 2, (n, 1), generator=generator)
+    return crop_flip(images, torch.cat([offsets, flips], dim=1), pad)

@@ -22,8 +22,8 @@ from ray.train.torch import TorchTrainer
 
 from distkd import storage
 from distkd.config import ResourcesConfig, TrainConfig
-from distkd.data.transforms import Normalize, random_crop_flip
-from distkd.distill.loss import kd_loss
+from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
+from distkd.distill.loss import kd_loss, kd_loss_topk
 from distkd.models import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -55,6 +55,7 @@ class TrainSpec:
     steps_per_epoch: int
     alpha: float = 0.0
     temperature: float = 1.0
+    views: int = 0  # recorded views per image in the soft labels: train on one of them per sample
     precision: str = "fp32"
     threads: int = 1
 
@@ -101,18 +102,18 @@ def train_loop(config: dict) -> None:
         for batch in train_shard.iter_torch_batches(
             batch_size=spec.train.batch_size, local_shuffle_buffer_size=4 * spec.train.batch_size, drop_last=True
         ):
-            images = batch["image"]
-            if spec.train.augment:
+            images, view = batch["image"], torch.zeros(len(batch["image"]), dtype=torch.long)
+            if spec.views:  # exactly a view the teacher saw, drawn per sample per epoch
+                view = torch.randint(0, spec.views, (len(images),), generator=generator)
+                images = crop_flip(images, batch["views"].view(len(images), spec.views, -1)[torch.arange(len(images)), view])
+            elif spec.train.augment:
                 images = random_crop_flip(images, generator=generator)
             x, y = spec.normalize(images.to(device)), batch["label"].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(spec, step)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = model(x)
-                if spec.alpha > 0:
-                    loss = kd_loss(logits.float(), batch["teacher_logits"].to(device).float(), y, spec.alpha, spec.temperature)
-                else:
-                    loss = F.cross_entropy(logits.float(), y)
+                loss = objective(spec, logits.float(), y, batch, view, device)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -130,6 +131,21 @@ def train_loop(config: dict) -> None:
             h = history[-1]
             print(f"[{spec.label}] epoch {epoch + 1}/{spec.train.epochs}  loss {h['loss']:.4f}  "
                   f"val_acc {h['val_accuracy']:.4f}  ({h['seconds']:.1f} s)", flush=True)
+
+
+def objective(spec: TrainSpec, logits: torch.Tensor, labels: torch.Tensor, batch: dict, view: torch.Tensor,
+              device: torch.device) -> torch.Tensor:
+    """Cross-entropy, or the KD loss against the soft label of the view each sample was shown."""
+    if spec.alpha == 0:
+        return F.cross_entropy(logits, labels)
+
+    def of_view(column: str) -> torch.Tensor:
+        values = batch[column]
+        return values.view(len(values), max(spec.views, 1), -1)[torch.arange(len(values)), view].to(device)
+
+    if "teacher_logits" in batch:
+        return kd_loss(logits, of_view("teacher_logits"), labels, spec.alpha, spec.temperature)
+    return kd_loss_topk(logits, of_view("teacher_index"), of_view("teacher_logprob"), labels, spec.alpha, spec.temperature)
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:

@@ -41,19 +41,14 @@ class Evaluator:
         return out
 
 
-def model_specs(job: Job, weights: dict[str, str]) -> dict[str, tuple[ModelSpec, str]]:
-    return {role: (job.teacher if role == TEACHER else job.student, uri) for role, uri in weights.items()}
-
-
-def evaluate(job: Job, weights: dict[str, str]) -> str:
-    """Metrics, costs and the report for each role's weights; returns the committed report folder."""
-    models = model_specs(job, weights)
-    folder = job.uri("reports", f"{job.config.name}-{digest([job.test.identity(), models])}")
+def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
+    """Metrics, costs and the report for each role's model and weights; returns the committed report folder."""
+    folder = job.uri("reports", f"{job.config.name}-{digest([job.evaluated.identity(), models])}")
     if storage.is_committed(folder):
         print(f"[evaluate] reusing committed report {folder}", flush=True)
         return folder
     cfg = job.config.evaluate
-    stats = job.test.read().map_batches(decode_batch, batch_format="numpy").map_batches(
+    stats = job.evaluated.read().map_batches(decode_batch, batch_format="numpy").map_batches(
         Evaluator, fn_constructor_kwargs={"models": models, "normalize": job.normalize},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size, batch_format="numpy",
     )
@@ -61,14 +56,34 @@ def evaluate(job: Job, weights: dict[str, str]) -> str:
     results = []
     for i, (role, (spec, uri)) in enumerate(models.items()):
         summed = sum_stats({k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks)
-        cost = model_cost(load_weights(spec.build(), uri), spec.input_shape)
+        model = load_weights(spec.build(), uri)
         results.append({"name": f"{spec.name} {role}", "role": role, "weights": uri,
-                        "metrics": compute_metrics(summed, job.config.data.class_names), "cost": cost})
-    with tempfile.TemporaryDirectory() as local:
-        write_report(local, results, title=f"distkd report: {job.config.name}")
-        for path in Path(local).iterdir():
-            storage.write_bytes(storage.join(folder, path.name), path.read_bytes())
-    storage.write_json(storage.join(folder, "metrics.json"), {"job": job.config.name, "split": job.test.identity(), "models": results})
+                        "metrics": compute_metrics(summed, job.config.data.class_names),
+                        "cost": model_cost(model, spec.input_shape)})
+        if torch.cuda.is_available():
+            results[-1]["cost_gpu"] = model_cost(model, spec.input_shape, device="cuda")
+    save_report(folder, results, f"distkd report: {job.config.name}", job=job.config.name, split=job.evaluated.identity())
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.md')}", flush=True)
     return folder
+
+
+def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:
+    """``metrics.json``, ``report.md``, ``report.html`` and the plots, into ``folder`` (any store URI)."""
+    with tempfile.TemporaryDirectory() as local:
+        write_report(local, models, title=title)
+        for path in Path(local).iterdir():
+            storage.write_bytes(storage.join(folder, path.name), path.read_bytes())
+    storage.write_json(storage.join(folder, "metrics.json"), {"title": title, **about, "models": models})
+
+
+def combine(folders: list[str], out: str) -> str:
+    """One report from the models of several evaluated reports (``distkd report``)."""
+    models = []
+    for folder in folders:
+        evaluated = storage.read_json(storage.join(folder, "metrics.json"))
+        for model in evaluated["models"]:
+            name = f"{evaluated['job']}: {model['name']}" if len(folders) > 1 else model["name"]
+            models.append({**model, "name": name})
+    save_report(out, models, title="distkd report", job="combined", sources=folders)
+    return out

@@ -1,14 +1,16 @@
 """The content-addressed soft-label cache: ``<store>/softlabels/<key>/``.
 
-An entry holds Parquet shards of ``id`` + teacher ``logits``, ``manifest.json`` (the key's
-inputs in readable form, rows and a checksum per shard, timings) and the commit marker,
-written last: without the marker there is no entry.
+An entry holds ``shards/part-<i>-of-<n>.parquet`` (``id``, the teacher's outputs in the entry's
+format, and the ``views`` parameters when views were recorded), each written whole under its
+final name, then ``manifest.json`` (the key's inputs in readable form, rows and a checksum
+per shard, timings) and the commit marker, last: without the marker there is no entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -16,13 +18,14 @@ import pyarrow.parquet as pq
 import ray.data
 
 from distkd import __version__, storage
+from distkd.softlabels.formats import Format, to_numpy
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SHARDS = "shards"
 
 
 class CacheError(RuntimeError):
-    """A cache entry that is missing or does not match its manifest."""
+    """A cache entry that is missing or does not match its manifest or its dataset."""
 
 
 def key(inputs: dict) -> str:
@@ -32,20 +35,31 @@ def key(inputs: dict) -> str:
     return digest({"format_version": FORMAT_VERSION, **inputs}, length=32)
 
 
-def shard_record(uri: str, base: str) -> dict:
-    fs, path = storage.resolve(uri)
-    data = storage.read_bytes(uri)
+def shard_name(index: int, count: int) -> str:
+    return f"part-{index:05d}-of-{count:05d}.parquet"
+
+
+def write_shard(entry: str, index: int, count: int, table: pa.Table) -> None:
+    """One shard, written whole: readers see it complete under its final name or not at all."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer, compression="zstd")
+    storage.write_bytes(storage.join(entry, SHARDS, shard_name(index, count)), buffer.getvalue().to_pybytes())
+
+
+def shard_record(entry: str, name: str) -> dict:
+    data = storage.read_bytes(storage.join(entry, SHARDS, name))
     rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-    return {"file": uri.removeprefix(base).lstrip("/"), "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"file": f"{SHARDS}/{name}", "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def write_manifest(entry: str, inputs: dict, expected_ids: int, seconds: float) -> dict:
-    """Describe the shards now in the entry, check one row per input id, then commit."""
-    shards = [shard_record(f, entry) for f in storage.list_files(storage.join(entry, SHARDS), ".parquet")]
+def commit(entry: str, inputs: dict, shard_count: int, expected_ids: list[str], work: dict) -> dict:
+    """Describe the shards, check they hold each expected id exactly once, write the manifest, commit.
+
+    ``work`` says what this job did: shards computed (the rest were already there), teacher
+    batches and seconds."""
+    shards = [shard_record(entry, shard_name(i, shard_count)) for i in range(shard_count)]
+    check_ids(entry, [storage.join(entry, s["file"]) for s in shards], expected_ids)
     rows = sum(s["rows"] for s in shards)
-    unique = len(set().union(*(ids(storage.join(entry, s["file"])) for s in shards))) if shards else 0
-    if not rows == unique == expected_ids:
-        raise CacheError(f"{entry}: teacher wrote {rows} rows for {unique} unique ids, expected one row for each of {expected_ids} ids")
     manifest = {
         "key": entry.rstrip("/").rsplit("/", 1)[-1],
         "format_version": FORMAT_VERSION,
@@ -53,8 +67,8 @@ def write_manifest(entry: str, inputs: dict, expected_ids: int, seconds: float) 
         "shards": shards,
         "rows": rows,
         "bytes": sum(s["bytes"] for s in shards),
-        "teacher_seconds": round(seconds, 3),
-        "rows_per_second": round(rows / seconds, 1) if seconds else None,
+        **work,
+        "rows_per_second": round(rows / work["teacher_seconds"], 1) if work["teacher_seconds"] else None,
         "distkd_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -63,7 +77,19 @@ def write_manifest(entry: str, inputs: dict, expected_ids: int, seconds: float) 
     return manifest
 
 
-def ids(uri: str) -> list[str]:
+def check_ids(entry: str, shard_uris: list[str], expected_ids: list[str]) -> None:
+    counts = Counter(i for uri in shard_uris for i in read_ids(uri))
+    duplicated = [i for i, n in counts.items() if n > 1]
+    missing = set(expected_ids) - counts.keys()
+    extra = counts.keys() - set(expected_ids)
+    if duplicated or missing or extra:
+        raise CacheError(
+            f"{entry}: ids do not match the dataset: {len(duplicated)} duplicated, {len(missing)} missing, "
+            f"{len(extra)} unexpected (e.g. {sorted([*duplicated, *missing, *extra])[:3]})"
+        )
+
+
+def read_ids(uri: str) -> list[str]:
     fs, path = storage.resolve(uri)
     return pq.read_table(path, columns=["id"], filesystem=fs)["id"].to_pylist()
 
@@ -74,20 +100,46 @@ def manifest(entry: str) -> dict:
     return storage.read_json(storage.join(entry, "manifest.json"))
 
 
-def logits_array(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
-    """A fixed-size-list column of logits -> float32 [N, C]."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    width = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, width)
+def entry_format(entry: str) -> Format:
+    return Format(**manifest(entry)["inputs"]["format"])
 
 
-def _as_teacher_logits(batch: pa.Table) -> dict[str, np.ndarray]:
-    return {"id": batch["id"].to_numpy(zero_copy_only=False), "teacher_logits": logits_array(batch["logits"])}
+def verify(entry: str, expected_ids: list[str]) -> dict:
+    """The entry's manifest, after checking every shard's rows and checksum and the ids against the dataset."""
+    info = manifest(entry)
+    for shard in info["shards"]:
+        uri = storage.join(entry, shard["file"])
+        if not storage.exists(uri):
+            raise CacheError(f"{uri}: shard listed in the manifest is missing")
+        data = storage.read_bytes(uri)
+        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+            raise CacheError(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")
+        try:
+            rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+        except pa.ArrowInvalid as e:
+            raise CacheError(f"{uri}: not a readable Parquet file: {e}") from None
+        if rows != shard["rows"]:
+            raise CacheError(f"{uri}: {rows} rows, the manifest says {shard['rows']}")
+    check_ids(entry, [storage.join(entry, s["file"]) for s in info["shards"]], expected_ids)
+    return info
 
 
 def read(entry: str) -> ray.data.Dataset:
-    """The committed entry's rows as ``id`` + float32 ``teacher_logits``."""
+    """The committed entry's rows as ``id`` + the training columns of its format (+ ``views``)."""
     fs, _ = storage.resolve(entry)
     paths = [storage.resolve(storage.join(entry, s["file"]))[1] for s in manifest(entry)["shards"]]
-    return ray.data.read_parquet(paths, filesystem=fs).map_batches(_as_teacher_logits, batch_format="pyarrow")
+    return ray.data.read_parquet(paths, filesystem=fs).map_batches(
+        _training_columns, fn_kwargs={"fmt": entry_format(entry)}, batch_format="pyarrow"
+    )
+
+
+def _training_columns(batch: pa.Table, fmt: Format) -> dict[str, np.ndarray]:
+    out = {"id": batch["id"].to_numpy(zero_copy_only=False), **fmt.training_columns(batch)}
+    if "views" in batch.column_names:
+        out["views"] = to_numpy(batch["views"], np.int64)
+    return out
+
+
+def entries(store: str) -> list[str]:
+    """The committed entries under ``<store>/softlabels``."""
+    return [f for f in storage.list_folders(storage.join(store, "softlabels")) if storage.is_committed(f)]

@@ -1,26 +1,90 @@
-"""Stage 1: run the teacher over the training split on an actor pool and cache its logits."""
+"""Stage 1: run the teacher over the training split on an actor pool and cache its outputs.
+
+The split is cut into units of ``shard_rows`` rows, one shard each. Units whose shard is
+already in the entry are skipped, so a job that died part-way recomputes only the rest. Ray
+Data streams the rest in order (read and decode in CPU tasks, teacher replicas on an actor
+pool); the driver writes each unit's shard once all its rows are back, after checking that
+they are exactly the unit's ids, so a retried task or a restarted actor cannot duplicate or
+drop a row.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray.data
 
 from distkd import storage
-from distkd.data.source import decode_batch
+from distkd.data.source import COLUMNS, Split, decode_batch
+from distkd.data.transforms import PAD
 from distkd.job import Job, require
 from distkd.models import weights_hash
 from distkd.softlabels import cache
+from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
 
 
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, stop) of one Parquet file: the input of one shard."""
+
+    index: int
+    file: str
+    start: int
+    stop: int
+
+
+def plan(split: Split, shard_rows: int) -> list[Unit]:
+    """The split's rows in use, in order, cut into units that do not cross files."""
+    units, remaining = [], split.limit
+    for uri in split.files:
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+        if remaining is not None:
+            rows = min(rows, remaining)
+            remaining -= rows
+        units += [Unit(len(units) + i, uri, s, min(s + shard_rows, rows)) for i, s in enumerate(range(0, rows, shard_rows))]
+        if remaining == 0:
+            break
+    return units
+
+
+def read_units(batch: dict) -> Iterator[pa.Table]:
+    """Ray Data UDF: the encoded rows of each unit in the batch, reading only the row groups needed."""
+    for file, start, stop in zip(batch["file"], batch["start"], batch["stop"]):
+        fs, path = storage.resolve(file)
+        with fs.open_input_file(path) as f:
+            parquet, first = pq.ParquetFile(f), 0
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if first < stop and first + rows > start:
+                    table = parquet.read_row_group(group, columns=list(COLUMNS))
+                    yield table.slice(max(start - first, 0), min(stop, first + rows) - max(start, first))
+                first += rows
+
+
+def output_format(job: Job) -> Format:
+    cfg = job.config.softlabels
+    if cfg.format == "dense":
+        return Format("dense", cfg.dtype)
+    return Format("topk", cfg.dtype, cfg.top_k or job.num_classes, cfg.temperature)
+
+
 def key_inputs(job: Job, teacher_weights: str) -> dict:
+    cfg = job.config.softlabels
     return {
         "teacher": {"name": job.teacher.name, "kwargs": job.teacher.kwargs, "num_classes": job.num_classes,
                     "weights_sha256": weights_hash(teacher_weights)},
         "data": job.train.identity(),
         "transform": {"input_shape": list(job.teacher.input_shape), **job.normalize.identity()},
-        "format": {"layout": "dense", "dtype": job.config.softlabels.dtype},
+        "views": {"count": cfg.views, "seed": cfg.view_seed, "pad": PAD} if cfg.views else None,
+        "format": asdict(output_format(job)),
+        "shard_rows": cfg.shard_rows,
     }
 
 
@@ -30,26 +94,58 @@ def entry_uri(job: Job, teacher_weights: str) -> tuple[str, dict]:
 
 
 def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
-    """The committed cache entry for this teacher and data, computed only when missing."""
+    """The committed cache entry for this teacher, data and format, computing only missing shards."""
     entry, inputs = entry_uri(job, teacher_weights)
     if storage.is_committed(entry):
         print(f"[softlabels] reusing cached soft labels {entry}", flush=True)
         return entry
     require(compute, entry, "softlabels")
-    storage.remove(entry)  # an uncommitted leftover of a job that died
-    cfg = job.config.softlabels
-    print(f"[softlabels] running the teacher ({job.teacher.name}) into {entry}", flush=True)
+    units = plan(job.train, job.config.softlabels.shard_rows)
+    done = set(storage.list_files(storage.join(entry, cache.SHARDS), ".parquet"))
+    missing = [u for u in units if storage.join(entry, cache.SHARDS, cache.shard_name(u.index, len(units))) not in done]
+    print(f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute", flush=True)
     started = time.perf_counter()
-    logits = job.train.read().map_batches(decode_batch, batch_format="numpy").map_batches(
+    batches = compute_units(job, teacher_weights, entry, missing, len(units)) if missing else 0
+    ids = job.train.read_table(["id"])["id"].to_pylist()
+    work = {"computed_shards": len(missing), "teacher_batches": batches, "teacher_seconds": round(time.perf_counter() - started, 3)}
+    manifest = cache.commit(entry, inputs, len(units), ids, work)
+    print(f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
+          f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)", flush=True)
+    return entry
+
+
+def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int) -> int:
+    """Run the teacher over ``units`` and write each one's shard; returns the teacher batches seen."""
+    cfg = job.config.softlabels
+    ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back unit by unit
+    outputs = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units)).map_batches(
+        read_units, batch_size=1, batch_format="numpy"
+    ).map_batches(decode_batch, batch_format="numpy").map_batches(
         TeacherPredictor,
         fn_constructor_kwargs={"model": job.teacher, "weights": teacher_weights, "normalize": job.normalize,
-                               "dtype": cfg.dtype, "precision": cfg.precision},
+                               "fmt": output_format(job), "views": cfg.views, "view_seed": cfg.view_seed,
+                               "precision": cfg.precision},
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
     )
-    fs, path = storage.resolve(storage.join(entry, cache.SHARDS))
-    logits.write_parquet(path, filesystem=fs)
-    manifest = cache.write_manifest(entry, inputs, len(job.train.read_labels()), time.perf_counter() - started)
-    print(f"[softlabels] committed {manifest['rows']} rows in {len(manifest['shards'])} shards "
-          f"({manifest['rows_per_second']} rows/s)", flush=True)
-    return entry
+    pending, buffered, batches = list(units), [], 0
+    for batch in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
+        buffered.append(batch)
+        batches += 1
+        while pending and sum(len(t) for t in buffered) >= pending[0].stop - pending[0].start:
+            unit = pending.pop(0)
+            rows = pa.concat_tables(buffered)
+            size = unit.stop - unit.start
+            write_unit(entry, unit, count, rows.slice(0, size))
+            buffered = [rows.slice(size)]
+    if pending or sum(len(t) for t in buffered):
+        raise cache.CacheError(f"{entry}: the teacher returned rows that do not add up to the planned shards")
+    return batches
+
+
+def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table) -> None:
+    fs, path = storage.resolve(unit.file)
+    expected = pq.read_table(path, columns=["id"], filesystem=fs)["id"].slice(unit.start, unit.stop - unit.start)
+    if rows["id"].to_pylist() != expected.to_pylist():
+        raise cache.CacheError(f"{entry}: rows returned for shard {unit.index} are not the ids of {unit.file}[{unit.start}:{unit.stop}]")
+    cache.write_shard(entry, unit.index, count, rows)

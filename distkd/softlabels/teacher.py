@@ -6,27 +6,39 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distkd.data.transforms import Normalize
+from distkd.data.transforms import PAD, Normalize, crop_flip
 from distkd.distill.train import ModelSpec
 from distkd.models import load_weights
+from distkd.softlabels.formats import Format, fixed_list
+from distkd.softlabels.views import PARAMS, view_params
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TeacherPredictor:
-    """Holds one teacher on its device (a GPU when the actor has one); maps decoded batches to logits."""
+    """Holds one teacher on its device (a GPU when the actor has one); maps decoded batches to
+    the stored columns: the logits of the clean image, or of each of ``views`` recorded views."""
 
-    def __init__(self, model: ModelSpec, weights: str, normalize: Normalize, dtype: str, precision: str) -> None:
+    def __init__(self, model: ModelSpec, weights: str, normalize: Normalize, fmt: Format, views: int = 0,
+                 view_seed: int = 0, precision: str = "fp32") -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_weights(model.build(), weights).to(self.device).eval()
-        self.normalize = normalize
-        self.dtype = pa.float16() if dtype == "float16" else pa.float32()
+        self.normalize, self.fmt, self.views, self.view_seed = normalize, fmt, views, view_seed
         self.amp_dtype = AMP_DTYPES.get(precision) if self.device.type == "cuda" else None
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        images = torch.from_numpy(batch["image"]).to(self.device, non_blocking=True)
+        images = torch.from_numpy(batch["image"])
+        columns = {"id": pa.array(batch["id"], pa.string())}
+        if self.views:
+            params = torch.from_numpy(view_params(list(batch["id"]), self.views, PAD, self.view_seed))
+            logits = torch.stack([self.logits(crop_flip(images, params[:, v])) for v in range(self.views)], dim=1)
+            columns["views"] = fixed_list(params.reshape(len(images), self.views * PARAMS).numpy(), pa.int16())
+        else:
+            logits = self.logits(images)[:, None]
+        return pa.table({**columns, **self.fmt.columns(logits)})
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images.to(self.device, non_blocking=True))
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            logits = self.model(self.normalize(images)).float().cpu().numpy()
-        flat = pa.array(logits.reshape(-1), pa.float32()).cast(self.dtype)
-        return pa.table({"id": batch["id"], "logits": pa.FixedSizeListArray.from_arrays(flat, logits.shape[1])})
+            return self.model(x).float().cpu()

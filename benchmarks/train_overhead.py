@@ -1,0 +1,87 @@
+"""Ray's overhead on training: distkd's Ray Train stage against a plain PyTorch loop on the same rows.
+
+Both train the same model with the same batch size, learning-rate schedule and augmentation,
+one after the other in this process, and the ratio of their wall times is printed (this
+machine is noisy: compare runs by the ratio, not by the seconds).
+
+    python benchmarks/train_overhead.py --rows 10000 --epochs 3 --model lenet5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distkd import config, pipeline
+from distkd.data.source import decode
+from distkd.data.transforms import random_crop_flip
+from distkd.distill.stage import spec, teacher_weights
+from distkd.distill.train import learning_rate
+from distkd.job import Job
+
+
+def plain_loop(job: Job, rows: int) -> float:
+    """nanoGPT-style: the decoded rows as one tensor, one process, no Ray."""
+    started = time.perf_counter()
+    table = job.train.read_table(["image", "label"])
+    images = torch.from_numpy(np.stack([decode(b) for b in table["image"].to_pylist()]))
+    labels = torch.from_numpy(table["label"].to_numpy())
+    s = spec(job, "plain", job.teacher, job.config.teacher.train)
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(0)
+    model = s.model.build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=s.train.lr, momentum=s.train.momentum,
+                                weight_decay=s.train.weight_decay, nesterov=True)
+    step = 0
+    for _ in range(s.train.epochs):
+        order = torch.randperm(rows)
+        for i in range(0, rows - s.train.batch_size + 1, s.train.batch_size):
+            idx = order[i : i + s.train.batch_size]
+            x = s.normalize(random_crop_flip(images[idx]) if s.train.augment else images[idx])
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(s, step)
+            loss = F.cross_entropy(model(x), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    return time.perf_counter() - started
+
+
+def ray_stage(job: Job) -> float:
+    started = time.perf_counter()
+    teacher_weights(job)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--model", default="lenet5")
+    p.add_argument("--data", default="../shared/datasets/cifar10")
+    p.add_argument("--store", default="/tmp/distkd-bench-store")
+    args = p.parse_args()
+    raw = {
+        "name": f"bench-{time.time_ns()}", "store": args.store,  # a fresh run name: never reused
+        "data": {"uri": args.data, "limit": args.rows},
+        "teacher": {"name": args.model, "train": {"epochs": args.epochs, "batch_size": 128, "lr": 0.05}},
+        "student": {"name": "lenet5"},
+        "resources": {"cpus_per_worker": 2},
+    }
+    job = Job.prepare(config.parse(raw, "benchmark"))
+    plain = plain_loop(job, args.rows)
+    pipeline.connect(None)
+    ray_seconds = ray_stage(job)
+    print(f"\n{args.model}, {args.rows} rows, {args.epochs} epochs")
+    print(f"plain PyTorch loop : {plain:8.1f} s")
+    print(f"distkd on Ray Train: {ray_seconds:8.1f} s (Ray start excluded; decode, startup, checkpoints included)")
+    print(f"ratio Ray / plain  : {ray_seconds / plain:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""``distkd cache``: list, show, verify and remove soft-label cache entries."""
+
+from __future__ import annotations
+
+import json
+
+from distkd import storage
+from distkd.data.source import Split
+from distkd.softlabels import cache
+
+
+def entry_uri(store: str, key: str) -> str:
+    return storage.join(store, "softlabels", key)
+
+
+def listing(store: str) -> list[dict]:
+    rows = []
+    for entry in cache.entries(store):
+        m = cache.manifest(entry)
+        inputs = m["inputs"]
+        fmt = inputs["format"]
+        views = (inputs.get("views") or {}).get("count", 0)
+        rows.append({
+            "key": m["key"], "teacher": inputs["teacher"]["name"],
+            "dataset": f"{inputs['data']['uri']} [{inputs['data']['split']}]",
+            "format": f"{fmt['layout']}{'-' + str(fmt['top_k']) if fmt['top_k'] else ''} {fmt['dtype']}"
+                      + (f" x{views} views" if views else ""),
+            "rows": m["rows"], "size": m["bytes"], "created": m["created"],
+        })
+    return rows
+
+
+def format_listing(rows: list[dict]) -> str:
+    header = ("key", "teacher", "dataset", "format", "rows", "size", "created")
+    table = [header, *[tuple(str(r[h]) for h in header) for r in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table)
+
+
+def show(store: str, key: str) -> str:
+    return json.dumps(cache.manifest(entry_uri(store, key)), indent=2)
+
+
+def verify(store: str, key: str) -> str:
+    """Rows, checksums, and ids unique and complete against the dataset the entry was made from."""
+    entry = entry_uri(store, key)
+    data = cache.manifest(entry)["inputs"]["data"]
+    split = Split.open(data["uri"], data["split"], data["limit"])
+    if split.fingerprint() != data["fingerprint"]:
+        raise cache.CacheError(f"{entry}: the dataset at {data['uri']} changed since this entry was made")
+    info = cache.verify(entry, split.read_table(["id"])["id"].to_pylist())
+    return f"{key}: ok ({info['rows']} rows in {len(info['shards'])} shards, checksums match, every id exactly once)"
+
+
+def remove(store: str, key: str) -> str:
+    entry = entry_uri(store, key)
+    if not storage.exists(entry):
+        raise cache.CacheError(f"{entry}: no such cache entry")
+    storage.remove(storage.join(entry, storage.COMMIT_MARKER))  # first: readers stop seeing an entry
+    storage.remove(entry)
+    return f"removed {entry}"

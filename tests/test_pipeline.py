@@ -1,0 +1,142 @@
+"""The whole pipeline on a real local Ray instance and real CIFAR-10 rows, with tiny models."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+from distkd import config, pipeline, storage
+from distkd.data.source import Split, decode
+from distkd.distill.stage import join_softlabels
+from distkd.job import Job
+from distkd.models import load_weights
+from distkd.softlabels import cache
+
+ROWS = 600
+
+
+def tiny_job(cifar10: Path, store: str, name: str = "tiny", **overrides) -> Job:
+    raw = {
+        "name": name, "store": store,
+        "data": {"uri": str(cifar10), "limit": ROWS, "val_limit": 200},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.1}},
+        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "lr": 0.05}},
+        "softlabels": {"batch_size": 256},
+        "evaluate": {"batch_size": 256},
+        **overrides,
+    }
+    return Job.prepare(config.parse(raw, f"<{name}>"))
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
+
+
+def first_rows(split: Split) -> dict:
+    table = split.read_table(["id", "image", "label"])
+    return {"id": table["id"].to_pylist(), "image": np.stack([decode(b) for b in table["image"].to_pylist()]),
+            "label": table["label"].to_numpy()}
+
+
+@pytest.fixture(scope="module")
+def run(ray_cluster, cifar10, tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    job = tiny_job(cifar10, str(store))
+    return job, store, pipeline.run(job)
+
+
+def test_every_stage_commits_its_output(run):
+    job, store, out = run
+    assert set(out) == {"teacher", "softlabels", "distilled", "scratch", "report"}
+    for uri in (out["softlabels"], out["report"], *(str(Path(out[r]).parent) for r in ("teacher", "distilled", "scratch"))):
+        assert storage.is_committed(uri), uri
+    history = storage.read_json(storage.join(str(Path(out["distilled"]).parent), "history.json"))
+    assert [h["epoch"] for h in history] == [1]
+
+
+def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
+    job, _, out = run
+    manifest = cache.manifest(out["softlabels"])
+    tables = [pq.read_table(os.path.join(out["softlabels"], s["file"])) for s in manifest["shards"]]
+    ids = [i for t in tables for i in t["id"].to_pylist()]
+    expected = first_rows(job.train)
+    assert sorted(ids) == sorted(expected["id"]) and len(set(ids)) == ROWS == manifest["rows"]
+    stored = {i: row for t in tables for i, row in zip(t["id"].to_pylist(), cache.logits_array(t["logits"]))}
+    assert all(t["logits"].type.value_type.bit_width == 16 for t in tables)  # float16 by default
+
+    teacher = load_weights(job.teacher.build(), out["teacher"]).eval()
+    with torch.inference_mode():
+        direct = teacher(job.normalize(torch.from_numpy(expected["image"][:16]))).numpy()
+    np.testing.assert_allclose(np.stack([stored[i] for i in expected["id"][:16]]), direct, rtol=2e-3, atol=2e-3)
+
+
+def test_second_run_reuses_everything_without_running_the_teacher(run, capsys):
+    job, store, out = run
+    before = snapshot(store)
+    capsys.readouterr()
+    again = pipeline.run(job)
+    printed = capsys.readouterr().out
+    assert again == out
+    assert snapshot(store) == before  # nothing written: no teacher, no training, no evaluation ran
+    for stage in ("teacher", "softlabels", "student-kd", "student-scratch", "evaluate"):
+        assert f"[{stage}] reusing" in printed
+
+
+def test_aggregated_evaluation_equals_single_process_computation(run):
+    job, _, out = run
+    models = storage.read_json(storage.join(out["report"], "metrics.json"))["models"]
+    test = first_rows(job.test)
+    assert [m["role"] for m in models] == ["teacher", "distilled", "scratch"]
+    for m in models:
+        spec = job.teacher if m["role"] == "teacher" else job.student
+        with torch.inference_mode():
+            predicted = load_weights(spec.build(), m["weights"]).eval()(job.normalize(torch.from_numpy(test["image"]))).argmax(1).numpy()
+        metrics, labels = m["metrics"], list(range(10))
+        assert metrics["count"] == ROWS
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(test["label"], predicted), abs=1e-12)
+        assert metrics["f1_macro"] == pytest.approx(f1_score(test["label"], predicted, average="macro", labels=labels, zero_division=0), abs=1e-9)
+        _, _, f1, support = precision_recall_fscore_support(test["label"], predicted, labels=labels, zero_division=0)
+        assert [c["f1"] for c in metrics["per_class"]] == pytest.approx(f1.tolist(), abs=1e-9)
+        assert [c["support"] for c in metrics["per_class"]] == support.tolist()
+    report = Path(out["report"], "report.md").read_text()
+    assert all(f"| {m['name']} |" in report for m in models)
+
+
+def test_soft_labels_that_miss_training_ids_are_refused(run):
+    job, _, out = run
+    more_rows = dataclasses.replace(job.train, limit=ROWS + 10)
+    with pytest.raises(cache.CacheError, match="0 duplicated, 10 missing, 0 unexpected"):
+        join_softlabels(more_rows, out["softlabels"])
+
+
+def test_a_stage_not_asked_for_needs_its_input_committed(ray_cluster, cifar10, tmp_path):
+    from distkd.job import MissingOutput
+
+    job = tiny_job(cifar10, str(tmp_path / "empty"))
+    with pytest.raises(MissingOutput, match="run the 'train_teacher' stage first"):
+        pipeline.run(job, ["softlabels"])
+
+
+def test_teacher_and_soft_labels_on_s3(ray_cluster, cifar10, s3_server):
+    import boto3
+
+    from tests.conftest import BUCKET
+
+    job = tiny_job(cifar10, f"s3://{BUCKET}/pipeline", name="s3", stages=["train_teacher", "softlabels"])
+    out = pipeline.run(job)
+    assert out["softlabels"].startswith(f"s3://{BUCKET}/pipeline/softlabels/")
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="pipeline/")["Contents"]}
+    entry = out["softlabels"].removeprefix(f"s3://{BUCKET}/")
+    assert {f"{entry}/manifest.json", f"{entry}/_COMMITTED"} <= keys
+    manifest = cache.manifest(out["softlabels"])
+    assert manifest["rows"] == ROWS and all(f"{entry}/{s['file']}" in keys for s in manifest["shards"])
+    weights = io.BytesIO(storage.read_bytes(out["teacher"]))
+    assert "net.0.0.weight" in torch.load(weights, weights_only=True)
