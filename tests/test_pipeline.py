@@ -19,6 +19,7 @@ from distkd.distill.stage import join_softlabels
 from distkd.job import Job
 from distkd.models import load_weights
 from distkd.softlabels import cache
+from distkd.softlabels.formats import to_numpy
 
 ROWS = 600
 
@@ -69,7 +70,7 @@ def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
     ids = [i for t in tables for i in t["id"].to_pylist()]
     expected = first_rows(job.train)
     assert sorted(ids) == sorted(expected["id"]) and len(set(ids)) == ROWS == manifest["rows"]
-    stored = {i: row for t in tables for i, row in zip(t["id"].to_pylist(), cache.logits_array(t["logits"]))}
+    stored = {i: row for t in tables for i, row in zip(t["id"].to_pylist(), to_numpy(t["logits"], np.float32))}
     assert all(t["logits"].type.value_type.bit_width == 16 for t in tables)  # float16 by default
 
     teacher = load_weights(job.teacher.build(), out["teacher"]).eval()

@@ -74,7 +74,7 @@ class Split:
         """The rows in use, in file order (``limit`` takes the first N)."""
         fs, _ = storage.resolve(self.uri)
         paths = [storage.resolve(f)[1] for f in self.files]
-        ds = ray.data.read_parquet(paths, filesystem=fs, columns=list(COLUMNS))
+        ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(list(COLUMNS))
         return ds.limit(self.limit) if self.limit is not None else ds
 
 

@@ -38,7 +38,7 @@ def train_run(job: Job, spec_: TrainSpec, stage: str, compute: bool, softlabels:
     """The committed run folder for ``spec_`` (KD on ``softlabels`` when given); trained only when missing."""
     resources = job.config.resources
     key = cache.manifest(softlabels)["key"] if softlabels else None
-    run = job.run_uri(spec_.label, spec_, resources.num_workers, job.train.identity(), key)
+    run = job.run_uri(spec_.label, spec_.identity(), resources.num_workers, job.train.identity(), key)
     if storage.is_committed(run):
         print(f"[{spec_.label}] reusing committed run {run}", flush=True)
         return run

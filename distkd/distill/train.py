@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -56,6 +57,10 @@ class TrainSpec:
     alpha: float = 0.0
     temperature: float = 1.0
     views: int = 0  # recorded views per image in the soft labels: train on one of them per sample
+
+    def identity(self) -> dict:
+        """What shapes the trained model (not its display label, not the CPU threads it runs on)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("label", "threads")}
     precision: str = "fp32"
     threads: int = 1
 

@@ -55,8 +55,8 @@ def shard_record(entry: str, name: str) -> dict:
 def commit(entry: str, inputs: dict, shard_count: int, expected_ids: list[str], work: dict) -> dict:
     """Describe the shards, check they hold each expected id exactly once, write the manifest, commit.
 
-    ``work`` says what this job did: shards computed (the rest were already there), teacher
-    batches and seconds."""
+    ``work`` says what this job did: shards computed (the rest were already there), rows the
+    teacher labelled, seconds."""
     shards = [shard_record(entry, shard_name(i, shard_count)) for i in range(shard_count)]
     check_ids(entry, [storage.join(entry, s["file"]) for s in shards], expected_ids)
     rows = sum(s["rows"] for s in shards)

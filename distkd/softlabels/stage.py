@@ -105,9 +105,9 @@ def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
     missing = [u for u in units if storage.join(entry, cache.SHARDS, cache.shard_name(u.index, len(units))) not in done]
     print(f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute", flush=True)
     started = time.perf_counter()
-    batches = compute_units(job, teacher_weights, entry, missing, len(units)) if missing else 0
+    labelled = compute_units(job, teacher_weights, entry, missing, len(units)) if missing else 0
     ids = job.train.read_table(["id"])["id"].to_pylist()
-    work = {"computed_shards": len(missing), "teacher_batches": batches, "teacher_seconds": round(time.perf_counter() - started, 3)}
+    work = {"computed_shards": len(missing), "teacher_rows": labelled, "teacher_seconds": round(time.perf_counter() - started, 3)}
     manifest = cache.commit(entry, inputs, len(units), ids, work)
     print(f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
           f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)", flush=True)
@@ -115,7 +115,7 @@ def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
 
 
 def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int) -> int:
-    """Run the teacher over ``units`` and write each one's shard; returns the teacher batches seen."""
+    """Run the teacher over ``units`` and write each one's shard; returns the rows the teacher labelled."""
     cfg = job.config.softlabels
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back unit by unit
     outputs = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units)).map_batches(
@@ -128,10 +128,10 @@ def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit],
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
     )
-    pending, buffered, batches = list(units), [], 0
+    pending, buffered, labelled = list(units), [], 0
     for batch in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
         buffered.append(batch)
-        batches += 1
+        labelled += len(batch)
         while pending and sum(len(t) for t in buffered) >= pending[0].stop - pending[0].start:
             unit = pending.pop(0)
             rows = pa.concat_tables(buffered)
@@ -140,7 +140,7 @@ def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit],
             buffered = [rows.slice(size)]
     if pending or sum(len(t) for t in buffered):
         raise cache.CacheError(f"{entry}: the teacher returned rows that do not add up to the planned shards")
-    return batches
+    return labelled
 
 
 def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table) -> None:

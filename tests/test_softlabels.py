@@ -1,0 +1,233 @@
+"""The soft-label cache: keys, formats, views, resume, exactly-once, verification."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from distkd import config, storage
+from distkd.data.transforms import PAD, crop_flip
+from distkd.distill.loss import kd_loss, kd_loss_topk
+from distkd.distill.stage import join_softlabels, teacher_weights
+from distkd.job import Job
+from distkd.models import load_weights
+from distkd.softlabels import cache, inspect
+from distkd.softlabels.formats import to_numpy
+from distkd.softlabels.stage import entry_uri, generate
+from distkd.softlabels.views import view_params
+
+ROWS = 400
+
+
+def job_for(data: Path, store: Path, **softlabels) -> Job:
+    raw = {
+        "name": "cache", "store": str(store),
+        "data": {"uri": str(data), "limit": ROWS, "val_limit": 100},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100}},
+        "student": {"name": "lenet5"},
+        "softlabels": {"batch_size": 50, "shard_rows": 100, **softlabels},
+    }
+    return Job.prepare(config.parse(raw, "<test>"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, cifar10) -> Path:
+    """A private copy of two shards' first rows, so a test may change the dataset's files."""
+    folder = tmp_path_factory.mktemp("data")
+    for name in ("train-00000-of-00005.parquet", "test-00000-of-00001.parquet"):
+        pq.write_table(pq.read_table(cifar10 / name).slice(0, 1000), folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def weights(ray_cluster, data, store) -> str:
+    return teacher_weights(job_for(data, store))
+
+
+def shards(entry: str) -> list[pq.Table]:
+    return [pq.read_table(os.path.join(entry, s["file"])) for s in cache.manifest(entry)["shards"]]
+
+
+def test_key_changes_with_every_input_that_changes_the_outputs(data, store, weights, tmp_path):
+    job = job_for(data, store)
+    key = entry_uri(job, weights)[0]
+    assert entry_uri(job_for(data, store), weights)[0] == key  # same inputs, same key
+    assert entry_uri(dataclasses.replace(job, config=job.config.model_copy(update={"name": "other"})), weights)[0] == key
+    assert entry_uri(job_for(data, store, actors=2, batch_size=70), weights)[0] == key  # pool size: not an input
+
+    other_weights = tmp_path / "teacher.pt"
+    state = torch.load(weights, weights_only=True)
+    state["net.0.0.weight"] += 1e-3
+    torch.save(state, other_weights)
+    assert entry_uri(job, str(other_weights))[0] != key
+    assert entry_uri(job_for(data, store, views=2), weights)[0] != key
+    assert entry_uri(job_for(data, store, dtype="float32"), weights)[0] != key
+    assert entry_uri(job_for(data, store, format="topk", top_k=3), weights)[0] != key
+    renormalised = dataclasses.replace(job, normalize=dataclasses.replace(job.normalize, mean=(0.5, 0.5, 0.5)))
+    assert entry_uri(renormalised, weights)[0] != key
+
+    changed = tmp_path / "data"
+    shutil.copytree(data, changed)
+    moved = entry_uri(job_for(changed, store), weights)[0]
+    assert moved != key  # another URI
+    table = pq.read_table(changed / "train-00000-of-00005.parquet")
+    pq.write_table(table.slice(1), changed / "train-00000-of-00005.parquet")
+    assert entry_uri(job_for(changed, store), weights)[0] != moved  # same URI, other files
+
+
+def test_dense_entry_holds_teacher_logits_once_per_id(data, store, weights):
+    job = job_for(data, store, dtype="float32")
+    entry = generate(job, weights)
+    tables = shards(entry)
+    assert [len(t) for t in tables] == [100] * 4
+    ids = [i for t in tables for i in t["id"].to_pylist()]
+    expected = job.train.read_table(["id", "image"])
+    assert ids == expected["id"].to_pylist()
+
+    from distkd.data.source import decode
+
+    images = torch.from_numpy(np.stack([decode(b) for b in expected["image"].to_pylist()[:8]]))
+    teacher = load_weights(job.teacher.build(), weights).eval()
+    with torch.inference_mode():
+        direct = teacher(job.normalize(images)).numpy()
+    np.testing.assert_allclose(to_numpy(tables[0]["logits"], np.float32)[:8], direct, rtol=1e-4, atol=1e-4)
+    assert "Reusing".lower() in capture_reuse(job, weights)
+
+
+def capture_reuse(job: Job, weights: str) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        generate(job, weights)
+    return out.getvalue().lower()
+
+
+def test_topk_with_all_classes_matches_dense(data, store, weights):
+    dense = to_numpy(pq.read_table(os.path.join(generate(job_for(data, store), weights), "shards"))["logits"], np.float32)
+    topk_entry = generate(job_for(data, store, format="topk", top_k=10, temperature=4.0), weights)
+    table = pq.read_table(os.path.join(topk_entry, "shards"))
+    index, logprob = to_numpy(table["topk_index"], np.int64), to_numpy(table["topk_logprob"], np.float32)
+    rebuilt = np.zeros_like(logprob)
+    np.put_along_axis(rebuilt, index, logprob, axis=1)
+    expected = torch.log_softmax(torch.from_numpy(dense) / 4.0, dim=1).numpy()
+    np.testing.assert_allclose(rebuilt, expected, rtol=3e-3, atol=3e-3)  # both stored as float16
+
+    student, labels = torch.randn(ROWS, 10), torch.randint(0, 10, (ROWS,))
+    loss_dense = kd_loss(student, torch.from_numpy(dense), labels, 0.9, 4.0)
+    loss_topk = kd_loss_topk(student, torch.from_numpy(index), torch.from_numpy(logprob), labels, 0.9, 4.0)
+    assert loss_topk.item() == pytest.approx(loss_dense.item(), rel=2e-3)
+
+
+def test_topk_keeps_the_rest_of_the_mass():
+    teacher = torch.tensor([[3.0, 1.0, 0.5, -1.0]])
+    student, label = torch.tensor([[0.2, 2.0, -0.3, 0.1]]), torch.tensor([0])
+    logp = torch.log_softmax(teacher / 2, dim=1)
+    top = logp.topk(2, dim=1)
+    p, q = logp.exp()[0], torch.softmax(student / 2, dim=1)[0]
+    by_hand = sum(p[i] * (logp[0, i] - q[i].log()) for i in (0, 1))
+    rest_p, rest_q = p[2:].sum(), q[2:].sum()
+    by_hand += rest_p * (rest_p.log() - rest_q.log())
+    assert kd_loss_topk(student, top.indices, top.values, label, 1.0, 2.0).item() == pytest.approx(4 * by_hand.item(), rel=1e-5)
+
+
+def test_views_store_the_teachers_logits_on_the_views_pixels(data, store, weights):
+    job = job_for(data, store, views=3, view_seed=7)
+    entry = generate(job, weights)
+    table = shards(entry)[0].slice(0, 6)
+    params = to_numpy(table["views"], np.int64).reshape(6, 3, 3)
+    ids = table["id"].to_pylist()
+    np.testing.assert_array_equal(params, view_params(ids, 3, PAD, 7))
+    assert {tuple(p) for p in params.reshape(-1, 3)} != {tuple(params[0, 0])}  # views differ
+
+    from distkd.data.source import decode
+
+    images = torch.from_numpy(np.stack([decode(b) for b in job.train.read_table(["image"])["image"].to_pylist()[:6]]))
+    teacher = load_weights(job.teacher.build(), weights).eval()
+    logits = to_numpy(table["logits"], np.float32).reshape(6, 3, 10)
+    for v in range(3):
+        with torch.inference_mode():
+            direct = teacher(job.normalize(crop_flip(images, torch.from_numpy(params[:, v])))).numpy()
+        np.testing.assert_allclose(logits[:, v], direct, rtol=2e-3, atol=2e-3)
+
+
+def test_resume_recomputes_only_missing_shards(data, store, weights):
+    job = job_for(data, store, view_seed=1, views=1)
+    entry = generate(job, weights)
+    assert (cache.manifest(entry)["computed_shards"], cache.manifest(entry)["teacher_rows"]) == (4, ROWS)
+    kept = Path(entry, "shards", "part-00000-of-00004.parquet")
+    before = kept.stat().st_mtime_ns
+    for name in ("_COMMITTED", "manifest.json", "shards/part-00001-of-00004.parquet", "shards/part-00003-of-00004.parquet"):
+        Path(entry, name).unlink()  # as if the job had died after two shards
+    assert not storage.is_committed(entry)
+    generate(job, weights)
+    manifest = cache.manifest(entry)
+    assert manifest["computed_shards"] == 2
+    assert manifest["teacher_rows"] == 200  # the teacher ran on the 2 missing shards only
+    assert kept.stat().st_mtime_ns == before
+    assert manifest["rows"] == ROWS
+
+
+def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weights, capsys):
+    job = job_for(data, store, view_seed=2, views=1)
+    entry = generate(job, weights)
+    key = cache.manifest(entry)["key"]
+    assert "ok (400 rows in 4 shards" in inspect.verify(str(store), key)
+    shard = Path(entry, "shards", "part-00002-of-00004.parquet")
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(cache.CacheError, match="checksum does not match"):
+        inspect.verify(str(store), key)
+    with pytest.raises(cache.CacheError, match="part-00002-of-00004.parquet: checksum"):
+        join_softlabels(job.train, entry)
+
+    from distkd.cli import main
+
+    assert main(["cache", "verify", key, "--store", str(store)]) == 1
+    assert "checksum does not match" in capsys.readouterr().err
+    assert main(["cache", "ls", "--store", str(store)]) == 0
+    assert key in capsys.readouterr().out
+    assert main(["cache", "rm", key, "--store", str(store)]) == 0
+    assert not Path(entry).exists()
+
+
+def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, weights):
+    job = job_for(data, store, view_seed=3, views=4, batch_size=20)
+    entry = entry_uri(job, weights)[0]
+    killed = []
+
+    def kill_teacher_once_a_shard_is_written():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            if storage.list_files(storage.join(entry, "shards")):
+                for proc in psutil.process_iter(["cmdline"]):
+                    if "TeacherPredictor" in " ".join(proc.info["cmdline"] or []):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_teacher_once_a_shard_is_written)
+    killer.start()
+    generate(job, weights)
+    killer.join()
+    assert killed, "the teacher actor finished before it could be killed"
+    manifest = cache.manifest(entry)
+    assert manifest["rows"] == ROWS
+    ids = [i for t in shards(entry) for i in t["id"].to_pylist()]
+    assert sorted(ids) == sorted(job.train.read_table(["id"])["id"].to_pylist()) and len(set(ids)) == ROWS
