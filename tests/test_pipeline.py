@@ -141,3 +141,56 @@ def test_teacher_and_soft_labels_on_s3(ray_cluster, cifar10, s3_server):
     assert manifest["rows"] == ROWS and all(f"{entry}/{s['file']}" in keys for s in manifest["shards"])
     weights = io.BytesIO(storage.read_bytes(out["teacher"]))
     assert "net.0.0.weight" in torch.load(weights, weights_only=True)
+
+
+def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
+    import yaml
+
+    from distkd.cli import main
+
+    job, store, out = run
+    evaluation = {
+        "name": "eval-only", "store": str(store), "stages": ["evaluate"],
+        "data": {"uri": job.config.data.uri, "limit": 300},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
+        "student": {"name": "lenet5"},
+        "evaluate": {"split": "train", "models": [
+            {"role": "teacher", "name": "resnet9", "kwargs": {"width": 4}, "weights": out["teacher"]},
+            {"role": "distilled", "name": "lenet5", "weights": out["distilled"]},
+        ]},
+    }
+    path = tmp_path / "evaluate.yaml"
+    path.write_text(yaml.safe_dump(evaluation))
+    assert main(["evaluate", str(path)]) == 0
+    folder = capsys.readouterr().out.split("report: ")[-1].strip()
+    metrics = storage.read_json(storage.join(folder, "metrics.json"))
+    assert metrics["split"]["split"] == "train" and metrics["split"]["limit"] == 300
+    assert [(m["role"], m["metrics"]["count"]) for m in metrics["models"]] == [("teacher", 300), ("distilled", 300)]
+    assert "teacher_agreement" in metrics["models"][1]["metrics"]
+
+    evaluation["stages"] = ["distill", "evaluate"]
+    path.write_text(yaml.safe_dump(evaluation))
+    assert main(["pipeline", str(path)]) == 2
+    assert "a job with 'evaluate.models' only evaluates them" in capsys.readouterr().err
+
+
+def test_report_command_combines_runs(run, tmp_path, capsys):
+    import base64
+    import re
+
+    from distkd.cli import main
+
+    import shutil
+
+    _, _, out = run
+    other = shutil.copytree(out["report"], tmp_path / "other-run")
+    assert main(["report", out["report"], str(other), out["report"], "--out", str(tmp_path / "combined")]) == 0
+    markdown = (tmp_path / "combined" / "report.md").read_text()
+    first = Path(out["report"]).name
+    assert f"| {first}: lenet5 distilled |" in markdown and "| other-run: lenet5 distilled |" in markdown
+    assert markdown.count(": lenet5 distilled | distilled |") == 2  # the report named twice counts once
+    html = (tmp_path / "combined" / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no metrics.json" in capsys.readouterr().err

@@ -78,12 +78,13 @@ def save_report(folder: str, models: list[dict], title: str, **about: object) ->
 
 
 def combine(folders: list[str], out: str) -> str:
-    """One report from the models of several evaluated reports (``distkd report``)."""
-    models = []
+    """One report from the models of several evaluated reports (``distkd report``); with several,
+    each model's name starts with its report folder's name."""
+    models, folders = [], list(dict.fromkeys(folders))
     for folder in folders:
         evaluated = storage.read_json(storage.join(folder, "metrics.json"))
         for model in evaluated["models"]:
-            name = f"{evaluated['job']}: {model['name']}" if len(folders) > 1 else model["name"]
+            name = f"{folder.rstrip('/').rsplit('/', 1)[-1]}: {model['name']}" if len(folders) > 1 else model["name"]
             models.append({**model, "name": name})
     save_report(out, models, title="distkd report", job="combined", sources=folders)
     return out
