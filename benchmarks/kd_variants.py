@@ -40,8 +40,15 @@ def main(names: list[str]) -> None:
         job = Job.prepare(config.parse(merged(base, VARIANTS[name]), f"variant {name}"))
         report = pipeline.run(job)["report"]
         models = {m["role"]: m["metrics"] for m in storage.read_json(storage.join(report, "metrics.json"))["models"]}
-        rows.append((name, models["teacher"]["accuracy"], models["distilled"]["accuracy"], models["scratch"]["accuracy"],
-                     models["distilled"].get("teacher_agreement", float("nan"))))
+        rows.append(
+            (
+                name,
+                models["teacher"]["accuracy"],
+                models["distilled"]["accuracy"],
+                models["scratch"]["accuracy"],
+                models["distilled"].get("teacher_agreement", float("nan")),
+            )
+        )
     print("\n| variant | teacher | distilled | scratch | distilled - scratch | agreement |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, t, d, s, a in rows:

@@ -34,8 +34,9 @@ def plain_loop(job: Job, rows: int) -> float:
     torch.set_num_threads(s.threads)
     torch.manual_seed(0)
     model = s.model.build()
-    optimizer = torch.optim.SGD(model.parameters(), lr=s.train.lr, momentum=s.train.momentum,
-                                weight_decay=s.train.weight_decay, nesterov=True)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=s.train.lr, momentum=s.train.momentum, weight_decay=s.train.weight_decay, nesterov=True
+    )
     step = 0
     for _ in range(s.train.epochs):
         order = torch.randperm(rows)
@@ -67,7 +68,8 @@ def main() -> None:
     p.add_argument("--store", default="/tmp/distkd-bench-store")
     args = p.parse_args()
     raw = {
-        "name": f"bench-{time.time_ns()}", "store": args.store,  # a fresh run name: never reused
+        "name": f"bench-{time.time_ns()}",
+        "store": args.store,  # a fresh run name: never reused
         "data": {"uri": args.data, "limit": args.rows},
         "teacher": {"name": args.model, "train": {"epochs": args.epochs, "batch_size": 128, "lr": 0.05}},
         "student": {"name": "lenet5"},

@@ -85,7 +85,6 @@ def run_job(command: str, path: str) -> int:
         print(f"distkd: {e}", file=sys.stderr)
         return 2
     from distkd import pipeline
-
     from distkd.softlabels.cache import CacheError
 
     try:
@@ -104,7 +103,10 @@ def combine_reports(folders: list[str], out: str) -> int:
 
     missing = [f for f in folders if not storage.exists(storage.join(storage.absolute(f), "metrics.json"))]
     if missing:
-        print(f"distkd: no metrics.json in {', '.join(missing)} (expected report folders of the evaluate stage)", file=sys.stderr)
+        print(
+            f"distkd: no metrics.json in {', '.join(missing)} (expected report folders of the evaluate stage)",
+            file=sys.stderr,
+        )
         return 2
     out = combine([storage.absolute(f) for f in folders], storage.absolute(out))
     print(f"report: {storage.join(out, 'report.md')}")

@@ -36,7 +36,9 @@ class MissingOutput(RuntimeError):
 
 def require(compute: bool, uri: str, stage: str) -> None:
     if not compute:
-        raise MissingOutput(f"{uri}: not committed; run the '{stage}' stage first (distkd {stage.replace('_', '-')} JOB.yaml)")
+        raise MissingOutput(
+            f"{uri}: not committed; run the '{stage}' stage first (distkd {stage.replace('_', '-')} JOB.yaml)"
+        )
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,18 @@ class Job:
             raise ConfigError(f"{source}: key 'data.uri': {e}") from None
         num_classes = data.num_classes or int(train.read_labels().max()) + 1
         if data.class_names is not None and len(data.class_names) != num_classes:
-            raise ConfigError(f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes")
+            raise ConfigError(
+                f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes"
+            )
         shape = image_shape(train)
         if not len(data.mean) == len(data.std) == shape[0]:
             raise ConfigError(f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel)")
 
         def spec(key: str, model: ModelConfig) -> ModelSpec:
             if model.name not in MODELS:
-                raise ConfigError(f"{source}: key '{key}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}")
+                raise ConfigError(
+                    f"{source}: key '{key}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}"
+                )
             if model.weights is not None and not storage.exists(model.weights):
                 raise ConfigError(f"{source}: key '{key}.weights': no file at {model.weights}")
             built = ModelSpec(model.name, dict(model.kwargs), num_classes, shape)
@@ -81,11 +87,15 @@ class Job:
                 raise ConfigError(f"{source}: key '{key}.kwargs': cannot build '{model.name}': {e}") from None
             return built
 
-        checkpoints = {m.role: (spec(f"evaluate.models.{i}", m), m.weights) for i, m in enumerate(config.evaluate.models or [])}
+        checkpoints = {
+            m.role: (spec(f"evaluate.models.{i}", m), m.weights) for i, m in enumerate(config.evaluate.models or [])
+        }
         if len(checkpoints) != len(config.evaluate.models or []):
             raise ConfigError(f"{source}: key 'evaluate.models': each model needs its own 'role'")
         if checkpoints and config.stages != ["evaluate"]:
-            raise ConfigError(f"{source}: key 'stages': a job with 'evaluate.models' only evaluates them: use [evaluate]")
+            raise ConfigError(
+                f"{source}: key 'stages': a job with 'evaluate.models' only evaluates them: use [evaluate]"
+            )
         normalize = Normalize(tuple(data.mean), tuple(data.std))
         teacher, student = spec("teacher", config.teacher), spec("student", config.student)
         return cls(config, train, test, evaluated, num_classes, normalize, teacher, student, checkpoints)

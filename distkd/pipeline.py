@@ -16,8 +16,14 @@ from distkd.evaluate.stage import evaluate
 from distkd.job import Job
 from distkd.softlabels.stage import generate
 
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_DEFAULT_REGION", "AWS_REGION")
+FORWARDED_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+)
 
 
 def connect(address: str | None) -> None:
@@ -41,6 +47,10 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     if last >= STAGES.index("distill"):
         out.update(students(job, out["softlabels"], compute="distill" in stages))
     if last >= STAGES.index("evaluate"):
-        models = {role: (job.teacher if role == "teacher" else job.student, uri) for role, uri in out.items() if role != "softlabels"}
+        models = {
+            role: (job.teacher if role == "teacher" else job.student, uri)
+            for role, uri in out.items()
+            if role != "softlabels"
+        }
         out["report"] = evaluate(job, models)
     return out

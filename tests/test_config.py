@@ -11,7 +11,8 @@ from distkd.cli import main
 
 def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
     job = {
-        "name": "bad", "store": str(tmp_path / "store"),
+        "name": "bad",
+        "store": str(tmp_path / "store"),
         "data": {"uri": str(cifar10), "limit": 100},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
         "student": {"name": "lenet5"},
@@ -34,7 +35,10 @@ def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
         ({"teacher__train": {"epochs": "ten"}}, "key 'teacher.train.epochs'"),
         ({"teacher__train": {"lr": -1.0}}, "key 'teacher.train.lr'"),
         ({"student__name": "lenet6"}, "key 'student.name': unknown model 'lenet6'"),
-        ({"data__uri": "/nonexistent/cifar"}, "key 'data.uri': /nonexistent/cifar: no Parquet shards for split 'train'"),
+        (
+            {"data__uri": "/nonexistent/cifar"},
+            "key 'data.uri': /nonexistent/cifar: no Parquet shards for split 'train'",
+        ),
         ({"data__train_split": "training"}, "no Parquet shards for split 'training'"),
         ({"teacher__weights": "/nonexistent/teacher.pt"}, "key 'teacher.weights': no file at /nonexistent/teacher.pt"),
         ({"teacher__kwargs": {"depth": 3}}, "key 'teacher.kwargs': cannot build 'resnet9'"),

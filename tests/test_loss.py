@@ -27,7 +27,9 @@ Y = [0, 2]
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_kd_loss_equals_hand_computation(alpha, temperature):
     expected = sum(by_hand(s, t, y, alpha, temperature) for s, t, y in zip(S, T_, Y)) / len(S)
-    got = kd_loss(torch.tensor(S, dtype=torch.float64), torch.tensor(T_, dtype=torch.float64), torch.tensor(Y), alpha, temperature)
+    got = kd_loss(
+        torch.tensor(S, dtype=torch.float64), torch.tensor(T_, dtype=torch.float64), torch.tensor(Y), alpha, temperature
+    )
     assert got.item() == pytest.approx(expected, rel=1e-9)
 
 

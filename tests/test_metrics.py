@@ -30,8 +30,7 @@ def split_metrics(logits, labels, teacher, n_blocks: int, seed: int) -> dict:
     """Metrics over the data cut into ``n_blocks`` uneven blocks (some may be empty)."""
     cuts = np.sort(np.random.default_rng(seed).integers(0, len(labels), n_blocks - 1))
     blocks = [
-        block_stats(z, y, t)
-        for z, y, t in zip(np.split(logits, cuts), np.split(labels, cuts), np.split(teacher, cuts))
+        block_stats(z, y, t) for z, y, t in zip(np.split(logits, cuts), np.split(labels, cuts), np.split(teacher, cuts))
     ]
     return compute_metrics(sum_stats(blocks))
 
@@ -50,18 +49,12 @@ def test_matches_sklearn(n_blocks: int, never_predicted: int | None) -> None:
     assert m["count"] == N
     assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred), abs=1e-9)
     assert m["top_k"] == 5
-    assert m["topk_accuracy"] == pytest.approx(
-        top_k_accuracy_score(labels, logits, k=5, labels=classes), abs=1e-9
-    )
+    assert m["topk_accuracy"] == pytest.approx(top_k_accuracy_score(labels, logits, k=5, labels=classes), abs=1e-9)
     assert m["nll"] == pytest.approx(log_loss(labels, probs, labels=classes), abs=1e-9)
     assert m["confusion"] == confusion_matrix(labels, pred, labels=classes).tolist()
     for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(
-            labels, pred, labels=classes, average=avg, zero_division=0
-        )
-        assert [m[f"precision_{avg}"], m[f"recall_{avg}"], m[f"f1_{avg}"]] == pytest.approx(
-            [p, r, f], abs=1e-9
-        )
+        p, r, f, _ = precision_recall_fscore_support(labels, pred, labels=classes, average=avg, zero_division=0)
+        assert [m[f"precision_{avg}"], m[f"recall_{avg}"], m[f"f1_{avg}"]] == pytest.approx([p, r, f], abs=1e-9)
     p, r, f, s = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
     per_class = m["per_class"]
     assert [c["class"] for c in per_class] == [str(i) for i in classes]
@@ -84,8 +77,14 @@ def test_split_invariant() -> None:
 def test_ece_matches_per_sample_loop() -> None:
     logits, labels, teacher = make_data(1)
     bins = 10
-    m = compute_metrics(sum_stats([block_stats(logits[:400], labels[:400], num_bins=bins),
-                                   block_stats(logits[400:], labels[400:], num_bins=bins)]))
+    m = compute_metrics(
+        sum_stats(
+            [
+                block_stats(logits[:400], labels[:400], num_bins=bins),
+                block_stats(logits[400:], labels[400:], num_bins=bins),
+            ]
+        )
+    )
     probs = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
     conf, pred = probs.max(1), probs.argmax(1)
     ece = 0.0

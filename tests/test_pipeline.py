@@ -26,7 +26,8 @@ ROWS = 600
 
 def tiny_job(cifar10: Path, store: str, name: str = "tiny", **overrides) -> Job:
     raw = {
-        "name": name, "store": store,
+        "name": name,
+        "store": store,
         "data": {"uri": str(cifar10), "limit": ROWS, "val_limit": 200},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.1}},
         "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "lr": 0.05}},
@@ -43,8 +44,11 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def first_rows(split: Split) -> dict:
     table = split.read_table(["id", "image", "label"])
-    return {"id": table["id"].to_pylist(), "image": np.stack([decode(b) for b in table["image"].to_pylist()]),
-            "label": table["label"].to_numpy()}
+    return {
+        "id": table["id"].to_pylist(),
+        "image": np.stack([decode(b) for b in table["image"].to_pylist()]),
+        "label": table["label"].to_numpy(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,11 @@ def run(ray_cluster, cifar10, tmp_path_factory):
 def test_every_stage_commits_its_output(run):
     job, store, out = run
     assert set(out) == {"teacher", "softlabels", "distilled", "scratch", "report"}
-    for uri in (out["softlabels"], out["report"], *(str(Path(out[r]).parent) for r in ("teacher", "distilled", "scratch"))):
+    for uri in (
+        out["softlabels"],
+        out["report"],
+        *(str(Path(out[r]).parent) for r in ("teacher", "distilled", "scratch")),
+    ):
         assert storage.is_committed(uri), uri
     history = storage.read_json(storage.join(str(Path(out["distilled"]).parent), "history.json"))
     assert [h["epoch"] for h in history] == [1]
@@ -99,11 +107,18 @@ def test_aggregated_evaluation_equals_single_process_computation(run):
     for m in models:
         spec = job.teacher if m["role"] == "teacher" else job.student
         with torch.inference_mode():
-            predicted = load_weights(spec.build(), m["weights"]).eval()(job.normalize(torch.from_numpy(test["image"]))).argmax(1).numpy()
+            predicted = (
+                load_weights(spec.build(), m["weights"])
+                .eval()(job.normalize(torch.from_numpy(test["image"])))
+                .argmax(1)
+                .numpy()
+            )
         metrics, labels = m["metrics"], list(range(10))
         assert metrics["count"] == ROWS
         assert metrics["accuracy"] == pytest.approx(accuracy_score(test["label"], predicted), abs=1e-12)
-        assert metrics["f1_macro"] == pytest.approx(f1_score(test["label"], predicted, average="macro", labels=labels, zero_division=0), abs=1e-9)
+        assert metrics["f1_macro"] == pytest.approx(
+            f1_score(test["label"], predicted, average="macro", labels=labels, zero_division=0), abs=1e-9
+        )
         _, _, f1, support = precision_recall_fscore_support(test["label"], predicted, labels=labels, zero_division=0)
         assert [c["f1"] for c in metrics["per_class"]] == pytest.approx(f1.tolist(), abs=1e-9)
         assert [c["support"] for c in metrics["per_class"]] == support.tolist()
@@ -150,14 +165,19 @@ def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
 
     job, store, out = run
     evaluation = {
-        "name": "eval-only", "store": str(store), "stages": ["evaluate"],
+        "name": "eval-only",
+        "store": str(store),
+        "stages": ["evaluate"],
         "data": {"uri": job.config.data.uri, "limit": 300},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
         "student": {"name": "lenet5"},
-        "evaluate": {"split": "train", "models": [
-            {"role": "teacher", "name": "resnet9", "kwargs": {"width": 4}, "weights": out["teacher"]},
-            {"role": "distilled", "name": "lenet5", "weights": out["distilled"]},
-        ]},
+        "evaluate": {
+            "split": "train",
+            "models": [
+                {"role": "teacher", "name": "resnet9", "kwargs": {"width": 4}, "weights": out["teacher"]},
+                {"role": "distilled", "name": "lenet5", "weights": out["distilled"]},
+            ],
+        },
     }
     path = tmp_path / "evaluate.yaml"
     path.write_text(yaml.safe_dump(evaluation))
@@ -177,10 +197,9 @@ def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
 def test_report_command_combines_runs(run, tmp_path, capsys):
     import base64
     import re
+    import shutil
 
     from distkd.cli import main
-
-    import shutil
 
     _, _, out = run
     other = shutil.copytree(out["report"], tmp_path / "other-run")

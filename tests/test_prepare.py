@@ -64,8 +64,11 @@ def test_image_folder_shards(folder, tmp_path, monkeypatch):
     assert table.schema == pa.schema([("id", pa.string()), ("image", pa.binary()), ("label", pa.int64())])
     rows = table.to_pylist()
     assert len(rows) == sum(len(v) for v in IMAGES.values())
-    by_class = [(f"train/{cls}/{Path(name).stem}", label, name)
-                for label, cls in enumerate(CLASSES) for name, _ in sorted(IMAGES[cls])]
+    by_class = [
+        (f"train/{cls}/{Path(name).stem}", label, name)
+        for label, cls in enumerate(CLASSES)
+        for name, _ in sorted(IMAGES[cls])
+    ]
     expected = [by_class[i] for i in prepare.interleave_by_class([label for _, label, _ in by_class])]
     assert [label for _, label, _ in expected][:3] == [0, 1, 2]  # interleaved: any prefix is balanced
     assert [(r["id"], r["label"]) for r in rows] == [(i, label) for i, label, _ in expected]
@@ -111,7 +114,8 @@ def test_write_split_refuses_duplicate_ids_and_cleans_up(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
         prepare.write_split([], str(out), "train")
     assert [u.rsplit("/", 1)[-1] for u in prepare.write_split(rows[:3], str(out), "train", rows_per_shard=3)] == [
-        "train-00000-of-00001.parquet"]
+        "train-00000-of-00001.parquet"
+    ]
 
 
 def test_interleave_by_class():
@@ -119,7 +123,7 @@ def test_interleave_by_class():
     labels = [0, 0, 0, 1, 1, 1, 2, 2, 2]
     order = prepare.interleave_by_class(labels)
     assert sorted(order) == list(range(len(labels)))
-    assert [[labels[i] for i in order[k:k + 3]] for k in range(0, 9, 3)] == [[0, 1, 2]] * 3
+    assert [[labels[i] for i in order[k : k + 3]] for k in range(0, 9, 3)] == [[0, 1, 2]] * 3
 
 
 def test_torchvision_cifar10_with_a_fake_dataset(tmp_path, monkeypatch):
@@ -140,18 +144,30 @@ def test_torchvision_cifar10_with_a_fake_dataset(tmp_path, monkeypatch):
 
     assert calls == [(str(tmp_path / "raw"), True, False), (str(tmp_path / "raw"), False, False)]
     assert [u.rsplit("/", 1)[-1] for u in uris] == [
-        "train-00000-of-00002.parquet", "train-00001-of-00002.parquet", "test-00000-of-00001.parquet"]
+        "train-00000-of-00002.parquet",
+        "train-00001-of-00002.parquet",
+        "test-00000-of-00001.parquet",
+    ]
     train = pa.concat_tables(pq.read_table(u) for u in uris[:2]).to_pylist()
-    assert [r["id"] for r in train] == ["train/airplane/0000", "train/automobile/0000", "train/bird/0000",
-                                        "train/airplane/0001", "train/automobile/0001", "train/bird/0001"]
+    assert [r["id"] for r in train] == [
+        "train/airplane/0000",
+        "train/automobile/0000",
+        "train/bird/0000",
+        "train/airplane/0001",
+        "train/automobile/0001",
+        "train/bird/0001",
+    ]
     assert [r["label"] for r in train] == [0, 1, 2, 0, 1, 2]
     data = FakeCIFAR10(None, True, None).data
     for row, i in zip(train, [1, 2, 0, 3, 5, 4]):
         with Image.open(io.BytesIO(row["image"])) as image:
             assert image.format == "PNG"
             assert np.array_equal(np.asarray(image), data[i])  # lossless
-    assert [r["id"] for r in pq.read_table(uris[2]).to_pylist()] == ["test/airplane/0000", "test/automobile/0000",
-                                                                      "test/bird/0000"]
+    assert [r["id"] for r in pq.read_table(uris[2]).to_pylist()] == [
+        "test/airplane/0000",
+        "test/automobile/0000",
+        "test/bird/0000",
+    ]
 
 
 def test_write_split_to_s3(s3_server, tmp_path):

@@ -17,17 +17,26 @@ def make_models() -> list[dict]:
     onehot = np.eye(len(CLASSES))[labels]
     teacher = rng.normal(0, 1, (500, len(CLASSES))) + 3 * onehot
     models = []
-    for i, (name, role, signal, params) in enumerate([
-        ("resnet teacher", "teacher", 3.0, 11_200_000),
-        ("tiny scratch", "student (scratch)", 1.0, 410_000),
-        ("tiny distilled", "student (distilled)", 1.5, 410_000),
-    ]):
+    for i, (name, role, signal, params) in enumerate(
+        [
+            ("resnet teacher", "teacher", 3.0, 11_200_000),
+            ("tiny scratch", "student (scratch)", 1.0, 410_000),
+            ("tiny distilled", "student (distilled)", 1.5, 410_000),
+        ]
+    ):
         logits = teacher if i == 0 else rng.normal(0, 1, teacher.shape) + signal * onehot
         stats = block_stats(logits, labels, None if i == 0 else teacher)
-        cost = {"params": params, "size_bytes": 4 * params + 1000, "flops_per_sample": 40 * params,
-                "latency_ms": 1.5 + i, "throughput": 12345.0 / (i + 1), "device": "cpu"}
-        models.append({"name": name, "role": role, "metrics": compute_metrics(sum_stats([stats]), CLASSES),
-                       "cost": cost})
+        cost = {
+            "params": params,
+            "size_bytes": 4 * params + 1000,
+            "flops_per_sample": 40 * params,
+            "latency_ms": 1.5 + i,
+            "throughput": 12345.0 / (i + 1),
+            "device": "cpu",
+        }
+        models.append(
+            {"name": name, "role": role, "metrics": compute_metrics(sum_stats([stats]), CLASSES), "cost": cost}
+        )
     return models
 
 
@@ -40,8 +49,13 @@ def report(tmp_path_factory):
 
 def test_files_and_pngs(report) -> None:
     _, paths = report
-    pngs = {"confusion_resnet-teacher.png", "confusion_tiny-scratch.png", "confusion_tiny-distilled.png",
-            "per_class_f1.png", "accuracy_vs_size.png"}
+    pngs = {
+        "confusion_resnet-teacher.png",
+        "confusion_tiny-scratch.png",
+        "confusion_tiny-distilled.png",
+        "per_class_f1.png",
+        "accuracy_vs_size.png",
+    }
     assert set(paths) == pngs | {"report.md", "report.html"}
     for name, path in paths.items():
         assert path.name == name and path.is_file()

@@ -32,7 +32,8 @@ ROWS = 400
 
 def job_for(data: Path, store: Path, **softlabels) -> Job:
     raw = {
-        "name": "cache", "store": str(store),
+        "name": "cache",
+        "store": str(store),
         "data": {"uri": str(data), "limit": ROWS, "val_limit": 100},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100}},
         "student": {"name": "lenet5"},
@@ -68,7 +69,9 @@ def test_key_changes_with_every_input_that_changes_the_outputs(data, store, weig
     job = job_for(data, store)
     key = entry_uri(job, weights)[0]
     assert entry_uri(job_for(data, store), weights)[0] == key  # same inputs, same key
-    assert entry_uri(dataclasses.replace(job, config=job.config.model_copy(update={"name": "other"})), weights)[0] == key
+    assert (
+        entry_uri(dataclasses.replace(job, config=job.config.model_copy(update={"name": "other"})), weights)[0] == key
+    )
     assert entry_uri(job_for(data, store, actors=2, batch_size=70), weights)[0] == key  # pool size: not an input
 
     other_weights = tmp_path / "teacher.pt"
@@ -121,7 +124,9 @@ def capture_reuse(job: Job, weights: str) -> str:
 
 
 def test_topk_with_all_classes_matches_dense(data, store, weights):
-    dense = to_numpy(pq.read_table(os.path.join(generate(job_for(data, store), weights), "shards"))["logits"], np.float32)
+    dense = to_numpy(
+        pq.read_table(os.path.join(generate(job_for(data, store), weights), "shards"))["logits"], np.float32
+    )
     topk_entry = generate(job_for(data, store, format="topk", top_k=10, temperature=4.0), weights)
     table = pq.read_table(os.path.join(topk_entry, "shards"))
     index, logprob = to_numpy(table["topk_index"], np.int64), to_numpy(table["topk_logprob"], np.float32)
@@ -145,7 +150,9 @@ def test_topk_keeps_the_rest_of_the_mass():
     by_hand = sum(p[i] * (logp[0, i] - q[i].log()) for i in (0, 1))
     rest_p, rest_q = p[2:].sum(), q[2:].sum()
     by_hand += rest_p * (rest_p.log() - rest_q.log())
-    assert kd_loss_topk(student, top.indices, top.values, label, 1.0, 2.0).item() == pytest.approx(4 * by_hand.item(), rel=1e-5)
+    assert kd_loss_topk(student, top.indices, top.values, label, 1.0, 2.0).item() == pytest.approx(
+        4 * by_hand.item(), rel=1e-5
+    )
 
 
 def test_views_store_the_teachers_logits_on_the_views_pixels(data, store, weights):
@@ -174,7 +181,12 @@ def test_resume_recomputes_only_missing_shards(data, store, weights):
     assert (cache.manifest(entry)["computed_shards"], cache.manifest(entry)["teacher_rows"]) == (4, ROWS)
     kept = Path(entry, "shards", "part-00000-of-00004.parquet")
     before = kept.stat().st_mtime_ns
-    for name in ("_COMMITTED", "manifest.json", "shards/part-00001-of-00004.parquet", "shards/part-00003-of-00004.parquet"):
+    for name in (
+        "_COMMITTED",
+        "manifest.json",
+        "shards/part-00001-of-00004.parquet",
+        "shards/part-00003-of-00004.parquet",
+    ):
         Path(entry, name).unlink()  # as if the job had died after two shards
     assert not storage.is_committed(entry)
     generate(job, weights)

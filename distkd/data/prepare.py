@@ -1,4 +1,4 @@
-"""Pack images into the Parquet shards distkd reads: ``<split>-<i>-of-<n>.parquet`` with ``id``, ``image``, ``label``."""
+"""Pack images into the Parquet shards distkd reads: `<split>-<i>-of-<n>.parquet` with id, image, label."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def write_split(rows: Iterable[Row], out_uri: str, split: str, rows_per_shard: i
     # The reader's rule for what belongs to a split (see source.Split.open).
     taken = [u for u in storage.list_files(out_uri, ".parquet") if u.rsplit("/", 1)[-1].startswith(f"{split}-")]
     if taken:
-        raise ValueError(f"{out_uri}: split '{split}' already has shards ({taken[0]}, ...); remove them or write elsewhere")
+        raise ValueError(
+            f"{out_uri}: split '{split}' already has shards ({taken[0]}, ...); remove them or write elsewhere"
+        )
     fs, folder = storage.resolve(out_uri)
     fs.create_dir(folder, recursive=True)
     tag = uuid.uuid4().hex
@@ -80,8 +82,9 @@ def from_image_folder(root: str | Path, out_uri: str, split: str, rows_per_shard
     return write_split(((id_, _checked_bytes(p), label) for id_, p, label in files), out_uri, split, rows_per_shard)
 
 
-def from_torchvision_cifar10(root: str | Path, out_uri: str, download: bool = True,
-                             rows_per_shard: int = 10_000) -> list[str]:
+def from_torchvision_cifar10(
+    root: str | Path, out_uri: str, download: bool = True, rows_per_shard: int = 10_000
+) -> list[str]:
     """Pack torchvision's CIFAR-10 (``train`` and ``test``) as lossless PNG rows, interleaved by class."""
     from torchvision.datasets import CIFAR10
 

@@ -27,9 +27,14 @@ def validation(job: Job) -> ray.data.Dataset:
 def spec(job: Job, label: str, model: ModelSpec, train: TrainConfig, alpha: float = 0.0) -> TrainSpec:
     resources = job.config.resources
     return TrainSpec(
-        label=label, model=model, train=train, normalize=job.normalize,
+        label=label,
+        model=model,
+        train=train,
+        normalize=job.normalize,
         steps_per_epoch=steps_per_epoch(len(job.train.read_labels()), train.batch_size, resources.num_workers),
-        alpha=alpha, temperature=job.config.distill.temperature, precision=resources.precision,
+        alpha=alpha,
+        temperature=job.config.distill.temperature,
+        precision=resources.precision,
         threads=max(1, int(resources.cpus_per_worker)),
     )
 
@@ -63,8 +68,10 @@ def students(job: Job, softlabels: str, compute: bool = True) -> dict[str, str]:
     kd = spec(job, "student-kd", job.student, cfg.student.train, cfg.distill.alpha)
     inputs = cache.manifest(softlabels)["inputs"]
     if inputs["format"]["layout"] == "topk" and inputs["format"]["temperature"] != kd.temperature:
-        raise cache.CacheError(f"{softlabels}: top-k labels stored at temperature {inputs['format']['temperature']}, "
-                               f"but distill.temperature is {kd.temperature}")
+        raise cache.CacheError(
+            f"{softlabels}: top-k labels stored at temperature {inputs['format']['temperature']}, "
+            f"but distill.temperature is {kd.temperature}"
+        )
     kd = dataclasses.replace(kd, views=(inputs["views"] or {}).get("count", 0))
     runs = {"distilled": train_run(job, kd, "distill", compute, softlabels if kd.alpha > 0 else None)}
     if cfg.distill.baseline:
@@ -85,5 +92,7 @@ def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
     ids = split.read_table(["id"])["id"].to_pylist()
     info = cache.verify(entry, ids)
     columns = [*TRAINING_COLUMNS[info["inputs"]["format"]["layout"]], *(["views"] if info["inputs"]["views"] else [])]
-    joined = decoded(split).join(cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",))
+    joined = decoded(split).join(
+        cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
+    )
     return in_memory(joined, ["image", "label", *columns])

@@ -61,6 +61,7 @@ class TrainSpec:
     def identity(self) -> dict:
         """What shapes the trained model (not its display label, not the CPU threads it runs on)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("label", "threads")}
+
     precision: str = "fp32"
     threads: int = 1
 
@@ -82,8 +83,11 @@ def train_loop(config: dict) -> None:
     device = ray.train.torch.get_device()
     model = spec.model.build()
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=spec.train.lr, momentum=spec.train.momentum,
-        weight_decay=spec.train.weight_decay, nesterov=spec.train.momentum > 0,
+        model.parameters(),
+        lr=spec.train.lr,
+        momentum=spec.train.momentum,
+        weight_decay=spec.train.weight_decay,
+        nesterov=spec.train.momentum > 0,
     )
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -110,7 +114,9 @@ def train_loop(config: dict) -> None:
             images, view = batch["image"], torch.zeros(len(batch["image"]), dtype=torch.long)
             if spec.views:  # exactly a view the teacher saw, drawn per sample per epoch
                 view = torch.randint(0, spec.views, (len(images),), generator=generator)
-                images = crop_flip(images, batch["views"].view(len(images), spec.views, -1)[torch.arange(len(images)), view])
+                images = crop_flip(
+                    images, batch["views"].view(len(images), spec.views, -1)[torch.arange(len(images)), view]
+                )
             elif spec.train.augment:
                 images = random_crop_flip(images, generator=generator)
             x, y = spec.normalize(images.to(device)), batch["label"].to(device)
@@ -127,19 +133,27 @@ def train_loop(config: dict) -> None:
             step += 1
         val_accuracy = accuracy(model, val_shard, spec, device)
         loss_sum = all_reduce(loss_sum)
-        history.append({
-            "epoch": epoch + 1, "loss": (loss_sum[0] / loss_sum[1]).item(),
-            "val_accuracy": val_accuracy, "seconds": time.perf_counter() - started,
-        })
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": (loss_sum[0] / loss_sum[1]).item(),
+                "val_accuracy": val_accuracy,
+                "seconds": time.perf_counter() - started,
+            }
+        )
         report(model, optimizer, epoch, history, rank)
         if rank == 0:
             h = history[-1]
-            print(f"[{spec.label}] epoch {epoch + 1}/{spec.train.epochs}  loss {h['loss']:.4f}  "
-                  f"val_acc {h['val_accuracy']:.4f}  ({h['seconds']:.1f} s)", flush=True)
+            print(
+                f"[{spec.label}] epoch {epoch + 1}/{spec.train.epochs}  loss {h['loss']:.4f}  "
+                f"val_acc {h['val_accuracy']:.4f}  ({h['seconds']:.1f} s)",
+                flush=True,
+            )
 
 
-def objective(spec: TrainSpec, logits: torch.Tensor, labels: torch.Tensor, batch: dict, view: torch.Tensor,
-              device: torch.device) -> torch.Tensor:
+def objective(
+    spec: TrainSpec, logits: torch.Tensor, labels: torch.Tensor, batch: dict, view: torch.Tensor, device: torch.device
+) -> torch.Tensor:
     """Cross-entropy, or the KD loss against the soft label of the view each sample was shown."""
     if spec.alpha == 0:
         return F.cross_entropy(logits, labels)
@@ -150,7 +164,9 @@ def objective(spec: TrainSpec, logits: torch.Tensor, labels: torch.Tensor, batch
 
     if "teacher_logits" in batch:
         return kd_loss(logits, of_view("teacher_logits"), labels, spec.alpha, spec.temperature)
-    return kd_loss_topk(logits, of_view("teacher_index"), of_view("teacher_logprob"), labels, spec.alpha, spec.temperature)
+    return kd_loss_topk(
+        logits, of_view("teacher_index"), of_view("teacher_logprob"), labels, spec.alpha, spec.temperature
+    )
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -165,7 +181,9 @@ def accuracy(model: torch.nn.Module, shard, spec: TrainSpec, device: torch.devic
     counts = torch.zeros(2, device=device)  # correct, total
     for batch in shard.iter_torch_batches(batch_size=1024):
         predicted = model(spec.normalize(batch["image"].to(device))).argmax(-1)
-        counts += torch.stack([(predicted == batch["label"].to(device)).sum(), torch.tensor(len(predicted), device=device)])
+        counts += torch.stack(
+            [(predicted == batch["label"].to(device)).sum(), torch.tensor(len(predicted), device=device)]
+        )
     counts = all_reduce(counts)
     return (counts[0] / counts[1].clamp(min=1)).item()
 
@@ -183,7 +201,9 @@ def report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def fit(spec: TrainSpec, train: ray.data.Dataset, val: ray.data.Dataset, run_uri: str, resources: ResourcesConfig) -> list[dict]:
+def fit(
+    spec: TrainSpec, train: ray.data.Dataset, val: ray.data.Dataset, run_uri: str, resources: ResourcesConfig
+) -> list[dict]:
     """Train on Ray Train workers; write ``model.pt`` and ``history.json`` to ``run_uri`` and commit it."""
     fs, path = storage.resolve(run_uri)
     parent, name = path.rsplit("/", 1)
@@ -192,11 +212,14 @@ def fit(spec: TrainSpec, train: ray.data.Dataset, val: ray.data.Dataset, run_uri
         train_loop_config={"spec": spec},
         datasets={"train": train, "val": val},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+            num_workers=resources.num_workers,
+            use_gpu=resources.use_gpu,
             resources_per_worker={"CPU": resources.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=parent, storage_filesystem=fs,
+            name=name,
+            storage_path=parent,
+            storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=2),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),

@@ -84,9 +84,7 @@ def sum_stats(blocks: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         for key, v in summed.items():
             if v.shape != total[key].shape:
                 what = "class count" if key == "confusion" else "shape"
-                raise ValueError(
-                    f"block {i}: {what} mismatch in {key!r}: {v.shape} vs {total[key].shape}"
-                )
+                raise ValueError(f"block {i}: {what} mismatch in {key!r}: {v.shape} vs {total[key].shape}")
             total[key] = total[key] + v
     if total is None:
         raise ValueError("no blocks to sum")

@@ -40,33 +40,58 @@ def slug(name: str) -> str:
 
 def _summary(models: list[dict]) -> tuple[list[str], list[list[str]]]:
     ks = {m["metrics"]["top_k"] for m in models}
-    header = ["model", "role", "params", "size", "FLOPs/sample", "accuracy", f"top-{ks.pop() if len(ks) == 1 else 'k'}",
-              "macro F1", "ECE", "agreement with teacher", "latency ms (b=1)", "throughput/s"]
+    header = [
+        "model",
+        "role",
+        "params",
+        "size",
+        "FLOPs/sample",
+        "accuracy",
+        f"top-{ks.pop() if len(ks) == 1 else 'k'}",
+        "macro F1",
+        "ECE",
+        "agreement with teacher",
+        "latency ms (b=1)",
+        "throughput/s",
+    ]
     rows = []
     for m in models:
         met, cost = m["metrics"], m["cost"]
         agreement = met.get("teacher_agreement")
-        rows.append([
-            m["name"], m["role"], _si(cost["params"], sep=""), _si(cost["size_bytes"], "B"),
-            _si(cost["flops_per_sample"], "FLOPs"), _pct(met["accuracy"]), _pct(met["topk_accuracy"]),
-            f"{met['f1_macro']:.4f}", f"{met['ece']:.4f}", "" if agreement is None else _pct(agreement),
-            f"{cost['latency_ms']:.2f}", _si(cost["throughput"], sep=""),
-        ])
+        rows.append(
+            [
+                m["name"],
+                m["role"],
+                _si(cost["params"], sep=""),
+                _si(cost["size_bytes"], "B"),
+                _si(cost["flops_per_sample"], "FLOPs"),
+                _pct(met["accuracy"]),
+                _pct(met["topk_accuracy"]),
+                f"{met['f1_macro']:.4f}",
+                f"{met['ece']:.4f}",
+                "" if agreement is None else _pct(agreement),
+                f"{cost['latency_ms']:.2f}",
+                _si(cost["throughput"], sep=""),
+            ]
+        )
     return header, rows
 
 
 def _per_class(models: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["class", "support", *(m["name"] for m in models)]
     columns = [m["metrics"]["per_class"] for m in models]
-    rows = [[c["class"], str(c["support"]), *(f"{col[i]['f1']:.4f}" for col in columns)]
-            for i, c in enumerate(columns[0])]
+    rows = [
+        [c["class"], str(c["support"]), *(f"{col[i]['f1']:.4f}" for col in columns)] for i, c in enumerate(columns[0])
+    ]
     return header, rows
 
 
 def _markdown_table(header: list[str], rows: list[list[str]], text_columns: int) -> str:
     """A table whose first ``text_columns`` columns are left-aligned, the numbers right-aligned."""
+
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
     align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     return "\n".join([line(header), "|" + "|".join(align) + "|", *map(line, rows)])
 
@@ -180,13 +205,27 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
 
     summary, per_class = _summary(models), _per_class(models)
     devices = ", ".join(sorted({m["cost"]["device"] for m in models}))
-    note = (f"Evaluated on {models[0]['metrics']['count']} samples. ECE: expected calibration error. "
-            f"Latency (median, batch 1) and throughput measured on {devices}.")
+    note = (
+        f"Evaluated on {models[0]['metrics']['count']} samples. ECE: expected calibration error. "
+        f"Latency (median, batch 1) and throughput measured on {devices}."
+    )
     overview = ["per_class_f1.png", "accuracy_vs_size.png"]
     confusions = [f"confusion_{s}.png" for s in slugs]
 
-    md = [f"# {title}", "", _markdown_table(*summary, text_columns=2), "", note, "", "## Per-class F1", "",
-          _markdown_table(*per_class, text_columns=1), "", "## Plots", ""]
+    md = [
+        f"# {title}",
+        "",
+        _markdown_table(*summary, text_columns=2),
+        "",
+        note,
+        "",
+        "## Per-class F1",
+        "",
+        _markdown_table(*per_class, text_columns=1),
+        "",
+        "## Plots",
+        "",
+    ]
     md += [f"![{name.removesuffix('.png')}]({name})" for name in overview + confusions]
     paths["report.md"] = out / "report.md"
     paths["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")

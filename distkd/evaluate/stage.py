@@ -27,7 +27,9 @@ class Evaluator:
 
     def __init__(self, models: dict[str, tuple[ModelSpec, str]], normalize: Normalize) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.models = {role: load_weights(spec.build(), weights).to(self.device).eval() for role, (spec, weights) in models.items()}
+        self.models = {
+            role: load_weights(spec.build(), weights).to(self.device).eval() for role, (spec, weights) in models.items()
+        }
         self.normalize = normalize
 
     @torch.inference_mode()
@@ -48,21 +50,38 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
         print(f"[evaluate] reusing committed report {folder}", flush=True)
         return folder
     cfg = job.config.evaluate
-    stats = job.evaluated.read().map_batches(decode_batch, batch_format="numpy").map_batches(
-        Evaluator, fn_constructor_kwargs={"models": models, "normalize": job.normalize},
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors), batch_size=cfg.batch_size, batch_format="numpy",
+    stats = (
+        job.evaluated.read()
+        .map_batches(decode_batch, batch_format="numpy")
+        .map_batches(
+            Evaluator,
+            fn_constructor_kwargs={"models": models, "normalize": job.normalize},
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+        )
     )
     blocks = list(stats.iter_batches(batch_size=None, batch_format="numpy"))
     results = []
     for i, (role, (spec, uri)) in enumerate(models.items()):
-        summed = sum_stats({k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks)
+        summed = sum_stats(
+            {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
+        )
         model = load_weights(spec.build(), uri)
-        results.append({"name": f"{spec.name} {role}", "role": role, "weights": uri,
-                        "metrics": compute_metrics(summed, job.config.data.class_names),
-                        "cost": model_cost(model, spec.input_shape)})
+        results.append(
+            {
+                "name": f"{spec.name} {role}",
+                "role": role,
+                "weights": uri,
+                "metrics": compute_metrics(summed, job.config.data.class_names),
+                "cost": model_cost(model, spec.input_shape),
+            }
+        )
         if torch.cuda.is_available():
             results[-1]["cost_gpu"] = model_cost(model, spec.input_shape, device="cuda")
-    save_report(folder, results, f"distkd report: {job.config.name}", job=job.config.name, split=job.evaluated.identity())
+    save_report(
+        folder, results, f"distkd report: {job.config.name}", job=job.config.name, split=job.evaluated.identity()
+    )
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.md')}", flush=True)
     return folder

@@ -12,14 +12,20 @@ class LeNet5(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 6, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         side = ((image_size - 4) // 2 - 4) // 2
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * side * side, 120), nn.ReLU(),
-            nn.Linear(120, 84), nn.ReLU(),
+            nn.Linear(16 * side * side, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
             nn.Linear(84, num_classes),
         )
 
@@ -51,10 +57,13 @@ class ResNet9(nn.Module):
         w = width
         self.net = nn.Sequential(
             conv_bn(in_channels, w),
-            conv_bn(w, 2 * w, pool=True), Residual(2 * w),
+            conv_bn(w, 2 * w, pool=True),
+            Residual(2 * w),
             conv_bn(2 * w, 4 * w, pool=True),
-            conv_bn(4 * w, 8 * w, pool=True), Residual(8 * w),
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+            conv_bn(4 * w, 8 * w, pool=True),
+            Residual(8 * w),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
             nn.Linear(8 * w, num_classes),
         )
 

@@ -20,13 +20,18 @@ def listing(store: str) -> list[dict]:
         inputs = m["inputs"]
         fmt = inputs["format"]
         views = (inputs.get("views") or {}).get("count", 0)
-        rows.append({
-            "key": m["key"], "teacher": inputs["teacher"]["name"],
-            "dataset": f"{inputs['data']['uri']} [{inputs['data']['split']}]",
-            "format": f"{fmt['layout']}{'-' + str(fmt['top_k']) if fmt['top_k'] else ''} {fmt['dtype']}"
-                      + (f" x{views} views" if views else ""),
-            "rows": m["rows"], "size": m["bytes"], "created": m["created"],
-        })
+        rows.append(
+            {
+                "key": m["key"],
+                "teacher": inputs["teacher"]["name"],
+                "dataset": f"{inputs['data']['uri']} [{inputs['data']['split']}]",
+                "format": f"{fmt['layout']}{'-' + str(fmt['top_k']) if fmt['top_k'] else ''} {fmt['dtype']}"
+                + (f" x{views} views" if views else ""),
+                "rows": m["rows"],
+                "size": m["bytes"],
+                "created": m["created"],
+            }
+        )
     return rows
 
 

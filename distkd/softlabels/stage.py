@@ -48,7 +48,9 @@ def plan(split: Split, shard_rows: int) -> list[Unit]:
         if remaining is not None:
             rows = min(rows, remaining)
             remaining -= rows
-        units += [Unit(len(units) + i, uri, s, min(s + shard_rows, rows)) for i, s in enumerate(range(0, rows, shard_rows))]
+        units += [
+            Unit(len(units) + i, uri, s, min(s + shard_rows, rows)) for i, s in enumerate(range(0, rows, shard_rows))
+        ]
         if remaining == 0:
             break
     return units
@@ -78,8 +80,12 @@ def output_format(job: Job) -> Format:
 def key_inputs(job: Job, teacher_weights: str) -> dict:
     cfg = job.config.softlabels
     return {
-        "teacher": {"name": job.teacher.name, "kwargs": job.teacher.kwargs, "num_classes": job.num_classes,
-                    "weights_sha256": weights_hash(teacher_weights)},
+        "teacher": {
+            "name": job.teacher.name,
+            "kwargs": job.teacher.kwargs,
+            "num_classes": job.num_classes,
+            "weights_sha256": weights_hash(teacher_weights),
+        },
         "data": job.train.identity(),
         "transform": {"input_shape": list(job.teacher.input_shape), **job.normalize.identity()},
         "views": {"count": cfg.views, "seed": cfg.view_seed, "pad": PAD} if cfg.views else None,
@@ -103,14 +109,24 @@ def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
     units = plan(job.train, job.config.softlabels.shard_rows)
     done = set(storage.list_files(storage.join(entry, cache.SHARDS), ".parquet"))
     missing = [u for u in units if storage.join(entry, cache.SHARDS, cache.shard_name(u.index, len(units))) not in done]
-    print(f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute", flush=True)
+    print(
+        f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
+        flush=True,
+    )
     started = time.perf_counter()
     labelled = compute_units(job, teacher_weights, entry, missing, len(units)) if missing else 0
     ids = job.train.read_table(["id"])["id"].to_pylist()
-    work = {"computed_shards": len(missing), "teacher_rows": labelled, "teacher_seconds": round(time.perf_counter() - started, 3)}
+    work = {
+        "computed_shards": len(missing),
+        "teacher_rows": labelled,
+        "teacher_seconds": round(time.perf_counter() - started, 3),
+    }
     manifest = cache.commit(entry, inputs, len(units), ids, work)
-    print(f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
-          f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)", flush=True)
+    print(
+        f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
+        f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)",
+        flush=True,
+    )
     return entry
 
 
@@ -118,15 +134,27 @@ def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit],
     """Run the teacher over ``units`` and write each one's shard; returns the rows the teacher labelled."""
     cfg = job.config.softlabels
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back unit by unit
-    outputs = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units)).map_batches(
-        read_units, batch_size=1, batch_format="numpy"
-    ).map_batches(decode_batch, batch_format="numpy").map_batches(
-        TeacherPredictor,
-        fn_constructor_kwargs={"model": job.teacher, "weights": teacher_weights, "normalize": job.normalize,
-                               "fmt": output_format(job), "views": cfg.views, "view_seed": cfg.view_seed,
-                               "precision": cfg.precision},
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        batch_size=cfg.batch_size, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
+    outputs = (
+        ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
+        .map_batches(read_units, batch_size=1, batch_format="numpy")
+        .map_batches(decode_batch, batch_format="numpy")
+        .map_batches(
+            TeacherPredictor,
+            fn_constructor_kwargs={
+                "model": job.teacher,
+                "weights": teacher_weights,
+                "normalize": job.normalize,
+                "fmt": output_format(job),
+                "views": cfg.views,
+                "view_seed": cfg.view_seed,
+                "precision": cfg.precision,
+            },
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor,
+        )
     )
     pending, buffered, labelled = list(units), [], 0
     for batch in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -147,5 +175,7 @@ def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table) -> None:
     fs, path = storage.resolve(unit.file)
     expected = pq.read_table(path, columns=["id"], filesystem=fs)["id"].slice(unit.start, unit.stop - unit.start)
     if rows["id"].to_pylist() != expected.to_pylist():
-        raise cache.CacheError(f"{entry}: rows returned for shard {unit.index} are not the ids of {unit.file}[{unit.start}:{unit.stop}]")
+        raise cache.CacheError(
+            f"{entry}: rows returned for shard {unit.index} are not the ids of {unit.file}[{unit.start}:{unit.stop}]"
+        )
     cache.write_shard(entry, unit.index, count, rows)

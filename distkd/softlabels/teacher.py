@@ -19,8 +19,16 @@ class TeacherPredictor:
     """Holds one teacher on its device (a GPU when the actor has one); maps decoded batches to
     the stored columns: the logits of the clean image, or of each of ``views`` recorded views."""
 
-    def __init__(self, model: ModelSpec, weights: str, normalize: Normalize, fmt: Format, views: int = 0,
-                 view_seed: int = 0, precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        model: ModelSpec,
+        weights: str,
+        normalize: Normalize,
+        fmt: Format,
+        views: int = 0,
+        view_seed: int = 0,
+        precision: str = "fp32",
+    ) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_weights(model.build(), weights).to(self.device).eval()
         self.normalize, self.fmt, self.views, self.view_seed = normalize, fmt, views, view_seed
@@ -40,5 +48,7 @@ class TeacherPredictor:
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalize(images.to(self.device, non_blocking=True))
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             return self.model(x).float().cpu()
