@@ -36,7 +36,7 @@ def job_for(data: Path, store: Path, **softlabels) -> Job:
         "store": str(store),
         "data": {"uri": str(data), "limit": ROWS, "val_limit": 100},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100}},
-        "student": {"name": "lenet5"},
+        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100}},
         "softlabels": {"batch_size": 50, "shard_rows": 100, **softlabels},
     }
     return Job.prepare(config.parse(raw, "<test>"))
@@ -243,3 +243,37 @@ def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, wei
     assert manifest["rows"] == ROWS
     ids = [i for t in shards(entry) for i in t["id"].to_pylist()]
     assert sorted(ids) == sorted(job.train.read_table(["id"])["id"].to_pylist()) and len(set(ids)) == ROWS
+
+
+def test_two_jobs_writing_the_same_key_at_once_end_with_one_valid_entry(data, store, weights):
+    job = job_for(data, store, view_seed=4, views=1)
+    results, errors = [], []
+
+    def write():
+        try:
+            results.append(generate(job, weights))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert not errors and len(results) == 2 and results[0] == results[1]
+    manifest = inspect.verify(str(store), cache.manifest(results[0])["key"])
+    assert "ok (400 rows in 4 shards" in manifest
+    names = sorted(p.name for p in Path(results[0], "shards").iterdir())
+    assert names == [f"part-0000{i}-of-00004.parquet" for i in range(4)]  # no temporary files left
+
+
+@pytest.mark.parametrize("softlabels", [{"format": "topk", "top_k": 3}, {"views": 2}])
+def test_distill_trains_on_every_format(data, store, weights, softlabels):
+    from distkd.distill.stage import students
+
+    job = job_for(data, store, view_seed=5, **softlabels)
+    no_baseline = job.config.model_copy(update={"distill": config.DistillConfig(baseline=False)})
+    job = dataclasses.replace(job, config=no_baseline)
+    runs = students(job, generate(job, weights))
+    history = storage.read_json(storage.join(str(Path(runs["distilled"]).parent), "history.json"))
+    assert len(history) == 1 and np.isfinite(history[0]["loss"]) and history[0]["loss"] > 0

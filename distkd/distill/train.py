@@ -57,13 +57,12 @@ class TrainSpec:
     alpha: float = 0.0
     temperature: float = 1.0
     views: int = 0  # recorded views per image in the soft labels: train on one of them per sample
+    precision: str = "fp32"
+    threads: int = 1
 
     def identity(self) -> dict:
         """What shapes the trained model (not its display label, not the CPU threads it runs on)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("label", "threads")}
-
-    precision: str = "fp32"
-    threads: int = 1
 
 
 def learning_rate(spec: TrainSpec, step: int) -> float:
@@ -111,14 +110,7 @@ def train_loop(config: dict) -> None:
         for batch in train_shard.iter_torch_batches(
             batch_size=spec.train.batch_size, local_shuffle_buffer_size=4 * spec.train.batch_size, drop_last=True
         ):
-            images, view = batch["image"], torch.zeros(len(batch["image"]), dtype=torch.long)
-            if spec.views:  # exactly a view the teacher saw, drawn per sample per epoch
-                view = torch.randint(0, spec.views, (len(images),), generator=generator)
-                images = crop_flip(
-                    images, batch["views"].view(len(images), spec.views, -1)[torch.arange(len(images)), view]
-                )
-            elif spec.train.augment:
-                images = random_crop_flip(images, generator=generator)
+            images, view = shown(spec, batch, generator)
             x, y = spec.normalize(images.to(device)), batch["label"].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(spec, step)
@@ -149,6 +141,20 @@ def train_loop(config: dict) -> None:
                 f"val_acc {h['val_accuracy']:.4f}  ({h['seconds']:.1f} s)",
                 flush=True,
             )
+
+
+def shown(spec: TrainSpec, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images the model trains on, and which recorded view each one is (0 without views):
+    with views, exactly a view the teacher saw, drawn per sample and epoch; else the configured
+    augmentation."""
+    images, view = batch["image"], torch.zeros(len(batch["image"]), dtype=torch.long)
+    if spec.views:
+        view = torch.randint(0, spec.views, (len(images),), generator=generator)
+        params = batch["views"].view(len(images), spec.views, -1)[torch.arange(len(images)), view]
+        return crop_flip(images, params), view
+    if spec.train.augment:
+        images = random_crop_flip(images, generator=generator)
+    return images, view
 
 
 def objective(
