@@ -23,6 +23,7 @@ VARIANTS: dict[str, dict] = {
     "clean-alpha0.5": {"distill": {"alpha": 0.5}},
     "clean-augmented": {"student": {"train": {"augment": True}}},
     "views8": {"softlabels": {"views": 8}},
+    "views8-alpha0.5": {"softlabels": {"views": 8}, "distill": {"alpha": 0.5}},
 }
 
 

@@ -40,10 +40,15 @@ def shard_name(index: int, count: int) -> str:
 
 
 def write_shard(entry: str, index: int, count: int, table: pa.Table) -> None:
-    """One shard, written whole: readers see it complete under its final name or not at all."""
+    """One shard, written whole: readers see it complete under its final name or not at all. A shard
+    that a concurrent writer of the same key has committed meanwhile is kept, not replaced, so the
+    checksums another writer's manifest took stay true."""
+    uri = storage.join(entry, SHARDS, shard_name(index, count))
+    if storage.exists(uri):
+        return
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes(storage.join(entry, SHARDS, shard_name(index, count)), buffer.getvalue().to_pybytes())
+    storage.write_bytes(uri, buffer.getvalue().to_pybytes())
 
 
 def shard_record(entry: str, name: str) -> dict:
