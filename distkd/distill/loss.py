@@ -40,6 +40,8 @@ def kd_loss_topk(
     hard = F.cross_entropy(student_logits, labels)
     log_q = F.log_softmax(student_logits / temperature, dim=-1)
     log_q_top = log_q.gather(1, teacher_index)
+    if teacher_index.shape[1] == student_logits.shape[1]:  # every class stored: there is no rest,
+        teacher_logprob = teacher_logprob.log_softmax(dim=1)  # only storage rounding to normalise away
     p_top = teacher_logprob.exp()
     p_rest = (1 - p_top.sum(dim=1)).clamp(min=0)
     q_rest = (1 - log_q_top.exp().sum(dim=1)).clamp(min=1e-12)
