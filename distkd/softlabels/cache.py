@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from distkd import __version__, storage
+from distkd.job import digest
 from distkd.softlabels.formats import Format, to_numpy
 
 FORMAT_VERSION = 2
@@ -30,8 +31,6 @@ class CacheError(RuntimeError):
 
 def key(inputs: dict) -> str:
     """A hash of everything that changes the teacher's outputs, and nothing else."""
-    from distkd.job import digest
-
     return digest({"format_version": FORMAT_VERSION, **inputs}, length=32)
 
 
