@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
-import ray
 import yaml
 
+from distkd import pipeline
 from distkd.cli import main
 
 
@@ -46,13 +46,16 @@ def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
         ({"stages": ["distil"]}, "key 'stages.0'"),
     ],
 )
-def test_bad_job_file_names_the_problem(tmp_path, cifar10, capsys, change, expected):
+def test_bad_job_file_names_the_problem(tmp_path, cifar10, capsys, monkeypatch, change, expected):
+    def no_cluster_work(*args, **kwargs):
+        raise AssertionError("Ray was asked to start before the job file was checked")
+
+    monkeypatch.setattr(pipeline, "connect", no_cluster_work)
     path = write_job(tmp_path, cifar10, **change)
     assert main(["pipeline", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err
     assert expected in err
-    assert not ray.is_initialized()
     assert not (tmp_path / "store").exists()
 
 
