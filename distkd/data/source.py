@@ -56,16 +56,31 @@ class Split:
     def identity(self) -> dict:
         return {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
 
-    def read_table(self, columns: list[str]) -> pa.Table:
-        """The rows in use, read here in the driver (for small columns, tests and benchmarks)."""
-        tables, total = [], 0
+    def file_rows(self) -> list[tuple[str, int]]:
+        """(file, rows of it in use) for the files the split reads, from Parquet metadata alone."""
+        used, remaining = [], self.limit
         for uri in self.files:
             fs, path = storage.resolve(uri)
-            tables.append(pq.read_table(path, columns=columns, filesystem=fs))
-            total += len(tables[-1])
-            if self.limit is not None and total >= self.limit:
+            with fs.open_input_file(path) as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            if remaining is not None:
+                rows = min(rows, remaining)
+                remaining -= rows
+            used.append((uri, rows))
+            if remaining == 0:
                 break
-        return pa.concat_tables(tables).slice(0, self.limit)
+        return used
+
+    def num_rows(self) -> int:
+        return sum(rows for _, rows in self.file_rows())
+
+    def read_table(self, columns: list[str]) -> pa.Table:
+        """The rows in use, read here in the driver (for small columns, tests and benchmarks)."""
+        tables = []
+        for uri, rows in self.file_rows():
+            fs, path = storage.resolve(uri)
+            tables.append(pq.read_table(path, columns=columns, filesystem=fs).slice(0, rows))
+        return pa.concat_tables(tables)
 
     def read_labels(self) -> np.ndarray:
         return self.read_table(["label"])["label"].to_numpy()

@@ -31,7 +31,7 @@ def spec(job: Job, label: str, model: ModelSpec, train: TrainConfig, alpha: floa
         model=model,
         train=train,
         normalize=job.normalize,
-        steps_per_epoch=steps_per_epoch(len(job.train.read_labels()), train.batch_size, resources.num_workers),
+        steps_per_epoch=steps_per_epoch(job.train.num_rows(), train.batch_size, resources.num_workers),
         alpha=alpha,
         temperature=job.config.distill.temperature,
         precision=resources.precision,

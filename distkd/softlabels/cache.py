@@ -72,7 +72,7 @@ def commit(entry: str, inputs: dict, shard_count: int, expected_ids: list[str], 
         "rows": rows,
         "bytes": sum(s["bytes"] for s in shards),
         **work,
-        "rows_per_second": round(rows / work["teacher_seconds"], 1) if work["teacher_seconds"] else None,
+        "rows_per_second": round(work["teacher_rows"] / work["teacher_seconds"], 1) if work["teacher_rows"] else None,
         "distkd_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

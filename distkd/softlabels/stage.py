@@ -30,29 +30,23 @@ from distkd.softlabels.teacher import TeacherPredictor
 
 @dataclass(frozen=True)
 class Unit:
-    """Rows [start, stop) of one Parquet file: the input of one shard."""
+    """Rows [start, stop) of one Parquet file: the input of one shard; ``offset`` is the index of its
+    first row in the split."""
 
     index: int
     file: str
     start: int
     stop: int
+    offset: int
 
 
 def plan(split: Split, shard_rows: int) -> list[Unit]:
     """The split's rows in use, in order, cut into units that do not cross files."""
-    units, remaining = [], split.limit
-    for uri in split.files:
-        fs, path = storage.resolve(uri)
-        with fs.open_input_file(path) as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
-        if remaining is not None:
-            rows = min(rows, remaining)
-            remaining -= rows
-        units += [
-            Unit(len(units) + i, uri, s, min(s + shard_rows, rows)) for i, s in enumerate(range(0, rows, shard_rows))
-        ]
-        if remaining == 0:
-            break
+    units, offset = [], 0
+    for uri, rows in split.file_rows():
+        for start in range(0, rows, shard_rows):
+            units.append(Unit(len(units), uri, start, min(start + shard_rows, rows), offset + start))
+        offset += rows
     return units
 
 
@@ -114,8 +108,8 @@ def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
         flush=True,
     )
     started = time.perf_counter()
-    labelled = compute_units(job, teacher_weights, entry, missing, len(units)) if missing else 0
     ids = job.train.read_table(["id"])["id"].to_pylist()
+    labelled = compute_units(job, teacher_weights, entry, missing, len(units), ids) if missing else 0
     work = {
         "computed_shards": len(missing),
         "teacher_rows": labelled,
@@ -130,8 +124,9 @@ def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
     return entry
 
 
-def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int) -> int:
-    """Run the teacher over ``units`` and write each one's shard; returns the rows the teacher labelled."""
+def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int, ids: list[str]) -> int:
+    """Run the teacher over ``units`` and write each one's shard (``ids``: the split's, in order); returns the
+    rows the teacher labelled."""
     cfg = job.config.softlabels
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back unit by unit
     outputs = (
@@ -164,17 +159,15 @@ def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit],
             unit = pending.pop(0)
             rows = pa.concat_tables(buffered)
             size = unit.stop - unit.start
-            write_unit(entry, unit, count, rows.slice(0, size))
+            write_unit(entry, unit, count, rows.slice(0, size), ids[unit.offset : unit.offset + size])
             buffered = [rows.slice(size)]
     if pending or sum(len(t) for t in buffered):
         raise cache.CacheError(f"{entry}: the teacher returned rows that do not add up to the planned shards")
     return labelled
 
 
-def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table) -> None:
-    fs, path = storage.resolve(unit.file)
-    expected = pq.read_table(path, columns=["id"], filesystem=fs)["id"].slice(unit.start, unit.stop - unit.start)
-    if rows["id"].to_pylist() != expected.to_pylist():
+def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table, expected_ids: list[str]) -> None:
+    if rows["id"].to_pylist() != expected_ids:
         raise cache.CacheError(
             f"{entry}: rows returned for shard {unit.index} are not the ids of {unit.file}[{unit.start}:{unit.stop}]"
         )
