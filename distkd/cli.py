@@ -22,10 +22,17 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="one report from the evaluated models of several runs")
     report.add_argument("reports", nargs="+", help="report folders written by the evaluate stage")
     report.add_argument("--out", default="report", help="folder or URI for the combined report (default: ./report)")
-    cache = sub.add_parser("cache", help="list, show, verify or remove cached soft labels")
-    cache.add_argument("action", choices=["ls", "show", "verify", "rm"])
+    cache = sub.add_parser("cache", help="list, show, verify or remove cached soft labels; remove writers' leftovers")
+    cache.add_argument("action", choices=["ls", "show", "verify", "rm", "gc"])
     cache.add_argument("key", nargs="?", help="the entry's key (show, verify, rm)")
     cache.add_argument("--store", default="store", help="the store folder or URI (default: ./store)")
+    cache.add_argument(
+        "--older-than",
+        type=float,
+        default=3600,
+        metavar="SECONDS",
+        help="gc: only leftovers at least this old, as younger ones may belong to a running writer (default: 3600)",
+    )
     prepare = sub.add_parser("prepare", help="pack a dataset as the Parquet shards that jobs read")
     source = prepare.add_subparsers(dest="source", required=True)
     folder = source.add_parser("image-folder", help="ROOT/<class name>/<image file> as one split")
@@ -39,15 +46,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def cache_command(action: str, key: str | None, store: str) -> int:
+def cache_command(action: str, key: str | None, store: str, older_than: float) -> int:
     from distkd import storage
     from distkd.softlabels import inspect
     from distkd.softlabels.cache import CacheError
 
-    store = storage.absolute(store)
-    if action == "ls":
-        print(inspect.format_listing(inspect.listing(store)))
-        return 0
+    try:
+        store = storage.absolute(storage.validate(store))
+    except storage.URIError as e:
+        print(f"distkd: --store: {e}", file=sys.stderr)
+        return 2
+    try:
+        if action == "ls":
+            print(inspect.format_listing(inspect.listing(store)))
+            print(inspect.format_leftovers(store), end="")
+            return 0
+        if action == "gc":
+            print(inspect.collect_garbage(store, older_than))
+            return 0
+    except CacheError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 1
     if key is None:
         print(f"distkd: cache {action} needs a KEY (see: distkd cache ls --store {store})", file=sys.stderr)
         return 2
@@ -86,10 +105,11 @@ def run_job(command: str, path: str) -> int:
         return 2
     from distkd import pipeline
     from distkd.softlabels.cache import CacheError
+    from distkd.storage import StorageError
 
     try:
         outputs = pipeline.run(job, job.config.stages if command == "pipeline" else [STAGE_COMMANDS[command]])
-    except (MissingOutput, CacheError) as e:
+    except (MissingOutput, CacheError, StorageError) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
     for name, uri in outputs.items():
@@ -120,5 +140,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         return prepare(args)
     if args.command == "cache":
-        return cache_command(args.action, args.key, args.store)
+        return cache_command(args.action, args.key, args.store, args.older_than)
     return run_job(args.command, args.job)

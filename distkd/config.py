@@ -40,13 +40,18 @@ class DataConfig(Strict):
     @field_validator("uri")
     @classmethod
     def _absolute(cls, uri: str) -> str:
-        return storage.absolute(uri)
+        return storage.absolute(storage.validate(uri))
 
 
 class ModelConfig(Strict):
     name: str
     kwargs: dict[str, int | float | bool | str] = {}
     weights: str | None = None  # a state_dict file (path or URI); teacher: None trains one
+
+    @field_validator("weights")
+    @classmethod
+    def _valid_uri(cls, uri: str | None) -> str | None:
+        return uri if uri is None else storage.validate(uri)
 
 
 class TrainConfig(Strict):
@@ -124,7 +129,7 @@ class JobConfig(Strict):
     @field_validator("store")
     @classmethod
     def _absolute(cls, uri: str) -> str:
-        return storage.absolute(uri)
+        return storage.absolute(storage.validate(uri))
 
 
 def _describe(error: dict) -> str:
@@ -133,7 +138,8 @@ def _describe(error: dict) -> str:
         return f"unknown key '{key}'"
     if error["type"] == "missing":
         return f"missing key '{key}'"
-    return f"key '{key}': {error['msg']} (got {error['input']!r})"
+    got = storage.redact(error["input"]) if isinstance(error["input"], str) else error["input"]
+    return f"key '{key}': {storage.redact(error['msg'])} (got {got!r})"
 
 
 def parse(raw: object, source: str) -> JobConfig:

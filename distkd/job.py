@@ -41,6 +41,15 @@ def require(compute: bool, uri: str, stage: str) -> None:
         )
 
 
+def reachable(source: str, key: str, uri: str, must_exist: bool) -> None:
+    """A ``ConfigError`` naming the key and the URI when the store at ``uri`` cannot be used (unreachable,
+    no bucket, wrong credentials, nothing there)."""
+    try:
+        storage.check(uri, must_exist=must_exist)
+    except storage.StorageError as e:
+        raise ConfigError(f"{source}: key '{key}': {e}") from None
+
+
 @dataclass(frozen=True)
 class Job:
     config: JobConfig
@@ -57,6 +66,8 @@ class Job:
     def prepare(cls, config: JobConfig, source: str = "job") -> Job:
         """Check what can be checked without a cluster; errors name the key or the URI."""
         data = config.data
+        reachable(source, "store", config.store, must_exist=False)
+        reachable(source, "data.uri", data.uri, must_exist=False)  # a missing split is named below
         try:
             train, test, evaluated = (
                 Split.open(data.uri, name, data.limit)
@@ -78,8 +89,8 @@ class Job:
                 raise ConfigError(
                     f"{source}: key '{key}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}"
                 )
-            if model.weights is not None and not storage.exists(model.weights):
-                raise ConfigError(f"{source}: key '{key}.weights': no file at {model.weights}")
+            if model.weights is not None:
+                reachable(source, f"{key}.weights", model.weights, must_exist=True)
             built = ModelSpec(model.name, dict(model.kwargs), num_classes, shape)
             try:
                 built.build()

@@ -16,14 +16,9 @@ from distkd.evaluate.stage import evaluate
 from distkd.job import Job
 from distkd.softlabels.stage import generate
 
-FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-)
+# Where the store is, never who may use it: Ray writes a runtime_env in plain text to every node's logs,
+# so credentials stay with each node (its environment, profile or instance role).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
 def connect(address: str | None) -> None:

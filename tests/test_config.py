@@ -40,7 +40,7 @@ def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
             "key 'data.uri': /nonexistent/cifar: no Parquet shards for split 'train'",
         ),
         ({"data__train_split": "training"}, "no Parquet shards for split 'training'"),
-        ({"teacher__weights": "/nonexistent/teacher.pt"}, "key 'teacher.weights': no file at /nonexistent/teacher.pt"),
+        ({"teacher__weights": "/nonexistent/teacher.pt"}, "key 'teacher.weights': /nonexistent/teacher.pt: not found"),
         ({"teacher__kwargs": {"depth": 3}}, "key 'teacher.kwargs': cannot build 'resnet9'"),
         ({"data__class_names": ["a", "b"]}, "key 'data.class_names': 2 names for 10 classes"),
         ({"stages": ["distil"]}, "key 'stages.0'"),

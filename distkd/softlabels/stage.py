@@ -1,7 +1,8 @@
 """Stage 1: run the teacher over the training split on an actor pool and cache its outputs.
 
 The split is cut into units of ``shard_rows`` rows, one shard each. Units whose shard is
-already in the entry are skipped, so a job that died part-way recomputes only the rest. Ray
+already in the entry, readable and holding the unit's ids, are skipped, so a job that died
+part-way recomputes only the rest (and a torn or foreign file in a shard's place is replaced). Ray
 Data streams the rest in order (read and decode in CPU tasks, teacher replicas on an actor
 pool); the driver writes each unit's shard once all its rows are back, after checking that
 they are exactly the unit's ids, so a retried task or a restarted actor cannot duplicate or
@@ -96,26 +97,26 @@ def entry_uri(job: Job, teacher_weights: str) -> tuple[str, dict]:
 def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
     """The committed cache entry for this teacher, data and format, computing only missing shards."""
     entry, inputs = entry_uri(job, teacher_weights)
-    if storage.is_committed(entry):
+    if cache.is_committed(entry):
         print(f"[softlabels] reusing cached soft labels {entry}", flush=True)
         return entry
     require(compute, entry, "softlabels")
     units = plan(job.train, job.config.softlabels.shard_rows)
-    done = set(storage.list_files(storage.join(entry, cache.SHARDS), ".parquet"))
-    missing = [u for u in units if storage.join(entry, cache.SHARDS, cache.shard_name(u.index, len(units))) not in done]
+    ids = job.train.read_table(["id"])["id"].to_pylist()
+    records = cache.trusted_shards(entry, [ids[u.offset : u.offset + u.stop - u.start] for u in units])
+    missing = [u for u in units if u.index not in records]
     print(
         f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
         flush=True,
     )
     started = time.perf_counter()
-    ids = job.train.read_table(["id"])["id"].to_pylist()
-    labelled = compute_units(job, teacher_weights, entry, missing, len(units), ids) if missing else 0
+    labelled = compute_units(job, teacher_weights, entry, missing, len(units), ids, records) if missing else 0
     work = {
         "computed_shards": len(missing),
         "teacher_rows": labelled,
         "teacher_seconds": round(time.perf_counter() - started, 3),
     }
-    manifest = cache.commit(entry, inputs, len(units), ids, work)
+    manifest = cache.commit(entry, inputs, [records[u.index] for u in units], ids, work)
     print(
         f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
         f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)",
@@ -124,9 +125,11 @@ def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
     return entry
 
 
-def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int, ids: list[str]) -> int:
-    """Run the teacher over ``units`` and write each one's shard (``ids``: the split's, in order); returns the
-    rows the teacher labelled."""
+def compute_units(
+    job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int, ids: list[str], records: dict[int, dict]
+) -> int:
+    """Run the teacher over ``units`` and write each one's shard (``ids``: the split's, in order), adding its
+    record to ``records``; returns the rows the teacher labelled."""
     cfg = job.config.softlabels
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back unit by unit
     outputs = (
@@ -159,16 +162,17 @@ def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit],
             unit = pending.pop(0)
             rows = pa.concat_tables(buffered)
             size = unit.stop - unit.start
-            write_unit(entry, unit, count, rows.slice(0, size), ids[unit.offset : unit.offset + size])
+            unit_ids = ids[unit.offset : unit.offset + size]
+            records[unit.index] = write_unit(entry, unit, count, rows.slice(0, size), unit_ids)
             buffered = [rows.slice(size)]
     if pending or sum(len(t) for t in buffered):
         raise cache.CacheError(f"{entry}: the teacher returned rows that do not add up to the planned shards")
     return labelled
 
 
-def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table, expected_ids: list[str]) -> None:
+def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table, expected_ids: list[str]) -> dict:
     if rows["id"].to_pylist() != expected_ids:
         raise cache.CacheError(
             f"{entry}: rows returned for shard {unit.index} are not the ids of {unit.file}[{unit.start}:{unit.stop}]"
         )
-    cache.write_shard(entry, unit.index, count, rows)
+    return cache.write_shard(entry, unit.index, count, rows)
