@@ -139,7 +139,8 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"missing key '{key}'"
     got = storage.redact(error["input"]) if isinstance(error["input"], str) else error["input"]
-    return f"key '{key}': {storage.redact(error['msg'])} (got {got!r})"
+    message = storage.redact(error["msg"].removeprefix("Value error, "))  # a validator's own message
+    return f"key '{key}': {message} (got {got!r})"
 
 
 def parse(raw: object, source: str) -> JobConfig:

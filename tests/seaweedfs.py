@@ -4,6 +4,7 @@ with one identity whose keys it checks. Used by the tests' fixture and by the be
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -109,19 +110,31 @@ def seaweedfs(folder: Path, buckets: tuple[str, ...] = (), timeout: float = 60) 
         "-master.telemetry=false",
         "-master.volumeSizeLimitMB=1024",
         "-volume.max=0",  # as many volumes as the disk holds
+        "-volume.preStopSeconds=0",  # stop at once on TERM
+        f"-s3.localSocket={folder / 's3.sock'}",
+        f"-filer.localSocket={folder / 'filer.sock'}",
     ]
     with open(server.log, "wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TMPDIR": str(folder)},  # its log files go there, not to /tmp
+            start_new_session=True,
+        )
     try:
         _wait_ready(server, proc, buckets, timeout)
         yield server
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        for port in ports.values():  # the gRPC sockets it always puts in /tmp
+            for socket_file in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                socket_file.unlink(missing_ok=True)
 
 
 def _wait_ready(server: SeaweedFS, proc: subprocess.Popen, buckets: tuple[str, ...], timeout: float) -> None:

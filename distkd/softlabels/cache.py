@@ -49,7 +49,8 @@ def errors(uri: str) -> Iterator[None]:
     try:
         yield
     except (OSError, pa.ArrowException) as e:
-        raise CacheError(f"{uri}: {storage.redact(str(e))}") from e
+        message = storage.redact(str(e))
+        raise CacheError(message if message.startswith(uri) else f"{uri}: {message}") from e
 
 
 def write_shard(entry: str, index: int, count: int, table: pa.Table) -> dict:
