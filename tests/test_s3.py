@@ -119,7 +119,7 @@ def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_se
     assert f"{entry}/shards/{cache.shard_name(2, 4)}: its ids are not this shard's" in printed
     again = cache.manifest(entry)
     assert (again["computed_shards"], again["teacher_rows"]) == (2, 100)
-    assert again["shards"] == first["shards"]  # the same teacher recomputed the same bytes
+    assert [again["shards"][i] for i in (0, 3)] == [first["shards"][i] for i in (0, 3)]  # the sound ones kept
     cache.verify(entry, job.train.read_table(["id"])["id"].to_pylist())
 
 
