@@ -136,6 +136,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     with _local_temporary(absolute(uri), data) as (tmp, path):
         os.replace(tmp, path)
+        _fsync_folder(os.path.dirname(path))
 
 
 def publish(uri: str, data: bytes) -> bool:
@@ -382,7 +383,8 @@ def leftovers(uri: str) -> list[Leftover]:
                 found.append(Leftover(prefix + info.path, "temporary file", age))
     if is_s3(uri):
         bucket, key = bucket_key(uri)
-        pages = s3_client().get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key.rstrip("/"))
+        prefix = key.rstrip("/") + "/" if key else ""
+        pages = s3_client().get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
         for page in pages:
             for upload in page.get("Uploads", []):
                 age = now - upload["Initiated"].timestamp()

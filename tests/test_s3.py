@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -203,22 +204,28 @@ def test_whole_pipeline_on_s3_writes_no_secret_anywhere(s3_server, s3_cifar10, t
     """Data, store, runs and reports on S3, run as `distkd pipeline` in its own process with its own local
     Ray; the secret key is in that process's environment (the node's own credentials) and nowhere else."""
     store = f"s3://{BUCKET}/pipeline-on-s3"
-    path = write_job(tmp_path, job_raw(store, s3_cifar10, name="on-s3"))
+    raw = job_raw(store, s3_cifar10, name="on-s3")
+    raw["distill"] = {"baseline": False}  # one student is enough here
+    path = write_job(tmp_path, raw)
     ray_root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must stay short
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(PYTHONPATH=str(ROOT), RAY_TMPDIR=str(ray_root))
-    done = subprocess.run(
-        [sys.executable, "-m", "distkd", "pipeline", str(path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "distkd", "pipeline", str(path)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        logs = {p: p.read_bytes() for p in ray_root.rglob("*") if p.is_file()}
+    finally:
+        shutil.rmtree(ray_root, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     outputs = dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.startswith(" " * 3))
     outputs = {k.strip(): v for k, v in outputs.items()}
-    assert set(outputs) == {"teacher", "softlabels", "distilled", "scratch", "report"}
+    assert set(outputs) == {"teacher", "softlabels", "distilled", "report"}
     assert all(uri.startswith(f"{store}/") for uri in outputs.values())
     assert storage.is_committed(outputs["report"]) and cache.is_committed(outputs["softlabels"])
 
@@ -226,7 +233,6 @@ def test_whole_pipeline_on_s3_writes_no_secret_anywhere(s3_server, s3_cifar10, t
     assert secret not in (done.stdout + done.stderr).encode()
     written = objects(s3_server, "pipeline-on-s3/")
     assert any(k.endswith("metrics.json") for k in written) and not [k for k, v in written.items() if secret in v]
-    logs = [p for p in ray_root.rglob("*") if p.is_file()]
     assert any("runtime_env" in p.name for p in logs), "Ray's session logs were not where the test looks"
-    assert s3_server.endpoint.encode() in b"".join(p.read_bytes() for p in logs)  # what is forwarded shows there
-    assert not [p for p in logs if secret in p.read_bytes()]
+    assert any(s3_server.endpoint.encode() in data for data in logs.values())  # what is forwarded shows there
+    assert not [p for p, data in logs.items() if secret in data]

@@ -31,7 +31,7 @@ MANIFEST = "manifest.json"
 
 
 class CacheError(RuntimeError):
-    """A cache entry that is missing or does not match its manifest or its dataset."""
+    """A cache entry that is missing, cannot be read or written, or does not match its manifest or its dataset."""
 
 
 def key(inputs: dict) -> str:
