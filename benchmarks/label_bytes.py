@@ -40,8 +40,8 @@ def main() -> None:
     for name, softlabels in FORMATS.items():
         job = Job.prepare(config.parse({**base, "softlabels": {**base["softlabels"], **softlabels}}, name))
         pipeline.connect(None)
-        manifest = cache.manifest(generate(job, args.teacher))
-        sizes[name] = manifest["bytes"] / manifest["rows"]
+        manifest = cache.manifest(generate(job.softlabel_spec(args.teacher)))
+        sizes[name] = manifest.bytes / manifest.rows
     print(f"\n{args.rows} rows, 10 classes, Parquet + zstd (id column included)")
     print("| format | bytes/sample | vs dense float16 |\n|---|---:|---:|")
     for name, size in sizes.items():
