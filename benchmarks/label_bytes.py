@@ -3,7 +3,7 @@
 Runs the softlabels stage once per format with the given teacher weights and prints the size
 of each committed entry (Parquet, zstd) per row, next to dense float16.
 
-    python benchmarks/label_bytes.py --teacher store/runs/quickstart-teacher-<hash>/model.pt --rows 10000
+    python benchmarks/label_bytes.py --teacher store/runs/teacher-<hash>/model.pt --rows 10000
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The teacher runs inside the student's training loop on exactly the augmented bat
 student sees (the reference that cached labels are measured against), in one plain PyTorch
 process with the quick start's models, schedule and hyperparameters; prints test accuracy.
 
-    python benchmarks/online_kd.py --teacher store/runs/quickstart-teacher-<hash>/model.pt --alpha 0.5
+    python benchmarks/online_kd.py --teacher store/runs/teacher-<hash>/model.pt --alpha 0.5
 """
 
 from __future__ import annotations

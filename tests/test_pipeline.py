@@ -213,3 +213,39 @@ def test_report_command_combines_runs(run, tmp_path, capsys):
     assert len(images) >= 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_plan_shows_every_output_reused_after_a_run(run, monkeypatch):
+    job, _, out = run
+    monkeypatch.setattr(pipeline, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
+    steps = pipeline.plan(job)
+    assert [(s.name, s.action) for s in steps] == [(name, "reuse") for name in out]
+    locations = {s.name: s.output for s in steps}
+    assert locations["softlabels"] == out["softlabels"] and locations["report"] == out["report"]
+    for name in ("teacher", "distilled", "scratch"):
+        assert storage.join(locations[name], "model.pt") == out[name]
+
+
+def test_plan_command_on_an_empty_store_starts_nothing(cifar10, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from distkd.cli import main
+
+    monkeypatch.setattr(pipeline, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
+    path = tmp_path / "job.yaml"
+    store = tmp_path / "store"
+    raw = {
+        "name": "planned",
+        "store": str(store),
+        "data": {"uri": str(cifar10), "limit": ROWS},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
+        "student": {"name": "lenet5", "train": {"augment": False}},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["train_teacher", "teacher", "compute"]
+    assert lines[1].split()[:3] == ["softlabels", "softlabels", "compute"]
+    assert "(decided by the teacher output)" in lines[1]
+    assert [line.split()[1] for line in lines] == ["teacher", "softlabels", "distilled", "scratch", "report"]
+    assert not store.exists()
