@@ -38,9 +38,9 @@ from tests.seaweedfs import seaweedfs  # noqa: E402
 def run(base: dict, store: str, teacher: str) -> dict[str, float]:
     job = Job.prepare(config.parse({**base, "store": store}, store))
     started = time.perf_counter()
-    manifest = cache.manifest(generate(job, teacher))
+    manifest = cache.manifest(generate(job.softlabel_spec(teacher)))
     seconds = time.perf_counter() - started
-    return {"teacher rows/s": manifest["rows_per_second"], "stage rows/s": manifest["rows"] / seconds}
+    return {"teacher rows/s": manifest.rows_per_second, "stage rows/s": manifest.rows / seconds}
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ errors before work starts, and a whole pipeline on S3 that leaks no secret."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,7 +29,6 @@ from distkd.softlabels import cache
 from distkd.softlabels.stage import generate
 from tests.conftest import BUCKET, ROOT
 from tests.seaweedfs import free_ports
-from tests.shard_writer import SHARDS
 
 
 def objects(server, prefix: str) -> dict[str, bytes]:
@@ -65,30 +65,6 @@ def job_raw(store: str, data: str, name: str = "s3") -> dict:
     }
 
 
-def test_two_writer_processes_of_one_key_never_replace_each_others_shards(s3_server, tmp_path):
-    entry = f"s3://{BUCKET}/writers/softlabels/k"
-    writers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.shard_writer", entry, str(tag), str(tmp_path), "2"],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for tag in (1.0, 2.0)
-    ]
-    outputs = [w.communicate(timeout=300) for w in writers]
-    assert [w.returncode for w in writers] == [0, 0], [err for _, err in outputs]
-    manifest = cache.manifest(entry)
-    assert [json.loads(out) for out, _ in outputs] == [manifest["shards"]] * 2  # the loser adopted the winner's
-    assert len(manifest["shards"]) == SHARDS
-    for shard in manifest["shards"]:
-        data = storage.read_bytes(storage.join(entry, shard["file"]))
-        assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
-    assert storage.leftovers(entry) == []
-
-
 @pytest.fixture(scope="module")
 def s3_weights(s3_server) -> str:
     """Untrained ResNet-9 weights on S3: the teacher's outputs need not be good to be cached."""
@@ -98,11 +74,45 @@ def s3_weights(s3_server) -> str:
     return uri
 
 
+def test_two_writer_processes_of_one_key_never_replace_each_others_shards(s3_server, cifar10, s3_weights, tmp_path):
+    """Two `distkd`-like processes write every shard of one key at once, each with bytes of its own."""
+    raw = job_raw(f"s3://{BUCKET}/writers", str(cifar10))
+    raw["teacher"]["weights"] = s3_weights
+    raw["softlabels"]["shard_rows"] = 25  # 8 shards
+    path = write_job(tmp_path, raw)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.shard_writer", str(path), str(tag), str(barrier), "2"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in (1.0, 2.0)
+    ]
+    outputs = [w.communicate(timeout=600) for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], [err[-2000:] for _, err in outputs]
+    reports = [json.loads(out) for out, _ in outputs]
+    entry = reports[0]["entry"]
+    manifest = cache.manifest(entry)
+    published = [dataclasses.asdict(s) for s in manifest.shards]
+    assert [r["shards"] for r in reports] == [published] * 2  # the loser adopted the winner's shards
+    assert len(published) == 8
+    for shard in manifest.shards:
+        data = storage.read_bytes(storage.join(entry, shard.file))
+        assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
+    assert storage.leftovers(entry) == []
+
+
 def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_server, cifar10, s3_weights, capsys):
     job = Job.prepare(config.parse(job_raw(f"s3://{BUCKET}/torn", str(cifar10)), "<torn>"))
-    entry = generate(job, s3_weights)
+    spec = job.softlabel_spec(s3_weights)
+    entry = generate(spec)
     first = cache.manifest(entry)
-    assert first["computed_shards"] == 4
+    assert first.computed_shards == 4
     key = storage.bucket_key(entry)[1]
     client = s3_server.client()
     shard = [f"{key}/shards/{cache.shard_name(i, 4)}" for i in range(4)]
@@ -114,13 +124,13 @@ def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_se
         client.delete_object(Bucket=BUCKET, Key=name)  # as if the job had died before committing
     capsys.readouterr()
 
-    generate(job, s3_weights)
+    generate(spec)
     printed = capsys.readouterr().out
     assert f"{entry}/shards/{cache.shard_name(1, 4)}: unreadable" in printed
     assert f"{entry}/shards/{cache.shard_name(2, 4)}: its ids are not this shard's" in printed
     again = cache.manifest(entry)
-    assert (again["computed_shards"], again["teacher_rows"]) == (2, 100)
-    assert [again["shards"][i] for i in (0, 3)] == [first["shards"][i] for i in (0, 3)]  # the sound ones kept
+    assert (again.computed_shards, again.teacher_rows) == (2, 100)
+    assert [again.shards[i] for i in (0, 3)] == [first.shards[i] for i in (0, 3)]  # the sound ones kept
     cache.verify(entry, job.train.read_table(["id"])["id"].to_pylist())
 
 

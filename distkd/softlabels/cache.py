@@ -10,11 +10,13 @@ key never replace each other's files, so whatever a manifest lists stays as it w
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +24,9 @@ import pyarrow.parquet as pq
 import ray.data
 
 from distkd import __version__, storage
-from distkd.job import digest
 from distkd.softlabels.formats import Format, to_numpy
+from distkd.specs import FORMAT_VERSION, SoftLabelSpec, plain
 
-FORMAT_VERSION = 2
 SHARDS = "shards"
 MANIFEST = "manifest.json"
 
@@ -34,9 +35,46 @@ class CacheError(RuntimeError):
     """A cache entry that is missing, cannot be read or written, or does not match its manifest or its dataset."""
 
 
-def key(inputs: dict) -> str:
-    """A hash of everything that changes the teacher's outputs, and nothing else."""
-    return digest({"format_version": FORMAT_VERSION, **inputs}, length=32)
+@dataclass(frozen=True)
+class ShardRecord:
+    file: str  # relative to the entry
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: the key's inputs in readable form, each shard's record, and what the job that
+    committed the entry did (shards computed, rows the teacher labelled, seconds)."""
+
+    key: str
+    format_version: int
+    inputs: dict
+    shards: tuple[ShardRecord, ...]
+    rows: int
+    bytes: int
+    computed_shards: int
+    teacher_rows: int
+    teacher_seconds: float
+    rows_per_second: float | None
+    distkd_version: str
+    created: str
+
+    @property
+    def format(self) -> Format:
+        return Format(**self.inputs["format"])
+
+    @property
+    def views(self) -> int:
+        return (self.inputs["views"] or {}).get("count", 0)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Manifest:
+        return cls(**{**raw, "shards": tuple(ShardRecord(**s) for s in raw["shards"])})
 
 
 def shard_name(index: int, count: int) -> str:
@@ -53,7 +91,7 @@ def errors(uri: str) -> Iterator[None]:
         raise CacheError(message if message.startswith(uri) else f"{uri}: {message}") from e
 
 
-def write_shard(entry: str, index: int, count: int, table: pa.Table) -> dict:
+def write_shard(entry: str, index: int, count: int, table: pa.Table) -> ShardRecord:
     """Encode and publish one shard under its final name, create-if-absent; returns its record (file, rows,
     bytes, sha256). Called wherever a shard is computed (the driver or a worker). Readers see a shard
     whole or not at all, and a shard that another writer of the same key published first is kept, not
@@ -75,7 +113,7 @@ def write_shard(entry: str, index: int, count: int, table: pa.Table) -> dict:
     raise CacheError(f"{uri}: other writers keep publishing shards that do not hold this shard's ids")
 
 
-def trusted_shard(entry: str, index: int, count: int, expected_ids: list[str]) -> dict | None:
+def trusted_shard(entry: str, index: int, count: int, expected_ids: list[str]) -> ShardRecord | None:
     """The record of shard ``index`` if it is there, reads whole and holds exactly ``expected_ids`` in order.
     A file under its name that fails this (torn by a crash, or foreign) is removed so that the shard can
     be published again, and None returned, as for a shard that is not there."""
@@ -99,7 +137,7 @@ def trusted_shard(entry: str, index: int, count: int, expected_ids: list[str]) -
     return None
 
 
-def trusted_shards(entry: str, expected_ids: list[list[str]]) -> dict[int, dict]:
+def trusted_shards(entry: str, expected_ids: list[list[str]]) -> dict[int, ShardRecord]:
     """Shard index -> record of the entry's shards that can be kept on resume (``expected_ids``: each
     shard's ids, in order); the rest are missing and must be computed."""
     with errors(entry):
@@ -113,60 +151,68 @@ def trusted_shards(entry: str, expected_ids: list[list[str]]) -> dict[int, dict]
     return records
 
 
-def _record(name: str, data: bytes, rows: int) -> dict:
-    return {"file": f"{SHARDS}/{name}", "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def _record(name: str, data: bytes, rows: int) -> ShardRecord:
+    return ShardRecord(f"{SHARDS}/{name}", rows, len(data), hashlib.sha256(data).hexdigest())
 
 
-def commit(entry: str, inputs: dict, shards: list[dict], expected_ids: list[str], work: dict) -> dict:
+def commit(
+    spec: SoftLabelSpec,
+    shards: list[ShardRecord],
+    expected_ids: list[str],
+    computed_shards: int,
+    rows: int,
+    seconds: float,
+) -> Manifest:
     """Check the shards (records in shard order) against the files and the dataset's ids, publish the
     manifest, commit. When another writer of the key published its manifest first, that one is kept
     (its shards are the same files) and returned.
 
-    ``work`` says what this job did: shards computed (the rest were already there), rows the
-    teacher labelled, seconds."""
+    ``computed_shards``, ``rows`` and ``seconds`` say what this job did (the other shards were there)."""
+    entry = spec.uri
     check_shards(entry, shards, expected_ids)
-    rows = sum(s["rows"] for s in shards)
-    manifest = {
-        "key": entry.rstrip("/").rsplit("/", 1)[-1],
-        "format_version": FORMAT_VERSION,
-        "inputs": inputs,
-        "shards": shards,
-        "rows": rows,
-        "bytes": sum(s["bytes"] for s in shards),
-        **work,
-        "rows_per_second": round(work["teacher_rows"] / work["teacher_seconds"], 1) if work["teacher_rows"] else None,
-        "distkd_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    manifest = Manifest(
+        key=spec.key,
+        format_version=FORMAT_VERSION,
+        inputs=plain(spec.identity()),
+        shards=tuple(shards),
+        rows=sum(s.rows for s in shards),
+        bytes=sum(s.bytes for s in shards),
+        computed_shards=computed_shards,
+        teacher_rows=rows,
+        teacher_seconds=round(seconds, 3),
+        rows_per_second=round(rows / seconds, 1) if rows else None,
+        distkd_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
     uri = storage.join(entry, MANIFEST)
     with errors(uri):
-        if not storage.publish(uri, storage.encode_json(manifest)):
-            manifest = storage.read_json(uri)
-            if manifest["shards"] != shards:
+        if not storage.publish(uri, storage.encode_json(manifest.to_json())):
+            manifest = Manifest.from_json(storage.read_json(uri))
+            if manifest.shards != tuple(shards):
                 raise CacheError(
                     f"{uri}: another writer's manifest lists other shards than the entry holds; "
-                    f"remove the entry (distkd cache rm {manifest['key']}) and run again"
+                    f"remove the entry (distkd cache rm {manifest.key}) and run again"
                 )
         storage.commit(entry)
     return manifest
 
 
-def check_shards(entry: str, shards: list[dict], expected_ids: list[str]) -> None:
+def check_shards(entry: str, shards: list[ShardRecord] | tuple[ShardRecord, ...], expected_ids: list[str]) -> None:
     """Every shard's file is there with the record's checksum and rows, and the shards hold each of
     ``expected_ids`` exactly once."""
     counts: Counter[str] = Counter()
     for shard in shards:
-        uri = storage.join(entry, shard["file"])
+        uri = storage.join(entry, shard.file)
         with errors(uri):
             if not storage.exists(uri):
                 raise CacheError(f"{uri}: shard listed in the manifest is missing")
             data = storage.read_bytes(uri)
-        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        if hashlib.sha256(data).hexdigest() != shard.sha256:
             raise CacheError(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")
         with errors(uri):
             ids = pq.read_table(pa.BufferReader(data), columns=["id"])["id"].to_pylist()
-        if len(ids) != shard["rows"]:
-            raise CacheError(f"{uri}: {len(ids)} rows, the manifest says {shard['rows']}")
+        if len(ids) != shard.rows:
+            raise CacheError(f"{uri}: {len(ids)} rows, the manifest says {shard.rows}")
         counts.update(ids)
     duplicated = [i for i, n in counts.items() if n > 1]
     missing = set(expected_ids) - counts.keys()
@@ -183,31 +229,28 @@ def is_committed(entry: str) -> bool:
         return storage.is_committed(entry)
 
 
-def manifest(entry: str) -> dict:
+def manifest(entry: str) -> Manifest:
     if not is_committed(entry):
         raise CacheError(f"{entry}: no committed soft-label entry (run the softlabels stage first)")
     uri = storage.join(entry, MANIFEST)
     with errors(uri):
-        return storage.read_json(uri)
+        return Manifest.from_json(storage.read_json(uri))
 
 
-def entry_format(entry: str) -> Format:
-    return Format(**manifest(entry)["inputs"]["format"])
-
-
-def verify(entry: str, expected_ids: list[str]) -> dict:
+def verify(entry: str, expected_ids: list[str]) -> Manifest:
     """The entry's manifest, after checking every shard's rows and checksum and the ids against the dataset."""
     info = manifest(entry)
-    check_shards(entry, info["shards"], expected_ids)
+    check_shards(entry, info.shards, expected_ids)
     return info
 
 
 def read(entry: str) -> ray.data.Dataset:
     """The committed entry's rows as ``id`` + the training columns of its format (+ ``views``)."""
     fs, _ = storage.resolve(entry)
-    paths = [storage.resolve(storage.join(entry, s["file"]))[1] for s in manifest(entry)["shards"]]
+    info = manifest(entry)
+    paths = [storage.resolve(storage.join(entry, s.file))[1] for s in info.shards]
     return ray.data.read_parquet(paths, filesystem=fs).map_batches(
-        _training_columns, fn_kwargs={"fmt": entry_format(entry)}, batch_format="pyarrow"
+        _training_columns, fn_kwargs={"fmt": info.format}, batch_format="pyarrow"
     )
 
 

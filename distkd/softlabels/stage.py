@@ -21,12 +21,9 @@ import ray.data
 
 from distkd import storage
 from distkd.data.source import COLUMNS, Split, decode_batch
-from distkd.data.transforms import PAD
-from distkd.job import Job, require
-from distkd.models import weights_hash
 from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
+from distkd.specs import SoftLabelSpec, require
 
 
 @dataclass(frozen=True)
@@ -65,72 +62,39 @@ def read_units(batch: dict) -> Iterator[pa.Table]:
                 first += rows
 
 
-def output_format(job: Job) -> Format:
-    cfg = job.config.softlabels
-    if cfg.format == "dense":
-        return Format("dense", cfg.dtype)
-    return Format("topk", cfg.dtype, cfg.top_k or job.num_classes, cfg.temperature)
-
-
-def key_inputs(job: Job, teacher_weights: str) -> dict:
-    cfg = job.config.softlabels
-    return {
-        "teacher": {
-            "name": job.teacher.name,
-            "kwargs": job.teacher.kwargs,
-            "num_classes": job.num_classes,
-            "weights_sha256": weights_hash(teacher_weights),
-        },
-        "data": job.train.identity(),
-        "transform": {"input_shape": list(job.teacher.input_shape), **job.normalize.identity()},
-        "views": {"count": cfg.views, "seed": cfg.view_seed, "pad": PAD} if cfg.views else None,
-        "format": asdict(output_format(job)),
-        "shard_rows": cfg.shard_rows,
-    }
-
-
-def entry_uri(job: Job, teacher_weights: str) -> tuple[str, dict]:
-    inputs = key_inputs(job, teacher_weights)
-    return job.uri("softlabels", cache.key(inputs)), inputs
-
-
-def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
+def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     """The committed cache entry for this teacher, data and format, computing only missing shards."""
-    entry, inputs = entry_uri(job, teacher_weights)
+    entry = spec.uri
     if cache.is_committed(entry):
         print(f"[softlabels] reusing cached soft labels {entry}", flush=True)
         return entry
     require(compute, entry, "softlabels")
-    units = plan(job.train, job.config.softlabels.shard_rows)
-    ids = job.train.read_table(["id"])["id"].to_pylist()
+    units = plan(spec.data, spec.shard_rows)
+    ids = spec.data.read_table(["id"])["id"].to_pylist()
     records = cache.trusted_shards(entry, [ids[u.offset : u.offset + u.stop - u.start] for u in units])
     missing = [u for u in units if u.index not in records]
     print(
-        f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
+        f"[softlabels] teacher {spec.teacher.model.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
         flush=True,
     )
     started = time.perf_counter()
-    labelled = compute_units(job, teacher_weights, entry, missing, len(units), ids, records) if missing else 0
-    work = {
-        "computed_shards": len(missing),
-        "teacher_rows": labelled,
-        "teacher_seconds": round(time.perf_counter() - started, 3),
-    }
-    manifest = cache.commit(entry, inputs, [records[u.index] for u in units], ids, work)
+    labelled = compute_units(spec, missing, len(units), ids, records) if missing else 0
+    shards = [records[u.index] for u in units]
+    manifest = cache.commit(spec, shards, ids, len(missing), labelled, time.perf_counter() - started)
     print(
-        f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
-        f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)",
+        f"[softlabels] committed {manifest.rows} rows in {len(units)} shards "
+        f"({manifest.bytes / manifest.rows:.1f} bytes/row)",
         flush=True,
     )
     return entry
 
 
 def compute_units(
-    job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int, ids: list[str], records: dict[int, dict]
+    spec: SoftLabelSpec, units: list[Unit], count: int, ids: list[str], records: dict[int, cache.ShardRecord]
 ) -> int:
     """Run the teacher over ``units`` and write each one's shard (``ids``: the split's, in order), adding its
     record to ``records``; returns the rows the teacher labelled."""
-    cfg = job.config.softlabels
+    cfg, entry = spec.execution, spec.uri
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back unit by unit
     outputs = (
         ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
@@ -139,13 +103,13 @@ def compute_units(
         .map_batches(
             TeacherPredictor,
             fn_constructor_kwargs={
-                "model": job.teacher,
-                "weights": teacher_weights,
-                "normalize": job.normalize,
-                "fmt": output_format(job),
-                "views": cfg.views,
-                "view_seed": cfg.view_seed,
-                "precision": cfg.precision,
+                "model": spec.teacher.model,
+                "weights": spec.teacher.uri,
+                "normalize": spec.normalize,
+                "fmt": spec.format,
+                "views": spec.views,
+                "view_seed": spec.view_seed,
+                "precision": spec.precision,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,
@@ -170,7 +134,7 @@ def compute_units(
     return labelled
 
 
-def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table, expected_ids: list[str]) -> dict:
+def write_unit(entry: str, unit: Unit, count: int, rows: pa.Table, expected_ids: list[str]) -> cache.ShardRecord:
     if rows["id"].to_pylist() != expected_ids:
         raise cache.CacheError(
             f"{entry}: rows returned for shard {unit.index} are not the ids of {unit.file}[{unit.start}:{unit.stop}]"
