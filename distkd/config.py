@@ -108,6 +108,19 @@ class ResourcesConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training autocast on a GPU
 
 
+class TrackingConfig(Strict):
+    mlflow: str | None = None  # an MLflow tracking URI: each training run logs its params and curves there
+
+    @field_validator("mlflow")
+    @classmethod
+    def _installed(cls, uri: str | None) -> str | None:
+        from distkd.tracking import mlflow_installed
+
+        if uri is not None and not mlflow_installed():
+            raise ValueError("mlflow is not installed (pip install mlflow), or leave the key out")
+        return uri
+
+
 class JobConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     store: str
@@ -120,6 +133,7 @@ class JobConfig(Strict):
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("store")
     @classmethod

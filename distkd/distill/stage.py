@@ -6,7 +6,8 @@ import dataclasses
 
 import ray.data
 
-from distkd import storage
+from distkd import console, storage
+from distkd.catalog import RUN_INFO
 from distkd.config import TrainConfig
 from distkd.data.source import Split, decode_batch
 from distkd.distill.train import ModelSpec, TrainSpec, fit, steps_per_epoch
@@ -45,13 +46,31 @@ def train_run(job: Job, spec_: TrainSpec, stage: str, compute: bool, softlabels:
     key = cache.manifest(softlabels)["key"] if softlabels else None
     run = job.run_uri(spec_.label, spec_.identity(), resources.num_workers, job.train.identity(), key)
     if storage.is_committed(run):
-        print(f"[{spec_.label}] reusing committed run {run}", flush=True)
+        console.reusing(spec_.label, "committed run", run)
         return run
     require(compute, run, stage)
-    print(f"[{spec_.label}] training into {run}", flush=True)
-    train = join_softlabels(job.train, softlabels) if softlabels else in_memory(decoded(job.train), ["image", "label"])
-    fit(spec_, train, in_memory(validation(job), ["image", "label"]), run, resources)
+    what = f"training {spec_.model.name} for {spec_.train.epochs} epochs" + (" on soft labels" if softlabels else "")
+    with console.computing(spec_.label, what, run):
+        storage.write_json(storage.join(run, RUN_INFO), run_info(job, spec_, softlabels))
+        columns = ["image", "label"]
+        train = join_softlabels(job.train, softlabels) if softlabels else in_memory(decoded(job.train), columns)
+        fit(spec_, train, in_memory(validation(job), columns), run, resources, job.config.tracking)
     return run
+
+
+def run_info(job: Job, spec_: TrainSpec, softlabels: str | None) -> dict:
+    """What made the run, for the report and ``distkd store ls``."""
+    return {
+        "job": job.config.name,
+        "label": spec_.label,
+        "model": spec_.model.name,
+        "epochs": spec_.train.epochs,
+        "alpha": spec_.alpha,
+        "temperature": spec_.temperature if softlabels else None,
+        "views": spec_.views,
+        "softlabels": softlabels,
+        "workers": job.config.resources.num_workers,
+    }
 
 
 def teacher_weights(job: Job, compute: bool = True) -> str:

@@ -9,7 +9,8 @@ import numpy as np
 import ray.data
 import torch
 
-from distkd import storage
+from distkd import console, storage
+from distkd.catalog import run_record
 from distkd.data.source import decode_batch
 from distkd.data.transforms import Normalize
 from distkd.distill.train import ModelSpec
@@ -47,8 +48,14 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
     """Metrics, costs and the report for each role's model and weights; returns the committed report folder."""
     folder = job.uri("reports", f"{job.config.name}-{digest([job.evaluated.identity(), models])}")
     if storage.is_committed(folder):
-        print(f"[evaluate] reusing committed report {folder}", flush=True)
+        console.reusing("evaluate", "committed report", folder)
         return folder
+    with console.computing("evaluate", f"evaluating {', '.join(models)} on {job.evaluated.name}", folder):
+        evaluate_into(folder, job, models)
+    return folder
+
+
+def evaluate_into(folder: str, job: Job, models: dict[str, tuple[ModelSpec, str]]) -> None:
     cfg = job.config.evaluate
     stats = (
         job.evaluated.read()
@@ -61,7 +68,9 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
             batch_format="numpy",
         )
     )
-    blocks = list(stats.iter_batches(batch_size=None, batch_format="numpy"))
+    batches = stats.iter_batches(batch_size=None, batch_format="numpy")
+    rows = job.evaluated.num_rows()
+    blocks = list(console.progress(batches, rows, "evaluate", lambda b: int(b["m0_confusion"].sum())))
     results = []
     for i, (role, (spec, uri)) in enumerate(models.items()):
         summed = sum_stats(
@@ -75,6 +84,7 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
                 "weights": uri,
                 "metrics": compute_metrics(summed, job.config.data.class_names),
                 "cost": model_cost(model, spec.input_shape),
+                **run_record(uri),
             }
         )
         if torch.cuda.is_available():
@@ -83,8 +93,7 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
         folder, results, f"distkd report: {job.config.name}", job=job.config.name, split=job.evaluated.identity()
     )
     storage.commit(folder)
-    print(f"[evaluate] report: {storage.join(folder, 'report.md')}", flush=True)
-    return folder
+    print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
 
 
 def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from distkd import storage
+from distkd import console, storage
 from distkd.data.source import COLUMNS, Split, decode_batch
 from distkd.data.transforms import PAD
 from distkd.job import Job, require
@@ -97,30 +97,29 @@ def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
     """The committed cache entry for this teacher, data and format, computing only missing shards."""
     entry, inputs = entry_uri(job, teacher_weights)
     if storage.is_committed(entry):
-        print(f"[softlabels] reusing cached soft labels {entry}", flush=True)
+        console.reusing("softlabels", "cached soft labels", entry)
         return entry
     require(compute, entry, "softlabels")
     units = plan(job.train, job.config.softlabels.shard_rows)
     done = set(storage.list_files(storage.join(entry, cache.SHARDS), ".parquet"))
     missing = [u for u in units if storage.join(entry, cache.SHARDS, cache.shard_name(u.index, len(units))) not in done]
-    print(
-        f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
-        flush=True,
-    )
-    started = time.perf_counter()
-    ids = job.train.read_table(["id"])["id"].to_pylist()
-    labelled = compute_units(job, teacher_weights, entry, missing, len(units), ids) if missing else 0
-    work = {
-        "computed_shards": len(missing),
-        "teacher_rows": labelled,
-        "teacher_seconds": round(time.perf_counter() - started, 3),
-    }
-    manifest = cache.commit(entry, inputs, len(units), ids, work)
-    print(
-        f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
-        f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)",
-        flush=True,
-    )
+    what = f"labelling with teacher {job.teacher.name}: {len(missing)} of {len(units)} shards to compute"
+    with console.computing("softlabels", what, entry):
+        started = time.perf_counter()
+        ids = job.train.read_table(["id"])["id"].to_pylist()
+        labelled = compute_units(job, teacher_weights, entry, missing, len(units), ids) if missing else 0
+        work = {
+            "computed_shards": len(missing),
+            "teacher_rows": labelled,
+            "teacher_seconds": round(time.perf_counter() - started, 3),
+            "job": job.config.name,
+        }
+        manifest = cache.commit(entry, inputs, len(units), ids, work)
+        print(
+            f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
+            f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)",
+            flush=True,
+        )
     return entry
 
 
@@ -152,7 +151,8 @@ def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit],
         )
     )
     pending, buffered, labelled = list(units), [], 0
-    for batch in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
+    batches = outputs.iter_batches(batch_size=None, batch_format="pyarrow")
+    for batch in console.progress(batches, sum(u.stop - u.start for u in units), "softlabels"):
         buffered.append(batch)
         labelled += len(batch)
         while pending and sum(len(t) for t in buffered) >= pending[0].stop - pending[0].start:
