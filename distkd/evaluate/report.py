@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 
 def _si(value: float, unit: str = "", sep: str = " ") -> str:
@@ -141,9 +140,6 @@ def _curves_figure(models: list[dict]) -> Figure:
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    loss_ax.set_yscale("log")
-    loss_ax.yaxis.set_major_formatter(ScalarFormatter())
-    loss_ax.yaxis.set_minor_formatter(NullFormatter())
     fig.legend(*loss_ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=9, frameon=False)
     return fig
 
