@@ -16,22 +16,33 @@ HISTORY = "history.json"
 
 
 def run_record(weights: str) -> dict:
-    """``history`` and ``run`` (its ``run.json``) of the run folder holding ``weights``, where there are;
-    a run on soft labels also gets ``softlabels``: their format and how fast the teacher made them."""
+    """What the report shows of the run folder holding ``weights``, where it has them: ``history`` (per
+    epoch) and ``settings`` (job, role, model, epochs and, for a KD run, alpha, temperature and the soft
+    labels' format, views and the rows/s the teacher made them at)."""
     folder = weights.rsplit("/", 1)[0]
-    record = {
-        key: storage.read_json(storage.join(folder, name))
-        for key, name in (("history", HISTORY), ("run", RUN_INFO))
-        if storage.exists(storage.join(folder, name))
+    record = {}
+    if storage.exists(storage.join(folder, HISTORY)):
+        record["history"] = storage.read_json(storage.join(folder, HISTORY))
+    if not storage.exists(storage.join(folder, RUN_INFO)):
+        return record
+    run = storage.read_json(storage.join(folder, RUN_INFO))
+    kd = run.get("kd") or {}
+    settings = {
+        "job": run["job"],
+        "role": run["role"],
+        "model": run["model"]["name"],
+        "epochs": run["train"]["epochs"],
+        "alpha": kd.get("alpha"),
+        "temperature": kd.get("temperature"),
     }
-    entry = record.get("run", {}).get("softlabels")
+    entry = storage.join(folder.rsplit("/", 2)[0], "softlabels", kd["softlabels"]) if kd.get("softlabels") else None
     if entry and storage.is_committed(entry):
         m = cache.manifest(entry)
-        fmt = m["inputs"]["format"]
-        record["softlabels"] = {
-            "format": f"{fmt['layout']}{'-' + str(fmt['top_k']) if fmt['top_k'] else ''} {fmt['dtype']}",
-            "rows_per_second": m.get("rows_per_second"),
-        }
+        fmt = m.format
+        settings["labels"] = f"{fmt.layout}{'-' + str(fmt.top_k) if fmt.top_k else ''} {fmt.dtype}"
+        settings["views"] = m.views
+        settings["label_rows_per_second"] = m.rows_per_second
+    record["settings"] = settings
     return record
 
 
@@ -52,17 +63,17 @@ def _runs(store: str) -> list[dict]:
         if not storage.is_committed(folder):
             continue
         record = run_record(storage.join(folder, "model.pt"))
-        info, history = record.get("run", {}), record.get("history", [])
+        info, history = record.get("settings", {}), record.get("history", [])
         size, created = _size_and_created(folder)
         name = folder.rsplit("/", 1)[-1]
-        label = info.get("label") or ("teacher" if "-teacher-" in name else "student")
+        role = info.get("role") or name.rsplit("-", 1)[0]
         rows.append(
             {
-                "kind": "teacher" if label == "teacher" else "run",
+                "kind": "teacher" if role == "teacher" else "run",
                 "name": name,
                 "uri": folder,
                 "job": info.get("job", ""),
-                "what": f"{info.get('model', '?')} {label}, {len(history)} epochs",
+                "what": f"{info.get('model', '?')} {role}, {len(history)} epochs",
                 "accuracy": history[-1]["val_accuracy"] if history else None,
                 "size": size,
                 "created": created,
@@ -75,17 +86,17 @@ def _softlabels(store: str) -> list[dict]:
     rows = []
     for entry in cache.entries(store):
         m = cache.manifest(entry)
-        fmt, size = m["inputs"]["format"], _size_and_created(entry)[0]
+        views = f" x{m.views} views" if m.views else ""
         rows.append(
             {
                 "kind": "softlabels",
-                "name": m["key"],
+                "name": m.key,
                 "uri": entry,
-                "job": m.get("job", ""),
-                "what": f"{m['inputs']['teacher']['name']} {fmt['layout']} {fmt['dtype']}, {m['rows']} rows",
+                "job": "",  # an entry belongs to every job that asks for it
+                "what": f"{m.inputs['teacher']['name']} {m.format.layout} {m.format.dtype}{views}, {m.rows} rows",
                 "accuracy": None,
-                "size": size,
-                "created": m["created"],
+                "size": _size_and_created(entry)[0],
+                "created": m.created,
             }
         )
     return rows

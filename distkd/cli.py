@@ -17,6 +17,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("pipeline", help="run the job's stages in order, reusing what the store holds")
     run.add_argument("job", help="job YAML file")
     run.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
+    plan = sub.add_parser("plan", help="check the job and print each stage's output and whether it is reused")
+    plan.add_argument("job", help="job YAML file")
     for name, stage in STAGE_COMMANDS.items():
         s = sub.add_parser(name, help=f"run the {stage} stage (its inputs must be committed)")
         s.add_argument("job", help="job YAML file")
@@ -95,7 +97,7 @@ def store_command(store: str, as_json: bool) -> int:
 
 def run_job(command: str, path: str, verbose: bool = False) -> int:
     from distkd import console
-    from distkd.job import Job, MissingOutput
+    from distkd.job import Job
 
     try:
         job = Job.prepare(config.load(path), source=path)
@@ -104,13 +106,18 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
         return 2
     from distkd import pipeline
     from distkd.softlabels.cache import CacheError
+    from distkd.specs import MissingOutput
 
+    stages = job.config.stages if command in ("pipeline", "plan") else [STAGE_COMMANDS[command]]
+    if command == "plan":
+        print(format_plan(pipeline.plan(job, stages)))
+        return 0
     ray_logs = console.RayLogs(verbose)
     pipeline.connect(job.config.ray_address, **ray_logs.ray_init_options())
     print(f"Ray's logs: {ray_logs.open()}" + ("" if verbose else " (--verbose shows them here)"), flush=True)
     console.timeline.clear()
     try:
-        outputs = pipeline.run(job, job.config.stages if command == "pipeline" else [STAGE_COMMANDS[command]])
+        outputs = pipeline.run(job, stages)
     except (MissingOutput, CacheError) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
@@ -120,6 +127,11 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     for name, uri in outputs.items():
         print(f"{name:>10}: {uri}")
     return 0
+
+
+def format_plan(steps: list) -> str:
+    width = max(len(s.name) for s in steps)
+    return "\n".join(f"{s.stage:<13} {s.name:<{width}}  {s.action:<7}  {s.output}" for s in steps)
 
 
 def combine_reports(folders: list[str], out: str) -> int:
@@ -148,4 +160,4 @@ def main(argv: list[str] | None = None) -> int:
         return cache_command(args.action, args.key, args.store)
     if args.command == "store":
         return store_command(args.store, args.json)
-    return run_job(args.command, args.job, args.verbose)
+    return run_job(args.command, args.job, getattr(args, "verbose", False))

@@ -53,8 +53,13 @@ def test_report_shows_training_settings_cost_and_curves(tmp_path):
         m["history"] = [
             {"epoch": e, "loss": 2.0 / e + i, "val_accuracy": 0.3 + 0.1 * e, "seconds": 10.0 + i} for e in (1, 2, 3)
         ]
-    models[2]["run"] = {"alpha": 0.5, "temperature": 4.0, "views": 2}
-    models[2]["softlabels"] = {"format": "dense float16", "rows_per_second": 2400.0}
+    models[2]["settings"] = {
+        "alpha": 0.5,
+        "temperature": 4.0,
+        "labels": "dense float16",
+        "views": 2,
+        "label_rows_per_second": 2400.0,
+    }
     paths = write_report(tmp_path, models)
     assert paths["training_curves.png"].read_bytes().startswith(b"\x89PNG")
     md = paths["report.md"].read_text()

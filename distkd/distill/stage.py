@@ -1,102 +1,59 @@
-"""Stages 0 and 2: train the teacher (cross-entropy), then the students (KD and from scratch)."""
+"""Stage 2: the students (KD on the cached soft labels, and from scratch); the training runs of
+stages 0 and 2 share ``train_run``."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import ray.data
 
 from distkd import console, storage
 from distkd.catalog import RUN_INFO
-from distkd.config import TrainConfig
 from distkd.data.source import Split, decode_batch
-from distkd.distill.train import ModelSpec, TrainSpec, fit, steps_per_epoch
-from distkd.job import Job, require
+from distkd.distill.train import TrainSpec, fit, steps_per_epoch
 from distkd.softlabels import cache
 from distkd.softlabels.formats import TRAINING_COLUMNS
+from distkd.specs import TrainingRun, plain, require
 
 
 def decoded(split: Split) -> ray.data.Dataset:
     return split.read().map_batches(decode_batch, batch_format="numpy")
 
 
-def validation(job: Job) -> ray.data.Dataset:
-    limits = [n for n in (job.config.data.val_limit, job.test.limit) if n is not None]
-    return decoded(dataclasses.replace(job.test, limit=min(limits, default=None)))
-
-
-def spec(job: Job, label: str, model: ModelSpec, train: TrainConfig, alpha: float = 0.0) -> TrainSpec:
-    resources = job.config.resources
+def worker_spec(run: TrainingRun) -> TrainSpec:
+    """What the Ray Train workers need of ``run``."""
     return TrainSpec(
-        label=label,
-        model=model,
-        train=train,
-        normalize=job.normalize,
-        steps_per_epoch=steps_per_epoch(job.train.num_rows(), train.batch_size, resources.num_workers),
-        alpha=alpha,
-        temperature=job.config.distill.temperature,
-        precision=resources.precision,
-        threads=max(1, int(resources.cpus_per_worker)),
+        label=run.role,
+        model=run.model,
+        train=run.train,
+        normalize=run.normalize,
+        steps_per_epoch=steps_per_epoch(run.data.num_rows(), run.train.batch_size, run.resources.num_workers),
+        alpha=run.alpha,
+        temperature=run.temperature,
+        views=run.views,
+        precision=run.resources.precision,
+        threads=max(1, int(run.resources.cpus_per_worker)),
     )
 
 
-def train_run(job: Job, spec_: TrainSpec, stage: str, compute: bool, softlabels: str | None = None) -> str:
-    """The committed run folder for ``spec_`` (KD on ``softlabels`` when given); trained only when missing."""
-    resources = job.config.resources
-    key = cache.manifest(softlabels)["key"] if softlabels else None
-    run = job.run_uri(spec_.label, spec_.identity(), resources.num_workers, job.train.identity(), key)
-    if storage.is_committed(run):
-        console.reusing(spec_.label, "committed run", run)
-        return run
-    require(compute, run, stage)
-    what = f"training {spec_.model.name} for {spec_.train.epochs} epochs" + (" on soft labels" if softlabels else "")
-    with console.computing(spec_.label, what, run):
-        storage.write_json(storage.join(run, RUN_INFO), run_info(job, spec_, softlabels))
+def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
+    """The committed run folder (KD on ``run.softlabels`` when alpha > 0); trained only when missing."""
+    if storage.is_committed(run.uri):
+        console.reusing(run.role, "committed run", run.uri)
+        return run.uri
+    require(compute, run.uri, stage)
+    what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.alpha > 0 else "")
+    with console.computing(run.role, what, run.uri):
+        info = {"job": run.job, "role": run.role, **plain(run.identity())}
+        storage.write_json(storage.join(run.uri, RUN_INFO), info)
         columns = ["image", "label"]
-        train = join_softlabels(job.train, softlabels) if softlabels else in_memory(decoded(job.train), columns)
-        fit(spec_, train, in_memory(validation(job), columns), run, resources, job.config.tracking)
-    return run
+        train = join_softlabels(run.data, run.softlabels) if run.alpha > 0 else in_memory(decoded(run.data), columns)
+        fit(worker_spec(run), train, in_memory(decoded(run.val), columns), run.uri, run.resources, run.tracking)
+    return run.uri
 
 
-def run_info(job: Job, spec_: TrainSpec, softlabels: str | None) -> dict:
-    """What made the run, for the report and ``distkd store ls``."""
-    return {
-        "job": job.config.name,
-        "label": spec_.label,
-        "model": spec_.model.name,
-        "epochs": spec_.train.epochs,
-        "alpha": spec_.alpha,
-        "temperature": spec_.temperature if softlabels else None,
-        "views": spec_.views,
-        "softlabels": softlabels,
-        "workers": job.config.resources.num_workers,
-    }
-
-
-def teacher_weights(job: Job, compute: bool = True) -> str:
-    """Stage 0: the teacher's weights, given in the job or trained (and cached) in the store."""
-    if job.config.teacher.weights is not None:
-        return job.config.teacher.weights
-    run = train_run(job, spec(job, "teacher", job.teacher, job.config.teacher.train), "train_teacher", compute)
-    return storage.join(run, "model.pt")
-
-
-def students(job: Job, softlabels: str, compute: bool = True) -> dict[str, str]:
+def students(distilled: TrainingRun, scratch: TrainingRun | None, compute: bool = True) -> dict[str, str]:
     """Stage 2: the distilled student and, if asked, the from-scratch baseline: {"distilled"|"scratch": weights}."""
-    cfg = job.config
-    kd = spec(job, "student-kd", job.student, cfg.student.train, cfg.distill.alpha)
-    inputs = cache.manifest(softlabels)["inputs"]
-    if inputs["format"]["layout"] == "topk" and inputs["format"]["temperature"] != kd.temperature:
-        raise cache.CacheError(
-            f"{softlabels}: top-k labels stored at temperature {inputs['format']['temperature']}, "
-            f"but distill.temperature is {kd.temperature}"
-        )
-    kd = dataclasses.replace(kd, views=(inputs["views"] or {}).get("count", 0))
-    runs = {"distilled": train_run(job, kd, "distill", compute, softlabels if kd.alpha > 0 else None)}
-    if cfg.distill.baseline:
-        scratch = spec(job, "student-scratch", job.student, cfg.student.train)
-        runs["scratch"] = train_run(job, scratch, "distill", compute)
-    return {role: storage.join(run, "model.pt") for role, run in runs.items()}
+    runs = {"distilled": distilled, **({"scratch": scratch} if scratch else {})}
+    return {role: storage.join(train_run(run, "distill", compute), "model.pt") for role, run in runs.items()}
 
 
 def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
@@ -110,7 +67,7 @@ def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
     and each training id exactly once), so a missing or extra id is an error, never a silent drop."""
     ids = split.read_table(["id"])["id"].to_pylist()
     info = cache.verify(entry, ids)
-    columns = [*TRAINING_COLUMNS[info["inputs"]["format"]["layout"]], *(["views"] if info["inputs"]["views"] else [])]
+    columns = [*TRAINING_COLUMNS[info.format.layout], *(["views"] if info.views else [])]
     joined = decoded(split).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )

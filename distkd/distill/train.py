@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import os
@@ -26,25 +25,11 @@ from distkd.config import ResourcesConfig, TrackingConfig, TrainConfig
 from distkd.console import EpochPrinter
 from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
 from distkd.distill.loss import kd_loss, kd_loss_topk
-from distkd.models import build_model
+from distkd.specs import ModelSpec
 from distkd.tracking import RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.2  # fraction of the steps over which the learning rate ramps up
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What it takes to build a model for this data: registry name, arguments and input shape."""
-
-    name: str
-    kwargs: dict
-    num_classes: int
-    input_shape: tuple[int, int, int]
-
-    def build(self) -> torch.nn.Module:
-        c, h, _ = self.input_shape
-        return build_model(self.name, self.num_classes, c, h, **self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -62,9 +47,10 @@ class TrainSpec:
     precision: str = "fp32"
     threads: int = 1
 
-    def identity(self) -> dict:
-        """What shapes the trained model (not its display label, not the CPU threads it runs on)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("label", "threads")}
+
+def run_params(spec: TrainSpec) -> dict:
+    """The settings a tracking server shows beside the run's curves."""
+    return {"model": spec.model.name, "alpha": spec.alpha, "temperature": spec.temperature, **spec.train.model_dump()}
 
 
 def learning_rate(spec: TrainSpec, step: int) -> float:
@@ -105,7 +91,7 @@ def train_loop(config: dict) -> None:
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
     generator = torch.Generator().manual_seed(spec.train.seed * 1000 + rank)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
-    curves = RunMetrics(config["run_uri"], spec.label, spec.identity(), tracking.mlflow) if rank == 0 else None
+    curves = RunMetrics(config["run_uri"], spec.label, run_params(spec), tracking.mlflow) if rank == 0 else None
 
     for epoch in range(start_epoch, spec.train.epochs):
         started, step = time.perf_counter(), epoch * spec.steps_per_epoch

@@ -109,15 +109,15 @@ def _training(models: list[dict]) -> tuple[list[str], list[list[str]]]:
     for m in models:
         if not m.get("history"):
             continue
-        run, labels, seconds = m.get("run", {}), m.get("softlabels", {}), [h["seconds"] for h in m["history"]]
-        rate = labels.get("rows_per_second")
+        run, seconds = m.get("settings", {}), [h["seconds"] for h in m["history"]]
+        rate = run.get("label_rows_per_second")
         rows.append(
             [
                 m["name"],
                 str(len(m["history"])),
                 f"{run['alpha']:g}" if run.get("alpha") else "",
                 f"{run['temperature']:g}" if run.get("temperature") else "",
-                labels.get("format", ""),
+                run.get("labels", ""),
                 str(run.get("views") or ""),
                 _si(rate, sep="") if rate else "",
                 f"{sum(seconds) / len(seconds):.1f}",
