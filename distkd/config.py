@@ -6,6 +6,7 @@ resources. Unknown keys and wrong types are errors that name the key and the fil
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -108,14 +109,16 @@ class ResourcesConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training autocast on a GPU
 
 
+def mlflow_installed() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
+
+
 class TrackingConfig(Strict):
     mlflow: str | None = None  # an MLflow tracking URI: each training run logs its params and curves there
 
     @field_validator("mlflow")
     @classmethod
     def _installed(cls, uri: str | None) -> str | None:
-        from distkd.tracking import mlflow_installed
-
         if uri is not None and not mlflow_installed():
             raise ValueError("mlflow is not installed (pip install mlflow), or leave the key out")
         return uri

@@ -12,15 +12,12 @@ import logging
 import logging.handlers
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ray.train import UserCallback
-from ray.util.queue import Empty, Queue
 from tqdm import tqdm
 
 LOG_FILE = "distkd.log"
@@ -141,48 +138,6 @@ def epoch_line(label: str, epochs: int, m: dict[str, Any]) -> str:
         f"[{label}] epoch {m['epoch']}/{epochs}  loss {m['loss']:.4f} (kd {m['kd']:.4f} + ce {m['ce']:.4f})  "
         f"val_acc {m['val_accuracy']:.4f}  {m['samples_per_s']:.0f} samples/s  {duration(m['seconds'])}"
     )
-
-
-class EpochPrinter:
-    """Prints one line per epoch on the driver, from the metrics rank 0 reports.
-
-    ``callback`` goes into Ray Train's ``RunConfig(callbacks=...)``: it runs on the train
-    controller and forwards the metrics through a Ray queue that a thread here prints from.
-    """
-
-    def __init__(self, label: str, epochs: int) -> None:
-        self.label, self.epochs = label, epochs
-        self.queue = Queue(actor_options={"num_cpus": 0})
-        self.callback = ForwardMetrics(self.queue)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._print_until_done, daemon=True)
-
-    def _print_until_done(self) -> None:
-        while True:
-            try:
-                metrics = self.queue.get(timeout=0.5)
-            except Empty:
-                if self._done.is_set():
-                    return
-                continue
-            print(epoch_line(self.label, self.epochs, metrics), flush=True)
-
-    def __enter__(self) -> EpochPrinter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self.queue.shutdown()
-
-
-class ForwardMetrics(UserCallback):
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.queue.put(metrics[0])  # rank 0's: its all-reduced figures are the run's
 
 
 # -- Ray's logs ---------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_epoch_line_shows_loss_parts_accuracy_and_speed():
 
 
 def test_mlflow_asked_for_but_not_installed_is_refused_before_ray(monkeypatch):
-    monkeypatch.setattr("distkd.tracking.mlflow_installed", lambda: False)  # whether or not it is here
+    monkeypatch.setattr("distkd.config.mlflow_installed", lambda: False)  # whether or not it is here
     raw = {
         "name": "j",
         "store": "store",

@@ -22,11 +22,10 @@ from ray.train.torch import TorchTrainer
 
 from distkd import storage
 from distkd.config import ResourcesConfig, TrackingConfig, TrainConfig
-from distkd.console import EpochPrinter
 from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
 from distkd.distill.loss import kd_loss, kd_loss_topk
 from distkd.specs import ModelSpec
-from distkd.tracking import RunMetrics
+from distkd.tracking import EpochPrinter, RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.2  # fraction of the steps over which the learning rate ramps up
