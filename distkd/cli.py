@@ -16,11 +16,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("pipeline", help="run the job's stages in order, reusing what the store holds")
     run.add_argument("job", help="job YAML file")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     plan = sub.add_parser("plan", help="check the job and print each stage's output and whether it is reused")
     plan.add_argument("job", help="job YAML file")
     for name, stage in STAGE_COMMANDS.items():
         s = sub.add_parser(name, help=f"run the {stage} stage (its inputs must be committed)")
         s.add_argument("job", help="job YAML file")
+        s.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     report = sub.add_parser("report", help="one report from the evaluated models of several runs")
     report.add_argument("reports", nargs="+", help="report folders written by the evaluate stage")
     report.add_argument("--out", default="report", help="folder or URI for the combined report (default: ./report)")
@@ -35,6 +37,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="gc: only leftovers at least this old, as younger ones may belong to a running writer (default: 3600)",
     )
+    store = sub.add_parser("store", help="what the store holds: teachers, soft labels, runs, reports")
+    store.add_argument("action", choices=["ls"])
+    store.add_argument("--store", default="store", help="the store folder or URI (default: ./store)")
+    store.add_argument("--json", action="store_true", help="one JSON list, for scripts")
     prepare = sub.add_parser("prepare", help="pack a dataset as the Parquet shards that jobs read")
     source = prepare.add_subparsers(dest="source", required=True)
     folder = source.add_parser("image-folder", help="ROOT/<class name>/<image file> as one split")
@@ -97,7 +103,19 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_job(command: str, path: str) -> int:
+def store_command(store: str, as_json: bool) -> int:
+    from distkd import catalog, storage
+
+    store = storage.absolute(store)
+    if not storage.exists(store):
+        print(f"distkd: no store at {store}", file=sys.stderr)
+        return 2
+    print(catalog.format_listing(catalog.listing(store), as_json))
+    return 0
+
+
+def run_job(command: str, path: str, verbose: bool = False) -> int:
+    from distkd import console
     from distkd.job import Job
 
     try:
@@ -114,11 +132,18 @@ def run_job(command: str, path: str) -> int:
     if command == "plan":
         print(format_plan(pipeline.plan(job, stages)))
         return 0
+    ray_logs = console.RayLogs(verbose)
+    pipeline.connect(job.config.ray_address, **ray_logs.ray_init_options())
+    print(f"Ray's logs: {ray_logs.open()}" + ("" if verbose else " (--verbose shows them here)"), flush=True)
+    console.timeline.clear()
     try:
         outputs = pipeline.run(job, stages)
     except (MissingOutput, CacheError, StorageError) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
+    if command == "pipeline" and "report" in outputs:
+        print(console.summary(outputs["report"]))
+        return 0
     for name, uri in outputs.items():
         print(f"{name:>10}: {uri}")
     return 0
@@ -153,4 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         return prepare(args)
     if args.command == "cache":
         return cache_command(args.action, args.key, args.store, args.older_than)
-    return run_job(args.command, args.job)
+    if args.command == "store":
+        return store_command(args.store, args.json)
+    return run_job(args.command, args.job, getattr(args, "verbose", False))

@@ -6,6 +6,7 @@ resources. Unknown keys and wrong types are errors that name the key and the fil
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,21 @@ class ResourcesConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training autocast on a GPU
 
 
+def mlflow_installed() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
+
+
+class TrackingConfig(Strict):
+    mlflow: str | None = None  # an MLflow tracking URI: each training run logs its params and curves there
+
+    @field_validator("mlflow")
+    @classmethod
+    def _installed(cls, uri: str | None) -> str | None:
+        if uri is not None and not mlflow_installed():
+            raise ValueError("mlflow is not installed (pip install mlflow), or leave the key out")
+        return uri
+
+
 class JobConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     store: str
@@ -125,6 +141,7 @@ class JobConfig(Strict):
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("store")
     @classmethod

@@ -96,7 +96,8 @@ class Job:
 
     def _run(self, role: str, model: ModelSpec, train: TrainConfig, **kd: object) -> TrainingRun:
         c = self.config
-        return TrainingRun(role, c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources, **kd)
+        common = (c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources)
+        return TrainingRun(role, *common, tracking=c.tracking, **kd)
 
     def teacher_run(self) -> TrainingRun | None:
         """Stage 0, or None when the job gives the teacher's weights."""

@@ -25,11 +25,12 @@ from distkd.specs import ModelSpec
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one."""
+def connect(address: str | None, **init_options: object) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one (``init_options``: more
+    ``ray.init`` arguments)."""
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None)
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, **init_options)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # `limit` keeps the first rows
 
 

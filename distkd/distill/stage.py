@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ray.data
 
-from distkd import storage
+from distkd import console, storage
+from distkd.catalog import RUN_INFO
 from distkd.data.source import Split, decode_batch
 from distkd.distill.train import TrainSpec, fit, steps_per_epoch
 from distkd.softlabels import cache
@@ -36,15 +37,16 @@ def worker_spec(run: TrainingRun) -> TrainSpec:
 def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     """The committed run folder (KD on ``run.softlabels`` when alpha > 0); trained only when missing."""
     if storage.is_committed(run.uri):
-        print(f"[{run.role}] reusing committed run {run.uri}", flush=True)
+        console.reusing(run.role, "committed run", run.uri)
         return run.uri
     require(compute, run.uri, stage)
-    print(f"[{run.role}] training into {run.uri}", flush=True)
-    storage.write_json(storage.join(run.uri, "run.json"), {"job": run.job, "role": run.role, **plain(run.identity())})
-    train = (
-        join_softlabels(run.data, run.softlabels) if run.alpha > 0 else in_memory(decoded(run.data), ["image", "label"])
-    )
-    fit(worker_spec(run), train, in_memory(decoded(run.val), ["image", "label"]), run.uri, run.resources)
+    what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.alpha > 0 else "")
+    with console.computing(run.role, what, run.uri):
+        info = {"job": run.job, "role": run.role, **plain(run.identity())}
+        storage.write_json(storage.join(run.uri, RUN_INFO), info)
+        columns = ["image", "label"]
+        train = join_softlabels(run.data, run.softlabels) if run.alpha > 0 else in_memory(decoded(run.data), columns)
+        fit(worker_spec(run), train, in_memory(decoded(run.val), columns), run.uri, run.resources, run.tracking)
     return run.uri
 
 

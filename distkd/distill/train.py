@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from ray.train.torch import TorchTrainer
 
 from distkd import storage
-from distkd.config import ResourcesConfig, TrainConfig
+from distkd.config import ResourcesConfig, TrackingConfig, TrainConfig
 from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
 from distkd.distill.loss import kd_loss, kd_loss_topk
 from distkd.specs import ModelSpec
+from distkd.tracking import EpochPrinter, RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.2  # fraction of the steps over which the learning rate ramps up
@@ -46,6 +47,11 @@ class TrainSpec:
     threads: int = 1
 
 
+def run_params(spec: TrainSpec) -> dict:
+    """The settings a tracking server shows beside the run's curves."""
+    return {"model": spec.model.name, "alpha": spec.alpha, "temperature": spec.temperature, **spec.train.model_dump()}
+
+
 def learning_rate(spec: TrainSpec, step: int) -> float:
     """Linear warm-up to ``lr`` then linear decay to zero (one-cycle)."""
     total = spec.train.epochs * spec.steps_per_epoch
@@ -57,6 +63,7 @@ def learning_rate(spec: TrainSpec, step: int) -> float:
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker; ``config["spec"]`` is the TrainSpec."""
     spec: TrainSpec = config["spec"]
+    tracking: TrackingConfig = config["tracking"]
     torch.set_num_threads(spec.threads)
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(spec.train.seed)
@@ -83,11 +90,12 @@ def train_loop(config: dict) -> None:
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
     generator = torch.Generator().manual_seed(spec.train.seed * 1000 + rank)
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    curves = RunMetrics(config["run_uri"], spec.label, run_params(spec), tracking.mlflow) if rank == 0 else None
 
     for epoch in range(start_epoch, spec.train.epochs):
         started, step = time.perf_counter(), epoch * spec.steps_per_epoch
         model.train()
-        loss_sum = torch.zeros(2, device=device)  # summed loss, samples
+        sums = torch.zeros(3, device=device)  # summed loss, its KD part, samples
         for batch in train_shard.iter_torch_batches(
             batch_size=spec.train.batch_size, local_shuffle_buffer_size=4 * spec.train.batch_size, drop_last=True
         ):
@@ -102,26 +110,28 @@ def train_loop(config: dict) -> None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += torch.stack([loss.detach() * len(y), torch.tensor(len(y), device=device)])
+            kd = loss.detach() - (1 - spec.alpha) * F.cross_entropy(logits.detach().float(), y)
+            sums += torch.stack([loss.detach() * len(y), kd * len(y), torch.tensor(len(y), device=device)])
             step += 1
+        train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(model, val_shard, spec, device)
-        loss_sum = all_reduce(loss_sum)
+        loss, kd, samples = all_reduce(sums).tolist()
         history.append(
             {
                 "epoch": epoch + 1,
-                "loss": (loss_sum[0] / loss_sum[1]).item(),
+                "loss": loss / samples,
+                "kd": kd / samples,  # the weighted KD term of the loss; the rest is the weighted CE term
+                "ce": (loss - kd) / samples,
                 "val_accuracy": val_accuracy,
+                "samples_per_s": samples / train_seconds,
                 "seconds": time.perf_counter() - started,
             }
         )
         report(model, optimizer, epoch, history, rank)
-        if rank == 0:
-            h = history[-1]
-            print(
-                f"[{spec.label}] epoch {epoch + 1}/{spec.train.epochs}  loss {h['loss']:.4f}  "
-                f"val_acc {h['val_accuracy']:.4f}  ({h['seconds']:.1f} s)",
-                flush=True,
-            )
+        if curves:
+            curves.log(history[-1])
+    if curves:
+        curves.close()
 
 
 def shown(spec: TrainSpec, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,14 +199,21 @@ def report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
 
 
 def fit(
-    spec: TrainSpec, train: ray.data.Dataset, val: ray.data.Dataset, run_uri: str, resources: ResourcesConfig
+    spec: TrainSpec,
+    train: ray.data.Dataset,
+    val: ray.data.Dataset,
+    run_uri: str,
+    resources: ResourcesConfig,
+    tracking: TrackingConfig | None = None,
 ) -> list[dict]:
-    """Train on Ray Train workers; write ``model.pt`` and ``history.json`` to ``run_uri`` and commit it."""
+    """Train on Ray Train workers; write ``model.pt`` and ``history.json`` to ``run_uri`` and commit it.
+    The driver prints a line per epoch; rank 0 writes the curves (``tracking``)."""
     fs, path = storage.resolve(run_uri)
     parent, name = path.rsplit("/", 1)
+    epoch_lines = EpochPrinter(spec.label, spec.train.epochs)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec},
+        train_loop_config={"spec": spec, "run_uri": run_uri, "tracking": tracking or TrackingConfig()},
         datasets={"train": train, "val": val},
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers,
@@ -209,9 +226,11 @@ def fit(
             storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=2),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[epoch_lines.callback],
         ),
     )
-    result = trainer.fit()
+    with epoch_lines:
+        result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     buffer = io.BytesIO()

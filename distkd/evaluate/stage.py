@@ -9,7 +9,8 @@ import numpy as np
 import ray.data
 import torch
 
-from distkd import storage
+from distkd import console, storage
+from distkd.catalog import run_record
 from distkd.data.source import decode_batch
 from distkd.data.transforms import Normalize
 from distkd.evaluate.cost import model_cost
@@ -44,8 +45,14 @@ def evaluate(spec: EvalSpec) -> str:
     """Metrics, costs and the report for each role's model and weights; returns the committed report folder."""
     folder = spec.uri
     if storage.is_committed(folder):
-        print(f"[evaluate] reusing committed report {folder}", flush=True)
+        console.reusing("evaluate", "committed report", folder)
         return folder
+    with console.computing("evaluate", f"evaluating {', '.join(spec.models)} on {spec.data.name}", folder):
+        evaluate_into(folder, spec)
+    return folder
+
+
+def evaluate_into(folder: str, spec: EvalSpec) -> None:
     cfg = spec.execution
     stats = (
         spec.data.read()
@@ -58,7 +65,9 @@ def evaluate(spec: EvalSpec) -> str:
             batch_format="numpy",
         )
     )
-    blocks = list(stats.iter_batches(batch_size=None, batch_format="numpy"))
+    batches = stats.iter_batches(batch_size=None, batch_format="numpy")
+    rows = spec.data.num_rows()
+    blocks = list(console.progress(batches, rows, "evaluate", lambda b: int(b["m0_confusion"].sum())))
     results = []
     for i, (role, weights) in enumerate(spec.models.items()):
         summed = sum_stats(
@@ -73,14 +82,14 @@ def evaluate(spec: EvalSpec) -> str:
                 "weights_sha256": weights.sha256,
                 "metrics": compute_metrics(summed, list(spec.class_names) if spec.class_names else None),
                 "cost": model_cost(model, weights.model.input_shape),
+                **run_record(weights.uri),
             }
         )
         if torch.cuda.is_available():
             results[-1]["cost_gpu"] = model_cost(model, weights.model.input_shape, device="cuda")
     save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.identity())
     storage.commit(folder)
-    print(f"[evaluate] report: {storage.join(folder, 'report.md')}", flush=True)
-    return folder
+    print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
 
 
 def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:

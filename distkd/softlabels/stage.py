@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from distkd import storage
+from distkd import console, storage
 from distkd.data.source import COLUMNS, Split, decode_batch
 from distkd.softlabels import cache
 from distkd.softlabels.teacher import TeacherPredictor
@@ -66,26 +66,24 @@ def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     """The committed cache entry for this teacher, data and format, computing only missing shards."""
     entry = spec.uri
     if cache.is_committed(entry):
-        print(f"[softlabels] reusing cached soft labels {entry}", flush=True)
+        console.reusing("softlabels", "cached soft labels", entry)
         return entry
     require(compute, entry, "softlabels")
     units = plan(spec.data, spec.shard_rows)
     ids = spec.data.read_table(["id"])["id"].to_pylist()
     records = cache.trusted_shards(entry, [ids[u.offset : u.offset + u.stop - u.start] for u in units])
     missing = [u for u in units if u.index not in records]
-    print(
-        f"[softlabels] teacher {spec.teacher.model.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
-        flush=True,
-    )
-    started = time.perf_counter()
-    labelled = compute_units(spec, missing, len(units), ids, records) if missing else 0
-    shards = [records[u.index] for u in units]
-    manifest = cache.commit(spec, shards, ids, len(missing), labelled, time.perf_counter() - started)
-    print(
-        f"[softlabels] committed {manifest.rows} rows in {len(units)} shards "
-        f"({manifest.bytes / manifest.rows:.1f} bytes/row)",
-        flush=True,
-    )
+    what = f"labelling with teacher {spec.teacher.model.name}: {len(missing)} of {len(units)} shards to compute"
+    with console.computing("softlabels", what, entry):
+        started = time.perf_counter()
+        labelled = compute_units(spec, missing, len(units), ids, records) if missing else 0
+        shards = [records[u.index] for u in units]
+        manifest = cache.commit(spec, shards, ids, len(missing), labelled, time.perf_counter() - started)
+        print(
+            f"[softlabels] committed {manifest.rows} rows in {len(units)} shards "
+            f"({manifest.bytes / manifest.rows:.1f} bytes/row)",
+            flush=True,
+        )
     return entry
 
 
@@ -119,7 +117,8 @@ def compute_units(
         )
     )
     pending, buffered, labelled = list(units), [], 0
-    for batch in outputs.iter_batches(batch_size=None, batch_format="pyarrow"):
+    batches = outputs.iter_batches(batch_size=None, batch_format="pyarrow")
+    for batch in console.progress(batches, sum(u.stop - u.start for u in units), "softlabels"):
         buffered.append(batch)
         labelled += len(batch)
         while pending and sum(len(t) for t in buffered) >= pending[0].stop - pending[0].start:
