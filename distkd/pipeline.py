@@ -10,6 +10,7 @@ import os
 
 import ray
 
+from distkd import resources
 from distkd.config import STAGES, Stage
 from distkd.distill.stage import students, teacher_weights
 from distkd.evaluate.stage import evaluate
@@ -26,11 +27,17 @@ FORWARDED_ENV = (
 )
 
 
+# A local instance of its own (never another user's `ray start` cluster on this machine), every server on
+# the loopback interface, no dashboard (for Ray jobs, start a cluster with `ray start`: cluster/README.md).
+LOCAL = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
+
+
 def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one."""
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one that listens on 127.0.0.1 only."""
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None)
+        where = {"address": address} if address or os.environ.get("RAY_ADDRESS") else LOCAL
+        ray.init(runtime_env={"env_vars": env} if env else None, **where)
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # `limit` keeps the first rows
 
 
@@ -39,6 +46,7 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     stages = stages or job.config.stages
     last = max(STAGES.index(s) for s in stages)
     connect(job.config.ray_address)
+    resources.check(job.config, stages)
     if job.checkpoints:  # an evaluation job: the checkpoints it names, nothing upstream
         return {"report": evaluate(job, job.checkpoints)}
     out = {"teacher": teacher_weights(job, compute="train_teacher" in stages)}

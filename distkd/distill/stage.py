@@ -31,7 +31,7 @@ def spec(job: Job, label: str, model: ModelSpec, train: TrainConfig, alpha: floa
         model=model,
         train=train,
         normalize=job.normalize,
-        steps_per_epoch=steps_per_epoch(job.train.num_rows(), train.batch_size, resources.num_workers),
+        steps_per_epoch=steps_per_epoch(job.train.num_rows(), train.batch_size),
         alpha=alpha,
         temperature=job.config.distill.temperature,
         precision=resources.precision,
@@ -49,7 +49,10 @@ def train_run(job: Job, spec_: TrainSpec, stage: str, compute: bool, softlabels:
         return run
     require(compute, run, stage)
     print(f"[{spec_.label}] training into {run}", flush=True)
-    train = join_softlabels(job.train, softlabels) if softlabels else in_memory(decoded(job.train), ["image", "label"])
+    if softlabels:
+        train = join_softlabels(job.train, softlabels)
+    else:
+        train = in_memory(decoded(job.train), ["id", "image", "label"])
     fit(spec_, train, in_memory(validation(job), ["image", "label"]), run, resources)
     return run
 
@@ -95,4 +98,4 @@ def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
     joined = decoded(split).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )
-    return in_memory(joined, ["image", "label", *columns])
+    return in_memory(joined, ["id", "image", "label", *columns])
