@@ -94,13 +94,13 @@ def jobs_command(action: str, job_id: str | None, address: str) -> int:
 
     from distkd import submit
 
+    if action != "ls" and job_id is None:
+        print(f"distkd: jobs {action} needs a submission ID (see: distkd jobs ls --address {address})", file=sys.stderr)
+        return 2
     client = JobSubmissionClient(address)
     if action == "ls":
         print(submit.listing(client))
         return 0
-    if job_id is None:
-        print(f"distkd: jobs {action} needs a submission ID (see: distkd jobs ls --address {address})", file=sys.stderr)
-        return 2
     if action == "status":
         print(client.get_job_status(job_id))
     elif action == "logs":

@@ -19,6 +19,7 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 import distkd
+from distkd import storage
 from distkd.config import JobConfig
 
 JOB_FILE = "job.yaml"
@@ -30,12 +31,23 @@ def entrypoint(command: str) -> str:
     return f"python -m distkd {command} {JOB_FILE}"
 
 
+def resolved(job: JobConfig) -> dict:
+    """The job as the cluster runs it: every path absolute (data and store already are), and no
+    ``ray_address`` (the job's driver joins the cluster it runs on, through $RAY_ADDRESS)."""
+    raw = job.model_dump(mode="json")
+    raw["ray_address"] = None
+    for model in (raw["teacher"], raw["student"], *(raw["evaluate"]["models"] or [])):
+        if model["weights"] is not None:
+            model["weights"] = storage.absolute(model["weights"])
+    return raw
+
+
 def package(job: JobConfig, folder: Path) -> Path:
     """A working_dir for the job: the distkd package (sources only) and the resolved job file."""
     shutil.copytree(
         Path(distkd.__file__).parent, folder / "distkd", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
-    (folder / JOB_FILE).write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+    (folder / JOB_FILE).write_text(yaml.safe_dump(resolved(job), sort_keys=False))
     return folder
 
 

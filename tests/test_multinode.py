@@ -26,6 +26,7 @@ from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ["distkd", "softlabels", "job.yaml"]  # the end of a submitted soft-label job's command line
 NODE_CPUS = 3  # a training worker or a teacher actor takes 2: one of each per node, 1 CPU left for tasks
 
 
@@ -99,6 +100,8 @@ def cluster(tmp_path_factory):
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "240",  # a loaded CI machine
+        "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONPATH": str(ROOT),  # the head's job drivers import this checkout (a real cluster: pip install)
     }
     env.pop("RAY_ADDRESS", None)
@@ -255,3 +258,41 @@ def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted
     ids = Split.open(str(cifar10), "train", 200).read_table(["id"])["id"].to_pylist()
     assert cache.verify(str(entry), ids)["rows"] == 200  # every id exactly once
     cluster.start_worker()  # for whatever runs after
+
+
+def wait_for(cluster: Cluster, job_id: str, timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = cluster.run(str(BIN / "distkd"), "jobs", "status", job_id, "--address", cluster.dashboard).stdout
+        if status.strip() in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status.strip()
+        time.sleep(1)
+    return "TIMEOUT"
+
+
+def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted, cifar10, tmp_path):
+    store, _ = submitted
+    teacher = next(p for p in (store / "runs").iterdir() if "-teacher-" in p.name) / "model.pt"
+    job = job_file(
+        tmp_path, cifar10, store, "killed-driver", stages=["softlabels"],
+        teacher={"name": "resnet9", "kwargs": {"width": 4}, "weights": str(teacher)},
+        softlabels={"batch_size": 10, "shard_rows": 20, "actors": 1, "cpus_per_actor": 1, "view_seed": 7, "views": 2},
+    )  # fmt: skip
+    first = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
+    deadline, shards = time.time() + 300, []
+    while time.time() < deadline and len(shards) < 2:
+        shards = [
+            p for p in (store / "softlabels").glob("*/shards/*.parquet") if p.stat().st_mtime > job.stat().st_mtime
+        ]
+        time.sleep(0.1)
+    drivers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-3:] == DRIVER]
+    assert len(shards) >= 2 and len(drivers) == 1, (shards, drivers)
+    drivers[0].send_signal(signal.SIGKILL)
+    assert wait_for(cluster, first) == "FAILED"
+    entry = shards[0].parents[1]
+    assert not storage.is_committed(str(entry))
+    before = len(list((entry / "shards").glob("*.parquet")))
+    second = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
+    assert wait_for(cluster, second) == "SUCCEEDED"
+    manifest = cache.manifest(str(entry))
+    assert manifest["computed_shards"] == 10 - before < 10 and manifest["rows"] == 200
