@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 import ray.data
+import ray.train
 import torch
 
 from distkd import config
@@ -108,3 +109,13 @@ def test_killed_training_worker_resumes_from_the_latest_checkpoint(data, tmp_pat
     assert killed, "training finished before a worker could be killed"
     assert [e["epoch"] for e in history] == [1, 2, 3, 4]
     assert history[0]["started_from"] == 0 and history[-1]["started_from"] > 0  # resumed, not from scratch
+
+
+def test_elastic_worker_range_reaches_ray_train_as_a_range():
+    elastic = config.ResourcesConfig(num_workers=[1, 2])
+    assert elastic.workers == (1, 2) and elastic.max_workers == 2
+    assert ray.train.ScalingConfig(num_workers=elastic.workers).elasticity_enabled
+    assert config.ResourcesConfig(num_workers=3).workers == 3
+    for bad in ([2, 1], [0, 1], [1, 2, 3], 0):
+        with pytest.raises(ValueError, match="num_workers"):
+            config.ResourcesConfig(num_workers=bad)
