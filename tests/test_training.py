@@ -15,7 +15,7 @@ import ray.train
 import torch
 
 from distkd import config
-from distkd.distill.stage import decoded, in_memory, validation
+from distkd.distill.stage import decoded, in_memory
 from distkd.distill.train import TrainSpec, fit, lr_schedule, steps_per_epoch
 from distkd.job import Job
 
@@ -33,7 +33,7 @@ def data(ray_cluster, cifar10) -> tuple[Job, ray.data.Dataset, ray.data.Dataset]
         "student": {"name": "lenet5"},
     }
     job = Job.prepare(config.parse(raw, "<train>"))
-    return job, in_memory(decoded(job.train), ["id", "image", "label"]), in_memory(validation(job), ["image", "label"])
+    return job, in_memory(decoded(job.train), ["id", "image", "label"]), in_memory(decoded(job.val), ["image", "label"])
 
 
 def train(data, run: Path, epochs: int = 2, **resources) -> list[dict]:
