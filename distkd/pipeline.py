@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 import ray
+from ray._private import ray_constants
 
 from distkd import resources, storage
 from distkd.config import STAGES, Stage
@@ -35,12 +36,22 @@ FORWARDED_ENV = (
 LOCAL = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
 
 
+def loopback_only() -> None:
+    """Ray resolves a node address of 127.0.0.1 to the machine's own address (so that other nodes could
+    reach it) unless clusters are off, as on macOS and Windows: turn them off for this process and the Ray
+    processes it starts, so the local instance's servers bind the loopback interface."""
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # read by the processes ray.init starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process resolves its node address
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one that listens on 127.0.0.1 only."""
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
-        where = {"address": address} if address or os.environ.get("RAY_ADDRESS") else LOCAL
-        ray.init(runtime_env={"env_vars": env} if env else None, **where)
+        local = not (address or os.environ.get("RAY_ADDRESS"))
+        if local:
+            loopback_only()
+        ray.init(runtime_env={"env_vars": env} if env else None, **(LOCAL if local else {"address": address}))
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # `limit` keeps the first rows
 
 

@@ -63,12 +63,17 @@ class Cluster:
         return out.returncode == 0
 
     def processes(self) -> list[psutil.Process]:
-        """This cluster's processes that name its temp folder or its GCS address on their command line (workers
-        exit when their raylet does)."""
-        markers = (str(self.temp_dir), self.gcs)
-        return [
-            p for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or ()) for m in markers)
-        ]
+        """This cluster's processes: those that name its temp folder or its GCS port (``--gcs-address=IP:PORT``,
+        ``--gcs_server_port=PORT``) on their command line; workers exit when their raylet does."""
+        port = self.gcs.rsplit(":", 1)[1]
+
+        def ours(cmdline: list[str]) -> bool:
+            return any(
+                str(self.temp_dir) in part or ("gcs" in part and part.rsplit(":", 1)[-1].rsplit("=", 1)[-1] == port)
+                for part in cmdline
+            )
+
+        return [p for p in psutil.process_iter(["cmdline"]) if ours(p.info["cmdline"] or [])]
 
     def raylets(self) -> list[psutil.Process]:
         return [p for p in self.processes() if p.name() == "raylet"]

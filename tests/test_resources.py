@@ -41,7 +41,7 @@ def test_local_ray_listens_on_loopback_only():
     assert out.returncode == 0, out.stderr[-2000:]
     sockets = json.loads(out.stdout.strip().splitlines()[-1])
     assert {name for name, _, _ in sockets} >= {"gcs_server", "raylet"}, sockets
-    assert [s for s in sockets if s[1] not in ("127.0.0.1", "::1")] == []
+    assert [s for s in sockets if s[1] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")] == []
 
 
 def job_file(tmp_path: Path, cifar10: Path, **sections) -> Path:
