@@ -104,10 +104,10 @@ def test_killed_training_worker_resumes_from_the_latest_checkpoint(data, tmp_pat
 
     killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint)
     killer.start()
-    history = train(data, tmp_path / "run", epochs=4, max_failures=1)
+    history = train(data, tmp_path / "run", epochs=3, max_failures=1)
     killer.join()
     assert killed, "training finished before a worker could be killed"
-    assert [e["epoch"] for e in history] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in history] == [1, 2, 3]
     assert history[0]["started_from"] == 0 and history[-1]["started_from"] > 0  # resumed, not from scratch
 
 
