@@ -64,12 +64,13 @@ class Cluster:
 
     def processes(self) -> list[psutil.Process]:
         """This cluster's processes: those that name its temp folder or its GCS port (``--gcs-address=IP:PORT``,
-        ``--gcs_server_port=PORT``) on their command line; workers exit when their raylet does."""
+        ``--gcs_server_port=PORT``, ``--address=IP:PORT``) on their command line; workers exit with their raylet."""
         port = self.gcs.rsplit(":", 1)[1]
 
         def ours(cmdline: list[str]) -> bool:
             return any(
-                str(self.temp_dir) in part or ("gcs" in part and part.rsplit(":", 1)[-1].rsplit("=", 1)[-1] == port)
+                str(self.temp_dir) in part
+                or (("gcs" in part or part.startswith("--address=")) and part.rsplit(":", 1)[-1].split("=")[-1] == port)
                 for part in cmdline
             )
 
