@@ -22,7 +22,7 @@ from distkd.data.source import Split, decode
 from distkd.data.transforms import random_crop_flip
 from distkd.distill.loss import kd_loss
 from distkd.distill.stage import worker_spec
-from distkd.distill.train import learning_rate
+from distkd.distill.train import lr_schedule
 from distkd.job import Job
 from distkd.models import load_weights
 
@@ -59,7 +59,8 @@ def main() -> None:
     optimizer = torch.optim.SGD(
         student.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay, nesterov=True
     )
-    step, started = 0, time.perf_counter()
+    scheduler = lr_schedule(optimizer, s)
+    started = time.perf_counter()
     for epoch in range(train.epochs):
         order = torch.randperm(len(labels))
         for i in range(0, len(labels) - train.batch_size + 1, train.batch_size):
@@ -67,13 +68,11 @@ def main() -> None:
             x = s.normalize(random_crop_flip(images[idx]) if train.augment else images[idx])
             with torch.inference_mode():
                 teacher_logits = teacher(x)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(s, step)
             loss = kd_loss(student(x), teacher_logits.clone(), labels[idx], s.alpha, s.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step += 1
+            scheduler.step()
         print(
             f"epoch {epoch + 1}/{train.epochs} loss {loss.item():.4f} ({time.perf_counter() - started:.0f} s)",
             flush=True,

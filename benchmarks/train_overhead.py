@@ -23,7 +23,7 @@ from distkd.data.source import Split, decode
 from distkd.data.transforms import random_crop_flip
 from distkd.distill.stage import worker_spec
 from distkd.distill.teacher import teacher_weights
-from distkd.distill.train import learning_rate
+from distkd.distill.train import lr_schedule
 from distkd.job import Job
 
 
@@ -45,20 +45,18 @@ def plain_loop(job: Job, rows: int) -> tuple[float, list[float]]:
     optimizer = torch.optim.SGD(
         model.parameters(), lr=s.train.lr, momentum=s.train.momentum, weight_decay=s.train.weight_decay, nesterov=True
     )
-    step = 0
+    scheduler = lr_schedule(optimizer, s)
     for _ in range(s.train.epochs):
         epoch_started = time.perf_counter()
         order = torch.randperm(rows)
         for i in range(0, rows - s.train.batch_size + 1, s.train.batch_size):
             idx = order[i : i + s.train.batch_size]
             x = s.normalize(random_crop_flip(images[idx]) if s.train.augment else images[idx])
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(s, step)
             loss = F.cross_entropy(model(x), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step += 1
+            scheduler.step()
         model.eval()
         with torch.inference_mode():  # the same validation as distkd's per-epoch line
             (model(s.normalize(val_images)).argmax(1) == val_labels).float().mean().item()

@@ -26,6 +26,15 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="one report from the evaluated models of several runs")
     report.add_argument("reports", nargs="+", help="report folders written by the evaluate stage")
     report.add_argument("--out", default="report", help="folder or URI for the combined report (default: ./report)")
+    submit = sub.add_parser("submit", help="submit the job to a Ray cluster as a Ray job (job submission API)")
+    submit.add_argument("job", help="job YAML file")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--stage", choices=sorted(STAGE_COMMANDS), help="run one stage instead of the pipeline")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to finish, then print its logs")
+    jobs = sub.add_parser("jobs", help="list Ray jobs, or show the status or logs of one, or stop it")
+    jobs.add_argument("action", choices=["ls", "status", "logs", "stop"])
+    jobs.add_argument("id", nargs="?", help="the submission id (status, logs, stop)")
+    jobs.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
     cache = sub.add_parser("cache", help="list, show, verify or remove cached soft labels; remove writers' leftovers")
     cache.add_argument("action", choices=["ls", "show", "verify", "rm", "gc"])
     cache.add_argument("key", nargs="?", help="the entry's key (show, verify, rm)")
@@ -86,6 +95,48 @@ def cache_command(action: str, key: str | None, store: str, older_than: float) -
     return 0
 
 
+def submit_job(path: str, address: str, stage: str | None, follow: bool) -> int:
+    try:
+        job = config.load(path)
+    except config.ConfigError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 2
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from distkd import submit
+
+    job_id = submit.submit(job, address, stage or "pipeline")
+    print(f"submitted {job_id} to {address} (distkd jobs logs {job_id} --address {address})", flush=True)
+    if not follow:
+        return 0
+    client = JobSubmissionClient(address)
+    status = submit.wait(client, job_id)
+    print(client.get_job_logs(job_id), end="")
+    print(f"{job_id}: {status}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def jobs_command(action: str, job_id: str | None, address: str) -> int:
+    from ray.job_submission import JobSubmissionClient
+
+    from distkd import submit
+
+    if action != "ls" and job_id is None:
+        print(f"distkd: jobs {action} needs a submission ID (see: distkd jobs ls --address {address})", file=sys.stderr)
+        return 2
+    client = JobSubmissionClient(address)
+    if action == "ls":
+        print(submit.listing(client))
+        return 0
+    if action == "status":
+        print(client.get_job_status(job_id))
+    elif action == "logs":
+        print(client.get_job_logs(job_id), end="")
+    else:
+        print(f"{job_id}: {'stop requested' if client.stop_job(job_id) else 'not running'}")
+    return 0
+
+
 def prepare(args: argparse.Namespace) -> int:
     from distkd import storage
     from distkd.data import prepare as packing
@@ -124,6 +175,7 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
         print(f"distkd: {e}", file=sys.stderr)
         return 2
     from distkd import pipeline
+    from distkd.resources import ResourceShortage
     from distkd.softlabels.cache import CacheError
     from distkd.specs import MissingOutput
     from distkd.storage import StorageError
@@ -141,6 +193,9 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     except (MissingOutput, CacheError, StorageError) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
+    except ResourceShortage as e:
+        print(f"distkd: {path}: {e}", file=sys.stderr)
+        return 2
     if command == "pipeline" and "report" in outputs:
         print(console.summary(outputs["report"]))
         return 0
@@ -180,4 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return cache_command(args.action, args.key, args.store, args.older_than)
     if args.command == "store":
         return store_command(args.store, args.json)
+    if args.command == "submit":
+        return submit_job(args.job, args.address, args.stage, args.wait)
+    if args.command == "jobs":
+        return jobs_command(args.action, args.id, args.address)
     return run_job(args.command, args.job, getattr(args, "verbose", False))

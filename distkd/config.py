@@ -108,10 +108,30 @@ class EvaluateConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    num_workers: int = Field(default=1, gt=0)
+    # Ray Train workers: a count, or [min, max] for elastic training (Ray Train starts with as many as the
+    # cluster can give, at least min, and grows towards max from the latest checkpoint as nodes join).
+    num_workers: int | list[int] = Field(default=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training autocast on a GPU
+    max_failures: int = Field(default=2, ge=-1)  # worker-group restarts from the latest checkpoint; -1: no limit
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, n: int | list[int]) -> int | list[int]:
+        counts = [n, n] if isinstance(n, int) else n
+        if len(counts) != 2 or not 1 <= counts[0] <= counts[1]:
+            raise ValueError("expected a worker count >= 1, or [min, max] with 1 <= min <= max")
+        return n
+
+    @property
+    def workers(self) -> int | tuple[int, int]:
+        """As Ray Train's ``ScalingConfig.num_workers`` takes it."""
+        return self.num_workers if isinstance(self.num_workers, int) else tuple(self.num_workers)
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[-1]
 
 
 def mlflow_installed() -> bool:

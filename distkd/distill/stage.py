@@ -25,7 +25,7 @@ def worker_spec(run: TrainingRun) -> TrainSpec:
         model=run.model,
         train=run.train,
         normalize=run.normalize,
-        steps_per_epoch=steps_per_epoch(run.data.num_rows(), run.train.batch_size, run.resources.num_workers),
+        steps_per_epoch=steps_per_epoch(run.data.num_rows(), run.train.batch_size),
         alpha=run.alpha,
         temperature=run.temperature,
         views=run.views,
@@ -44,9 +44,19 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     with console.computing(run.role, what, run.uri):
         info = {"job": run.job, "role": run.role, **plain(run.identity())}
         storage.write_json(storage.join(run.uri, RUN_INFO), info)
-        columns = ["image", "label"]
-        train = join_softlabels(run.data, run.softlabels) if run.alpha > 0 else in_memory(decoded(run.data), columns)
-        fit(worker_spec(run), train, in_memory(decoded(run.val), columns), run.uri, run.resources, run.tracking)
+        train = (
+            join_softlabels(run.data, run.softlabels)
+            if run.alpha > 0
+            else in_memory(decoded(run.data), ["id", "image", "label"])
+        )
+        fit(
+            worker_spec(run),
+            train,
+            in_memory(decoded(run.val), ["image", "label"]),
+            run.uri,
+            run.resources,
+            run.tracking,
+        )
     return run.uri
 
 
@@ -71,4 +81,4 @@ def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
     joined = decoded(split).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )
-    return in_memory(joined, ["image", "label", *columns])
+    return in_memory(joined, ["id", "image", "label", *columns])

@@ -6,13 +6,16 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 
+import numpy as np
 import ray.data
 import ray.train
 import torch
@@ -52,20 +55,38 @@ def run_params(spec: TrainSpec) -> dict:
     return {"model": spec.model.name, "alpha": spec.alpha, "temperature": spec.temperature, **spec.train.model_dump()}
 
 
-def learning_rate(spec: TrainSpec, step: int) -> float:
-    """Linear warm-up to ``lr`` then linear decay to zero (one-cycle)."""
-    total = spec.train.epochs * spec.steps_per_epoch
+def lr_factor(step: int, total: int) -> float:
+    """Linear warm-up to 1 over the first ``WARMUP`` of ``total`` steps, then linear decay (one-cycle),
+    floored at 1 %: the factor ``LambdaLR`` applies to ``lr`` at ``step``."""
     progress = min(step / total, 1.0)
     ramp = progress / WARMUP if progress < WARMUP else (1 - progress) / (1 - WARMUP)
-    return spec.train.lr * max(ramp, 0.01)
+    return max(ramp, 0.01)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:
+    """The job's learning-rate schedule, stepped once per global step (its state is checkpointed)."""
+    total = spec.train.epochs * spec.steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, total=total))
+
+
+def worker_rows(ids: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Which rows of a global batch this worker trains on: a stable hash of the id modulo the world size,
+    so every id is trained on by exactly one worker, whatever the number of workers."""
+    return np.array([zlib.crc32(str(i).encode()) % world == rank for i in ids], dtype=bool)
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker; ``config["spec"]`` is the TrainSpec."""
+    """Runs on every Ray Train worker; ``config["spec"]`` is the TrainSpec.
+
+    Every worker iterates the same global batches of ``batch_size`` rows in the same order and trains on its
+    share of each (``worker_rows``); the loss is scaled so that DDP's gradient average is the mean over the
+    whole global batch. Batch size, learning rate and schedule are therefore per job: 1 or N workers take the
+    same optimisation steps."""
     spec: TrainSpec = config["spec"]
     tracking: TrackingConfig = config["tracking"]
     torch.set_num_threads(spec.threads)
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(spec.train.seed)
     device = ray.train.torch.get_device()
     model = spec.model.build()
@@ -76,6 +97,7 @@ def train_loop(config: dict) -> None:
         weight_decay=spec.train.weight_decay,
         nesterov=spec.train.momentum > 0,
     )
+    scheduler = lr_schedule(optimizer, spec)
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -83,39 +105,52 @@ def train_loop(config: dict) -> None:
             state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
         start_epoch, history = state["epoch"] + 1, state["history"]
     model = ray.train.torch.prepare_model(model)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
     use_amp = amp_dtype is not None and device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
-    generator = torch.Generator().manual_seed(spec.train.seed * 1000 + rank)
+    generator = torch.Generator()
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     curves = RunMetrics(config["run_uri"], spec.label, run_params(spec), tracking.mlflow) if rank == 0 else None
 
     for epoch in range(start_epoch, spec.train.epochs):
-        started, step = time.perf_counter(), epoch * spec.steps_per_epoch
+        started = time.perf_counter()
+        generator.manual_seed((spec.train.seed * 1000 + epoch) * 1000 + rank)  # a resumed epoch draws the same
         model.train()
-        sums = torch.zeros(3, device=device)  # summed loss, its KD part, samples
-        for batch in train_shard.iter_torch_batches(
-            batch_size=spec.train.batch_size, local_shuffle_buffer_size=4 * spec.train.batch_size, drop_last=True
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, its KD part, samples
+        checksum = 0  # of the ids trained on
+        for full in train_shard.iter_batches(
+            batch_size=spec.train.batch_size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=4 * spec.train.batch_size,
+            local_shuffle_seed=spec.train.seed * 1000 + epoch,  # the same order on every worker
         ):
+            mine = worker_rows(full["id"], rank, world)
+            batch = {k: torch.from_numpy(v[mine]) for k, v in full.items() if k != "id"}
             images, view = shown(spec, batch, generator)
             x, y = spec.normalize(images.to(device)), batch["label"].to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(spec, step)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = model(x)
                 loss = objective(spec, logits.float(), y, batch, view, device)
+            # DDP averages the workers' gradients: scaled so, they are the gradient of the global batch's mean loss
+            scaled = loss * len(y) * world / len(mine) if len(y) else logits.sum() * 0
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(scaled).backward()
             scaler.step(optimizer)
             scaler.update()
-            kd = loss.detach() - (1 - spec.alpha) * F.cross_entropy(logits.detach().float(), y)
-            sums += torch.stack([loss.detach() * len(y), kd * len(y), torch.tensor(len(y), device=device)])
-            step += 1
+            scheduler.step()
+            if len(y):
+                kd = loss.detach() - (1 - spec.alpha) * F.cross_entropy(logits.detach().float(), y)
+                sums += len(y) * torch.stack([loss.detach(), kd, torch.ones((), device=device)]).double()
+            checksum += id_checksum(full["id"][mine])
         train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(model, val_shard, spec, device)
-        loss, kd, samples = all_reduce(sums).tolist()
+        workers = gathered({"rank": rank, "node": ray.get_runtime_context().get_node_id(), "samples": int(sums[2])})
+        sums, checksum = all_reduce(sums), all_reduce(torch.tensor(checksum, dtype=torch.int64, device=device))
+        loss, kd, samples = sums.tolist()
         history.append(
             {
                 "epoch": epoch + 1,
@@ -125,13 +160,32 @@ def train_loop(config: dict) -> None:
                 "val_accuracy": val_accuracy,
                 "samples_per_s": samples / train_seconds,
                 "seconds": time.perf_counter() - started,
+                "lr": scheduler.get_last_lr()[0],
+                "samples": int(samples),
+                "id_checksum": int(checksum),
+                "workers": workers,
+                "started_from": start_epoch,  # > 0 in epochs run after a restart from a checkpoint
             }
         )
-        report(model, optimizer, epoch, history, rank)
+        report(model, optimizer, scheduler, epoch, history, rank)
         if curves:
             curves.log(history[-1])
     if curves:
         curves.close()
+
+
+def id_checksum(ids: np.ndarray) -> int:
+    """A sum of per-id hashes: equal to the split's iff no id was dropped or repeated (up to a collision)."""
+    return sum(zlib.crc32(str(i).encode()) for i in ids)
+
+
+def gathered(item: dict) -> list[dict]:
+    """``item`` from every worker, by rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [item]
+    items = [None] * dist.get_world_size()
+    dist.all_gather_object(items, item)
+    return items
 
 
 def shown(spec: TrainSpec, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,14 +239,29 @@ def accuracy(model: torch.nn.Module, shard, spec: TrainSpec, device: torch.devic
     return (counts[0] / counts[1].clamp(min=1)).item()
 
 
-def report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list, rank: int) -> None:
-    """Every worker reports each epoch; rank 0 attaches the checkpoint."""
-    metrics = dict(history[-1])
+def report(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    history: list,
+    rank: int,
+) -> None:
+    """Every worker reports each epoch; rank 0 attaches the checkpoint (model, optimiser, schedule, epoch,
+    history and the torch RNG state: what a restarted worker group resumes from)."""
+    metrics = {k: v for k, v in history[-1].items() if k != "workers"}
     if rank != 0:
         ray.train.report(metrics)
         return
     module = getattr(model, "module", model)
-    state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}
+    state = {
+        "model": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "history": history,
+    }
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -215,8 +284,9 @@ def fit(
         train_loop,
         train_loop_config={"spec": spec, "run_uri": run_uri, "tracking": tracking or TrackingConfig()},
         datasets={"train": train, "val": val},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["val"]),  # train: each worker takes its rows
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.num_workers,
+            num_workers=resources.workers,
             use_gpu=resources.use_gpu,
             resources_per_worker={"CPU": resources.cpus_per_worker},
         ),
@@ -224,7 +294,7 @@ def fit(
             name=name,
             storage_path=parent,
             storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[epoch_lines.callback],
         ),
@@ -241,5 +311,6 @@ def fit(
     return state["history"]
 
 
-def steps_per_epoch(rows: int, spec_batch_size: int, num_workers: int) -> int:
-    return max(1, math.floor(rows / num_workers / spec_batch_size))
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """Global steps per epoch: every row once, in batches of the job's ``batch_size`` (the last one smaller)."""
+    return max(1, math.ceil(rows / batch_size))
