@@ -9,6 +9,7 @@ import ray.data
 from distkd import storage
 from distkd.config import TrainConfig
 from distkd.data.source import Split, decode_batch
+from distkd.distill import streaming
 from distkd.distill.train import ModelSpec, TrainSpec, fit, steps_per_epoch
 from distkd.job import Job, require
 from distkd.softlabels import cache
@@ -36,6 +37,7 @@ def spec(job: Job, label: str, model: ModelSpec, train: TrainConfig, alpha: floa
         temperature=job.config.distill.temperature,
         precision=resources.precision,
         threads=max(1, int(resources.cpus_per_worker)),
+        shuffle_buffer=job.config.data.shuffle_buffer,
     )
 
 
@@ -49,8 +51,17 @@ def train_run(job: Job, spec_: TrainSpec, stage: str, compute: bool, softlabels:
         return run
     require(compute, run, stage)
     print(f"[{spec_.label}] training into {run}", flush=True)
-    train = join_softlabels(job.train, softlabels) if softlabels else in_memory(decoded(job.train), ["image", "label"])
-    fit(spec_, train, in_memory(validation(job), ["image", "label"]), run, resources)
+    val = in_memory(validation(job), ["image", "label"])
+    if streaming.choose(job.config.data.cache, job.train, spec_.model.input_shape) == "stream":
+        columns = ["image", "label", *(label_columns(cache.manifest(softlabels)) if softlabels else [])]
+        train = streaming.stream(job.train, columns, streaming.block_rows(spec_.model.input_shape), softlabels)
+        resources = streaming.reserve_data_cpus(resources)
+        spec_ = dataclasses.replace(spec_, threads=max(1, int(resources.cpus_per_worker)))
+    elif softlabels:
+        train = join_softlabels(job.train, softlabels)
+    else:
+        train = in_memory(decoded(job.train), ["image", "label"])
+    fit(spec_, train, val, run, resources)
     return run
 
 
@@ -82,16 +93,22 @@ def students(job: Job, softlabels: str, compute: bool = True) -> dict[str, str]:
 
 def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
     """The training columns, materialised (decoded uint8) in the object store: epochs then run no
-    Ray Data tasks, so the trainer may hold every CPU of a small machine, and nothing is decoded twice."""
-    return ds.select_columns(columns).materialize()
+    Ray Data tasks, so the trainer may hold every CPU of a small machine, and nothing is decoded twice.
+    Each epoch takes the blocks in a new random order."""
+    return ds.select_columns(columns).materialize().randomize_block_order()
+
+
+def label_columns(manifest: dict) -> list[str]:
+    """The training columns of a soft-label entry: its format's, and the views' parameters if it has views."""
+    inputs = manifest["inputs"]
+    return [*TRAINING_COLUMNS[inputs["format"]["layout"]], *(["views"] if inputs["views"] else [])]
 
 
 def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
     """Training rows joined by id to the cached soft labels. The entry is verified first (checksums,
     and each training id exactly once), so a missing or extra id is an error, never a silent drop."""
     ids = split.read_table(["id"])["id"].to_pylist()
-    info = cache.verify(entry, ids)
-    columns = [*TRAINING_COLUMNS[info["inputs"]["format"]["layout"]], *(["views"] if info["inputs"]["views"] else [])]
+    columns = label_columns(cache.verify(entry, ids))
     joined = decoded(split).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )

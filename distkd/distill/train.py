@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ray.data
@@ -59,6 +60,7 @@ class TrainSpec:
     views: int = 0  # recorded views per image in the soft labels: train on one of them per sample
     precision: str = "fp32"
     threads: int = 1
+    shuffle_buffer: int = 512  # samples shuffled locally by each worker, on top of the block order
 
     def identity(self) -> dict:
         """What shapes the trained model (not its display label, not the CPU threads it runs on)."""
@@ -107,9 +109,7 @@ def train_loop(config: dict) -> None:
         started, step = time.perf_counter(), epoch * spec.steps_per_epoch
         model.train()
         loss_sum = torch.zeros(2, device=device)  # summed loss, samples
-        for batch in train_shard.iter_torch_batches(
-            batch_size=spec.train.batch_size, local_shuffle_buffer_size=4 * spec.train.batch_size, drop_last=True
-        ):
+        for batch in epoch_batches(train_shard, spec):
             images, view = shown(spec, batch, generator)
             x, y = spec.normalize(images.to(device)), batch["label"].to(device)
             for group in optimizer.param_groups:
@@ -141,6 +141,12 @@ def train_loop(config: dict) -> None:
                 f"val_acc {h['val_accuracy']:.4f}  ({h['seconds']:.1f} s)",
                 flush=True,
             )
+
+
+def epoch_batches(shard: ray.data.DataIterator, spec: TrainSpec) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of this worker's share: every row once (the last batch may be short), blocks in the
+    order the dataset gives them, rows shuffled within a buffer of ``spec.shuffle_buffer`` samples."""
+    return shard.iter_torch_batches(batch_size=spec.train.batch_size, local_shuffle_buffer_size=spec.shuffle_buffer)
 
 
 def shown(spec: TrainSpec, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

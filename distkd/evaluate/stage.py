@@ -25,7 +25,8 @@ TEACHER = "teacher"
 class Evaluator:
     """All models side by side in one actor, so each student is compared with its teacher on the same batch."""
 
-    def __init__(self, models: dict[str, tuple[ModelSpec, str]], normalize: Normalize) -> None:
+    def __init__(self, models: dict[str, tuple[ModelSpec, str]], normalize: Normalize, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.models = {
             role: load_weights(spec.build(), weights).to(self.device).eval() for role, (spec, weights) in models.items()
@@ -55,36 +56,58 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
         .map_batches(decode_batch, batch_format="numpy")
         .map_batches(
             Evaluator,
-            fn_constructor_kwargs={"models": models, "normalize": job.normalize},
+            fn_constructor_kwargs={
+                "models": models,
+                "normalize": job.normalize,
+                "threads": max(1, int(cfg.cpus_per_actor)),
+            },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,
             batch_format="numpy",
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor,
         )
     )
     blocks = list(stats.iter_batches(batch_size=None, batch_format="numpy"))
+    costs = ray.get(
+        measure_costs.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor).remote(
+            models, max(1, int(cfg.cpus_per_actor))
+        )
+    )
     results = []
     for i, (role, (spec, uri)) in enumerate(models.items()):
         summed = sum_stats(
             {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
         )
-        model = load_weights(spec.build(), uri)
         results.append(
             {
                 "name": f"{spec.name} {role}",
                 "role": role,
                 "weights": uri,
                 "metrics": compute_metrics(summed, job.config.data.class_names),
-                "cost": model_cost(model, spec.input_shape),
+                **costs[role],
             }
         )
-        if torch.cuda.is_available():
-            results[-1]["cost_gpu"] = model_cost(model, spec.input_shape, device="cuda")
     save_report(
         folder, results, f"distkd report: {job.config.name}", job=job.config.name, split=job.evaluated.identity()
     )
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.md')}", flush=True)
     return folder
+
+
+@ray.remote
+def measure_costs(models: dict[str, tuple[ModelSpec, str]], threads: int) -> dict[str, dict]:
+    """Each model's ``cost`` (on the CPU) and ``cost_gpu`` (when there is one), measured on a worker with
+    the evaluation actors' resources, where the models run, not on the driver."""
+    torch.set_num_threads(threads)
+    costs = {}
+    for role, (spec, uri) in models.items():
+        model = load_weights(spec.build(), uri)
+        costs[role] = {"cost": model_cost(model, spec.input_shape)}
+        if torch.cuda.is_available():
+            costs[role]["cost_gpu"] = model_cost(model, spec.input_shape, device="cuda")
+    return costs
 
 
 def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:

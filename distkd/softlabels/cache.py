@@ -38,38 +38,42 @@ def shard_name(index: int, count: int) -> str:
     return f"part-{index:05d}-of-{count:05d}.parquet"
 
 
-def write_shard(entry: str, index: int, count: int, table: pa.Table) -> None:
+def write_shard(entry: str, index: int, count: int, table: pa.Table) -> dict:
     """One shard, written whole: readers see it complete under its final name or not at all. A shard
     that a concurrent writer of the same key has committed meanwhile is kept, not replaced, so the
-    checksums another writer's manifest took stay true."""
-    uri = storage.join(entry, SHARDS, shard_name(index, count))
+    checksums another writer's manifest took stay true. Returns the record of the shard that is there."""
+    name = shard_name(index, count)
+    uri = storage.join(entry, SHARDS, name)
     if storage.exists(uri):
-        return
+        return shard_record(entry, name)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd")
-    storage.write_bytes(uri, buffer.getvalue().to_pybytes())
+    data = buffer.getvalue().to_pybytes()
+    storage.write_bytes(uri, data)
+    return _record(name, len(table), data)
 
 
 def shard_record(entry: str, name: str) -> dict:
     data = storage.read_bytes(storage.join(entry, SHARDS, name))
-    rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
+    return _record(name, pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows, data)
+
+
+def _record(name: str, rows: int, data: bytes) -> dict:
     return {"file": f"{SHARDS}/{name}", "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def commit(entry: str, inputs: dict, shard_count: int, expected_ids: list[str], work: dict) -> dict:
-    """Describe the shards, check they hold each expected id exactly once, write the manifest, commit.
+def commit(entry: str, inputs: dict, shards: list[dict], work: dict) -> dict:
+    """Write the manifest from the shards' records (in shard order), then the commit marker.
 
-    ``work`` says what this job did: shards computed (the rest were already there), rows the
-    teacher labelled, seconds."""
-    shards = [shard_record(entry, shard_name(i, shard_count)) for i in range(shard_count)]
-    check_ids(entry, [storage.join(entry, s["file"]) for s in shards], expected_ids)
-    rows = sum(s["rows"] for s in shards)
+    The writers of the shards checked each one's ids against its rows of the dataset, so the
+    records are all the driver needs. ``work`` says what this job did: shards computed (the rest
+    were already there), rows the teacher labelled, seconds."""
     manifest = {
         "key": entry.rstrip("/").rsplit("/", 1)[-1],
         "format_version": FORMAT_VERSION,
         "inputs": inputs,
         "shards": shards,
-        "rows": rows,
+        "rows": sum(s["rows"] for s in shards),
         "bytes": sum(s["bytes"] for s in shards),
         **work,
         "rows_per_second": round(work["teacher_rows"] / work["teacher_seconds"], 1) if work["teacher_rows"] else None,
@@ -133,11 +137,11 @@ def read(entry: str) -> ray.data.Dataset:
     fs, _ = storage.resolve(entry)
     paths = [storage.resolve(storage.join(entry, s["file"]))[1] for s in manifest(entry)["shards"]]
     return ray.data.read_parquet(paths, filesystem=fs).map_batches(
-        _training_columns, fn_kwargs={"fmt": entry_format(entry)}, batch_format="pyarrow"
+        training_columns, fn_kwargs={"fmt": entry_format(entry)}, batch_format="pyarrow"
     )
 
 
-def _training_columns(batch: pa.Table, fmt: Format) -> dict[str, np.ndarray]:
+def training_columns(batch: pa.Table, fmt: Format) -> dict[str, np.ndarray]:
     out = {"id": batch["id"].to_numpy(zero_copy_only=False), **fmt.training_columns(batch)}
     if "views" in batch.column_names:
         out["views"] = to_numpy(batch["views"], np.int64)
