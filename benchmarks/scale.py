@@ -122,9 +122,10 @@ def main() -> None:
             job = job_for(data, store, rows, args, teacher)
             peaks = Peaks()
             started = time.perf_counter()
-            entry = generate(job, teacher)
+            softlabels = job.softlabel_spec(teacher)
+            generate(softlabels)
             labelled = time.perf_counter()
-            weights = students(job, entry)["distilled"]
+            weights = students(job.distilled_run(softlabels), None)["distilled"]
             trained = time.perf_counter()
             driver, store_peak = peaks.stop()
             epoch = storage.read_json(storage.join(weights.rsplit("/", 1)[0], "history.json"))[0]["seconds"]

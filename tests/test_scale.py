@@ -11,20 +11,20 @@ import pytest
 from distkd import config, storage
 from distkd.data.source import Split
 from distkd.distill import streaming
-from distkd.distill.stage import spec as train_spec
-from distkd.distill.stage import students, teacher_weights
+from distkd.distill.stage import students, worker_spec
+from distkd.distill.teacher import teacher_weights
 from distkd.distill.train import epoch_batches
 from distkd.job import Job
 from distkd.softlabels import cache
-from distkd.softlabels.stage import entry_uri, generate, label_units, output_format
+from distkd.softlabels.stage import generate, label_units
 from distkd.softlabels.writer import RECORD
 
 ROWS = 1000
 
 
-def job_for(data: Path, store: Path, name: str = "scale", cache_mode: str = "memory") -> Job:
+def job_for(data: Path, store: Path, cache_mode: str = "memory") -> Job:
     raw = {
-        "name": name,
+        "name": "scale",
         "store": str(store),
         "data": {"uri": str(data), "limit": ROWS, "val_limit": 500, "cache": cache_mode, "shuffle_buffer": 200},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100}},
@@ -49,8 +49,8 @@ def data(tmp_path_factory, cifar10) -> Path:
 def labelled(ray_cluster, data, tmp_path_factory) -> tuple[Job, str, str]:
     store = tmp_path_factory.mktemp("store")
     job = job_for(data, store)
-    weights = teacher_weights(job)
-    return job, weights, generate(job, weights)
+    weights = teacher_weights(job.teacher_run())
+    return job, weights, generate(job.softlabel_spec(weights))
 
 
 def test_read_takes_the_first_rows_by_file_counts_in_any_order(ray_cluster, data):
@@ -66,25 +66,23 @@ def test_driver_receives_one_small_record_per_shard_and_no_labels(labelled):
     assert [(u.file[-28:], u.rows) for u in units] == [("train-00000-of-00005.parquet", 150)] * 4 + [
         ("train-00001-of-00005.parquet", n) for n in (150, 150, 100)
     ]  # units stop at file ends and at the limit
-    fmt, cfg = output_format(job), job.config.softlabels
-    records = label_units(entry, units, job.teacher, weights, job.normalize, fmt, cfg)  # shards there: described
+    records = label_units(job.softlabel_spec(weights), units)  # the shards are there: only described
     assert all(set(r) == set(RECORD) for r in records)  # no label column ever reaches the driver
     assert [r["index"] for r in records] == [u.index for u in units]
     assert [r["rows"] for r in records] == [u.rows for u in units] and sum(u.rows for u in units) == ROWS
     assert all(r["labelled"] == 0 for r in records)  # nothing recomputed
     manifest = cache.manifest(entry)
-    assert [s["sha256"] for s in manifest["shards"]] == [r["sha256"] for r in records]
-    assert entry == entry_uri(job, weights)[0]
+    assert [s.sha256 for s in manifest.shards] == [r["sha256"] for r in records]
 
 
 def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
-    job, _, entry = labelled
+    job, weights, entry = labelled
     ds = streaming.stream(job.train, ["id", "label", "teacher_logits"], block_rows=64, entry=entry)
     position = {i: n for n, i in enumerate(job.train.read_table(["id"])["id"].to_pylist())}
     rows = ds.map_batches(
         lambda b: {"row": [position[i] for i in b["id"]], "logits": b["teacher_logits"]}, batch_format="numpy"
     )
-    spec = train_spec(job, "student", job.student, job.config.student.train)
+    spec = worker_spec(job.scratch_run() or job.distilled_run(job.softlabel_spec(weights)))
     iterator = rows.iterator()
     epochs = [[int(r) for batch in epoch_batches(iterator, spec) for r in batch["row"]] for _ in range(2)]
     for seen in epochs:
@@ -96,18 +94,20 @@ def test_stream_rejects_a_shard_that_does_not_match(labelled, tmp_path):
     job, _, entry = labelled
     copy = tmp_path / "entry"
     shutil.copytree(entry, copy)
-    shard = copy / cache.manifest(entry)["shards"][2]["file"]
+    shard = copy / cache.manifest(entry).shards[2].file
     shard.write_bytes(shard.read_bytes()[:-50])
     with pytest.raises(Exception, match="checksum does not match"):
         streaming.stream(job.train, ["image", "label"], block_rows=64, entry=str(copy)).take_all()
 
 
 def test_streaming_training_reaches_the_accuracy_of_in_memory_training(labelled):
-    job, _, entry = labelled
+    job, weights, _ = labelled
     accuracy = {}
     for mode in ("memory", "stream"):
-        mode_job = job_for(Path(job.config.data.uri), Path(job.config.store), name=f"scale-{mode}", cache_mode=mode)
-        run = Path(students(mode_job, entry)["distilled"]).parent
-        accuracy[mode] = storage.read_json(str(run / "history.json"))[-1]["val_accuracy"]
+        mode_job = job_for(Path(job.config.data.uri), Path(job.config.store), cache_mode=mode)
+        run = mode_job.distilled_run(mode_job.softlabel_spec(weights))
+        students(run, None)
+        accuracy[mode] = storage.read_json(storage.join(run.uri, "history.json"))[-1]["val_accuracy"]
+        shutil.rmtree(run.uri)  # the feed is not part of the run's identity: the next mode trains anew
     assert min(accuracy.values()) > 0.2, accuracy  # both learnt (chance is 0.1)
     assert abs(accuracy["stream"] - accuracy["memory"]) < 0.07, accuracy

@@ -13,10 +13,9 @@ import pyarrow.parquet as pq
 import ray.data
 from PIL import Image
 
-from distkd import storage
+from distkd import content, storage
 
 COLUMNS = ("id", "image", "label")
-FOOTER_BYTES = 1 << 16
 READ_ROWS = 10_000  # rows per read task of ``Split.read``
 
 
@@ -45,15 +44,10 @@ class Split:
         return cls(uri, name, files, limit)
 
     def fingerprint(self) -> str:
-        """Names, sizes and Parquet footers of the files: changes whenever their content does."""
-        digest = hashlib.sha256()
-        for uri in self.files:
-            fs, path = storage.resolve(uri)
-            size = fs.get_file_info(path).size
-            with fs.open_input_file(path) as f:
-                f.seek(max(0, size - FOOTER_BYTES))
-                digest.update(f"{uri.rsplit('/', 1)[-1]}:{size}:".encode() + f.read())
-        return digest.hexdigest()
+        """A hash of the names and contents of the files in use: changes whenever one byte does."""
+        return hashlib.sha256(
+            "".join(f"{uri.rsplit('/', 1)[-1]}:{content.sha256(uri)};" for uri, _ in self.file_rows()).encode()
+        ).hexdigest()
 
     def identity(self) -> dict:
         return {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}

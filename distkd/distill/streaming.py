@@ -61,7 +61,7 @@ def stream(split: Split, columns: list[str], block_rows: int, entry: str | None 
         shards, fmt = [None] * len(units), None
     else:
         info = cache.manifest(entry)
-        units, shards, fmt = split.units(info["inputs"]["shard_rows"]), info["shards"], cache.entry_format(entry)
+        units, shards, fmt = split.units(info.inputs["shard_rows"]), [asdict(s) for s in info.shards], info.format
         if len(units) != len(shards) or any(u.rows != s["rows"] for u, s in zip(units, shards)):
             raise cache.CacheError(f"{entry}: the shards do not line up with the rows of {split.uri} ({split.name})")
     items = [{"unit": asdict(u), "shard": s} for u, s in zip(units, shards)]

@@ -16,89 +16,43 @@ from dataclasses import asdict
 import ray.data
 
 from distkd import storage
-from distkd.config import SoftLabelConfig
 from distkd.data.source import Unit
-from distkd.data.transforms import PAD, Normalize
-from distkd.distill.train import ModelSpec
-from distkd.job import Job, require
-from distkd.models import weights_hash
 from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
 from distkd.softlabels.writer import RECORD, ShardWriter
+from distkd.specs import SoftLabelSpec, require
 
 
-def output_format(job: Job) -> Format:
-    cfg = job.config.softlabels
-    if cfg.format == "dense":
-        return Format("dense", cfg.dtype)
-    return Format("topk", cfg.dtype, cfg.top_k or job.num_classes, cfg.temperature)
-
-
-def key_inputs(job: Job, teacher_weights: str) -> dict:
-    cfg = job.config.softlabels
-    return {
-        "teacher": {
-            "name": job.teacher.name,
-            "kwargs": job.teacher.kwargs,
-            "num_classes": job.num_classes,
-            "weights_sha256": weights_hash(teacher_weights),
-        },
-        "data": job.train.identity(),
-        "transform": {"input_shape": list(job.teacher.input_shape), **job.normalize.identity()},
-        "views": {"count": cfg.views, "seed": cfg.view_seed, "pad": PAD} if cfg.views else None,
-        "format": asdict(output_format(job)),
-        "shard_rows": cfg.shard_rows,
-    }
-
-
-def entry_uri(job: Job, teacher_weights: str) -> tuple[str, dict]:
-    inputs = key_inputs(job, teacher_weights)
-    return job.uri("softlabels", cache.key(inputs)), inputs
-
-
-def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
+def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     """The committed cache entry for this teacher, data and format, computing only missing shards."""
-    entry, inputs = entry_uri(job, teacher_weights)
+    entry = spec.uri
     if storage.is_committed(entry):
         print(f"[softlabels] reusing cached soft labels {entry}", flush=True)
         return entry
     require(compute, entry, "softlabels")
-    units = job.train.units(job.config.softlabels.shard_rows)
+    units = spec.data.units(spec.shard_rows)
     done = len(storage.list_files(storage.join(entry, cache.SHARDS), ".parquet"))
     print(
-        f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(units) - done} of {len(units)} shards to compute",
+        f"[softlabels] teacher {spec.teacher.model.name} -> {entry}: "
+        f"{len(units) - done} of {len(units)} shards to compute",
         flush=True,
     )
     started = time.perf_counter()
-    records = label_units(
-        entry, units, job.teacher, teacher_weights, job.normalize, output_format(job), job.config.softlabels
-    )
-    work = {
-        "computed_shards": sum(1 for r in records if r["labelled"]),
-        "teacher_rows": sum(r["labelled"] for r in records),
-        "teacher_seconds": round(time.perf_counter() - started, 3),
-    }
-    shards = [{k: r[k] for k in ("file", "rows", "bytes", "sha256")} for r in records]
-    manifest = cache.commit(entry, inputs, shards, work)
+    records = label_units(spec, units)
+    shards = tuple(cache.ShardRecord(r["file"], r["rows"], r["bytes"], r["sha256"]) for r in records)
+    computed, labelled = sum(1 for r in records if r["labelled"]), sum(r["labelled"] for r in records)
+    manifest = cache.commit(spec, shards, computed, labelled, time.perf_counter() - started)
     print(
-        f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
-        f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)",
+        f"[softlabels] committed {manifest.rows} rows in {len(units)} shards "
+        f"({manifest.bytes / manifest.rows:.1f} bytes/row)",
         flush=True,
     )
     return entry
 
 
-def label_units(
-    entry: str,
-    units: list[Unit],
-    teacher: ModelSpec,
-    weights: str,
-    normalize: Normalize,
-    fmt: Format,
-    cfg: SoftLabelConfig,
-) -> list[dict]:
+def label_units(spec: SoftLabelSpec, units: list[Unit]) -> list[dict]:
     """Each unit's shard written (or found) by a teacher actor; returns their records in unit order,
     after checking there is one per unit and that it holds the unit's rows."""
+    cfg, entry = spec.execution, spec.uri
     records = (
         ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
         .map_batches(
@@ -106,13 +60,13 @@ def label_units(
             fn_constructor_kwargs={
                 "entry": entry,
                 "count": len(units),
-                "model": teacher,
-                "weights": weights,
-                "normalize": normalize,
-                "fmt": fmt,
-                "views": cfg.views,
-                "view_seed": cfg.view_seed,
-                "precision": cfg.precision,
+                "model": spec.teacher.model,
+                "weights": spec.teacher.uri,
+                "normalize": spec.normalize,
+                "fmt": spec.format,
+                "views": spec.views,
+                "view_seed": spec.view_seed,
+                "precision": spec.precision,
                 "batch_size": cfg.batch_size,
                 "threads": max(1, int(cfg.cpus_per_actor)),
             },
@@ -127,7 +81,5 @@ def label_units(
     by_unit = {r["index"]: {k: r[k] for k in RECORD} for r in records}
     wrong = [u.index for u in units if u.index not in by_unit or by_unit[u.index]["rows"] != u.rows]
     if wrong or len(records) != len(units):
-        raise cache.CacheError(
-            f"{entry}: the teacher actors did not return one whole shard per unit (e.g. {wrong[:3]})"
-        )
+        raise cache.CacheError(f"{entry}: teacher actors did not return one whole shard per unit (e.g. {wrong[:3]})")
     return [by_unit[u.index] for u in units]

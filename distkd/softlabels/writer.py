@@ -6,6 +6,8 @@ per shard (unit index, rows, bytes, sha256), so its memory does not grow with th
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -13,10 +15,10 @@ import torch
 from distkd import storage
 from distkd.data.source import Unit, decode_batch
 from distkd.data.transforms import Normalize
-from distkd.distill.train import ModelSpec
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
+from distkd.specs import ModelSpec
 
 RECORD = ("index", "file", "rows", "bytes", "sha256", "labelled")  # what the driver receives per shard
 
@@ -54,7 +56,7 @@ class ShardWriter:
         uri = storage.join(self.entry, cache.SHARDS, name)
         if storage.exists(uri):
             self.check(unit, unit.read(["id"])["id"], cache.read_ids(uri))
-            return {"index": unit.index, **cache.shard_record(self.entry, name), "labelled": 0}
+            return {"index": unit.index, **asdict(cache.shard_record(self.entry, name)), "labelled": 0}
         rows = unit.read()
         labels = pa.concat_tables(
             self.teacher(decode_batch(_numpy(rows.slice(i, self.batch_size))))
@@ -62,7 +64,7 @@ class ShardWriter:
         )
         self.check(unit, rows["id"], labels["id"].to_pylist())
         record = cache.write_shard(self.entry, unit.index, self.count, labels)
-        return {"index": unit.index, **record, "labelled": len(rows)}
+        return {"index": unit.index, **asdict(record), "labelled": len(rows)}
 
     def check(self, unit: Unit, expected: pa.ChunkedArray, ids: list[str]) -> None:
         if ids != expected.to_pylist():
