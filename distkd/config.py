@@ -37,6 +37,10 @@ class DataConfig(Strict):
     class_names: list[str] | None = None  # for the report; None: the class indices
     mean: list[float] = Field(default=[0.4914, 0.4822, 0.4465], min_length=1)  # per channel
     std: list[float] = Field(default=[0.2470, 0.2435, 0.2616], min_length=1)
+    # Training data: held decoded in the object store (memory), or read and decoded each epoch
+    # (stream); auto: memory when the decoded pixels take under 25% of the object store.
+    cache: Literal["auto", "memory", "stream"] = "auto"
+    shuffle_buffer: int = Field(default=10_000, gt=0)  # samples each training worker shuffles locally
 
     @field_validator("uri")
     @classmethod
@@ -102,6 +106,8 @@ class EvaluatedModel(ModelConfig):
 class EvaluateConfig(Strict):
     batch_size: int = Field(default=1024, gt=0)
     actors: int = Field(default=1, gt=0)
+    cpus_per_actor: float = Field(default=1.0, ge=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
     split: str | None = None  # None: data.test_split
     # Checkpoints to evaluate instead of the job's own teacher and students.
     models: list[EvaluatedModel] | None = Field(default=None, min_length=1)

@@ -96,8 +96,9 @@ class Job:
 
     def _run(self, role: str, model: ModelSpec, train: TrainConfig, **kd: object) -> TrainingRun:
         c = self.config
+        feed = {"cache": c.data.cache, "shuffle_buffer": c.data.shuffle_buffer}
         common = (c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources)
-        return TrainingRun(role, *common, tracking=c.tracking, **kd)
+        return TrainingRun(role, *common, tracking=c.tracking, **feed, **kd)
 
     def teacher_run(self) -> TrainingRun | None:
         """Stage 0, or None when the job gives the teacher's weights."""

@@ -49,7 +49,6 @@ def connect(address: str | None, **init_options: object) -> None:
             loopback_only()
         where = LOCAL if local else {"address": address}
         ray.init(runtime_env={"env_vars": env} if env else None, **where, **init_options)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # `limit` keeps the first rows
 
 
 def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:

@@ -104,6 +104,9 @@ class TrainingRun:
     softlabels_key: str | None = None
     views: int = 0  # recorded views in the soft labels: train on one of them per sample
     tracking: TrackingConfig = TrackingConfig()  # where the curves go besides TensorBoard: not part of the identity
+    # How the training data is fed (not part of the identity): data.cache and data.shuffle_buffer.
+    cache: str = "auto"
+    shuffle_buffer: int = 10_000
 
     def identity(self) -> dict:
         out = {

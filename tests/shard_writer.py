@@ -18,7 +18,6 @@ import pyarrow as pa
 from distkd import config
 from distkd.job import Job
 from distkd.softlabels import cache
-from distkd.softlabels.stage import plan
 
 
 def table(ids: list[str], tag: float, classes: int) -> pa.Table:
@@ -29,14 +28,14 @@ def table(ids: list[str], tag: float, classes: int) -> pa.Table:
 def main(path: str, tag: float, barrier: Path, writers: int) -> None:
     job = Job.prepare(config.load(path), source=path)
     spec = job.softlabel_spec(job.config.teacher.weights)
-    units = plan(spec.data, spec.shard_rows)
+    units = spec.data.units(spec.shard_rows)
     ids = spec.data.read_table(["id"])["id"].to_pylist()
     tables = [table(ids[u.offset : u.offset + u.stop - u.start], tag, job.num_classes) for u in units]
     (barrier / f"ready-{tag}").touch()
     while len(list(barrier.iterdir())) < writers:
         time.sleep(0.01)
     records = [cache.write_shard(spec.uri, u.index, len(units), t) for u, t in zip(units, tables)]
-    manifest = cache.commit(spec, records, ids, len(units), len(ids), 1.0)
+    manifest = cache.commit(spec, tuple(records), len(units), len(ids), 1.0)
     print(json.dumps({"entry": spec.uri, "shards": [dataclasses.asdict(s) for s in manifest.shards]}))
 
 

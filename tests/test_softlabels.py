@@ -233,7 +233,7 @@ def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, wei
         while time.time() < deadline and not killed:
             if storage.list_files(storage.join(entry, "shards")):
                 for proc in psutil.process_iter(["cmdline"]):
-                    if "TeacherPredictor" in " ".join(proc.info["cmdline"] or []):
+                    if "ShardWriter" in " ".join(proc.info["cmdline"] or []):
                         os.kill(proc.pid, signal.SIGKILL)
                         killed.append(proc.pid)
             time.sleep(0.05)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ from PIL import Image
 from distkd import content, storage
 
 COLUMNS = ("id", "image", "label")
+READ_ROWS = 10_000  # rows per read task of ``Split.read``
 
 
 class DataError(ValueError):
@@ -79,12 +81,61 @@ class Split:
     def read_labels(self) -> np.ndarray:
         return self.read_table(["label"])["label"].to_numpy()
 
-    def read(self) -> ray.data.Dataset:
-        """The rows in use, in file order (``limit`` takes the first N)."""
-        fs, _ = storage.resolve(self.uri)
-        paths = [storage.resolve(f)[1] for f in self.files]
-        ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(list(COLUMNS))
-        return ds.limit(self.limit) if self.limit is not None else ds
+    def units(self, rows: int) -> list[Unit]:
+        """The rows in use, in order, cut into units of at most ``rows`` rows that do not cross files."""
+        units, offset = [], 0
+        for uri, used in self.file_rows():
+            for start in range(0, used, rows):
+                units.append(Unit(len(units), uri, start, min(start + rows, used), offset + start))
+            offset += used
+        return units
+
+    def read(self, rows: int = READ_ROWS) -> ray.data.Dataset:
+        """The rows in use, one read task per unit of ``rows`` rows: exactly the first ``limit`` rows
+        whatever order the tasks finish in (rows come back in any order)."""
+        return read_units(self.units(rows))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, stop) of one Parquet file; ``offset`` is the index of its first row in the split."""
+
+    index: int
+    file: str
+    start: int
+    stop: int
+    offset: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def read(self, columns: list[str] | tuple[str, ...] = COLUMNS) -> pa.Table:
+        """The unit's rows, reading only the row groups that hold them."""
+        fs, path = storage.resolve(self.file)
+        tables, first = [], 0
+        with fs.open_input_file(path) as f:
+            parquet = pq.ParquetFile(f)
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if first < self.stop and first + rows > self.start:
+                    table = parquet.read_row_group(group, columns=list(columns))
+                    lo, hi = max(self.start, first), min(self.stop, first + rows)
+                    tables.append(table.slice(lo - first, hi - lo))
+                first += rows
+        return pa.concat_tables(tables)
+
+
+def read_units(units: list[Unit]) -> ray.data.Dataset:
+    """The encoded rows of ``units``, one block (and one read task) per unit."""
+    return ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units)).map_batches(
+        _read_unit_rows, batch_size=1, batch_format="pyarrow"
+    )
+
+
+def _read_unit_rows(batch: pa.Table) -> Iterator[pa.Table]:
+    for unit in batch.to_pylist():
+        yield Unit(**unit).read()
 
 
 def _schema(uri: str):

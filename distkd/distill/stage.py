@@ -3,11 +3,14 @@ stages 0 and 2 share ``train_run``."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ray.data
 
 from distkd import console, storage
 from distkd.catalog import RUN_INFO
 from distkd.data.source import Split, decode_batch
+from distkd.distill import streaming
 from distkd.distill.train import TrainSpec, fit, steps_per_epoch
 from distkd.softlabels import cache
 from distkd.softlabels.formats import TRAINING_COLUMNS
@@ -31,6 +34,7 @@ def worker_spec(run: TrainingRun) -> TrainSpec:
         views=run.views,
         precision=run.resources.precision,
         threads=max(1, int(run.resources.cpus_per_worker)),
+        shuffle_buffer=run.shuffle_buffer,
     )
 
 
@@ -44,19 +48,19 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     with console.computing(run.role, what, run.uri):
         info = {"job": run.job, "role": run.role, **plain(run.identity())}
         storage.write_json(storage.join(run.uri, RUN_INFO), info)
-        train = (
-            join_softlabels(run.data, run.softlabels)
-            if run.alpha > 0
-            else in_memory(decoded(run.data), ["id", "image", "label"])
-        )
-        fit(
-            worker_spec(run),
-            train,
-            in_memory(decoded(run.val), ["image", "label"]),
-            run.uri,
-            run.resources,
-            run.tracking,
-        )
+        val = in_memory(decoded(run.val), ["image", "label"])
+        spec, resources = worker_spec(run), run.resources
+        softlabels = run.softlabels if run.alpha > 0 else None
+        if streaming.choose(run.cache, run.data, run.model.input_shape) == "stream":
+            columns = ["id", "image", "label", *(label_columns(cache.manifest(softlabels)) if softlabels else [])]
+            train = streaming.stream(run.data, columns, streaming.block_rows(run.model.input_shape), softlabels)
+            resources = streaming.reserve_data_cpus(resources)
+            spec = dataclasses.replace(spec, threads=max(1, int(resources.cpus_per_worker)), split=True)
+        elif softlabels:
+            train = join_softlabels(run.data, softlabels)
+        else:
+            train = in_memory(decoded(run.data), ["id", "image", "label"])
+        fit(spec, train, val, run.uri, resources, run.tracking)
     return run.uri
 
 
@@ -68,16 +72,21 @@ def students(distilled: TrainingRun, scratch: TrainingRun | None, compute: bool 
 
 def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
     """The training columns, materialised (decoded uint8) in the object store: epochs then run no
-    Ray Data tasks, so the trainer may hold every CPU of a small machine, and nothing is decoded twice."""
-    return ds.select_columns(columns).materialize()
+    Ray Data tasks, so the trainer may hold every CPU of a small machine, and nothing is decoded twice.
+    Each epoch takes the blocks in a new random order."""
+    return ds.select_columns(columns).materialize().randomize_block_order()
+
+
+def label_columns(manifest: cache.Manifest) -> list[str]:
+    """The training columns of a soft-label entry: its format's, and the views' parameters if it has views."""
+    return [*TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
 
 
 def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
     """Training rows joined by id to the cached soft labels. The entry is verified first (checksums,
     and each training id exactly once), so a missing or extra id is an error, never a silent drop."""
     ids = split.read_table(["id"])["id"].to_pylist()
-    info = cache.verify(entry, ids)
-    columns = [*TRAINING_COLUMNS[info.format.layout], *(["views"] if info.views else [])]
+    columns = label_columns(cache.verify(entry, ids))
     joined = decoded(split).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )

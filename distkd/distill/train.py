@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,8 @@ class TrainSpec:
     views: int = 0  # recorded views per image in the soft labels: train on one of them per sample
     precision: str = "fp32"
     threads: int = 1
+    shuffle_buffer: int = 512  # samples shuffled locally by each worker, on top of the block order
+    split: bool = False  # each worker reads its own share of the training data (streamed), else all of it
 
 
 def run_params(spec: TrainSpec) -> dict:
@@ -122,21 +125,14 @@ def train_loop(config: dict) -> None:
         model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, its KD part, samples
         checksum = 0  # of the ids trained on
-        for full in train_shard.iter_batches(
-            batch_size=spec.train.batch_size,
-            batch_format="numpy",
-            local_shuffle_buffer_size=4 * spec.train.batch_size,
-            local_shuffle_seed=spec.train.seed * 1000 + epoch,  # the same order on every worker
-        ):
-            mine = worker_rows(full["id"], rank, world)
-            batch = {k: torch.from_numpy(v[mine]) for k, v in full.items() if k != "id"}
+        for ids, batch, share in epoch_batches(train_shard, spec, epoch, rank, world):
             images, view = shown(spec, batch, generator)
             x, y = spec.normalize(images.to(device)), batch["label"].to(device)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = model(x)
                 loss = objective(spec, logits.float(), y, batch, view, device)
             # DDP averages the workers' gradients: scaled so, they are the gradient of the global batch's mean loss
-            scaled = loss * len(y) * world / len(mine) if len(y) else logits.sum() * 0
+            scaled = loss * share if len(y) else logits.sum() * 0
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(scaled).backward()
             scaler.step(optimizer)
@@ -145,7 +141,7 @@ def train_loop(config: dict) -> None:
             if len(y):
                 kd = loss.detach() - (1 - spec.alpha) * F.cross_entropy(logits.detach().float(), y)
                 sums += len(y) * torch.stack([loss.detach(), kd, torch.ones((), device=device)]).double()
-            checksum += id_checksum(full["id"][mine])
+            checksum += id_checksum(ids)
         train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(model, val_shard, spec, device)
         workers = gathered({"rank": rank, "node": ray.get_runtime_context().get_node_id(), "samples": int(sums[2])})
@@ -186,6 +182,36 @@ def gathered(item: dict) -> list[dict]:
     items = [None] * dist.get_world_size()
     dist.all_gather_object(items, item)
     return items
+
+
+def epoch_batches(
+    shard: ray.data.DataIterator, spec: TrainSpec, epoch: int, rank: int, world: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], float]]:
+    """This worker's rows of one epoch, each row once (the last batch may be short), shuffled within a
+    buffer of ``spec.shuffle_buffer`` samples: (ids, batch, share), where the loss times ``share`` makes
+    DDP's gradient average the gradient of the global batch's mean loss.
+
+    Held in memory, the data is not split: every worker iterates the same global batches of
+    ``batch_size`` rows (the same shuffle seed) and trains on the rows whose id hashes to its rank
+    (``worker_rows``), so each id is trained on exactly once whatever the worker count. Streamed
+    (``spec.split``), each worker reads only its own share (Ray Train's equal split, which may leave out
+    up to ``world - 1`` rows an epoch) in batches of ``batch_size / world`` rows."""
+    if spec.split:
+        size = max(1, spec.train.batch_size // world)
+        for full in shard.iter_batches(
+            batch_size=size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer
+        ):
+            yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, 1.0
+        return
+    for full in shard.iter_batches(
+        batch_size=spec.train.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=spec.shuffle_buffer,
+        local_shuffle_seed=spec.train.seed * 1000 + epoch,  # the same order on every worker
+    ):
+        mine = worker_rows(full["id"], rank, world)
+        batch = {k: torch.from_numpy(v[mine]) for k, v in full.items() if k != "id"}
+        yield full["id"][mine], batch, int(mine.sum()) * world / len(mine)
 
 
 def shown(spec: TrainSpec, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -284,7 +310,8 @@ def fit(
         train_loop,
         train_loop_config={"spec": spec, "run_uri": run_uri, "tracking": tracking or TrackingConfig()},
         datasets={"train": train, "val": val},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["val"]),  # train: each worker takes its rows
+        # in memory every worker reads every global batch and trains on its rows; streamed, each its own share
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"] if spec.split else ["val"]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.use_gpu,

@@ -156,20 +156,15 @@ def _record(name: str, data: bytes, rows: int) -> ShardRecord:
 
 
 def commit(
-    spec: SoftLabelSpec,
-    shards: list[ShardRecord],
-    expected_ids: list[str],
-    computed_shards: int,
-    rows: int,
-    seconds: float,
+    spec: SoftLabelSpec, shards: tuple[ShardRecord, ...], computed_shards: int, rows: int, seconds: float
 ) -> Manifest:
-    """Check the shards (records in shard order) against the files and the dataset's ids, publish the
-    manifest, commit. When another writer of the key published its manifest first, that one is kept
-    (its shards are the same files) and returned.
+    """Publish the manifest from the shards' records (in shard order), then the commit marker. The
+    writers of the shards checked each one's ids against its rows of the dataset, so the records are
+    all the driver needs. When another writer of the key published its manifest first, that one is
+    kept (its shards are the same files) and returned.
 
     ``computed_shards``, ``rows`` and ``seconds`` say what this job did (the other shards were there)."""
     entry = spec.uri
-    check_shards(entry, shards, expected_ids)
     manifest = Manifest(
         key=spec.key,
         format_version=FORMAT_VERSION,
@@ -250,11 +245,11 @@ def read(entry: str) -> ray.data.Dataset:
     info = manifest(entry)
     paths = [storage.resolve(storage.join(entry, s.file))[1] for s in info.shards]
     return ray.data.read_parquet(paths, filesystem=fs).map_batches(
-        _training_columns, fn_kwargs={"fmt": info.format}, batch_format="pyarrow"
+        training_columns, fn_kwargs={"fmt": info.format}, batch_format="pyarrow"
     )
 
 
-def _training_columns(batch: pa.Table, fmt: Format) -> dict[str, np.ndarray]:
+def training_columns(batch: pa.Table, fmt: Format) -> dict[str, np.ndarray]:
     out = {"id": batch["id"].to_numpy(zero_copy_only=False), **fmt.training_columns(batch)}
     if "views" in batch.column_names:
         out["views"] = to_numpy(batch["views"], np.int64)
