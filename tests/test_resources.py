@@ -34,7 +34,7 @@ def test_local_ray_listens_on_loopback_only():
         [sys.executable, "-c", LISTENING],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=600,  # Ray start-up on a loaded machine
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
     )
