@@ -77,6 +77,7 @@ def prepare(args: argparse.Namespace) -> int:
 
 
 def run_job(command: str, path: str) -> int:
+    from distkd.checks import data_error
     from distkd.job import Job, MissingOutput
 
     try:
@@ -92,6 +93,11 @@ def run_job(command: str, path: str) -> int:
     except (MissingOutput, CacheError) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if (bad := data_error(e)) is None:
+            raise
+        print(f"distkd: {bad.message}", file=sys.stderr)  # a bad row found by a Ray task: its cause, not a traceback
+        return 2
     for name, uri in outputs.items():
         print(f"{name:>10}: {uri}")
     return 0

@@ -31,7 +31,9 @@ def connect(address: str | None) -> None:
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
         ray.init(address=address, runtime_env={"env_vars": env} if env else None)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # `limit` keeps the first rows
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # `limit` keeps the first rows
+    context.raise_original_map_exception = True  # a DataError from a task reaches the driver as itself
 
 
 def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:

@@ -36,7 +36,7 @@ def job_for(data: Path, store: Path, **softlabels) -> Job:
         "store": str(store),
         "data": {"uri": str(data), "limit": ROWS, "val_limit": 100},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100}},
-        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100}},
+        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "augment": False}},
         "softlabels": {"batch_size": 50, "shard_rows": 100, **softlabels},
     }
     return Job.prepare(config.parse(raw, "<test>"))
@@ -208,7 +208,7 @@ def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weig
     with pytest.raises(cache.CacheError, match="checksum does not match"):
         inspect.verify(str(store), key)
     with pytest.raises(cache.CacheError, match="part-00002-of-00004.parquet: checksum"):
-        join_softlabels(job.train, entry)
+        join_softlabels(job.train, entry, job.student.input_shape)
 
     from distkd.cli import main
 

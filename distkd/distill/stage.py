@@ -15,13 +15,14 @@ from distkd.softlabels import cache
 from distkd.softlabels.formats import TRAINING_COLUMNS
 
 
-def decoded(split: Split) -> ray.data.Dataset:
-    return split.read().map_batches(decode_batch, batch_format="numpy")
+def decoded(split: Split, shape: tuple[int, int, int]) -> ray.data.Dataset:
+    """The split's rows with images decoded to uint8 ``shape`` (C, H, W)."""
+    return split.read().map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
 
 
-def validation(job: Job) -> ray.data.Dataset:
+def validation(job: Job, shape: tuple[int, int, int]) -> ray.data.Dataset:
     limits = [n for n in (job.config.data.val_limit, job.test.limit) if n is not None]
-    return decoded(dataclasses.replace(job.test, limit=min(limits, default=None)))
+    return decoded(dataclasses.replace(job.test, limit=min(limits, default=None)), shape)
 
 
 def spec(job: Job, label: str, model: ModelSpec, train: TrainConfig, alpha: float = 0.0) -> TrainSpec:
@@ -49,8 +50,12 @@ def train_run(job: Job, spec_: TrainSpec, stage: str, compute: bool, softlabels:
         return run
     require(compute, run, stage)
     print(f"[{spec_.label}] training into {run}", flush=True)
-    train = join_softlabels(job.train, softlabels) if softlabels else in_memory(decoded(job.train), ["image", "label"])
-    fit(spec_, train, in_memory(validation(job), ["image", "label"]), run, resources)
+    shape = spec_.model.input_shape
+    if softlabels:
+        train = join_softlabels(job.train, softlabels, shape)
+    else:
+        train = in_memory(decoded(job.train, shape), ["image", "label"])
+    fit(spec_, train, in_memory(validation(job, shape), ["image", "label"]), run, resources)
     return run
 
 
@@ -86,13 +91,13 @@ def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
     return ds.select_columns(columns).materialize()
 
 
-def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
+def join_softlabels(split: Split, entry: str, shape: tuple[int, int, int]) -> ray.data.Dataset:
     """Training rows joined by id to the cached soft labels. The entry is verified first (checksums,
     and each training id exactly once), so a missing or extra id is an error, never a silent drop."""
     ids = split.read_table(["id"])["id"].to_pylist()
     info = cache.verify(entry, ids)
     columns = [*TRAINING_COLUMNS[info["inputs"]["format"]["layout"]], *(["views"] if info["inputs"]["views"] else [])]
-    joined = decoded(split).join(
+    joined = decoded(split, shape).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )
     return in_memory(joined, ["image", "label", *columns])

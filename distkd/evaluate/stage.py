@@ -52,7 +52,7 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
     cfg = job.config.evaluate
     stats = (
         job.evaluated.read()
-        .map_batches(decode_batch, batch_format="numpy")
+        .map_batches(decode_batch, fn_kwargs={"shape": job.teacher.input_shape}, batch_format="numpy")
         .map_batches(
             Evaluator,
             fn_constructor_kwargs={"models": models, "normalize": job.normalize},

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from distkd import storage
-from distkd.data.source import COLUMNS, Split, decode_batch
+from distkd.data.source import COLUMNS, PATH, Split, decode_batch
 from distkd.data.transforms import PAD
 from distkd.job import Job, require
 from distkd.models import weights_hash
@@ -51,7 +51,8 @@ def plan(split: Split, shard_rows: int) -> list[Unit]:
 
 
 def read_units(batch: dict) -> Iterator[pa.Table]:
-    """Ray Data UDF: the encoded rows of each unit in the batch, reading only the row groups needed."""
+    """Ray Data UDF: the encoded rows of each unit in the batch (and their file), reading only the row groups
+    needed."""
     for file, start, stop in zip(batch["file"], batch["start"], batch["stop"]):
         fs, path = storage.resolve(file)
         with fs.open_input_file(path) as f:
@@ -60,7 +61,8 @@ def read_units(batch: dict) -> Iterator[pa.Table]:
                 rows = parquet.metadata.row_group(group).num_rows
                 if first < stop and first + rows > start:
                     table = parquet.read_row_group(group, columns=list(COLUMNS))
-                    yield table.slice(max(start - first, 0), min(stop, first + rows) - max(start, first))
+                    table = table.slice(max(start - first, 0), min(stop, first + rows) - max(start, first))
+                    yield table.append_column(PATH, pa.array([file] * len(table), pa.string()))
                 first += rows
 
 
@@ -132,7 +134,7 @@ def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit],
     outputs = (
         ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
         .map_batches(read_units, batch_size=1, batch_format="numpy")
-        .map_batches(decode_batch, batch_format="numpy")
+        .map_batches(decode_batch, fn_kwargs={"shape": job.teacher.input_shape}, batch_format="numpy")
         .map_batches(
             TeacherPredictor,
             fn_constructor_kwargs={
