@@ -110,7 +110,7 @@ def refused(path: Path, capsys) -> str:
             {"images": [b"not an image"] + [image(seed=i) for i in range(7)]},
             None,
             {},
-            "train-0.parquet: row id 'train/0': not an image Pillow can decode (UnidentifiedImageError",
+            "train-0.parquet: row id 'train/0': not an image Pillow can decode (unknown or corrupt format)",
         ),
         (
             {"images": [image(mode="L", seed=i) for i in range(8)]},

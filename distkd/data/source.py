@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from ray.exceptions import UserCodeException
 
 from distkd import storage
@@ -97,9 +97,6 @@ class Split:
             tables.append(pq.read_table(path, columns=columns, filesystem=fs).slice(0, rows))
         return pa.concat_tables(tables)
 
-    def read_labels(self) -> np.ndarray:
-        return self.read_table(["label"])["label"].to_numpy()
-
     def read(self) -> ray.data.Dataset:
         """The rows in use, in file order (``limit`` takes the first N), with the ``path`` of each row's file."""
         fs, _ = storage.resolve(self.uri)
@@ -152,7 +149,8 @@ def _decoded(data: bytes | None, channels: int | None, id_: str, file: str | Non
     try:
         return decode(data, channels)
     except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad bytes; all mean the same here
-        raise DataError(f"{_row(id_, file)}: not an image Pillow can decode ({type(e).__name__}: {e})") from None
+        detail = "unknown or corrupt format" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise DataError(f"{_row(id_, file)}: not an image Pillow can decode ({detail})") from None
 
 
 def _row(id_: str, file: str | None) -> str:
