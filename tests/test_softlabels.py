@@ -180,6 +180,14 @@ def test_views_store_the_teachers_logits_on_the_views_pixels(data, store, weight
         np.testing.assert_allclose(logits[:, v], direct, rtol=2e-3, atol=2e-3)
 
 
+def test_view_params_are_a_big_endian_hash_of_seed_id_and_view():
+    import hashlib
+
+    b = hashlib.blake2b(b"7:train/a:1", digest_size=5).digest()
+    expected = [(b[0] * 256 + b[1]) % (2 * PAD + 1), (b[2] * 256 + b[3]) % (2 * PAD + 1), b[4] & 1]
+    assert view_params(["train/a"], 2, PAD, 7)[0, 1].tolist() == expected
+
+
 def test_resume_recomputes_only_missing_shards(data, store, weights):
     job = job_for(data, store, view_seed=1, views=1)
     entry = generate(job, weights)
