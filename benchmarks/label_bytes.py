@@ -3,7 +3,7 @@
 Runs the softlabels stage once per format with the given teacher weights and prints the size
 of each committed entry (Parquet, zstd) per row, next to dense float16.
 
-    python benchmarks/label_bytes.py --teacher store/runs/quickstart-teacher-<hash>/model.pt --rows 10000
+    python benchmarks/label_bytes.py --teacher store/runs/teacher-<hash>/model.pt --rows 10000
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def main() -> None:
     for name, softlabels in FORMATS.items():
         job = Job.prepare(config.parse({**base, "softlabels": {**base["softlabels"], **softlabels}}, name))
         pipeline.connect(None)
-        manifest = cache.manifest(generate(job, args.teacher))
-        sizes[name] = manifest["bytes"] / manifest["rows"]
+        manifest = cache.manifest(generate(job.softlabel_spec(args.teacher)))
+        sizes[name] = manifest.bytes / manifest.rows
     print(f"\n{args.rows} rows, 10 classes, Parquet + zstd (id column included)")
     print("| format | bytes/sample | vs dense float16 |\n|---|---:|---:|")
     for name, size in sizes.items():

@@ -4,12 +4,13 @@ The teacher runs inside the student's training loop on exactly the augmented bat
 student sees (the reference that cached labels are measured against), in one plain PyTorch
 process with the quick start's models, schedule and hyperparameters; prints test accuracy.
 
-    python benchmarks/online_kd.py --teacher store/runs/quickstart-teacher-<hash>/model.pt --alpha 0.5
+    python benchmarks/online_kd.py --teacher store/runs/teacher-<hash>/model.pt --alpha 0.5
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from distkd import config
 from distkd.data.source import Split, decode
 from distkd.data.transforms import random_crop_flip
 from distkd.distill.loss import kd_loss
-from distkd.distill.stage import spec
+from distkd.distill.stage import worker_spec
 from distkd.distill.train import learning_rate
 from distkd.job import Job
 from distkd.models import load_weights
@@ -43,7 +44,12 @@ def main() -> None:
     raw["distill"]["alpha"] = args.alpha
     job = Job.prepare(config.parse(raw, "online KD"))
     train = job.config.student.train.model_copy(update={"augment": args.augment})
-    s = spec(job, "online", job.student, train, args.alpha)
+    run = job.scratch_run()  # the student's run, with the KD settings of this comparison
+    s = worker_spec(
+        dataclasses.replace(
+            run, role="online", train=train, alpha=args.alpha, temperature=job.config.distill.temperature
+        )
+    )
     torch.set_num_threads(2)
     torch.manual_seed(train.seed)
     images, labels = decoded(job.train)

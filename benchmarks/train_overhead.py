@@ -10,7 +10,6 @@ machine is noisy: compare runs by the ratio, not by the seconds).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import time
@@ -22,7 +21,8 @@ import torch.nn.functional as F
 from distkd import config, pipeline, storage
 from distkd.data.source import Split, decode
 from distkd.data.transforms import random_crop_flip
-from distkd.distill.stage import spec, teacher_weights
+from distkd.distill.stage import worker_spec
+from distkd.distill.teacher import teacher_weights
 from distkd.distill.train import learning_rate
 from distkd.job import Job
 
@@ -37,8 +37,8 @@ def plain_loop(job: Job, rows: int) -> tuple[float, list[float]]:
     """nanoGPT-style: the decoded rows as one tensor, one process, no Ray. Total and per-epoch seconds."""
     started, epochs = time.perf_counter(), []
     images, labels = decoded(job.train)
-    val_images, val_labels = decoded(dataclasses.replace(job.test, limit=job.config.data.val_limit))
-    s = spec(job, "plain", job.teacher, job.config.teacher.train)
+    val_images, val_labels = decoded(job.val)
+    s = worker_spec(job.teacher_run())
     torch.set_num_threads(s.threads)
     torch.manual_seed(0)
     model = s.model.build()
@@ -70,7 +70,7 @@ def plain_loop(job: Job, rows: int) -> tuple[float, list[float]]:
 def ray_stage(job: Job) -> tuple[float, list[float]]:
     """distkd's stage 0 (Ray Train, one worker); total and per-epoch seconds (from its history.json)."""
     started = time.perf_counter()
-    weights = teacher_weights(job)
+    weights = teacher_weights(job.teacher_run())
     history = storage.read_json(weights.replace("model.pt", "history.json"))
     return time.perf_counter() - started, [h["seconds"] for h in history]
 

@@ -16,6 +16,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("pipeline", help="run the job's stages in order, reusing what the store holds")
     run.add_argument("job", help="job YAML file")
+    plan = sub.add_parser("plan", help="check the job and print each stage's output and whether it is reused")
+    plan.add_argument("job", help="job YAML file")
     for name, stage in STAGE_COMMANDS.items():
         s = sub.add_parser(name, help=f"run the {stage} stage (its inputs must be committed)")
         s.add_argument("job", help="job YAML file")
@@ -78,7 +80,7 @@ def prepare(args: argparse.Namespace) -> int:
 
 def run_job(command: str, path: str) -> int:
     from distkd.checks import data_error
-    from distkd.job import Job, MissingOutput
+    from distkd.job import Job
 
     try:
         job = Job.prepare(config.load(path), source=path)
@@ -87,9 +89,14 @@ def run_job(command: str, path: str) -> int:
         return 2
     from distkd import pipeline
     from distkd.softlabels.cache import CacheError
+    from distkd.specs import MissingOutput
 
+    stages = job.config.stages if command in ("pipeline", "plan") else [STAGE_COMMANDS[command]]
+    if command == "plan":
+        print(format_plan(pipeline.plan(job, stages)))
+        return 0
     try:
-        outputs = pipeline.run(job, job.config.stages if command == "pipeline" else [STAGE_COMMANDS[command]])
+        outputs = pipeline.run(job, stages)
     except (MissingOutput, CacheError) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
@@ -101,6 +108,11 @@ def run_job(command: str, path: str) -> int:
     for name, uri in outputs.items():
         print(f"{name:>10}: {uri}")
     return 0
+
+
+def format_plan(steps: list) -> str:
+    width = max(len(s.name) for s in steps)
+    return "\n".join(f"{s.stage:<13} {s.name:<{width}}  {s.action:<7}  {s.output}" for s in steps)
 
 
 def combine_reports(folders: list[str], out: str) -> int:

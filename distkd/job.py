@@ -5,53 +5,31 @@ content-derived names of everything it writes. Built on the driver, before Ray s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from distkd import checks, storage
-from distkd.config import ConfigError, JobConfig, ModelConfig
+from distkd.config import ConfigError, JobConfig, ModelConfig, TrainConfig
 from distkd.data.source import DataError, Split, image_shape
 from distkd.data.transforms import Normalize
-from distkd.distill.train import ModelSpec
-from distkd.models import MODELS
+from distkd.models import MODELS, weights_hash
+from distkd.softlabels.formats import Format
+from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, TrainingRun, Weights
 
-
-def _jsonable(obj: object) -> object:
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "model_dump"):  # pydantic configs
-        return obj.model_dump()
-    raise TypeError(f"cannot hash a {type(obj).__name__}")
-
-
-def digest(obj: object, length: int = 16) -> str:
-    """A short, stable hash of JSON-able data, dataclasses and configs."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_jsonable).encode()).hexdigest()[:length]
-
-
-class MissingOutput(RuntimeError):
-    """A stage's input that is not committed in the store and that this run may not compute."""
-
-
-def require(compute: bool, uri: str, stage: str) -> None:
-    if not compute:
-        raise MissingOutput(
-            f"{uri}: not committed; run the '{stage}' stage first (distkd {stage.replace('_', '-')} JOB.yaml)"
-        )
+Hasher = Callable[[str], str]  # weights URI -> sha256
 
 
 @dataclass(frozen=True)
 class Job:
     config: JobConfig
     train: Split
-    test: Split  # per-epoch validation (its first ``val_limit`` rows)
+    val: Split  # per-epoch validation: the test split's first ``val_limit`` rows
     evaluated: Split  # the split the evaluate stage reports on
     num_classes: int
     normalize: Normalize
     teacher: ModelSpec
     student: ModelSpec
-    checkpoints: dict[str, tuple[ModelSpec, str]]  # evaluate.models: role -> (model, weights)
+    checkpoints: dict[str, tuple[ModelSpec, str]]  # evaluate.models: role -> (model, weights URI)
 
     @classmethod
     def prepare(cls, config: JobConfig, source: str = "job") -> Job:
@@ -113,11 +91,74 @@ class Job:
             )
         normalize = Normalize(tuple(data.mean), tuple(data.std))
         teacher, student = spec("teacher", config.teacher), spec("student", config.student)
-        return cls(config, train, test, evaluated, num_classes, normalize, teacher, student, checkpoints)
+        limits = [n for n in (data.val_limit, test.limit) if n is not None]
+        val = dataclasses.replace(test, limit=min(limits, default=None))
+        return cls(config, train, val, evaluated, num_classes, normalize, teacher, student, checkpoints)
 
-    def uri(self, *parts: str) -> str:
-        return storage.join(self.config.store, *parts)
+    # The specs of the stages. Each takes the upstream outputs it depends on (weights, a cache entry),
+    # hashed by content through ``sha256`` (tests may pass a stand-in).
 
-    def run_uri(self, role: str, *inputs: object) -> str:
-        """``<store>/runs/<job>-<role>-<hash of everything that shapes the run>``."""
-        return self.uri("runs", f"{self.config.name}-{role}-{digest(inputs)}")
+    def _run(self, role: str, model: ModelSpec, train: TrainConfig, **kd: object) -> TrainingRun:
+        c = self.config
+        return TrainingRun(role, c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources, **kd)
+
+    def teacher_run(self) -> TrainingRun | None:
+        """Stage 0, or None when the job gives the teacher's weights."""
+        return None if self.config.teacher.weights else self._run("teacher", self.teacher, self.config.teacher.train)
+
+    def teacher_weights_uri(self) -> str:
+        run = self.teacher_run()
+        return run.weights_uri if run else self.config.teacher.weights
+
+    def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash) -> SoftLabelSpec:
+        c = self.config.softlabels
+        fmt = (
+            Format("dense", c.dtype)
+            if c.format == "dense"
+            else Format("topk", c.dtype, c.top_k or self.num_classes, c.temperature)
+        )
+        return SoftLabelSpec(
+            store=self.config.store,
+            teacher=Weights(self.teacher, teacher_weights, sha256(teacher_weights)),
+            data=self.train,
+            normalize=self.normalize,
+            format=fmt,
+            views=c.views,
+            view_seed=c.view_seed,
+            shard_rows=c.shard_rows,
+            precision=c.precision,
+            execution=c,
+        )
+
+    def distilled_run(self, softlabels: SoftLabelSpec) -> TrainingRun:
+        """The student trained with the KD loss on ``softlabels`` (on the labels alone when alpha is 0)."""
+        d = self.config.distill
+        kd = d.alpha > 0
+        return self._run(
+            "student-kd",
+            self.student,
+            self.config.student.train,
+            alpha=d.alpha,
+            temperature=d.temperature,
+            softlabels=softlabels.uri if kd else None,
+            softlabels_key=softlabels.key if kd else None,
+            views=softlabels.views if kd else 0,
+        )
+
+    def scratch_run(self) -> TrainingRun | None:
+        """The from-scratch baseline, when the job asks for it."""
+        baseline = self.config.distill.baseline
+        return self._run("student-scratch", self.student, self.config.student.train) if baseline else None
+
+    def eval_spec(self, models: dict[str, tuple[ModelSpec, str]], sha256: Hasher = weights_hash) -> EvalSpec:
+        """Stage 3 over role -> (model, weights URI)."""
+        c = self.config
+        return EvalSpec(
+            store=c.store,
+            job=c.name,
+            models={role: Weights(model, uri, sha256(uri)) for role, (model, uri) in models.items()},
+            data=self.evaluated,
+            normalize=self.normalize,
+            class_names=tuple(c.data.class_names) if c.data.class_names else None,
+            execution=c.evaluate,
+        )

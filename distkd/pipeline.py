@@ -7,14 +7,18 @@ skipped, and a stage that is not asked for must find its output committed.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import ray
 
+from distkd import storage
 from distkd.config import STAGES, Stage
-from distkd.distill.stage import students, teacher_weights
+from distkd.distill.stage import students
+from distkd.distill.teacher import teacher_weights
 from distkd.evaluate.stage import evaluate
 from distkd.job import Job
 from distkd.softlabels.stage import generate
+from distkd.specs import ModelSpec
 
 FORWARDED_ENV = (
     "AWS_ENDPOINT_URL",
@@ -42,17 +46,66 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     last = max(STAGES.index(s) for s in stages)
     connect(job.config.ray_address)
     if job.checkpoints:  # an evaluation job: the checkpoints it names, nothing upstream
-        return {"report": evaluate(job, job.checkpoints)}
-    out = {"teacher": teacher_weights(job, compute="train_teacher" in stages)}
+        return {"report": evaluate(job.eval_spec(job.checkpoints))}
+    teacher = job.teacher_run()
+    out = {"teacher": teacher_weights(teacher, "train_teacher" in stages) if teacher else job.teacher_weights_uri()}
     if last >= STAGES.index("softlabels"):
-        out["softlabels"] = generate(job, out["teacher"], compute="softlabels" in stages)
+        labels = job.softlabel_spec(out["teacher"])
+        out["softlabels"] = generate(labels, compute="softlabels" in stages)
     if last >= STAGES.index("distill"):
-        out.update(students(job, out["softlabels"], compute="distill" in stages))
+        out.update(students(job.distilled_run(labels), job.scratch_run(), compute="distill" in stages))
     if last >= STAGES.index("evaluate"):
-        models = {
-            role: (job.teacher if role == "teacher" else job.student, uri)
-            for role, uri in out.items()
-            if role != "softlabels"
-        }
-        out["report"] = evaluate(job, models)
+        out["report"] = evaluate(job.eval_spec(evaluated_models(job, out)))
     return out
+
+
+def evaluated_models(job: Job, out: dict[str, str]) -> dict[str, tuple[ModelSpec, str]]:
+    """role -> (model, weights) for the teacher and the students among the outputs."""
+    return {
+        role: (job.teacher if role == "teacher" else job.student, uri)
+        for role, uri in out.items()
+        if role != "softlabels"
+    }
+
+
+@dataclass(frozen=True)
+class Step:
+    stage: Stage
+    name: str  # the output's name, as ``run`` returns it
+    output: str  # its URI, or what decides it when an upstream output does not exist yet
+    action: str  # reuse | compute | missing (not committed, and the stage is not asked for)
+
+
+def plan(job: Job, stages: list[Stage] | None = None) -> list[Step]:
+    """What ``run`` would do, starting no work: each output's URI, and whether it is reused or computed.
+    A key that hashes an upstream output's content is known only once that output exists."""
+    stages = stages or job.config.stages
+    last = max(STAGES.index(s) for s in stages)
+
+    def step(stage: Stage, name: str, uri: str | None, upstream: str = "") -> Step:
+        if uri is None:
+            return Step(stage, name, f"(decided by the {upstream} output)", "compute" if stage in stages else "missing")
+        action = "reuse" if storage.is_committed(uri) else "compute" if stage in stages else "missing"
+        return Step(stage, name, uri, action)
+
+    if job.checkpoints:
+        return [step("evaluate", "report", job.eval_spec(job.checkpoints).uri)]
+    teacher = job.teacher_run()
+    weights = {"teacher": job.teacher_weights_uri()}
+    labels = job.softlabel_spec(weights["teacher"]) if not teacher or storage.is_committed(teacher.uri) else None
+    students = {"distilled": job.distilled_run(labels) if labels else None, "scratch": job.scratch_run()}
+    steps = [step("train_teacher", "teacher", teacher.uri)] if teacher else []
+    if last >= STAGES.index("softlabels"):
+        steps.append(step("softlabels", "softlabels", labels.uri if labels else None, "teacher"))
+    if last >= STAGES.index("distill"):
+        steps.append(step("distill", "distilled", students["distilled"] and students["distilled"].uri, "softlabels"))
+        if students["scratch"]:
+            steps.append(step("distill", "scratch", students["scratch"].uri))
+    if last >= STAGES.index("evaluate"):
+        runs = {name: run for name, run in students.items() if name == "distilled" or run}
+        ready = all(run and storage.is_committed(run.uri) for run in runs.values())
+        weights.update({name: run.weights_uri for name, run in runs.items() if ready})
+        steps.append(
+            step("evaluate", "report", job.eval_spec(evaluated_models(job, weights)).uri if ready else None, "distill")
+        )
+    return steps

@@ -16,6 +16,12 @@ CIFAR10 = Path(os.environ.get("DISTKD_CIFAR10", ROOT.parent / "shared" / "datase
 BUCKET = "distkd-test"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def content_hash_table(tmp_path_factory) -> None:
+    """The remembered content hashes (distkd.content) in a folder of the session's own."""
+    os.environ["DISTKD_CACHE_DIR"] = str(tmp_path_factory.mktemp("distkd-cache"))
+
+
 @pytest.fixture(scope="session")
 def cifar10() -> Path:
     if not (CIFAR10 / "train-00000-of-00005.parquet").exists():

@@ -74,10 +74,10 @@ def test_every_stage_commits_its_output(run):
 def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
     job, _, out = run
     manifest = cache.manifest(out["softlabels"])
-    tables = [pq.read_table(os.path.join(out["softlabels"], s["file"])) for s in manifest["shards"]]
+    tables = [pq.read_table(os.path.join(out["softlabels"], s.file)) for s in manifest.shards]
     ids = [i for t in tables for i in t["id"].to_pylist()]
     expected = first_rows(job.train)
-    assert sorted(ids) == sorted(expected["id"]) and len(set(ids)) == ROWS == manifest["rows"]
+    assert sorted(ids) == sorted(expected["id"]) and len(set(ids)) == ROWS == manifest.rows
     stored = {i: row for t in tables for i, row in zip(t["id"].to_pylist(), to_numpy(t["logits"], np.float32))}
     assert all(t["logits"].type.value_type.bit_width == 16 for t in tables)  # float16 by default
 
@@ -102,7 +102,7 @@ def test_second_run_reuses_everything_without_running_the_teacher(run, capsys):
 def test_aggregated_evaluation_equals_single_process_computation(run):
     job, _, out = run
     models = storage.read_json(storage.join(out["report"], "metrics.json"))["models"]
-    test = first_rows(job.test)
+    test = first_rows(job.evaluated)
     assert [m["role"] for m in models] == ["teacher", "distilled", "scratch"]
     for m in models:
         spec = job.teacher if m["role"] == "teacher" else job.student
@@ -134,7 +134,7 @@ def test_soft_labels_that_miss_training_ids_are_refused(run):
 
 
 def test_a_stage_not_asked_for_needs_its_input_committed(ray_cluster, cifar10, tmp_path):
-    from distkd.job import MissingOutput
+    from distkd.specs import MissingOutput
 
     job = tiny_job(cifar10, str(tmp_path / "empty"))
     with pytest.raises(MissingOutput, match="run the 'train_teacher' stage first"):
@@ -153,7 +153,7 @@ def test_teacher_and_soft_labels_on_s3(ray_cluster, cifar10, s3_server):
     entry = out["softlabels"].removeprefix(f"s3://{BUCKET}/")
     assert {f"{entry}/manifest.json", f"{entry}/_COMMITTED"} <= keys
     manifest = cache.manifest(out["softlabels"])
-    assert manifest["rows"] == ROWS and all(f"{entry}/{s['file']}" in keys for s in manifest["shards"])
+    assert manifest.rows == ROWS and all(f"{entry}/{s.file}" in keys for s in manifest.shards)
     weights = io.BytesIO(storage.read_bytes(out["teacher"]))
     assert "net.0.0.weight" in torch.load(weights, weights_only=True)
 
@@ -213,3 +213,39 @@ def test_report_command_combines_runs(run, tmp_path, capsys):
     assert len(images) >= 3 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no metrics.json" in capsys.readouterr().err
+
+
+def test_plan_shows_every_output_reused_after_a_run(run, monkeypatch):
+    job, _, out = run
+    monkeypatch.setattr(pipeline, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
+    steps = pipeline.plan(job)
+    assert [(s.name, s.action) for s in steps] == [(name, "reuse") for name in out]
+    locations = {s.name: s.output for s in steps}
+    assert locations["softlabels"] == out["softlabels"] and locations["report"] == out["report"]
+    for name in ("teacher", "distilled", "scratch"):
+        assert storage.join(locations[name], "model.pt") == out[name]
+
+
+def test_plan_command_on_an_empty_store_starts_nothing(cifar10, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from distkd.cli import main
+
+    monkeypatch.setattr(pipeline, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
+    path = tmp_path / "job.yaml"
+    store = tmp_path / "store"
+    raw = {
+        "name": "planned",
+        "store": str(store),
+        "data": {"uri": str(cifar10), "limit": ROWS},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
+        "student": {"name": "lenet5", "train": {"augment": False}},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["plan", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["train_teacher", "teacher", "compute"]
+    assert lines[1].split()[:3] == ["softlabels", "softlabels", "compute"]
+    assert "(decided by the teacher output)" in lines[1]
+    assert [line.split()[1] for line in lines] == ["teacher", "softlabels", "distilled", "scratch", "report"]
+    assert not store.exists()

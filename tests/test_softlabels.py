@@ -19,12 +19,13 @@ import torch
 from distkd import config, storage
 from distkd.data.transforms import PAD
 from distkd.distill.loss import kd_loss, kd_loss_topk
-from distkd.distill.stage import join_softlabels, teacher_weights
+from distkd.distill.stage import join_softlabels
+from distkd.distill.teacher import teacher_weights
 from distkd.job import Job
 from distkd.models import load_weights
 from distkd.softlabels import cache, inspect
 from distkd.softlabels.formats import to_numpy
-from distkd.softlabels.stage import entry_uri, generate
+from distkd.softlabels.stage import generate
 from distkd.softlabels.views import view_params
 
 ROWS = 400
@@ -58,45 +59,46 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def weights(ray_cluster, data, store) -> str:
-    return teacher_weights(job_for(data, store))
+    return teacher_weights(job_for(data, store).teacher_run())
 
 
 def shards(entry: str) -> list[pq.Table]:
-    return [pq.read_table(os.path.join(entry, s["file"])) for s in cache.manifest(entry)["shards"]]
+    return [pq.read_table(os.path.join(entry, s.file)) for s in cache.manifest(entry).shards]
 
 
 def test_key_changes_with_every_input_that_changes_the_outputs(data, store, weights, tmp_path):
     job = job_for(data, store)
-    key = entry_uri(job, weights)[0]
-    assert entry_uri(job_for(data, store), weights)[0] == key  # same inputs, same key
+    key = job.softlabel_spec(weights).uri
+    assert job_for(data, store).softlabel_spec(weights).uri == key  # same inputs, same key
     assert (
-        entry_uri(dataclasses.replace(job, config=job.config.model_copy(update={"name": "other"})), weights)[0] == key
+        dataclasses.replace(job, config=job.config.model_copy(update={"name": "other"})).softlabel_spec(weights).uri
+        == key
     )
-    assert entry_uri(job_for(data, store, actors=2, batch_size=70), weights)[0] == key  # pool size: not an input
+    assert job_for(data, store, actors=2, batch_size=70).softlabel_spec(weights).uri == key  # pool size: not an input
 
     other_weights = tmp_path / "teacher.pt"
     state = torch.load(weights, weights_only=True)
     state["net.0.0.weight"] += 1e-3
     torch.save(state, other_weights)
-    assert entry_uri(job, str(other_weights))[0] != key
-    assert entry_uri(job_for(data, store, views=2), weights)[0] != key
-    assert entry_uri(job_for(data, store, dtype="float32"), weights)[0] != key
-    assert entry_uri(job_for(data, store, format="topk", top_k=3), weights)[0] != key
+    assert job.softlabel_spec(str(other_weights)).uri != key
+    assert job_for(data, store, views=2).softlabel_spec(weights).uri != key
+    assert job_for(data, store, dtype="float32").softlabel_spec(weights).uri != key
+    assert job_for(data, store, format="topk", top_k=3).softlabel_spec(weights).uri != key
     renormalised = dataclasses.replace(job, normalize=dataclasses.replace(job.normalize, mean=(0.5, 0.5, 0.5)))
-    assert entry_uri(renormalised, weights)[0] != key
+    assert renormalised.softlabel_spec(weights).uri != key
 
     changed = tmp_path / "data"
     shutil.copytree(data, changed)
-    moved = entry_uri(job_for(changed, store), weights)[0]
+    moved = job_for(changed, store).softlabel_spec(weights).uri
     assert moved != key  # another URI
     table = pq.read_table(changed / "train-00000-of-00005.parquet")
     pq.write_table(table.slice(1), changed / "train-00000-of-00005.parquet")
-    assert entry_uri(job_for(changed, store), weights)[0] != moved  # same URI, other files
+    assert job_for(changed, store).softlabel_spec(weights).uri != moved  # same URI, other files
 
 
 def test_dense_entry_holds_teacher_logits_once_per_id(data, store, weights):
     job = job_for(data, store, dtype="float32")
-    entry = generate(job, weights)
+    entry = generate(job.softlabel_spec(weights))
     tables = shards(entry)
     assert [len(t) for t in tables] == [100] * 4
     ids = [i for t in tables for i in t["id"].to_pylist()]
@@ -119,15 +121,16 @@ def capture_reuse(job: Job, weights: str) -> str:
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        generate(job, weights)
+        generate(job.softlabel_spec(weights))
     return out.getvalue().lower()
 
 
 def test_topk_with_all_classes_matches_dense(data, store, weights):
     dense = to_numpy(
-        pq.read_table(os.path.join(generate(job_for(data, store), weights), "shards"))["logits"], np.float32
+        pq.read_table(os.path.join(generate(job_for(data, store).softlabel_spec(weights)), "shards"))["logits"],
+        np.float32,
     )
-    topk_entry = generate(job_for(data, store, format="topk", top_k=10, temperature=4.0), weights)
+    topk_entry = generate(job_for(data, store, format="topk", top_k=10, temperature=4.0).softlabel_spec(weights))
     table = pq.read_table(os.path.join(topk_entry, "shards"))
     index, logprob = to_numpy(table["topk_index"], np.int64), to_numpy(table["topk_logprob"], np.float32)
     rebuilt = np.zeros_like(logprob)
@@ -158,7 +161,7 @@ def test_topk_keeps_the_rest_of_the_mass():
 
 def test_views_store_the_teachers_logits_on_the_views_pixels(data, store, weights):
     job = job_for(data, store, views=3, view_seed=7)
-    entry = generate(job, weights)
+    entry = generate(job.softlabel_spec(weights))
     table = shards(entry)[0].slice(0, 6)
     params = to_numpy(table["views"], np.int64).reshape(6, 3, 3)
     ids = table["id"].to_pylist()
@@ -190,8 +193,8 @@ def test_view_params_are_a_big_endian_hash_of_seed_id_and_view():
 
 def test_resume_recomputes_only_missing_shards(data, store, weights):
     job = job_for(data, store, view_seed=1, views=1)
-    entry = generate(job, weights)
-    assert (cache.manifest(entry)["computed_shards"], cache.manifest(entry)["teacher_rows"]) == (4, ROWS)
+    entry = generate(job.softlabel_spec(weights))
+    assert (cache.manifest(entry).computed_shards, cache.manifest(entry).teacher_rows) == (4, ROWS)
     kept = Path(entry, "shards", "part-00000-of-00004.parquet")
     before = kept.stat().st_mtime_ns
     for name in (
@@ -202,18 +205,18 @@ def test_resume_recomputes_only_missing_shards(data, store, weights):
     ):
         Path(entry, name).unlink()  # as if the job had died after two shards
     assert not storage.is_committed(entry)
-    generate(job, weights)
+    generate(job.softlabel_spec(weights))
     manifest = cache.manifest(entry)
-    assert manifest["computed_shards"] == 2
-    assert manifest["teacher_rows"] == 200  # the teacher ran on the 2 missing shards only
+    assert manifest.computed_shards == 2
+    assert manifest.teacher_rows == 200  # the teacher ran on the 2 missing shards only
     assert kept.stat().st_mtime_ns == before
-    assert manifest["rows"] == ROWS
+    assert manifest.rows == ROWS
 
 
 def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weights, capsys):
     job = job_for(data, store, view_seed=2, views=1)
-    entry = generate(job, weights)
-    key = cache.manifest(entry)["key"]
+    entry = generate(job.softlabel_spec(weights))
+    key = cache.manifest(entry).key
     assert "ok (400 rows in 4 shards" in inspect.verify(str(store), key)
     shard = Path(entry, "shards", "part-00002-of-00004.parquet")
     shard.write_bytes(shard.read_bytes()[:-100])
@@ -234,7 +237,7 @@ def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weig
 
 def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, weights):
     job = job_for(data, store, view_seed=3, views=4, batch_size=20)
-    entry = entry_uri(job, weights)[0]
+    entry = job.softlabel_spec(weights).uri
     killed = []
 
     def kill_teacher_once_a_shard_is_written():
@@ -249,11 +252,11 @@ def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, wei
 
     killer = threading.Thread(target=kill_teacher_once_a_shard_is_written)
     killer.start()
-    generate(job, weights)
+    generate(job.softlabel_spec(weights))
     killer.join()
     assert killed, "the teacher actor finished before it could be killed"
     manifest = cache.manifest(entry)
-    assert manifest["rows"] == ROWS
+    assert manifest.rows == ROWS
     ids = [i for t in shards(entry) for i in t["id"].to_pylist()]
     assert sorted(ids) == sorted(job.train.read_table(["id"])["id"].to_pylist()) and len(set(ids)) == ROWS
 
@@ -264,7 +267,7 @@ def test_two_jobs_writing_the_same_key_at_once_end_with_one_valid_entry(data, st
 
     def write():
         try:
-            results.append(generate(job, weights))
+            results.append(generate(job.softlabel_spec(weights)))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -274,7 +277,7 @@ def test_two_jobs_writing_the_same_key_at_once_end_with_one_valid_entry(data, st
     for w in writers:
         w.join()
     assert not errors and len(results) == 2 and results[0] == results[1]
-    manifest = inspect.verify(str(store), cache.manifest(results[0])["key"])
+    manifest = inspect.verify(str(store), cache.manifest(results[0]).key)
     assert "ok (400 rows in 4 shards" in manifest
     names = sorted(p.name for p in Path(results[0], "shards").iterdir())
     assert names == [f"part-0000{i}-of-00004.parquet" for i in range(4)]  # no temporary files left
@@ -288,8 +291,10 @@ def test_distillation_moves_the_student_towards_its_teacher(data, store, weights
     from distkd.distill.stage import students
 
     job = job_for(data, store, student={"epochs": 3, "batch_size": 50}, view_seed=5, **softlabels)
-    runs = students(job, generate(job, weights))
-    held_back = job.test.read_table(["image", "label"]).slice(0, 200)
+    labelled = job.softlabel_spec(weights)
+    generate(labelled)
+    runs = students(job.distilled_run(labelled), job.scratch_run())
+    held_back = job.evaluated.read_table(["image", "label"]).slice(0, 200)
     images = torch.from_numpy(np.stack([decode(b) for b in held_back["image"].to_pylist()]))
     labels = torch.from_numpy(held_back["label"].to_numpy())
     T = job.config.distill.temperature

@@ -13,11 +13,10 @@ import ray.data
 from PIL import Image, UnidentifiedImageError
 from ray.exceptions import UserCodeException
 
-from distkd import storage
+from distkd import content, storage
 
 COLUMNS = ("id", "image", "label")
 PATH = "path"  # the file a row was read from, where the reader knows it (for error messages)
-FOOTER_BYTES = 1 << 16
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes decoded as one channel
 
 
@@ -58,15 +57,10 @@ class Split:
         return cls(uri, name, files, limit)
 
     def fingerprint(self) -> str:
-        """Names, sizes and Parquet footers of the files: changes whenever their content does."""
-        digest = hashlib.sha256()
-        for uri in self.files:
-            fs, path = storage.resolve(uri)
-            size = fs.get_file_info(path).size
-            with fs.open_input_file(path) as f:
-                f.seek(max(0, size - FOOTER_BYTES))
-                digest.update(f"{uri.rsplit('/', 1)[-1]}:{size}:".encode() + f.read())
-        return digest.hexdigest()
+        """A hash of the names and contents of the files in use: changes whenever one byte does."""
+        return hashlib.sha256(
+            "".join(f"{uri.rsplit('/', 1)[-1]}:{content.sha256(uri)};" for uri, _ in self.file_rows()).encode()
+        ).hexdigest()
 
     def identity(self) -> dict:
         return {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}

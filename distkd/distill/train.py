@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import os
@@ -25,24 +24,10 @@ from distkd import storage
 from distkd.config import ResourcesConfig, TrainConfig
 from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
 from distkd.distill.loss import kd_loss, kd_loss_topk
-from distkd.models import build_model
+from distkd.specs import ModelSpec
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.2  # fraction of the steps over which the learning rate ramps up
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What it takes to build a model for this data: registry name, arguments and input shape."""
-
-    name: str
-    kwargs: dict
-    num_classes: int
-    input_shape: tuple[int, int, int]
-
-    def build(self) -> torch.nn.Module:
-        c, h, _ = self.input_shape
-        return build_model(self.name, self.num_classes, c, h, **self.kwargs)
 
 
 @dataclass(frozen=True)
@@ -59,10 +44,6 @@ class TrainSpec:
     views: int = 0  # recorded views per image in the soft labels: train on one of them per sample
     precision: str = "fp32"
     threads: int = 1
-
-    def identity(self) -> dict:
-        """What shapes the trained model (not its display label, not the CPU threads it runs on)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("label", "threads")}
 
 
 def learning_rate(spec: TrainSpec, step: int) -> float:

@@ -12,12 +12,11 @@ import torch
 from distkd import storage
 from distkd.data.source import decode_batch
 from distkd.data.transforms import Normalize
-from distkd.distill.train import ModelSpec
 from distkd.evaluate.cost import model_cost
 from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
 from distkd.evaluate.report import write_report
-from distkd.job import Job, digest
 from distkd.models import load_weights
+from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
 
@@ -25,11 +24,9 @@ TEACHER = "teacher"
 class Evaluator:
     """All models side by side in one actor, so each student is compared with its teacher on the same batch."""
 
-    def __init__(self, models: dict[str, tuple[ModelSpec, str]], normalize: Normalize) -> None:
+    def __init__(self, models: dict[str, Weights], normalize: Normalize) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.models = {
-            role: load_weights(spec.build(), weights).to(self.device).eval() for role, (spec, weights) in models.items()
-        }
+        self.models = {role: load_weights(w.model.build(), w.uri).to(self.device).eval() for role, w in models.items()}
         self.normalize = normalize
 
     @torch.inference_mode()
@@ -43,19 +40,20 @@ class Evaluator:
         return out
 
 
-def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
+def evaluate(spec: EvalSpec) -> str:
     """Metrics, costs and the report for each role's model and weights; returns the committed report folder."""
-    folder = job.uri("reports", f"{job.config.name}-{digest([job.evaluated.identity(), models])}")
+    folder = spec.uri
     if storage.is_committed(folder):
         print(f"[evaluate] reusing committed report {folder}", flush=True)
         return folder
-    cfg = job.config.evaluate
+    cfg = spec.execution
+    shape = next(iter(spec.models.values())).model.input_shape  # the data's: every model takes it
     stats = (
-        job.evaluated.read()
-        .map_batches(decode_batch, fn_kwargs={"shape": job.teacher.input_shape}, batch_format="numpy")
+        spec.data.read()
+        .map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
         .map_batches(
             Evaluator,
-            fn_constructor_kwargs={"models": models, "normalize": job.normalize},
+            fn_constructor_kwargs={"models": spec.models, "normalize": spec.normalize},
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,
             batch_format="numpy",
@@ -63,25 +61,24 @@ def evaluate(job: Job, models: dict[str, tuple[ModelSpec, str]]) -> str:
     )
     blocks = list(stats.iter_batches(batch_size=None, batch_format="numpy"))
     results = []
-    for i, (role, (spec, uri)) in enumerate(models.items()):
+    for i, (role, weights) in enumerate(spec.models.items()):
         summed = sum_stats(
             {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
         )
-        model = load_weights(spec.build(), uri)
+        model = load_weights(weights.model.build(), weights.uri)
         results.append(
             {
-                "name": f"{spec.name} {role}",
+                "name": f"{weights.model.name} {role}",
                 "role": role,
-                "weights": uri,
-                "metrics": compute_metrics(summed, job.config.data.class_names),
-                "cost": model_cost(model, spec.input_shape),
+                "weights": weights.uri,
+                "weights_sha256": weights.sha256,
+                "metrics": compute_metrics(summed, list(spec.class_names) if spec.class_names else None),
+                "cost": model_cost(model, weights.model.input_shape),
             }
         )
         if torch.cuda.is_available():
-            results[-1]["cost_gpu"] = model_cost(model, spec.input_shape, device="cuda")
-    save_report(
-        folder, results, f"distkd report: {job.config.name}", job=job.config.name, split=job.evaluated.identity()
-    )
+            results[-1]["cost_gpu"] = model_cost(model, weights.model.input_shape, device="cuda")
+    save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.identity())
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.md')}", flush=True)
     return folder

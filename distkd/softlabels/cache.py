@@ -8,9 +8,11 @@ per shard, timings) and the commit marker, last: without the marker there is no 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -18,20 +20,57 @@ import pyarrow.parquet as pq
 import ray.data
 
 from distkd import __version__, storage
-from distkd.job import digest
 from distkd.softlabels.formats import Format, to_numpy
+from distkd.specs import FORMAT_VERSION, SoftLabelSpec, plain
 
-FORMAT_VERSION = 2
 SHARDS = "shards"
+MANIFEST = "manifest.json"
 
 
 class CacheError(RuntimeError):
     """A cache entry that is missing or does not match its manifest or its dataset."""
 
 
-def key(inputs: dict) -> str:
-    """A hash of everything that changes the teacher's outputs, and nothing else."""
-    return digest({"format_version": FORMAT_VERSION, **inputs}, length=32)
+@dataclass(frozen=True)
+class ShardRecord:
+    file: str  # relative to the entry
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``: the key's inputs in readable form, each shard's record, and what the job that
+    committed the entry did (shards computed, rows the teacher labelled, seconds)."""
+
+    key: str
+    format_version: int
+    inputs: dict
+    shards: tuple[ShardRecord, ...]
+    rows: int
+    bytes: int
+    computed_shards: int
+    teacher_rows: int
+    teacher_seconds: float
+    rows_per_second: float | None
+    distkd_version: str
+    created: str
+
+    @property
+    def format(self) -> Format:
+        return Format(**self.inputs["format"])
+
+    @property
+    def views(self) -> int:
+        return (self.inputs["views"] or {}).get("count", 0)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Manifest:
+        return cls(**{**raw, "shards": tuple(ShardRecord(**s) for s in raw["shards"])})
 
 
 def shard_name(index: int, count: int) -> str:
@@ -50,33 +89,36 @@ def write_shard(entry: str, index: int, count: int, table: pa.Table) -> None:
     storage.write_bytes(uri, buffer.getvalue().to_pybytes())
 
 
-def shard_record(entry: str, name: str) -> dict:
+def shard_record(entry: str, name: str) -> ShardRecord:
     data = storage.read_bytes(storage.join(entry, SHARDS, name))
     rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
-    return {"file": f"{SHARDS}/{name}", "rows": rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return ShardRecord(f"{SHARDS}/{name}", rows, len(data), hashlib.sha256(data).hexdigest())
 
 
-def commit(entry: str, inputs: dict, shard_count: int, expected_ids: list[str], work: dict) -> dict:
+def commit(
+    spec: SoftLabelSpec, shard_count: int, expected_ids: list[str], computed_shards: int, rows: int, seconds: float
+) -> Manifest:
     """Describe the shards, check they hold each expected id exactly once, write the manifest, commit.
 
-    ``work`` says what this job did: shards computed (the rest were already there), rows the
-    teacher labelled, seconds."""
-    shards = [shard_record(entry, shard_name(i, shard_count)) for i in range(shard_count)]
-    check_ids(entry, [storage.join(entry, s["file"]) for s in shards], expected_ids)
-    rows = sum(s["rows"] for s in shards)
-    manifest = {
-        "key": entry.rstrip("/").rsplit("/", 1)[-1],
-        "format_version": FORMAT_VERSION,
-        "inputs": inputs,
-        "shards": shards,
-        "rows": rows,
-        "bytes": sum(s["bytes"] for s in shards),
-        **work,
-        "rows_per_second": round(work["teacher_rows"] / work["teacher_seconds"], 1) if work["teacher_rows"] else None,
-        "distkd_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    storage.write_json(storage.join(entry, "manifest.json"), manifest)
+    ``computed_shards``, ``rows`` and ``seconds`` say what this job did (the other shards were there)."""
+    entry = spec.uri
+    shards = tuple(shard_record(entry, shard_name(i, shard_count)) for i in range(shard_count))
+    check_ids(entry, [storage.join(entry, s.file) for s in shards], expected_ids)
+    manifest = Manifest(
+        key=spec.key,
+        format_version=FORMAT_VERSION,
+        inputs=plain(spec.identity()),
+        shards=shards,
+        rows=sum(s.rows for s in shards),
+        bytes=sum(s.bytes for s in shards),
+        computed_shards=computed_shards,
+        teacher_rows=rows,
+        teacher_seconds=round(seconds, 3),
+        rows_per_second=round(rows / seconds, 1) if rows else None,
+        distkd_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    storage.write_json(storage.join(entry, MANIFEST), manifest.to_json())
     storage.commit(entry)
     return manifest
 
@@ -98,42 +140,39 @@ def read_ids(uri: str) -> list[str]:
     return pq.read_table(path, columns=["id"], filesystem=fs)["id"].to_pylist()
 
 
-def manifest(entry: str) -> dict:
+def manifest(entry: str) -> Manifest:
     if not storage.is_committed(entry):
         raise CacheError(f"{entry}: no committed soft-label entry (run the softlabels stage first)")
-    return storage.read_json(storage.join(entry, "manifest.json"))
+    return Manifest.from_json(storage.read_json(storage.join(entry, MANIFEST)))
 
 
-def entry_format(entry: str) -> Format:
-    return Format(**manifest(entry)["inputs"]["format"])
-
-
-def verify(entry: str, expected_ids: list[str]) -> dict:
+def verify(entry: str, expected_ids: list[str]) -> Manifest:
     """The entry's manifest, after checking every shard's rows and checksum and the ids against the dataset."""
     info = manifest(entry)
-    for shard in info["shards"]:
-        uri = storage.join(entry, shard["file"])
+    for shard in info.shards:
+        uri = storage.join(entry, shard.file)
         if not storage.exists(uri):
             raise CacheError(f"{uri}: shard listed in the manifest is missing")
         data = storage.read_bytes(uri)
-        if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        if hashlib.sha256(data).hexdigest() != shard.sha256:
             raise CacheError(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")
         try:
             rows = pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows
         except pa.ArrowInvalid as e:
             raise CacheError(f"{uri}: not a readable Parquet file: {e}") from None
-        if rows != shard["rows"]:
-            raise CacheError(f"{uri}: {rows} rows, the manifest says {shard['rows']}")
-    check_ids(entry, [storage.join(entry, s["file"]) for s in info["shards"]], expected_ids)
+        if rows != shard.rows:
+            raise CacheError(f"{uri}: {rows} rows, the manifest says {shard.rows}")
+    check_ids(entry, [storage.join(entry, s.file) for s in info.shards], expected_ids)
     return info
 
 
 def read(entry: str) -> ray.data.Dataset:
     """The committed entry's rows as ``id`` + the training columns of its format (+ ``views``)."""
     fs, _ = storage.resolve(entry)
-    paths = [storage.resolve(storage.join(entry, s["file"]))[1] for s in manifest(entry)["shards"]]
+    info = manifest(entry)
+    paths = [storage.resolve(storage.join(entry, s.file))[1] for s in info.shards]
     return ray.data.read_parquet(paths, filesystem=fs).map_batches(
-        _training_columns, fn_kwargs={"fmt": entry_format(entry)}, batch_format="pyarrow"
+        _training_columns, fn_kwargs={"fmt": info.format}, batch_format="pyarrow"
     )
 
 

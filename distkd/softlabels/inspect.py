@@ -17,19 +17,17 @@ def listing(store: str) -> list[dict]:
     rows = []
     for entry in cache.entries(store):
         m = cache.manifest(entry)
-        inputs = m["inputs"]
-        fmt = inputs["format"]
-        views = (inputs.get("views") or {}).get("count", 0)
+        fmt = m.format
         rows.append(
             {
-                "key": m["key"],
-                "teacher": inputs["teacher"]["name"],
-                "dataset": f"{inputs['data']['uri']} [{inputs['data']['split']}]",
-                "format": f"{fmt['layout']}{'-' + str(fmt['top_k']) if fmt['top_k'] else ''} {fmt['dtype']}"
-                + (f" x{views} views" if views else ""),
-                "rows": m["rows"],
-                "size": m["bytes"],
-                "created": m["created"],
+                "key": m.key,
+                "teacher": m.inputs["teacher"]["name"],
+                "dataset": f"{m.inputs['data']['uri']} [{m.inputs['data']['split']}]",
+                "format": f"{fmt.layout}{'-' + str(fmt.top_k) if fmt.top_k else ''} {fmt.dtype}"
+                + (f" x{m.views} views" if m.views else ""),
+                "rows": m.rows,
+                "size": m.bytes,
+                "created": m.created,
             }
         )
     return rows
@@ -43,18 +41,18 @@ def format_listing(rows: list[dict]) -> str:
 
 
 def show(store: str, key: str) -> str:
-    return json.dumps(cache.manifest(entry_uri(store, key)), indent=2)
+    return json.dumps(cache.manifest(entry_uri(store, key)).to_json(), indent=2)
 
 
 def verify(store: str, key: str) -> str:
     """Rows, checksums, and ids unique and complete against the dataset the entry was made from."""
     entry = entry_uri(store, key)
-    data = cache.manifest(entry)["inputs"]["data"]
+    data = cache.manifest(entry).inputs["data"]
     split = Split.open(data["uri"], data["split"], data["limit"])
     if split.fingerprint() != data["fingerprint"]:
         raise cache.CacheError(f"{entry}: the dataset at {data['uri']} changed since this entry was made")
     info = cache.verify(entry, split.read_table(["id"])["id"].to_pylist())
-    return f"{key}: ok ({info['rows']} rows in {len(info['shards'])} shards, checksums match, every id exactly once)"
+    return f"{key}: ok ({info.rows} rows in {len(info.shards)} shards, checksums match, every id exactly once)"
 
 
 def remove(store: str, key: str) -> str:

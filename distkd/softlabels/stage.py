@@ -20,12 +20,9 @@ import ray.data
 
 from distkd import storage
 from distkd.data.source import COLUMNS, PATH, Split, decode_batch
-from distkd.data.transforms import PAD
-from distkd.job import Job, require
-from distkd.models import weights_hash
 from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
+from distkd.specs import SoftLabelSpec, require
 
 
 @dataclass(frozen=True)
@@ -66,85 +63,51 @@ def read_units(batch: dict) -> Iterator[pa.Table]:
                 first += rows
 
 
-def output_format(job: Job) -> Format:
-    cfg = job.config.softlabels
-    if cfg.format == "dense":
-        return Format("dense", cfg.dtype)
-    return Format("topk", cfg.dtype, cfg.top_k or job.num_classes, cfg.temperature)
-
-
-def key_inputs(job: Job, teacher_weights: str) -> dict:
-    cfg = job.config.softlabels
-    return {
-        "teacher": {
-            "name": job.teacher.name,
-            "kwargs": job.teacher.kwargs,
-            "num_classes": job.num_classes,
-            "weights_sha256": weights_hash(teacher_weights),
-        },
-        "data": job.train.identity(),
-        "transform": {"input_shape": list(job.teacher.input_shape), **job.normalize.identity()},
-        "views": {"count": cfg.views, "seed": cfg.view_seed, "pad": PAD} if cfg.views else None,
-        "format": asdict(output_format(job)),
-        "shard_rows": cfg.shard_rows,
-    }
-
-
-def entry_uri(job: Job, teacher_weights: str) -> tuple[str, dict]:
-    inputs = key_inputs(job, teacher_weights)
-    return job.uri("softlabels", cache.key(inputs)), inputs
-
-
-def generate(job: Job, teacher_weights: str, compute: bool = True) -> str:
+def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     """The committed cache entry for this teacher, data and format, computing only missing shards."""
-    entry, inputs = entry_uri(job, teacher_weights)
+    entry = spec.uri
     if storage.is_committed(entry):
         print(f"[softlabels] reusing cached soft labels {entry}", flush=True)
         return entry
     require(compute, entry, "softlabels")
-    units = plan(job.train, job.config.softlabels.shard_rows)
+    units = plan(spec.data, spec.shard_rows)
     done = set(storage.list_files(storage.join(entry, cache.SHARDS), ".parquet"))
     missing = [u for u in units if storage.join(entry, cache.SHARDS, cache.shard_name(u.index, len(units))) not in done]
     print(
-        f"[softlabels] teacher {job.teacher.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
+        f"[softlabels] teacher {spec.teacher.model.name} -> {entry}: {len(missing)} of {len(units)} shards to compute",
         flush=True,
     )
     started = time.perf_counter()
-    ids = job.train.read_table(["id"])["id"].to_pylist()
-    labelled = compute_units(job, teacher_weights, entry, missing, len(units), ids) if missing else 0
-    work = {
-        "computed_shards": len(missing),
-        "teacher_rows": labelled,
-        "teacher_seconds": round(time.perf_counter() - started, 3),
-    }
-    manifest = cache.commit(entry, inputs, len(units), ids, work)
+    ids = spec.data.read_table(["id"])["id"].to_pylist()
+    labelled = compute_units(spec, missing, len(units), ids) if missing else 0
+    manifest = cache.commit(spec, len(units), ids, len(missing), labelled, time.perf_counter() - started)
     print(
-        f"[softlabels] committed {manifest['rows']} rows in {len(units)} shards "
-        f"({manifest['bytes'] / manifest['rows']:.1f} bytes/row)",
+        f"[softlabels] committed {manifest.rows} rows in {len(units)} shards "
+        f"({manifest.bytes / manifest.rows:.1f} bytes/row)",
         flush=True,
     )
     return entry
 
 
-def compute_units(job: Job, teacher_weights: str, entry: str, units: list[Unit], count: int, ids: list[str]) -> int:
+def compute_units(spec: SoftLabelSpec, units: list[Unit], count: int, ids: list[str]) -> int:
     """Run the teacher over ``units`` and write each one's shard (``ids``: the split's, in order); returns the
     rows the teacher labelled."""
-    cfg = job.config.softlabels
+    cfg, entry = spec.execution, spec.uri
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows come back unit by unit
     outputs = (
         ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
         .map_batches(read_units, batch_size=1, batch_format="numpy")
-        .map_batches(decode_batch, fn_kwargs={"shape": job.teacher.input_shape}, batch_format="numpy")
+        .map_batches(decode_batch, fn_kwargs={"shape": spec.teacher.model.input_shape}, batch_format="numpy")
         .map_batches(
             TeacherPredictor,
             fn_constructor_kwargs={
-                "model": job.teacher,
-                "weights": teacher_weights,
-                "normalize": job.normalize,
-                "fmt": output_format(job),
-                "views": cfg.views,
-                "view_seed": cfg.view_seed,
-                "precision": cfg.precision,
+                "model": spec.teacher.model,
+                "weights": spec.teacher.uri,
+                "normalize": spec.normalize,
+                "fmt": spec.format,
+                "views": spec.views,
+                "view_seed": spec.view_seed,
+                "precision": spec.precision,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,

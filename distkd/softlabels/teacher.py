@@ -7,10 +7,10 @@ import pyarrow as pa
 import torch
 
 from distkd.data.transforms import PAD, Normalize, crop_flip
-from distkd.distill.train import ModelSpec
 from distkd.models import load_weights
 from distkd.softlabels.formats import Format, fixed_list
 from distkd.softlabels.views import PARAMS, view_params
+from distkd.specs import ModelSpec
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,0 +1,193 @@
+"""What each stage reads, and the identity and output URI it owns.
+
+A spec is built from the job on the driver and handed to its stage; the stage reads nothing
+else. ``identity()`` holds exactly what changes the stage's output (content, not names: weights
+and data by their hashes), so two jobs asking for the same output meet at the same URI and a
+change of anything that matters moves to a new one. Stages never import one another; they meet
+here and in the store. This module imports no stage code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+from distkd import storage
+from distkd.config import EvaluateConfig, ResourcesConfig, SoftLabelConfig, TrainConfig
+from distkd.data.source import Split
+from distkd.data.transforms import PAD, Normalize
+from distkd.models import build_model
+from distkd.softlabels.formats import Format
+
+FORMAT_VERSION = 2  # of the soft-label cache's layout: part of every key
+
+
+def _jsonable(obj: object) -> object:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "model_dump"):  # pydantic configs
+        return obj.model_dump()
+    raise TypeError(f"cannot hash a {type(obj).__name__}")
+
+
+def plain(obj: object) -> object:
+    """``obj`` as plain JSON data (dataclasses and configs as dicts), as manifests record it."""
+    return json.loads(json.dumps(obj, default=_jsonable))
+
+
+def digest(obj: object, length: int = 16) -> str:
+    """A short, stable hash of JSON-able data, dataclasses and configs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_jsonable).encode()).hexdigest()[:length]
+
+
+class MissingOutput(RuntimeError):
+    """A stage's input that is not committed in the store and that this run may not compute."""
+
+
+def require(compute: bool, uri: str, stage: str) -> None:
+    """Stop unless this run may compute the output at ``uri`` (else say which stage makes it)."""
+    if not compute:
+        raise MissingOutput(
+            f"{uri}: not committed; run the '{stage}' stage first (distkd {stage.replace('_', '-')} JOB.yaml)"
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What it takes to build a model for this data: registry name, arguments and input shape."""
+
+    name: str
+    kwargs: dict
+    num_classes: int
+    input_shape: tuple[int, int, int]
+
+    def build(self) -> torch.nn.Module:
+        c, h, _ = self.input_shape
+        return build_model(self.name, self.num_classes, c, h, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A model with the weights it runs, named by their sha256 in every identity."""
+
+    model: ModelSpec
+    uri: str
+    sha256: str
+
+    def identity(self) -> dict:
+        return {"model": self.model, "weights_sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A model trained by the Ray Train loop (stage 0 for the teacher, stage 2 for the students).
+
+    ``alpha`` 0 trains on the labels alone; then the KD settings are not part of the identity,
+    so changing the distillation temperature never retrains a teacher or a baseline."""
+
+    role: str  # teacher | student-kd | student-scratch: the run folder's and the console's name
+    store: str
+    job: str  # the job that asked first: recorded in the run, not part of its identity
+    model: ModelSpec
+    train: TrainConfig
+    data: Split
+    val: Split
+    normalize: Normalize
+    resources: ResourcesConfig
+    alpha: float = 0.0
+    temperature: float = 1.0
+    softlabels: str | None = None  # committed cache entry the KD term reads
+    softlabels_key: str | None = None
+    views: int = 0  # recorded views in the soft labels: train on one of them per sample
+
+    def identity(self) -> dict:
+        out = {
+            "model": self.model,
+            "train": self.train,
+            "data": self.data.identity(),
+            "normalize": self.normalize,
+            "num_workers": self.resources.num_workers,
+            "precision": self.resources.precision,
+        }
+        if self.alpha > 0:
+            out["kd"] = {"alpha": self.alpha, "temperature": self.temperature, "softlabels": self.softlabels_key}
+        return out
+
+    @property
+    def uri(self) -> str:
+        """``<store>/runs/<role>-<hash of the identity>``: any job asking for this run finds it."""
+        return storage.join(self.store, "runs", f"{self.role}-{digest(self.identity())}")
+
+    @property
+    def weights_uri(self) -> str:
+        return storage.join(self.uri, "model.pt")
+
+
+@dataclass(frozen=True)
+class SoftLabelSpec:
+    """Stage 1: the teacher's outputs on the training split, as a content-addressed cache entry."""
+
+    store: str
+    teacher: Weights
+    data: Split
+    normalize: Normalize
+    format: Format
+    views: int
+    view_seed: int
+    shard_rows: int
+    precision: str  # of the teacher's forward pass: fp32, or bf16/fp16 autocast on a GPU
+    execution: SoftLabelConfig  # pool size, batch size, CPUs and GPUs: not part of the key
+
+    def identity(self) -> dict:
+        """The key's inputs, in the readable form the manifest records."""
+        return {
+            "teacher": {
+                "name": self.teacher.model.name,
+                "kwargs": self.teacher.model.kwargs,
+                "num_classes": self.teacher.model.num_classes,
+                "weights_sha256": self.teacher.sha256,
+            },
+            "data": self.data.identity(),
+            "transform": {"input_shape": list(self.teacher.model.input_shape), "normalize": self.normalize},
+            "views": {"count": self.views, "seed": self.view_seed, "pad": PAD} if self.views else None,
+            "format": self.format,
+            "shard_rows": self.shard_rows,
+            "precision": self.precision,
+        }
+
+    @property
+    def key(self) -> str:
+        return digest({"format_version": FORMAT_VERSION, **self.identity()}, length=32)
+
+    @property
+    def uri(self) -> str:
+        return storage.join(self.store, "softlabels", self.key)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Stage 3: metrics of each role's model and weights on one split, and the report."""
+
+    store: str
+    job: str  # recorded in the report, not part of its identity
+    models: dict[str, Weights]  # role -> weights; "teacher" is the one students are compared with
+    data: Split
+    normalize: Normalize
+    class_names: tuple[str, ...] | None
+    execution: EvaluateConfig  # pool and batch sizes: not part of the identity
+
+    def identity(self) -> dict:
+        return {
+            "models": {role: w.identity() for role, w in self.models.items()},
+            "data": self.data.identity(),
+            "normalize": self.normalize,
+            "class_names": self.class_names,
+        }
+
+    @property
+    def uri(self) -> str:
+        return storage.join(self.store, "reports", digest(self.identity()))
