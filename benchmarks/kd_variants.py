@@ -21,7 +21,6 @@ from distkd.job import Job
 VARIANTS: dict[str, dict] = {
     "clean": {},  # the quick start as it is: clean-image labels, no augmentation
     "clean-alpha0.5": {"distill": {"alpha": 0.5}},
-    "clean-augmented": {"student": {"train": {"augment": True}}},
     "views8": {"softlabels": {"views": 8}},
     "views8-alpha0.5": {"softlabels": {"views": 8}, "distill": {"alpha": 0.5}},
 }

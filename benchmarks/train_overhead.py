@@ -91,7 +91,7 @@ def main() -> None:
             "kwargs": args.model_kwargs,
             "train": {"epochs": args.epochs, "batch_size": 128, "lr": 0.05},
         },
-        "student": {"name": "lenet5"},
+        "student": {"name": "lenet5", "train": {"augment": False}},
         "resources": {"cpus_per_worker": 2},
     }
     job = Job.prepare(config.parse(raw, "benchmark"))

@@ -53,7 +53,7 @@ def _size_and_created(folder: str) -> tuple[int, str]:
     size = sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
     marker = fs.get_file_info(f"{path}/{storage.COMMIT_MARKER}")
     created = marker.mtime or max((i.mtime for i in infos if i.mtime), default=None)
-    stamp = created.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if created else ""
+    stamp = created.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if created else ""
     return size, stamp
 
 

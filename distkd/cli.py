@@ -167,6 +167,7 @@ def store_command(store: str, as_json: bool) -> int:
 
 def run_job(command: str, path: str, verbose: bool = False) -> int:
     from distkd import console
+    from distkd.checks import data_error
     from distkd.job import Job
 
     try:
@@ -195,6 +196,11 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
         return 1
     except ResourceShortage as e:
         print(f"distkd: {path}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if (bad := data_error(e)) is None:
+            raise
+        print(f"distkd: {bad.message}", file=sys.stderr)  # a bad row found by a Ray task: its cause, not a traceback
         return 2
     if command == "pipeline" and "report" in outputs:
         print(console.summary(outputs["report"]))

@@ -7,11 +7,13 @@ resources. Unknown keys and wrong types are errors that name the key and the fil
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from distkd import storage
 
@@ -35,6 +37,7 @@ class DataConfig(Strict):
     val_limit: int | None = Field(default=2000, gt=0)  # first N test rows for per-epoch accuracy
     num_classes: int | None = Field(default=None, gt=1)  # None: 1 + the largest label
     class_names: list[str] | None = None  # for the report; None: the class indices
+    channels: Literal[1, 3] | None = None  # None: as the first image (grayscale 1, else 3); 1 or 3 converts all
     mean: list[float] = Field(default=[0.4914, 0.4822, 0.4465], min_length=1)  # per channel
     std: list[float] = Field(default=[0.2470, 0.2435, 0.2616], min_length=1)
     # Training data: held decoded in the object store (memory), or read and decoded each epoch
@@ -46,6 +49,20 @@ class DataConfig(Strict):
     @classmethod
     def _absolute(cls, uri: str) -> str:
         return storage.absolute(storage.validate(uri))
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("needs finite numbers")
+        return values
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if not all(v > 0 for v in values):
+            raise ValueError("needs positive numbers (inputs are divided by them)")
+        return values
 
 
 class ModelConfig(Strict):
@@ -63,7 +80,7 @@ class TrainConfig(Strict):
     epochs: int = Field(default=10, gt=0)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     augment: bool = True  # random crop (pad 4) + horizontal flip
     seed: int = 0
@@ -159,7 +176,7 @@ class JobConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     store: str
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance
-    stages: list[Stage] = list(STAGES)
+    stages: list[Stage] = Field(default=list(STAGES), min_length=1)
     data: DataConfig
     teacher: TeacherConfig
     student: StudentConfig
@@ -174,8 +191,44 @@ class JobConfig(Strict):
     def _absolute(cls, uri: str) -> str:
         return storage.absolute(storage.validate(uri))
 
+    @model_validator(mode="after")
+    def _consistent(self) -> JobConfig:
+        """Settings that each make sense alone but not together."""
+        labels, distill = self.softlabels, self.distill
+        if labels.top_k is not None and labels.format == "dense":
+            raise _refuse("softlabels.top_k", "only used with 'softlabels.format: topk'; remove it or set that format")
+        if self.evaluate.models:  # an evaluation job trains nothing
+            return self
+        if distill.alpha == 0 and labels.views > 0:
+            raise _refuse(
+                "softlabels.views",
+                "views are soft labels for distillation, but 'distill.alpha' is 0 (no distillation): "
+                "set 'softlabels.views: 0' or 'distill.alpha' above 0",
+            )
+        if distill.alpha > 0 and labels.views == 0 and self.student.train.augment:
+            raise _refuse(
+                "student.train.augment",
+                "the distilled student would train on random crops and flips against soft labels of the clean "
+                "images: set 'softlabels.views: N' (N augmented views, each with its own label) or "
+                "'student.train.augment: false'",
+            )
+        if distill.alpha > 0 and labels.format == "topk" and labels.temperature != distill.temperature:
+            raise _refuse(
+                "softlabels.temperature",
+                f"top-k labels stored at temperature {labels.temperature} cannot be distilled at "
+                f"'distill.temperature' {distill.temperature}: set both to the same value",
+            )
+        return self
+
+
+def _refuse(key: str, message: str) -> PydanticCustomError:
+    """A rule across keys, reported under ``key`` (a dotted path from the top level)."""
+    return PydanticCustomError("job_rule", "{message}", {"key": key, "message": message})
+
 
 def _describe(error: dict) -> str:
+    if error["type"] == "job_rule":
+        return f"key '{error['ctx']['key']}': {error['msg']}"
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"

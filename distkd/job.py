@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from distkd import storage
+from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TrainConfig
 from distkd.data.source import DataError, Split, image_shape
 from distkd.data.transforms import Normalize
@@ -53,14 +53,23 @@ class Job:
             )
         except DataError as e:
             raise ConfigError(f"{source}: key 'data.uri': {e}") from None
-        num_classes = data.num_classes or int(train.read_labels().max()) + 1
+        splits = {"data.train_split": train, "data.test_split": test}
+        if evaluated != test:
+            splits["evaluate.split"] = evaluated
+        try:
+            num_classes = checks.data(config, splits)
+            shape = image_shape(train, data.channels)
+        except (ConfigError, DataError) as e:
+            raise ConfigError(f"{source}: {e}") from None
         if data.class_names is not None and len(data.class_names) != num_classes:
             raise ConfigError(
                 f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes"
             )
-        shape = image_shape(train)
         if not len(data.mean) == len(data.std) == shape[0]:
-            raise ConfigError(f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel)")
+            raise ConfigError(
+                f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel; "
+                f"'data.channels' sets how many the images are decoded to)"
+            )
 
         def spec(key: str, model: ModelConfig) -> ModelSpec:
             if model.name not in MODELS:
@@ -71,9 +80,15 @@ class Job:
                 reachable(source, f"{key}.weights", model.weights, must_exist=True)
             built = ModelSpec(model.name, dict(model.kwargs), num_classes, shape)
             try:
-                built.build()
+                network = built.build()
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{source}: key '{key}.kwargs': cannot build '{model.name}': {e}") from None
+            try:
+                checks.forward(key, network, shape, num_classes)
+                if model.weights is not None:
+                    checks.weights(f"{key}.weights", network, model.weights)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
             return built
 
         checkpoints = {

@@ -49,6 +49,8 @@ def connect(address: str | None, **init_options: object) -> None:
             loopback_only()
         where = LOCAL if local else {"address": address}
         ray.init(runtime_env={"env_vars": env} if env else None, **where, **init_options)
+    # a DataError from a task reaches the driver as itself
+    ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
 def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:

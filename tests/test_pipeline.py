@@ -30,7 +30,7 @@ def tiny_job(cifar10: Path, store: str, name: str = "tiny", **overrides) -> Job:
         "store": store,
         "data": {"uri": str(cifar10), "limit": ROWS, "val_limit": 200},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.1}},
-        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "lr": 0.05}},
+        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "lr": 0.05, "augment": False}},
         "softlabels": {"batch_size": 256},
         "evaluate": {"batch_size": 256},
         **overrides,
@@ -130,7 +130,7 @@ def test_soft_labels_that_miss_training_ids_are_refused(run):
     job, _, out = run
     more_rows = dataclasses.replace(job.train, limit=ROWS + 10)
     with pytest.raises(cache.CacheError, match="0 duplicated, 10 missing, 0 unexpected"):
-        join_softlabels(more_rows, out["softlabels"])
+        join_softlabels(more_rows, out["softlabels"], job.student.input_shape)
 
 
 def test_a_stage_not_asked_for_needs_its_input_committed(ray_cluster, cifar10, tmp_path):

@@ -33,7 +33,12 @@ def data(ray_cluster, cifar10) -> tuple[Job, ray.data.Dataset, ray.data.Dataset]
         "student": {"name": "lenet5"},
     }
     job = Job.prepare(config.parse(raw, "<train>"))
-    return job, in_memory(decoded(job.train), ["id", "image", "label"]), in_memory(decoded(job.val), ["image", "label"])
+    shape = job.student.input_shape
+    return (
+        job,
+        in_memory(decoded(job.train, shape), ["id", "image", "label"]),
+        in_memory(decoded(job.val, shape), ["image", "label"]),
+    )
 
 
 def train(data, run: Path, epochs: int = 2, **resources) -> list[dict]:

@@ -17,8 +17,9 @@ from distkd.softlabels.formats import TRAINING_COLUMNS
 from distkd.specs import TrainingRun, plain, require
 
 
-def decoded(split: Split) -> ray.data.Dataset:
-    return split.read().map_batches(decode_batch, batch_format="numpy")
+def decoded(split: Split, shape: tuple[int, int, int]) -> ray.data.Dataset:
+    """The split's rows with images decoded to uint8 ``shape`` (C, H, W)."""
+    return split.read().map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
 
 
 def worker_spec(run: TrainingRun) -> TrainSpec:
@@ -48,18 +49,19 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     with console.computing(run.role, what, run.uri):
         info = {"job": run.job, "role": run.role, **plain(run.identity())}
         storage.write_json(storage.join(run.uri, RUN_INFO), info)
-        val = in_memory(decoded(run.val), ["image", "label"])
+        shape = run.model.input_shape
+        val = in_memory(decoded(run.val, shape), ["image", "label"])
         spec, resources = worker_spec(run), run.resources
         softlabels = run.softlabels if run.alpha > 0 else None
         if streaming.choose(run.cache, run.data, run.model.input_shape) == "stream":
             columns = ["id", "image", "label", *(label_columns(cache.manifest(softlabels)) if softlabels else [])]
-            train = streaming.stream(run.data, columns, streaming.block_rows(run.model.input_shape), softlabels)
+            train = streaming.stream(run.data, columns, shape, softlabels)
             resources = streaming.reserve_data_cpus(resources)
             spec = dataclasses.replace(spec, threads=max(1, int(resources.cpus_per_worker)), split=True)
         elif softlabels:
-            train = join_softlabels(run.data, softlabels)
+            train = join_softlabels(run.data, softlabels, shape)
         else:
-            train = in_memory(decoded(run.data), ["id", "image", "label"])
+            train = in_memory(decoded(run.data, shape), ["id", "image", "label"])
         fit(spec, train, val, run.uri, resources, run.tracking)
     return run.uri
 
@@ -82,12 +84,12 @@ def label_columns(manifest: cache.Manifest) -> list[str]:
     return [*TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
 
 
-def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
+def join_softlabels(split: Split, entry: str, shape: tuple[int, int, int]) -> ray.data.Dataset:
     """Training rows joined by id to the cached soft labels. The entry is verified first (checksums,
     and each training id exactly once), so a missing or extra id is an error, never a silent drop."""
     ids = split.read_table(["id"])["id"].to_pylist()
     columns = label_columns(cache.verify(entry, ids))
-    joined = decoded(split).join(
+    joined = decoded(split, shape).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )
     return in_memory(joined, ["id", "image", "label", *columns])

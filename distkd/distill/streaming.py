@@ -22,7 +22,7 @@ import ray.data
 
 from distkd import storage
 from distkd.config import ResourcesConfig
-from distkd.data.source import READ_ROWS, Split, Unit, decode_batch
+from distkd.data.source import PATH, READ_ROWS, Split, Unit, decode_batch
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
 
@@ -52,9 +52,9 @@ def reserve_data_cpus(resources: ResourcesConfig) -> ResourcesConfig:
     return resources.model_copy(update={"cpus_per_worker": max(room, 0.5)})
 
 
-def stream(split: Split, columns: list[str], block_rows: int, entry: str | None = None) -> ray.data.Dataset:
+def stream(split: Split, columns: list[str], shape: tuple[int, int, int], entry: str | None = None) -> ray.data.Dataset:
     """``columns`` of the split's rows (joined to the soft labels of ``entry`` when given), read,
-    checked and decoded per unit each epoch in blocks of ``block_rows``, units in a new random
+    checked and decoded (to ``shape``) per unit each epoch in blocks of about BLOCK_BYTES, units in a new random
     order every epoch."""
     if entry is None:
         units = split.units(READ_ROWS)
@@ -70,7 +70,7 @@ def stream(split: Split, columns: list[str], block_rows: int, entry: str | None 
         .randomize_block_order()
         .map_batches(
             _unit_rows,
-            fn_kwargs={"entry": entry, "fmt": fmt, "columns": columns, "block_rows": block_rows},
+            fn_kwargs={"entry": entry, "fmt": fmt, "columns": columns, "shape": shape},
             batch_size=1,
             batch_format="pyarrow",
         )
@@ -82,16 +82,18 @@ def block_rows(image_shape: tuple[int, int, int]) -> int:
 
 
 def _unit_rows(
-    batch: pa.Table, entry: str | None, fmt: Format | None, columns: list[str], block_rows: int
+    batch: pa.Table, entry: str | None, fmt: Format | None, columns: list[str], shape: tuple[int, int, int]
 ) -> Iterator[dict[str, np.ndarray]]:
     for item in batch.to_pylist():
         unit = Unit(**item["unit"])
         rows = unit.read()
         labels = _shard_labels(entry, item["shard"], fmt, unit, rows["id"]) if entry else {}
-        for start in range(0, len(rows), block_rows):
-            part = rows.slice(start, block_rows)
-            out = decode_batch({name: part[name].to_numpy(zero_copy_only=False) for name in part.column_names})
-            out.update({name: values[start : start + block_rows] for name, values in labels.items()})
+        block = block_rows(shape)
+        for start in range(0, len(rows), block):
+            part = rows.slice(start, block)
+            encoded = {name: part[name].to_numpy(zero_copy_only=False) for name in part.column_names}
+            out = decode_batch({**encoded, PATH: np.array([unit.file] * len(part))}, shape)
+            out.update({name: values[start : start + block] for name, values in labels.items()})
             yield {name: out[name] for name in columns}
 
 

@@ -55,9 +55,10 @@ def evaluate(spec: EvalSpec) -> str:
 
 def evaluate_into(folder: str, spec: EvalSpec) -> None:
     cfg = spec.execution
+    shape = next(iter(spec.models.values())).model.input_shape  # the data's: every model takes it
     stats = (
         spec.data.read()
-        .map_batches(decode_batch, batch_format="numpy")
+        .map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
         .map_batches(
             Evaluator,
             fn_constructor_kwargs={

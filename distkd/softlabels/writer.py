@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distkd.data.source import Unit, decode_batch
+from distkd.data.source import PATH, Unit, decode_batch
 from distkd.data.transforms import Normalize
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
@@ -44,7 +44,7 @@ class ShardWriter:
         threads: int,
     ) -> None:
         torch.set_num_threads(threads)
-        self.entry, self.count, self.batch_size = entry, count, batch_size
+        self.entry, self.count, self.batch_size, self.shape = entry, count, batch_size, model.input_shape
         self.teacher = TeacherPredictor(model, weights, normalize, fmt, views, view_seed, precision)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -56,8 +56,9 @@ class ShardWriter:
         if kept is not None:
             return {"index": unit.index, **asdict(kept), "labelled": 0}
         rows = unit.read()
+        rows = rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # named in errors
         labels = pa.concat_tables(
-            self.teacher(decode_batch(_numpy(rows.slice(i, self.batch_size))))
+            self.teacher(decode_batch(_numpy(rows.slice(i, self.batch_size)), self.shape))
             for i in range(0, len(rows), self.batch_size)
         )
         self.check(unit, expected, labels["id"].to_pylist())
