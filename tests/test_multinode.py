@@ -22,7 +22,7 @@ import yaml
 from distkd import storage
 from distkd.data.source import Split
 from distkd.softlabels import cache
-from tests.conftest import free_port
+from tests.seaweedfs import free_ports
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +41,15 @@ class Cluster:
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
     def node_ports(self) -> list[str]:
-        ports = {
-            "--node-manager-port": free_port(),
-            "--object-manager-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-        }
-        return [f"{k}={v}" for k, v in ports.items()]
+        flags = (
+            "--node-manager-port",
+            "--object-manager-port",
+            "--metrics-export-port",
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+        )
+        return [f"{flag}={port}" for flag, port in zip(flags, free_ports(len(flags)))]
 
     def start_worker(self) -> bool:
         out = self.run(
@@ -112,12 +112,12 @@ def cluster(tmp_path_factory):
     }
     env.pop("RAY_ADDRESS", None)
     for attempt in range(2):  # a raylet has 30 s to register with the GCS: a loaded machine may miss it once
-        port, dashboard = free_port(), free_port()
+        port, dashboard, client = free_ports(3)
         c = Cluster(env, f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", folder / f"t{attempt}")
         out = c.run(
             *(str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"),
             *(f"--num-cpus={NODE_CPUS}", "--include-dashboard=true", "--dashboard-host=127.0.0.1"),
-            *(f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", f"--temp-dir={c.temp_dir}"),
+            *(f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", f"--temp-dir={c.temp_dir}"),
             *c.node_ports(),
         )
         if out.returncode == 0 and c.start_worker():
