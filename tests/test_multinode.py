@@ -181,13 +181,13 @@ def test_distkd_submit_runs_the_pipeline_across_two_nodes(cluster, submitted):
     assert len(cluster.raylets()) == 2
     softlabels = list((store / "softlabels").iterdir())
     assert len(softlabels) == 1 and storage.is_committed(str(softlabels[0]))
-    assert cache.manifest(str(softlabels[0]))["rows"] == 200
-    runs = {p.name.split("-")[2]: p for p in (store / "runs").iterdir()}
+    assert cache.manifest(str(softlabels[0])).rows == 200
+    runs = {p.name.split("-")[0]: p for p in (store / "runs").iterdir()}
     assert set(runs) == {"teacher", "student"} and all(storage.is_committed(str(p)) for p in runs.values())
     for run in runs.values():
         workers = storage.read_json(str(run / "history.json"))[-1]["workers"]
         assert len({w["node"] for w in workers}) == 2 and sum(w["samples"] for w in workers) == 200
-    assert len(actor_nodes(cluster, "TeacherPredictor")) == 2
+    assert len(actor_nodes(cluster, "ShardWriter")) == 2
     reports = list((store / "reports").iterdir())
     assert len(reports) == 1 and storage.is_committed(str(reports[0]))
     listing = cluster.run(str(BIN / "distkd"), "jobs", "ls", "--address", cluster.dashboard)
@@ -217,15 +217,16 @@ def test_ray_job_submit_runs_a_job_file(cluster, submitted, cifar10, tmp_path):
         cwd=tmp_path,
         timeout=600,
     )
-    assert out.returncode == 0 and "SUCCEEDED" in out.stdout + out.stderr, out.stdout[-4000:] + out.stderr[-4000:]
+    output = out.stdout + out.stderr
+    assert out.returncode == 0 and "succeeded" in output.lower(), output[-8000:]
     assert "reusing committed run" in out.stdout and "reusing cached soft labels" in out.stdout
-    students = [p for p in (store / "runs").iterdir() if "-student-kd-" in p.name]
+    students = [p for p in (store / "runs").iterdir() if p.name.startswith("student-kd-")]
     assert len(students) == 2 and all(storage.is_committed(str(p)) for p in students)
 
 
 def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted, cifar10, tmp_path):
     store, _ = submitted
-    teacher = next(p for p in (store / "runs").iterdir() if "-teacher-" in p.name) / "model.pt"
+    teacher = next(p for p in (store / "runs").iterdir() if p.name.startswith("teacher-")) / "model.pt"
     job = job_file(
         tmp_path,
         cifar10,
@@ -257,7 +258,7 @@ def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted
     assert status.stdout.strip() == "SUCCEEDED", logs[-4000:]
     entry = next(p for p in entries.iterdir() if any(f.stat().st_mtime > job.stat().st_mtime for f in p.rglob("*")))
     ids = Split.open(str(cifar10), "train", 200).read_table(["id"])["id"].to_pylist()
-    assert cache.verify(str(entry), ids)["rows"] == 200  # every id exactly once
+    assert cache.verify(str(entry), ids).rows == 200  # every id exactly once
     assert cluster.start_worker()  # for whatever runs after
 
 
@@ -273,7 +274,7 @@ def wait_for(cluster: Cluster, job_id: str, timeout: float = 300) -> str:
 
 def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted, cifar10, tmp_path):
     store, _ = submitted
-    teacher = next(p for p in (store / "runs").iterdir() if "-teacher-" in p.name) / "model.pt"
+    teacher = next(p for p in (store / "runs").iterdir() if p.name.startswith("teacher-")) / "model.pt"
     job = job_file(
         tmp_path, cifar10, store, "killed-driver", stages=["softlabels"],
         teacher={"name": "resnet9", "kwargs": {"width": 4}, "weights": str(teacher)},
@@ -296,4 +297,4 @@ def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted
     second = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
     assert wait_for(cluster, second) == "SUCCEEDED"
     manifest = cache.manifest(str(entry))
-    assert manifest["computed_shards"] == 10 - before < 10 and manifest["rows"] == 200
+    assert manifest.computed_shards == 10 - before < 10 and manifest.rows == 200

@@ -50,7 +50,7 @@ def job_file(tmp_path: Path, cifar10: Path, **sections) -> Path:
         "store": str(tmp_path / "store"),
         "data": {"uri": str(cifar10), "limit": 100},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
-        "student": {"name": "lenet5"},
+        "student": {"name": "lenet5", "train": {"augment": False}},
         **sections,
     }
     path = tmp_path / "job.yaml"

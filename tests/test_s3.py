@@ -59,7 +59,7 @@ def job_raw(store: str, data: str, name: str = "s3") -> dict:
         "store": store,
         "data": {"uri": data, "limit": 200, "val_limit": 100},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100}},
-        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100}},
+        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "augment": False}},
         "softlabels": {"batch_size": 100, "shard_rows": 50},
         "evaluate": {"batch_size": 200},
     }

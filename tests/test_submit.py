@@ -17,7 +17,7 @@ def test_working_dir_holds_the_package_and_the_resolved_job(tmp_path, monkeypatc
         "ray_address": "127.0.0.1:1",
         "data": {"uri": "data"},
         "teacher": {"name": "resnet9", "weights": "teacher.pt"},
-        "student": {"name": "lenet5"},
+        "student": {"name": "lenet5", "train": {"augment": False}},
     }
     folder = submit.package(config.parse(raw, "<job>"), tmp_path / "wd")
     shipped = yaml.safe_load((folder / submit.JOB_FILE).read_text())

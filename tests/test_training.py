@@ -30,7 +30,7 @@ def data(ray_cluster, cifar10) -> tuple[Job, ray.data.Dataset, ray.data.Dataset]
         "store": "unused",
         "data": {"uri": str(cifar10), "limit": ROWS, "val_limit": 100},
         "teacher": {"name": "lenet5"},
-        "student": {"name": "lenet5"},
+        "student": {"name": "lenet5", "train": {"augment": False}},
     }
     job = Job.prepare(config.parse(raw, "<train>"))
     shape = job.student.input_shape
