@@ -26,7 +26,7 @@ def formats(views: int, top: int) -> dict[str, dict]:
         f"top-{top} float16": {"format": "topk", "top_k": top},
         "top-1 float16": {"format": "topk", "top_k": 1},
     }
-    with_views = {f"{name}, {views} views": {**s, "views": views} for name, s in flat.items() if name != "dense float32"}
+    with_views = {f"{name}, {views} views": {**s, "views": views} for name, s in flat.items() if "16" in name}
     return {**flat, **with_views}
 
 

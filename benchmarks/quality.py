@@ -81,7 +81,7 @@ def main() -> None:
             spec = worker_spec(ojob.distilled_run(ojob.softlabel_spec(teacher)))  # alpha, T; no views
             student = plain_training(spec, images, labels, teacher=loaded(ojob.teacher, teacher)).model
             results.setdefault(ONLINE, []).append(accuracy(student, test_images, test_labels, spec))
-        print(f"seed {seed} done: {({k: f'{v[-1]:.2%}' for k, v in results.items()})}", flush=True)
+        print(f"seed {seed} done: { ({k: f'{v[-1]:.2%}' for k, v in results.items()}) }", flush=True)
 
     scratch = statistics.mean(results["student from scratch"]) if "student from scratch" in results else None
     rows = [["teacher (resnet9 width 16, one run)", f"{tested(job.teacher, teacher):.2%}", "-", "-", "-"]]
