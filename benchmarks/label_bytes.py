@@ -42,7 +42,8 @@ def main() -> None:
     start_ray()
     for classes in [int(c) for c in args.classes.split(",")]:
         folder = scratch_folder("label-bytes")
-        base = {"store": folder, "data": {"limit": args.rows, "num_classes": classes}}
+        names = {} if classes == 10 else {"class_names": None}  # the quick start names CIFAR-10's classes
+        base = {"store": folder, "data": {"limit": args.rows, "num_classes": classes, **names}}
         job = quickstart_job(base)
         trained = args.teacher and classes == 10
         if trained:

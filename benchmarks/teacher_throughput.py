@@ -64,12 +64,17 @@ def bare_loop(spec: SoftLabelSpec) -> dict[str, float]:
 
 
 @ray.remote
-def torch_threads() -> tuple[int, str]:
-    return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS", "unset")
+class ThreadProbe:
+    """An actor like the pool's, reporting the torch threads it runs with."""
+
+    def threads(self) -> tuple[int, str]:
+        return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS", "unset")
 
 
 def actor_threads(cpus: float) -> str:
-    threads, omp = ray.get(torch_threads.options(num_cpus=cpus).remote())
+    probe = ThreadProbe.options(num_cpus=cpus).remote()
+    threads, omp = ray.get(probe.threads.remote())
+    ray.kill(probe)
     return f"{threads} (OMP_NUM_THREADS={omp})"
 
 
