@@ -28,7 +28,7 @@ import yaml
 
 from distkd import config, storage
 from distkd.data.source import Split, decode
-from distkd.distill.train import TrainSpec, learning_rate, objective, shown
+from distkd.distill.train import TrainSpec, lr_schedule, objective, shown
 from distkd.job import Job
 from distkd.models import load_weights
 from distkd.softlabels import cache
@@ -127,8 +127,9 @@ def plain_training(
         weight_decay=spec.train.weight_decay,
         nesterov=spec.train.momentum > 0,
     )
+    scheduler = lr_schedule(optimizer, spec)
     generator = torch.Generator().manual_seed(spec.train.seed * 1000)
-    result, step, size = PlainResult(model), 0, spec.train.batch_size
+    result, size = PlainResult(model), spec.train.batch_size
     for _ in range(epochs or spec.train.epochs):
         started = time.perf_counter()
         model.train()
@@ -141,13 +142,11 @@ def plain_training(
             if teacher is not None:
                 with torch.no_grad():
                     batch["teacher_logits"] = teacher(x)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(spec, step)
             loss = objective(spec, model(x), batch["label"], batch, view, torch.device("cpu"))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step += 1
+            scheduler.step()
         if val is not None:
             accuracy(model, *val, spec)
         result.epoch_seconds.append(time.perf_counter() - started)

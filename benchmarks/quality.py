@@ -26,7 +26,6 @@ CACHED = {  # variant -> job changes; each variant's pipeline run also trains (o
     "cached KD, clean labels": {},
     "cached KD, 8 recorded views": {"softlabels": {"views": 8}},
     "cached KD, top-3": {"softlabels": {"format": "topk", "top_k": 3}},
-    "cached KD, clean labels, student augmented": {"student": {"train": {"augment": True}}},
 }
 SCRATCH = {"student from scratch": {}, "student from scratch, augmented": {"student": {"train": {"augment": True}}}}
 ONLINE = "online KD, student augmented"

@@ -16,18 +16,40 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("pipeline", help="run the job's stages in order, reusing what the store holds")
     run.add_argument("job", help="job YAML file")
+    run.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     plan = sub.add_parser("plan", help="check the job and print each stage's output and whether it is reused")
     plan.add_argument("job", help="job YAML file")
     for name, stage in STAGE_COMMANDS.items():
         s = sub.add_parser(name, help=f"run the {stage} stage (its inputs must be committed)")
         s.add_argument("job", help="job YAML file")
+        s.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     report = sub.add_parser("report", help="one report from the evaluated models of several runs")
     report.add_argument("reports", nargs="+", help="report folders written by the evaluate stage")
     report.add_argument("--out", default="report", help="folder or URI for the combined report (default: ./report)")
-    cache = sub.add_parser("cache", help="list, show, verify or remove cached soft labels")
-    cache.add_argument("action", choices=["ls", "show", "verify", "rm"])
+    submit = sub.add_parser("submit", help="submit the job to a Ray cluster as a Ray job (job submission API)")
+    submit.add_argument("job", help="job YAML file")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--stage", choices=sorted(STAGE_COMMANDS), help="run one stage instead of the pipeline")
+    submit.add_argument("--wait", action="store_true", help="wait for the job to finish, then print its logs")
+    jobs = sub.add_parser("jobs", help="list Ray jobs, or show the status or logs of one, or stop it")
+    jobs.add_argument("action", choices=["ls", "status", "logs", "stop"])
+    jobs.add_argument("id", nargs="?", help="the submission id (status, logs, stop)")
+    jobs.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    cache = sub.add_parser("cache", help="list, show, verify or remove cached soft labels; remove writers' leftovers")
+    cache.add_argument("action", choices=["ls", "show", "verify", "rm", "gc"])
     cache.add_argument("key", nargs="?", help="the entry's key (show, verify, rm)")
     cache.add_argument("--store", default="store", help="the store folder or URI (default: ./store)")
+    cache.add_argument(
+        "--older-than",
+        type=float,
+        default=3600,
+        metavar="SECONDS",
+        help="gc: only leftovers at least this old, as younger ones may belong to a running writer (default: 3600)",
+    )
+    store = sub.add_parser("store", help="what the store holds: teachers, soft labels, runs, reports")
+    store.add_argument("action", choices=["ls"])
+    store.add_argument("--store", default="store", help="the store folder or URI (default: ./store)")
+    store.add_argument("--json", action="store_true", help="one JSON list, for scripts")
     prepare = sub.add_parser("prepare", help="pack a dataset as the Parquet shards that jobs read")
     source = prepare.add_subparsers(dest="source", required=True)
     folder = source.add_parser("image-folder", help="ROOT/<class name>/<image file> as one split")
@@ -41,15 +63,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def cache_command(action: str, key: str | None, store: str) -> int:
+def cache_command(action: str, key: str | None, store: str, older_than: float) -> int:
     from distkd import storage
     from distkd.softlabels import inspect
     from distkd.softlabels.cache import CacheError
 
-    store = storage.absolute(store)
-    if action == "ls":
-        print(inspect.format_listing(inspect.listing(store)))
-        return 0
+    try:
+        store = storage.absolute(storage.validate(store))
+    except storage.URIError as e:
+        print(f"distkd: --store: {e}", file=sys.stderr)
+        return 2
+    try:
+        if action == "ls":
+            print(inspect.format_listing(inspect.listing(store)))
+            print(inspect.format_leftovers(store), end="")
+            return 0
+        if action == "gc":
+            print(inspect.collect_garbage(store, older_than))
+            return 0
+    except CacheError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 1
     if key is None:
         print(f"distkd: cache {action} needs a KEY (see: distkd cache ls --store {store})", file=sys.stderr)
         return 2
@@ -58,6 +92,48 @@ def cache_command(action: str, key: str | None, store: str) -> int:
     except CacheError as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def submit_job(path: str, address: str, stage: str | None, follow: bool) -> int:
+    try:
+        job = config.load(path)
+    except config.ConfigError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 2
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from distkd import submit
+
+    job_id = submit.submit(job, address, stage or "pipeline")
+    print(f"submitted {job_id} to {address} (distkd jobs logs {job_id} --address {address})", flush=True)
+    if not follow:
+        return 0
+    client = JobSubmissionClient(address)
+    status = submit.wait(client, job_id)
+    print(client.get_job_logs(job_id), end="")
+    print(f"{job_id}: {status}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def jobs_command(action: str, job_id: str | None, address: str) -> int:
+    from ray.job_submission import JobSubmissionClient
+
+    from distkd import submit
+
+    if action != "ls" and job_id is None:
+        print(f"distkd: jobs {action} needs a submission ID (see: distkd jobs ls --address {address})", file=sys.stderr)
+        return 2
+    client = JobSubmissionClient(address)
+    if action == "ls":
+        print(submit.listing(client))
+        return 0
+    if action == "status":
+        print(client.get_job_status(job_id))
+    elif action == "logs":
+        print(client.get_job_logs(job_id), end="")
+    else:
+        print(f"{job_id}: {'stop requested' if client.stop_job(job_id) else 'not running'}")
     return 0
 
 
@@ -78,7 +154,20 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_job(command: str, path: str) -> int:
+def store_command(store: str, as_json: bool) -> int:
+    from distkd import catalog, storage
+
+    store = storage.absolute(store)
+    if not storage.exists(store):
+        print(f"distkd: no store at {store}", file=sys.stderr)
+        return 2
+    print(catalog.format_listing(catalog.listing(store), as_json))
+    return 0
+
+
+def run_job(command: str, path: str, verbose: bool = False) -> int:
+    from distkd import console
+    from distkd.checks import data_error
     from distkd.job import Job
 
     try:
@@ -87,18 +176,35 @@ def run_job(command: str, path: str) -> int:
         print(f"distkd: {e}", file=sys.stderr)
         return 2
     from distkd import pipeline
+    from distkd.resources import ResourceShortage
     from distkd.softlabels.cache import CacheError
     from distkd.specs import MissingOutput
+    from distkd.storage import StorageError
 
     stages = job.config.stages if command in ("pipeline", "plan") else [STAGE_COMMANDS[command]]
     if command == "plan":
         print(format_plan(pipeline.plan(job, stages)))
         return 0
+    ray_logs = console.RayLogs(verbose)
+    pipeline.connect(job.config.ray_address, **ray_logs.ray_init_options())
+    print(f"Ray's logs: {ray_logs.open()}" + ("" if verbose else " (--verbose shows them here)"), flush=True)
+    console.timeline.clear()
     try:
         outputs = pipeline.run(job, stages)
-    except (MissingOutput, CacheError) as e:
+    except (MissingOutput, CacheError, StorageError) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
+    except ResourceShortage as e:
+        print(f"distkd: {path}: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if (bad := data_error(e)) is None:
+            raise
+        print(f"distkd: {bad.message}", file=sys.stderr)  # a bad row found by a Ray task: its cause, not a traceback
+        return 2
+    if command == "pipeline" and "report" in outputs:
+        print(console.summary(outputs["report"]))
+        return 0
     for name, uri in outputs.items():
         print(f"{name:>10}: {uri}")
     return 0
@@ -132,5 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         return prepare(args)
     if args.command == "cache":
-        return cache_command(args.action, args.key, args.store)
-    return run_job(args.command, args.job)
+        return cache_command(args.action, args.key, args.store, args.older_than)
+    if args.command == "store":
+        return store_command(args.store, args.json)
+    if args.command == "submit":
+        return submit_job(args.job, args.address, args.stage, args.wait)
+    if args.command == "jobs":
+        return jobs_command(args.action, args.id, args.address)
+    return run_job(args.command, args.job, getattr(args, "verbose", False))

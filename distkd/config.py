@@ -6,11 +6,14 @@ resources. Unknown keys and wrong types are errors that name the key and the fil
 
 from __future__ import annotations
 
+import importlib.util
+import math
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from distkd import storage
 
@@ -34,13 +37,32 @@ class DataConfig(Strict):
     val_limit: int | None = Field(default=2000, gt=0)  # first N test rows for per-epoch accuracy
     num_classes: int | None = Field(default=None, gt=1)  # None: 1 + the largest label
     class_names: list[str] | None = None  # for the report; None: the class indices
+    channels: Literal[1, 3] | None = None  # None: as the first image (grayscale 1, else 3); 1 or 3 converts all
     mean: list[float] = Field(default=[0.4914, 0.4822, 0.4465], min_length=1)  # per channel
     std: list[float] = Field(default=[0.2470, 0.2435, 0.2616], min_length=1)
+    # Training data: held decoded in the object store (memory), or read and decoded each epoch
+    # (stream); auto: memory when the decoded pixels take under 25% of the object store.
+    cache: Literal["auto", "memory", "stream"] = "auto"
+    shuffle_buffer: int = Field(default=10_000, gt=0)  # samples each training worker shuffles locally
 
     @field_validator("uri")
     @classmethod
     def _absolute(cls, uri: str) -> str:
-        return storage.absolute(uri)
+        return storage.absolute(storage.validate(uri))
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("needs finite numbers")
+        return values
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if not all(v > 0 for v in values):
+            raise ValueError("needs positive numbers (inputs are divided by them)")
+        return values
 
 
 class ModelConfig(Strict):
@@ -48,12 +70,17 @@ class ModelConfig(Strict):
     kwargs: dict[str, int | float | bool | str] = {}
     weights: str | None = None  # a state_dict file (path or URI); teacher: None trains one
 
+    @field_validator("weights")
+    @classmethod
+    def _valid_uri(cls, uri: str | None) -> str | None:
+        return uri if uri is None else storage.validate(uri)
+
 
 class TrainConfig(Strict):
     epochs: int = Field(default=10, gt=0)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     augment: bool = True  # random crop (pad 4) + horizontal flip
     seed: int = 0
@@ -96,23 +123,60 @@ class EvaluatedModel(ModelConfig):
 class EvaluateConfig(Strict):
     batch_size: int = Field(default=1024, gt=0)
     actors: int = Field(default=1, gt=0)
+    cpus_per_actor: float = Field(default=1.0, ge=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
     split: str | None = None  # None: data.test_split
     # Checkpoints to evaluate instead of the job's own teacher and students.
     models: list[EvaluatedModel] | None = Field(default=None, min_length=1)
 
 
 class ResourcesConfig(Strict):
-    num_workers: int = Field(default=1, gt=0)
+    # Ray Train workers: a count, or [min, max] for elastic training (Ray Train starts with as many as the
+    # cluster can give, at least min, and grows towards max from the latest checkpoint as nodes join).
+    num_workers: int | list[int] = Field(default=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training autocast on a GPU
+    max_failures: int = Field(default=2, ge=-1)  # worker-group restarts from the latest checkpoint; -1: no limit
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, n: int | list[int]) -> int | list[int]:
+        counts = [n, n] if isinstance(n, int) else n
+        if len(counts) != 2 or not 1 <= counts[0] <= counts[1]:
+            raise ValueError("expected a worker count >= 1, or [min, max] with 1 <= min <= max")
+        return n
+
+    @property
+    def workers(self) -> int | tuple[int, int]:
+        """As Ray Train's ``ScalingConfig.num_workers`` takes it."""
+        return self.num_workers if isinstance(self.num_workers, int) else tuple(self.num_workers)
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[-1]
+
+
+def mlflow_installed() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
+
+
+class TrackingConfig(Strict):
+    mlflow: str | None = None  # an MLflow tracking URI: each training run logs its params and curves there
+
+    @field_validator("mlflow")
+    @classmethod
+    def _installed(cls, uri: str | None) -> str | None:
+        if uri is not None and not mlflow_installed():
+            raise ValueError("mlflow is not installed (pip install mlflow), or leave the key out")
+        return uri
 
 
 class JobConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     store: str
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance
-    stages: list[Stage] = list(STAGES)
+    stages: list[Stage] = Field(default=list(STAGES), min_length=1)
     data: DataConfig
     teacher: TeacherConfig
     student: StudentConfig
@@ -120,20 +184,59 @@ class JobConfig(Strict):
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("store")
     @classmethod
     def _absolute(cls, uri: str) -> str:
-        return storage.absolute(uri)
+        return storage.absolute(storage.validate(uri))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobConfig:
+        """Settings that each make sense alone but not together."""
+        labels, distill = self.softlabels, self.distill
+        if labels.top_k is not None and labels.format == "dense":
+            raise _refuse("softlabels.top_k", "only used with 'softlabels.format: topk'; remove it or set that format")
+        if self.evaluate.models:  # an evaluation job trains nothing
+            return self
+        if distill.alpha == 0 and labels.views > 0:
+            raise _refuse(
+                "softlabels.views",
+                "views are soft labels for distillation, but 'distill.alpha' is 0 (no distillation): "
+                "set 'softlabels.views: 0' or 'distill.alpha' above 0",
+            )
+        if distill.alpha > 0 and labels.views == 0 and self.student.train.augment:
+            raise _refuse(
+                "student.train.augment",
+                "the distilled student would train on random crops and flips against soft labels of the clean "
+                "images: set 'softlabels.views: N' (N augmented views, each with its own label) or "
+                "'student.train.augment: false'",
+            )
+        if distill.alpha > 0 and labels.format == "topk" and labels.temperature != distill.temperature:
+            raise _refuse(
+                "softlabels.temperature",
+                f"top-k labels stored at temperature {labels.temperature} cannot be distilled at "
+                f"'distill.temperature' {distill.temperature}: set both to the same value",
+            )
+        return self
+
+
+def _refuse(key: str, message: str) -> PydanticCustomError:
+    """A rule across keys, reported under ``key`` (a dotted path from the top level)."""
+    return PydanticCustomError("job_rule", "{message}", {"key": key, "message": message})
 
 
 def _describe(error: dict) -> str:
+    if error["type"] == "job_rule":
+        return f"key '{error['ctx']['key']}': {error['msg']}"
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if error["type"] == "missing":
         return f"missing key '{key}'"
-    return f"key '{key}': {error['msg']} (got {error['input']!r})"
+    got = storage.redact(error["input"]) if isinstance(error["input"], str) else error["input"]
+    message = storage.redact(error["msg"].removeprefix("Value error, "))  # a validator's own message
+    return f"key '{key}': {message} (got {got!r})"
 
 
 def parse(raw: object, source: str) -> JobConfig:

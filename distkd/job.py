@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from distkd import storage
+from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TrainConfig
 from distkd.data.source import DataError, Split, image_shape
 from distkd.data.transforms import Normalize
@@ -17,6 +17,15 @@ from distkd.softlabels.formats import Format
 from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, TrainingRun, Weights
 
 Hasher = Callable[[str], str]  # weights URI -> sha256
+
+
+def reachable(source: str, key: str, uri: str, must_exist: bool) -> None:
+    """A ``ConfigError`` naming the key and the URI when the store at ``uri`` cannot be used (unreachable,
+    no bucket, wrong credentials, nothing there)."""
+    try:
+        storage.check(uri, must_exist=must_exist)
+    except storage.StorageError as e:
+        raise ConfigError(f"{source}: key '{key}': {e}") from None
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,8 @@ class Job:
     def prepare(cls, config: JobConfig, source: str = "job") -> Job:
         """Check what can be checked without a cluster; errors name the key or the URI."""
         data = config.data
+        reachable(source, "store", config.store, must_exist=False)
+        reachable(source, "data.uri", data.uri, must_exist=False)  # a missing split is named below
         try:
             train, test, evaluated = (
                 Split.open(data.uri, name, data.limit)
@@ -42,27 +53,42 @@ class Job:
             )
         except DataError as e:
             raise ConfigError(f"{source}: key 'data.uri': {e}") from None
-        num_classes = data.num_classes or int(train.read_labels().max()) + 1
+        splits = {"data.train_split": train, "data.test_split": test}
+        if evaluated != test:
+            splits["evaluate.split"] = evaluated
+        try:
+            num_classes = checks.data(config, splits)
+            shape = image_shape(train, data.channels)
+        except (ConfigError, DataError) as e:
+            raise ConfigError(f"{source}: {e}") from None
         if data.class_names is not None and len(data.class_names) != num_classes:
             raise ConfigError(
                 f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes"
             )
-        shape = image_shape(train)
         if not len(data.mean) == len(data.std) == shape[0]:
-            raise ConfigError(f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel)")
+            raise ConfigError(
+                f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel; "
+                f"'data.channels' sets how many the images are decoded to)"
+            )
 
         def spec(key: str, model: ModelConfig) -> ModelSpec:
             if model.name not in MODELS:
                 raise ConfigError(
                     f"{source}: key '{key}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}"
                 )
-            if model.weights is not None and not storage.exists(model.weights):
-                raise ConfigError(f"{source}: key '{key}.weights': no file at {model.weights}")
+            if model.weights is not None:
+                reachable(source, f"{key}.weights", model.weights, must_exist=True)
             built = ModelSpec(model.name, dict(model.kwargs), num_classes, shape)
             try:
-                built.build()
+                network = built.build()
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"{source}: key '{key}.kwargs': cannot build '{model.name}': {e}") from None
+            try:
+                checks.forward(key, network, shape, num_classes)
+                if model.weights is not None:
+                    checks.weights(f"{key}.weights", network, model.weights)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
             return built
 
         checkpoints = {
@@ -85,7 +111,9 @@ class Job:
 
     def _run(self, role: str, model: ModelSpec, train: TrainConfig, **kd: object) -> TrainingRun:
         c = self.config
-        return TrainingRun(role, c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources, **kd)
+        feed = {"cache": c.data.cache, "shuffle_buffer": c.data.shuffle_buffer}
+        common = (c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources)
+        return TrainingRun(role, *common, tracking=c.tracking, **feed, **kd)
 
     def teacher_run(self) -> TrainingRun | None:
         """Stage 0, or None when the job gives the teacher's weights."""

@@ -10,8 +10,9 @@ import os
 from dataclasses import dataclass
 
 import ray
+from ray._private import ray_constants
 
-from distkd import storage
+from distkd import resources, storage
 from distkd.config import STAGES, Stage
 from distkd.distill.stage import students
 from distkd.distill.teacher import teacher_weights
@@ -20,22 +21,36 @@ from distkd.job import Job
 from distkd.softlabels.stage import generate
 from distkd.specs import ModelSpec
 
-FORWARDED_ENV = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_REGION",
-)
+# Where the store is, never who may use it: Ray writes a runtime_env in plain text to every node's logs,
+# so credentials stay with each node (its environment, profile or instance role).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one."""
+# A local instance of its own (never another user's `ray start` cluster on this machine), every server on
+# the loopback interface, no dashboard (for Ray jobs, start a cluster with `ray start`: cluster/README.md).
+LOCAL = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard": False}
+
+
+def loopback_only() -> None:
+    """Ray resolves a node address of 127.0.0.1 to the machine's own address (so that other nodes could
+    reach it) unless clusters are off, as on macOS and Windows: turn them off for this process and the Ray
+    processes it starts, so the local instance's servers bind the loopback interface."""
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # read by the processes ray.init starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process resolves its node address
+
+
+def connect(address: str | None, **init_options: object) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one that listens on 127.0.0.1 only
+    (``init_options``: more ``ray.init`` arguments)."""
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True  # `limit` keeps the first rows
+        local = not (address or os.environ.get("RAY_ADDRESS"))
+        if local:
+            loopback_only()
+        where = LOCAL if local else {"address": address}
+        ray.init(runtime_env={"env_vars": env} if env else None, **where, **init_options)
+    # a DataError from a task reaches the driver as itself
+    ray.data.DataContext.get_current().raise_original_map_exception = True
 
 
 def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
@@ -43,6 +58,7 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     stages = stages or job.config.stages
     last = max(STAGES.index(s) for s in stages)
     connect(job.config.ray_address)
+    resources.check(job.config, stages)
     if job.checkpoints:  # an evaluation job: the checkpoints it names, nothing upstream
         return {"report": evaluate(job.eval_spec(job.checkpoints))}
     teacher = job.teacher_run()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from distkd import storage
-from distkd.config import EvaluateConfig, ResourcesConfig, SoftLabelConfig, TrainConfig
+from distkd.config import EvaluateConfig, ResourcesConfig, SoftLabelConfig, TrackingConfig, TrainConfig
 from distkd.data.source import Split
 from distkd.data.transforms import PAD, Normalize
 from distkd.models import build_model
@@ -103,6 +103,10 @@ class TrainingRun:
     softlabels: str | None = None  # committed cache entry the KD term reads
     softlabels_key: str | None = None
     views: int = 0  # recorded views in the soft labels: train on one of them per sample
+    tracking: TrackingConfig = TrackingConfig()  # where the curves go besides TensorBoard: not part of the identity
+    # How the training data is fed (not part of the identity): data.cache and data.shuffle_buffer.
+    cache: str = "auto"
+    shuffle_buffer: int = 10_000
 
     def identity(self) -> dict:
         out = {

@@ -1,15 +1,14 @@
-"""Shared fixtures: one real local Ray instance, one real S3-compatible server, the real CIFAR-10 shards."""
+"""Shared fixtures: one real local Ray instance, one real S3 server (SeaweedFS), the real CIFAR-10 shards."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.seaweedfs import SeaweedFS, seaweedfs
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = Path(os.environ.get("DISTKD_CIFAR10", ROOT.parent / "shared" / "datasets" / "cifar10"))
@@ -29,50 +28,25 @@ def cifar10() -> Path:
     return CIFAR10
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def s3_server():
-    """A moto S3 server on 127.0.0.1, reached through AWS_ENDPOINT_URL by boto3, pyarrow and Ray workers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    os.environ.update(env)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                pytest.fail("moto S3 server did not start")
-            time.sleep(0.2)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
-    yield endpoint
-    proc.terminate()
-    proc.wait(timeout=10)
+def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
+    """A SeaweedFS S3 server on 127.0.0.1 with bucket BUCKET, reached by boto3, pyarrow and local Ray workers
+    through AWS_ENDPOINT_URL and the keys it checks, set in this process's environment for the session."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs") / "server", (BUCKET,)) as server:
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        yield server
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
-    """One local Ray instance for the whole session (workers inherit the S3 endpoint)."""
+    """One local Ray instance for the whole session; its workers inherit this process's environment (the
+    node's own S3 endpoint and keys), which is how a node gets credentials: never through runtime_env."""
     import ray
 
     from distkd.pipeline import connect

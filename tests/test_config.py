@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distkd import pipeline
+from distkd import config, pipeline
 from distkd.cli import main
+from distkd.job import Job
 
 
 def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
@@ -14,14 +15,14 @@ def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
         "name": "bad",
         "store": str(tmp_path / "store"),
         "data": {"uri": str(cifar10), "limit": 100},
-        "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
-        "student": {"name": "lenet5"},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"batch_size": 50}},
+        "student": {"name": "lenet5", "train": {"batch_size": 50, "augment": False}},
     }
     for dotted, value in changes.items():
         *parents, leaf = dotted.split("__")
         node = job
         for p in parents:
-            node = node[p]
+            node = node.setdefault(p, {})
         node[leaf] = value
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -40,10 +41,40 @@ def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
             "key 'data.uri': /nonexistent/cifar: no Parquet shards for split 'train'",
         ),
         ({"data__train_split": "training"}, "no Parquet shards for split 'training'"),
-        ({"teacher__weights": "/nonexistent/teacher.pt"}, "key 'teacher.weights': no file at /nonexistent/teacher.pt"),
+        ({"teacher__weights": "/nonexistent/teacher.pt"}, "key 'teacher.weights': /nonexistent/teacher.pt: not found"),
         ({"teacher__kwargs": {"depth": 3}}, "key 'teacher.kwargs': cannot build 'resnet9'"),
         ({"data__class_names": ["a", "b"]}, "key 'data.class_names': 2 names for 10 classes"),
         ({"stages": ["distil"]}, "key 'stages.0'"),
+        ({"stages": []}, "key 'stages': List should have at least 1 item"),
+        ({"data__std": [0.25, 0.0, 0.25]}, "key 'data.std': needs positive numbers"),
+        ({"data__std": [0.25, -0.1, 0.25]}, "key 'data.std': needs positive numbers"),
+        ({"data__std": [0.25, float("inf"), 0.25]}, "key 'data.std': needs finite numbers"),
+        ({"data__mean": [0.5, float("nan"), 0.5]}, "key 'data.mean': needs finite numbers"),
+        ({"data__channels": 2}, "key 'data.channels'"),
+        ({"teacher__train": {"momentum": 1.0}}, "key 'teacher.train.momentum': Input should be less than 1"),
+        ({"student__train": {"momentum": 1.5, "augment": False}}, "key 'student.train.momentum'"),
+        ({"softlabels__top_k": 3}, "key 'softlabels.top_k': only used with 'softlabels.format: topk'"),
+        ({"distill__alpha": 0.0, "softlabels__views": 2}, "key 'softlabels.views': views are soft labels for"),
+        ({"student__train": {"batch_size": 50}}, "key 'student.train.augment': the distilled student would train"),
+        (
+            {"softlabels__format": "topk", "softlabels__temperature": 2.0},
+            "key 'softlabels.temperature': top-k labels stored at temperature 2.0 cannot be distilled at "
+            "'distill.temperature' 4.0",
+        ),
+        # Checks against the data (100 rows of CIFAR-10: 10 classes, 3x32x32).
+        ({"softlabels__format": "topk", "softlabels__top_k": 20}, "key 'softlabels.top_k': 20 is more than the 10"),
+        (
+            {"student__train": {"batch_size": 101, "augment": False}},
+            "key 'student.train.batch_size': 100 training rows over 1 worker(s) ('resources.num_workers') give 100 "
+            "per worker, fewer than the batch size 101",
+        ),
+        ({"resources__num_workers": 3}, "key 'teacher.train.batch_size': 100 training rows over 3 worker(s)"),
+        ({"data__num_classes": 5}, "label 5 is outside [0, 5)"),
+        (
+            {"teacher__kwargs": {"width": 0}},
+            "keys 'teacher.name', 'teacher.kwargs': the model fails on a batch of the data's shape [3, 32, 32]",
+        ),
+        ({"data__mean": [0.5], "data__std": [0.25]}, "keys 'data.mean' and 'data.std' need 3 values"),
     ],
 )
 def test_bad_job_file_names_the_problem(tmp_path, cifar10, capsys, monkeypatch, change, expected):
@@ -66,3 +97,12 @@ def test_missing_job_file_and_bad_yaml(tmp_path, capsys):
     bad.write_text("name: [unclosed")
     assert main(["softlabels", str(bad)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_the_sample_jobs_pass_the_config_rules_and_the_quick_start_its_data_checks(monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.glob("jobs/*.yaml")):
+        config.load(path)
+    monkeypatch.chdir(root)  # the quick start's paths are relative to the repository root
+    job = Job.prepare(config.load("jobs/quickstart.yaml"))
+    assert (job.num_classes, job.student.input_shape) == (10, (3, 32, 32))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from distkd.distill.loss import kd_loss
+from distkd.distill.loss import kd_loss, kd_loss_topk
 
 
 def softmax(xs: list[float]) -> list[float]:
@@ -44,3 +44,35 @@ def test_alpha_zero_is_cross_entropy_and_identical_logits_give_zero_kd():
     s, y = torch.tensor(S), torch.tensor(Y)
     assert kd_loss(s, s * 7, y, 0.0, 4.0).item() == pytest.approx(torch.nn.functional.cross_entropy(s, y).item())
     assert kd_loss(s, s, y, 1.0, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def topk_reference(student: torch.Tensor, index: torch.Tensor, logprob: torch.Tensor, labels, T: float):
+    """The top-k KD loss (alpha 1) and its gradient in float64, the student's rest summed directly."""
+    s = student.double().requires_grad_()
+    q = torch.softmax(s / T, dim=1)
+    p_top, q_top = logprob.double().exp(), q.gather(1, index)
+    p_rest = 1 - p_top.sum(1)
+    q_rest = (q * torch.ones_like(q).scatter(1, index, 0)).sum(1)
+    kl = (p_top * (p_top.log() - q_top.log())).sum(1) + p_rest * (p_rest.log() - q_rest.log())
+    loss = T * T * kl.mean()
+    loss.backward()
+    return loss.item(), s.grad
+
+
+@pytest.mark.parametrize("confidence", [8.0, 16.0])
+def test_topk_loss_and_gradient_match_float64_on_confident_students(confidence):
+    """A student far sharper than its teacher keeps almost no mass outside the teacher's top k: the rest
+    must come from a logsumexp, not from 1 - sum(top), which cancels in float32."""
+    generator = torch.Generator().manual_seed(0)
+    n, classes, k, T = 64, 100, 5, 4.0
+    teacher = torch.randn(n, classes, generator=generator, dtype=torch.float64) * 3
+    top = torch.log_softmax(teacher / T, dim=1).topk(k, dim=1)
+    index, logprob = top.indices, top.values.float()
+    student = (teacher * confidence).float().requires_grad_()
+    labels = torch.randint(0, classes, (n,), generator=generator)
+    expected, expected_grad = topk_reference(student.detach(), index, logprob, labels, T)
+    loss = kd_loss_topk(student, index, logprob, labels, 1.0, T)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - expected) / expected < 1e-5
+    assert ((student.grad.double() - expected_grad).norm() / expected_grad.norm()).item() < 1e-5

@@ -30,7 +30,7 @@ def tiny_job(cifar10: Path, store: str, name: str = "tiny", **overrides) -> Job:
         "store": store,
         "data": {"uri": str(cifar10), "limit": ROWS, "val_limit": 200},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.1}},
-        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "lr": 0.05}},
+        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "lr": 0.05, "augment": False}},
         "softlabels": {"batch_size": 256},
         "evaluate": {"batch_size": 256},
         **overrides,
@@ -130,7 +130,7 @@ def test_soft_labels_that_miss_training_ids_are_refused(run):
     job, _, out = run
     more_rows = dataclasses.replace(job.train, limit=ROWS + 10)
     with pytest.raises(cache.CacheError, match="0 duplicated, 10 missing, 0 unexpected"):
-        join_softlabels(more_rows, out["softlabels"])
+        join_softlabels(more_rows, out["softlabels"], job.student.input_shape)
 
 
 def test_a_stage_not_asked_for_needs_its_input_committed(ray_cluster, cifar10, tmp_path):
@@ -249,3 +249,75 @@ def test_plan_command_on_an_empty_store_starts_nothing(cifar10, tmp_path, capsys
     assert "(decided by the teacher output)" in lines[1]
     assert [line.split()[1] for line in lines] == ["teacher", "softlabels", "distilled", "scratch", "report"]
     assert not store.exists()
+
+
+def test_console_summary_store_listing_and_curves(run, tmp_path, capsys):
+    """``distkd pipeline`` as a user runs it, in a process of its own that joins this session's Ray, on a
+    copy of the store with another alpha: the distilled student and the report are made again, the rest
+    reused. Its console has each line once and none of Ray's noise, and ends with the summary."""
+    import json
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    import ray
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distkd.cli import main
+
+    job, store, _ = run
+    copy = shutil.copytree(store, tmp_path / "store")
+    raw = job.config.model_dump()
+    raw.update(store=str(copy), ray_address=ray.get_runtime_context().gcs_address)
+    raw["distill"]["alpha"] = 0.5
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "distkd", "pipeline", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed, lines = done.stdout, done.stdout.splitlines()
+    assert len(lines) == len(set(lines)), printed
+    for noise in ("Active & requested resources", "TrainingReport(", "exclude_resources", "PreemptionWatcher"):
+        assert noise not in printed + done.stderr
+    log = re.search(r"^Ray's logs: (\S+)", printed, re.M).group(1)
+    assert Path(log).is_file()
+    for label in ("teacher", "softlabels", "student-scratch"):
+        assert f"[{label}] reusing" in printed
+    assert re.search(
+        r"^\[student-kd\] epoch 1/1  loss \S+ \(kd \S+ \+ ce \S+\)  val_acc \S+  \d+ samples/s", printed, re.M
+    )
+    assert re.search(rf"^\[evaluate\] {ROWS}/{ROWS} rows 100%", printed, re.M)
+    summary = printed[printed.index("model  ") :]
+    assert all(f"lenet5 {r}" in summary for r in ("distilled", "scratch")) and "resnet9 teacher" in summary
+    assert re.search(r"^distilled student vs from scratch: [+-]\d+\.\d\d points$", summary, re.M)
+    assert re.search(
+        r"^stages: teacher reused, softlabels reused, student-kd \S+, student-scratch reused, evaluate ", summary, re.M
+    )
+    report = Path(lines[-1].removeprefix("report: "))
+    assert report.name == "report.html" and 'alt="training_curves.png"' in report.read_text()
+    assert (report.parent / "training_curves.png").read_bytes().startswith(b"\x89PNG")
+
+    assert main(["store", "ls", "--store", str(copy), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {r["kind"] for r in listed} == {"teacher", "softlabels", "run", "report"}
+    assert sum(r["kind"] == "run" for r in listed) == 3  # two distilled students (alphas) and the scratch one
+    newest = max((r for r in listed if r["kind"] == "report"), key=lambda r: r["created"])
+    assert newest["job"] == "tiny" and set(newest["accuracy"]) == {"teacher", "distilled", "scratch"}
+    assert main(["store", "ls", "--store", str(copy)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["kind", "name", "job", "what"] and len(table) == 1 + len(listed)
+
+    kd_run = next(r["uri"] for r in listed if r["kind"] == "run" and "student-kd" in r["name"])
+    events = EventAccumulator(str(Path(kd_run, "tensorboard"))).Reload()
+    assert {"loss", "kd", "ce", "val_accuracy"} <= set(events.Tags()["scalars"])
+    history = storage.read_json(storage.join(kd_run, "history.json"))
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([h["loss"] for h in history], rel=1e-6)

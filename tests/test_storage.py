@@ -36,3 +36,64 @@ def test_s3_objects_are_real(s3_server):
     storage.write_bytes(f"s3://{BUCKET}/real/object.txt", b"hello")
     body = boto3.client("s3").get_object(Bucket=BUCKET, Key="real/object.txt")["Body"].read()
     assert body == b"hello"
+
+
+def test_publish_writes_once_and_never_replaces(root):
+    uri = storage.join(root, "entry", "part.bin")
+    assert storage.publish(uri, b"first") is True
+    assert storage.publish(uri, b"second") is False
+    assert storage.read_bytes(uri) == b"first"
+    assert storage.commit(storage.join(root, "entry")) is True
+    assert storage.commit(storage.join(root, "entry")) is False
+    assert storage.list_files(storage.join(root, "entry")) == [uri]
+    assert storage.leftovers(root) == []  # no temporary file or upload stays behind
+
+
+def test_large_object_is_published_as_one_multipart_upload(s3_server, monkeypatch):
+    monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)  # S3's smallest part
+    uri = f"s3://{BUCKET}/multipart/big.bin"
+    data = bytes(range(256)) * ((6 << 20) // 256)
+    assert storage.publish(uri, data) is True
+    assert storage.publish(uri, data[::-1]) is False
+    assert storage.read_bytes(uri) == data
+    assert s3_server.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []  # the loser's aborted
+
+
+def test_leftovers_of_interrupted_writes_are_listed_and_discarded(root):
+    folder = storage.join(root, "softlabels", "key", "shards")
+    storage.write_bytes(storage.join(folder, "part-00000-of-00001.parquet"), b"kept")
+    temporary = storage.join(folder, storage.temporary_name("part-00000-of-00001.parquet"))
+    storage.write_bytes(temporary, b"half")
+    expected = {(temporary, "temporary file")}
+    if storage.is_s3(root):
+        bucket, key = storage.bucket_key(storage.join(folder, "part-00001-of-00002.parquet"))
+        storage.s3_client().create_multipart_upload(Bucket=bucket, Key=key)
+        expected.add((f"s3://{bucket}/{key}", "multipart upload"))
+    found = storage.leftovers(root)
+    assert {(f.uri, f.kind) for f in found} == expected and all(f.age_seconds < 600 for f in found)
+    for leftover in found:
+        storage.discard(leftover)
+    assert storage.leftovers(root) == []
+    assert storage.list_files(folder) == [storage.join(folder, "part-00000-of-00001.parquet")]
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("s3:/bucket/store", "malformed URI: expected 's3://'"),
+        ("s3:bucket/store", "malformed URI"),
+        ("s3:///store", "no bucket or host"),
+        ("s4://bucket/store", "unknown scheme 's4://'"),
+        ("s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/store", "credentials in a URI are refused"),
+        ("s3://bucket/store?access_key=AKIDEXAMPLE&secret_key=wJalrXUtnFEMI", "credentials in a URI are refused"),
+    ],
+)
+def test_malformed_uris_and_uris_with_credentials_are_refused(uri, problem):
+    with pytest.raises(storage.URIError, match=problem) as error:
+        storage.validate(uri)
+    assert "wJalrXUtnFEMI" not in str(error.value)
+
+
+@pytest.mark.parametrize("uri", ["store", "./a/b", "/abs/path", "file:///abs/path", "s3://bucket", "s3://b/k/x.pt"])
+def test_local_paths_and_well_formed_uris_pass(uri):
+    assert storage.validate(uri) == uri

@@ -36,15 +36,20 @@ def kd_loss_topk(
 ) -> torch.Tensor:
     """``kd_loss`` for a top-k soft label: the teacher's log-probabilities (at ``temperature``) on
     ``teacher_index`` [N, k], and the rest of its mass in one more bin set against the student's
-    mass outside those classes. Exact on the stored classes; with k = C it equals ``kd_loss``."""
+    mass outside those classes. Exact on the stored classes; with k = C it equals ``kd_loss``.
+
+    Both rests are taken in log space (the student's as a logsumexp over the classes outside the
+    top k, the teacher's as ``-expm1(logsumexp(top))``), never as ``1 - sum(exp(top))``, which
+    cancels to zero in float32 for a confident student."""
     hard = F.cross_entropy(student_logits, labels)
     log_q = F.log_softmax(student_logits / temperature, dim=-1)
     log_q_top = log_q.gather(1, teacher_index)
-    if teacher_index.shape[1] == student_logits.shape[1]:  # every class stored: there is no rest,
-        teacher_logprob = teacher_logprob.log_softmax(dim=1)  # only storage rounding to normalise away
-    p_top = teacher_logprob.exp()
-    p_rest = (1 - p_top.sum(dim=1)).clamp(min=0)
-    q_rest = (1 - log_q_top.exp().sum(dim=1)).clamp(min=1e-12)
-    top = (p_top * (teacher_logprob - log_q_top)).sum(dim=1)
-    rest = torch.xlogy(p_rest, p_rest) - p_rest * q_rest.log()
-    return alpha * temperature**2 * (top + rest).mean() + (1 - alpha) * hard
+    every_class = teacher_index.shape[1] == student_logits.shape[1]
+    if every_class:  # there is no rest, only storage rounding to normalise away
+        teacher_logprob = teacher_logprob.log_softmax(dim=1)
+    soft = (teacher_logprob.exp() * (teacher_logprob - log_q_top)).sum(dim=1)
+    if not every_class:
+        p_rest = (-torch.expm1(teacher_logprob.logsumexp(dim=1))).clamp(min=0)
+        log_q_rest = log_q.scatter(1, teacher_index, float("-inf")).logsumexp(dim=1)
+        soft = soft + torch.xlogy(p_rest, p_rest) - p_rest * log_q_rest
+    return alpha * temperature**2 * soft.mean() + (1 - alpha) * hard

@@ -3,18 +3,23 @@ stages 0 and 2 share ``train_run``."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ray.data
 
-from distkd import storage
+from distkd import console, storage
+from distkd.catalog import RUN_INFO
 from distkd.data.source import Split, decode_batch
+from distkd.distill import streaming
 from distkd.distill.train import TrainSpec, fit, steps_per_epoch
 from distkd.softlabels import cache
 from distkd.softlabels.formats import TRAINING_COLUMNS
 from distkd.specs import TrainingRun, plain, require
 
 
-def decoded(split: Split) -> ray.data.Dataset:
-    return split.read().map_batches(decode_batch, batch_format="numpy")
+def decoded(split: Split, shape: tuple[int, int, int]) -> ray.data.Dataset:
+    """The split's rows with images decoded to uint8 ``shape`` (C, H, W)."""
+    return split.read().map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
 
 
 def worker_spec(run: TrainingRun) -> TrainSpec:
@@ -24,27 +29,40 @@ def worker_spec(run: TrainingRun) -> TrainSpec:
         model=run.model,
         train=run.train,
         normalize=run.normalize,
-        steps_per_epoch=steps_per_epoch(run.data.num_rows(), run.train.batch_size, run.resources.num_workers),
+        steps_per_epoch=steps_per_epoch(run.data.num_rows(), run.train.batch_size),
         alpha=run.alpha,
         temperature=run.temperature,
         views=run.views,
         precision=run.resources.precision,
         threads=max(1, int(run.resources.cpus_per_worker)),
+        shuffle_buffer=run.shuffle_buffer,
     )
 
 
 def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     """The committed run folder (KD on ``run.softlabels`` when alpha > 0); trained only when missing."""
     if storage.is_committed(run.uri):
-        print(f"[{run.role}] reusing committed run {run.uri}", flush=True)
+        console.reusing(run.role, "committed run", run.uri)
         return run.uri
     require(compute, run.uri, stage)
-    print(f"[{run.role}] training into {run.uri}", flush=True)
-    storage.write_json(storage.join(run.uri, "run.json"), {"job": run.job, "role": run.role, **plain(run.identity())})
-    train = (
-        join_softlabels(run.data, run.softlabels) if run.alpha > 0 else in_memory(decoded(run.data), ["image", "label"])
-    )
-    fit(worker_spec(run), train, in_memory(decoded(run.val), ["image", "label"]), run.uri, run.resources)
+    what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.alpha > 0 else "")
+    with console.computing(run.role, what, run.uri):
+        info = {"job": run.job, "role": run.role, **plain(run.identity())}
+        storage.write_json(storage.join(run.uri, RUN_INFO), info)
+        shape = run.model.input_shape
+        val = in_memory(decoded(run.val, shape), ["image", "label"])
+        spec, resources = worker_spec(run), run.resources
+        softlabels = run.softlabels if run.alpha > 0 else None
+        if streaming.choose(run.cache, run.data, run.model.input_shape) == "stream":
+            columns = ["id", "image", "label", *(label_columns(cache.manifest(softlabels)) if softlabels else [])]
+            train = streaming.stream(run.data, columns, shape, softlabels)
+            resources = streaming.reserve_data_cpus(resources)
+            spec = dataclasses.replace(spec, threads=max(1, int(resources.cpus_per_worker)), split=True)
+        elif softlabels:
+            train = join_softlabels(run.data, softlabels, shape)
+        else:
+            train = in_memory(decoded(run.data, shape), ["id", "image", "label"])
+        fit(spec, train, val, run.uri, resources, run.tracking)
     return run.uri
 
 
@@ -56,17 +74,22 @@ def students(distilled: TrainingRun, scratch: TrainingRun | None, compute: bool 
 
 def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
     """The training columns, materialised (decoded uint8) in the object store: epochs then run no
-    Ray Data tasks, so the trainer may hold every CPU of a small machine, and nothing is decoded twice."""
-    return ds.select_columns(columns).materialize()
+    Ray Data tasks, so the trainer may hold every CPU of a small machine, and nothing is decoded twice.
+    Each epoch takes the blocks in a new random order."""
+    return ds.select_columns(columns).materialize().randomize_block_order()
 
 
-def join_softlabels(split: Split, entry: str) -> ray.data.Dataset:
+def label_columns(manifest: cache.Manifest) -> list[str]:
+    """The training columns of a soft-label entry: its format's, and the views' parameters if it has views."""
+    return [*TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
+
+
+def join_softlabels(split: Split, entry: str, shape: tuple[int, int, int]) -> ray.data.Dataset:
     """Training rows joined by id to the cached soft labels. The entry is verified first (checksums,
     and each training id exactly once), so a missing or extra id is an error, never a silent drop."""
     ids = split.read_table(["id"])["id"].to_pylist()
-    info = cache.verify(entry, ids)
-    columns = [*TRAINING_COLUMNS[info.format.layout], *(["views"] if info.views else [])]
-    joined = decoded(split).join(
+    columns = label_columns(cache.verify(entry, ids))
+    joined = decoded(split, shape).join(
         cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
     )
-    return in_memory(joined, ["image", "label", *columns])
+    return in_memory(joined, ["id", "image", "label", *columns])

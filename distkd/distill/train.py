@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import tempfile
 import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import ray.data
 import ray.train
 import torch
@@ -21,10 +25,11 @@ import torch.nn.functional as F
 from ray.train.torch import TorchTrainer
 
 from distkd import storage
-from distkd.config import ResourcesConfig, TrainConfig
+from distkd.config import ResourcesConfig, TrackingConfig, TrainConfig
 from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
 from distkd.distill.loss import kd_loss, kd_loss_topk
 from distkd.specs import ModelSpec
+from distkd.tracking import EpochPrinter, RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.2  # fraction of the steps over which the learning rate ramps up
@@ -44,21 +49,47 @@ class TrainSpec:
     views: int = 0  # recorded views per image in the soft labels: train on one of them per sample
     precision: str = "fp32"
     threads: int = 1
+    shuffle_buffer: int = 512  # samples shuffled locally by each worker, on top of the block order
+    split: bool = False  # each worker reads its own share of the training data (streamed), else all of it
 
 
-def learning_rate(spec: TrainSpec, step: int) -> float:
-    """Linear warm-up to ``lr`` then linear decay to zero (one-cycle)."""
-    total = spec.train.epochs * spec.steps_per_epoch
+def run_params(spec: TrainSpec) -> dict:
+    """The settings a tracking server shows beside the run's curves."""
+    return {"model": spec.model.name, "alpha": spec.alpha, "temperature": spec.temperature, **spec.train.model_dump()}
+
+
+def lr_factor(step: int, total: int) -> float:
+    """Linear warm-up to 1 over the first ``WARMUP`` of ``total`` steps, then linear decay (one-cycle),
+    floored at 1 %: the factor ``LambdaLR`` applies to ``lr`` at ``step``."""
     progress = min(step / total, 1.0)
     ramp = progress / WARMUP if progress < WARMUP else (1 - progress) / (1 - WARMUP)
-    return spec.train.lr * max(ramp, 0.01)
+    return max(ramp, 0.01)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:
+    """The job's learning-rate schedule, stepped once per global step (its state is checkpointed)."""
+    total = spec.train.epochs * spec.steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, total=total))
+
+
+def worker_rows(ids: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Which rows of a global batch this worker trains on: a stable hash of the id modulo the world size,
+    so every id is trained on by exactly one worker, whatever the number of workers."""
+    return np.array([zlib.crc32(str(i).encode()) % world == rank for i in ids], dtype=bool)
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker; ``config["spec"]`` is the TrainSpec."""
+    """Runs on every Ray Train worker; ``config["spec"]`` is the TrainSpec.
+
+    Every worker iterates the same global batches of ``batch_size`` rows in the same order and trains on its
+    share of each (``worker_rows``); the loss is scaled so that DDP's gradient average is the mean over the
+    whole global batch. Batch size, learning rate and schedule are therefore per job: 1 or N workers take the
+    same optimisation steps."""
     spec: TrainSpec = config["spec"]
+    tracking: TrackingConfig = config["tracking"]
     torch.set_num_threads(spec.threads)
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(spec.train.seed)
     device = ray.train.torch.get_device()
     model = spec.model.build()
@@ -69,6 +100,7 @@ def train_loop(config: dict) -> None:
         weight_decay=spec.train.weight_decay,
         nesterov=spec.train.momentum > 0,
     )
+    scheduler = lr_schedule(optimizer, spec)
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -76,52 +108,110 @@ def train_loop(config: dict) -> None:
             state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
         start_epoch, history = state["epoch"] + 1, state["history"]
     model = ray.train.torch.prepare_model(model)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
     use_amp = amp_dtype is not None and device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
-    generator = torch.Generator().manual_seed(spec.train.seed * 1000 + rank)
+    generator = torch.Generator()
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    curves = RunMetrics(config["run_uri"], spec.label, run_params(spec), tracking.mlflow) if rank == 0 else None
 
     for epoch in range(start_epoch, spec.train.epochs):
-        started, step = time.perf_counter(), epoch * spec.steps_per_epoch
+        started = time.perf_counter()
+        generator.manual_seed((spec.train.seed * 1000 + epoch) * 1000 + rank)  # a resumed epoch draws the same
         model.train()
-        loss_sum = torch.zeros(2, device=device)  # summed loss, samples
-        for batch in train_shard.iter_torch_batches(
-            batch_size=spec.train.batch_size, local_shuffle_buffer_size=4 * spec.train.batch_size, drop_last=True
-        ):
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, its KD part, samples
+        checksum = 0  # of the ids trained on
+        for ids, batch, share in epoch_batches(train_shard, spec, epoch, rank, world):
             images, view = shown(spec, batch, generator)
             x, y = spec.normalize(images.to(device)), batch["label"].to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(spec, step)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
                 logits = model(x)
                 loss = objective(spec, logits.float(), y, batch, view, device)
+            # DDP averages the workers' gradients: scaled so, they are the gradient of the global batch's mean loss
+            scaled = loss * share if len(y) else logits.sum() * 0
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(scaled).backward()
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += torch.stack([loss.detach() * len(y), torch.tensor(len(y), device=device)])
-            step += 1
+            scheduler.step()
+            if len(y):
+                kd = loss.detach() - (1 - spec.alpha) * F.cross_entropy(logits.detach().float(), y)
+                sums += len(y) * torch.stack([loss.detach(), kd, torch.ones((), device=device)]).double()
+            checksum += id_checksum(ids)
+        train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(model, val_shard, spec, device)
-        loss_sum = all_reduce(loss_sum)
+        workers = gathered({"rank": rank, "node": ray.get_runtime_context().get_node_id(), "samples": int(sums[2])})
+        sums, checksum = all_reduce(sums), all_reduce(torch.tensor(checksum, dtype=torch.int64, device=device))
+        loss, kd, samples = sums.tolist()
         history.append(
             {
                 "epoch": epoch + 1,
-                "loss": (loss_sum[0] / loss_sum[1]).item(),
+                "loss": loss / samples,
+                "kd": kd / samples,  # the weighted KD term of the loss; the rest is the weighted CE term
+                "ce": (loss - kd) / samples,
                 "val_accuracy": val_accuracy,
+                "samples_per_s": samples / train_seconds,
                 "seconds": time.perf_counter() - started,
+                "lr": scheduler.get_last_lr()[0],
+                "samples": int(samples),
+                "id_checksum": int(checksum),
+                "workers": workers,
+                "started_from": start_epoch,  # > 0 in epochs run after a restart from a checkpoint
             }
         )
-        report(model, optimizer, epoch, history, rank)
-        if rank == 0:
-            h = history[-1]
-            print(
-                f"[{spec.label}] epoch {epoch + 1}/{spec.train.epochs}  loss {h['loss']:.4f}  "
-                f"val_acc {h['val_accuracy']:.4f}  ({h['seconds']:.1f} s)",
-                flush=True,
-            )
+        report(model, optimizer, scheduler, epoch, history, rank)
+        if curves:
+            curves.log(history[-1])
+    if curves:
+        curves.close()
+
+
+def id_checksum(ids: np.ndarray) -> int:
+    """A sum of per-id hashes: equal to the split's iff no id was dropped or repeated (up to a collision)."""
+    return sum(zlib.crc32(str(i).encode()) for i in ids)
+
+
+def gathered(item: dict) -> list[dict]:
+    """``item`` from every worker, by rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [item]
+    items = [None] * dist.get_world_size()
+    dist.all_gather_object(items, item)
+    return items
+
+
+def epoch_batches(
+    shard: ray.data.DataIterator, spec: TrainSpec, epoch: int, rank: int, world: int
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], float]]:
+    """This worker's rows of one epoch, each row once (the last batch may be short), shuffled within a
+    buffer of ``spec.shuffle_buffer`` samples: (ids, batch, share), where the loss times ``share`` makes
+    DDP's gradient average the gradient of the global batch's mean loss.
+
+    Held in memory, the data is not split: every worker iterates the same global batches of
+    ``batch_size`` rows (the same shuffle seed) and trains on the rows whose id hashes to its rank
+    (``worker_rows``), so each id is trained on exactly once whatever the worker count. Streamed
+    (``spec.split``), each worker reads only its own share (Ray Train's equal split, which may leave out
+    up to ``world - 1`` rows an epoch) in batches of ``batch_size / world`` rows."""
+    if spec.split:
+        size = max(1, spec.train.batch_size // world)
+        for full in shard.iter_batches(
+            batch_size=size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer
+        ):
+            yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, 1.0
+        return
+    for full in shard.iter_batches(
+        batch_size=spec.train.batch_size,
+        batch_format="numpy",
+        local_shuffle_buffer_size=spec.shuffle_buffer,
+        local_shuffle_seed=spec.train.seed * 1000 + epoch,  # the same order on every worker
+    ):
+        mine = worker_rows(full["id"], rank, world)
+        batch = {k: torch.from_numpy(v[mine]) for k, v in full.items() if k != "id"}
+        yield full["id"][mine], batch, int(mine.sum()) * world / len(mine)
 
 
 def shown(spec: TrainSpec, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,31 +265,55 @@ def accuracy(model: torch.nn.Module, shard, spec: TrainSpec, device: torch.devic
     return (counts[0] / counts[1].clamp(min=1)).item()
 
 
-def report(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list, rank: int) -> None:
-    """Every worker reports each epoch; rank 0 attaches the checkpoint."""
-    metrics = dict(history[-1])
+def report(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    history: list,
+    rank: int,
+) -> None:
+    """Every worker reports each epoch; rank 0 attaches the checkpoint (model, optimiser, schedule, epoch,
+    history and the torch RNG state: what a restarted worker group resumes from)."""
+    metrics = {k: v for k, v in history[-1].items() if k != "workers"}
     if rank != 0:
         ray.train.report(metrics)
         return
     module = getattr(model, "module", model)
-    state = {"model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history}
+    state = {
+        "model": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "epoch": epoch,
+        "history": history,
+    }
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def fit(
-    spec: TrainSpec, train: ray.data.Dataset, val: ray.data.Dataset, run_uri: str, resources: ResourcesConfig
+    spec: TrainSpec,
+    train: ray.data.Dataset,
+    val: ray.data.Dataset,
+    run_uri: str,
+    resources: ResourcesConfig,
+    tracking: TrackingConfig | None = None,
 ) -> list[dict]:
-    """Train on Ray Train workers; write ``model.pt`` and ``history.json`` to ``run_uri`` and commit it."""
+    """Train on Ray Train workers; write ``model.pt`` and ``history.json`` to ``run_uri`` and commit it.
+    The driver prints a line per epoch; rank 0 writes the curves (``tracking``)."""
     fs, path = storage.resolve(run_uri)
     parent, name = path.rsplit("/", 1)
+    epoch_lines = EpochPrinter(spec.label, spec.train.epochs)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec},
+        train_loop_config={"spec": spec, "run_uri": run_uri, "tracking": tracking or TrackingConfig()},
         datasets={"train": train, "val": val},
+        # in memory every worker reads every global batch and trains on its rows; streamed, each its own share
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"] if spec.split else ["val"]),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.num_workers,
+            num_workers=resources.workers,
             use_gpu=resources.use_gpu,
             resources_per_worker={"CPU": resources.cpus_per_worker},
         ),
@@ -207,11 +321,13 @@ def fit(
             name=name,
             storage_path=parent,
             storage_filesystem=fs,
-            failure_config=ray.train.FailureConfig(max_failures=2),
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[epoch_lines.callback],
         ),
     )
-    result = trainer.fit()
+    with epoch_lines:
+        result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     buffer = io.BytesIO()
@@ -222,5 +338,6 @@ def fit(
     return state["history"]
 
 
-def steps_per_epoch(rows: int, spec_batch_size: int, num_workers: int) -> int:
-    return max(1, math.floor(rows / num_workers / spec_batch_size))
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """Global steps per epoch: every row once, in batches of the job's ``batch_size`` (the last one smaller)."""
+    return max(1, math.ceil(rows / batch_size))

@@ -102,6 +102,48 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _training(models: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The settings that made each trained model and what its training cost."""
+    header = ["model", "epochs", "alpha", "temperature", "soft labels", "views", "label rows/s", "s/epoch", "train"]
+    rows = []
+    for m in models:
+        if not m.get("history"):
+            continue
+        run, seconds = m.get("settings", {}), [h["seconds"] for h in m["history"]]
+        rate = run.get("label_rows_per_second")
+        rows.append(
+            [
+                m["name"],
+                str(len(m["history"])),
+                f"{run['alpha']:g}" if run.get("alpha") else "",
+                f"{run['temperature']:g}" if run.get("temperature") else "",
+                run.get("labels", ""),
+                str(run.get("views") or ""),
+                _si(rate, sep="") if rate else "",
+                f"{sum(seconds) / len(seconds):.1f}",
+                f"{sum(seconds):.0f} s",
+            ]
+        )
+    return header, rows
+
+
+def _curves_figure(models: list[dict]) -> Figure:
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    loss_ax, accuracy_ax = fig.subplots(1, 2)
+    for m in models:
+        if m.get("history"):
+            epochs = [h["epoch"] for h in m["history"]]
+            loss_ax.plot(epochs, [h["loss"] for h in m["history"]], marker="o", label=m["name"])
+            accuracy_ax.plot(epochs, [100 * h["val_accuracy"] for h in m["history"]], marker="o", label=m["name"])
+    for ax, name in ((loss_ax, "training loss (a KD run's: KD + CE terms)"), (accuracy_ax, "validation accuracy (%)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.legend(*loss_ax.get_legend_handles_labels(), loc="outside lower center", ncols=4, fontsize=9, frameon=False)
+    return fig
+
+
 def _tick_fontsize(num_classes: int) -> float:
     return 10 if num_classes <= 10 else 8 if num_classes <= 30 else 5
 
@@ -168,6 +210,11 @@ def _accuracy_vs_size_figure(models: list[dict]) -> Figure:
     return fig
 
 
+TRAINING_NOTE = (
+    "alpha: weight of the KD term; temperature: of the KD term; label rows/s: how fast the teacher "
+    "labelled the training split; s/epoch and train time: wall-clock, validation included."
+)
+
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 2rem auto;
        max-width: 1200px; padding: 0 1rem; line-height: 1.4; }
@@ -198,6 +245,9 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
     figures = {f"confusion_{s}.png": _confusion_figure(m) for s, m in zip(slugs, models)}
     figures["per_class_f1.png"] = _per_class_f1_figure(models)
     figures["accuracy_vs_size.png"] = _accuracy_vs_size_figure(models)
+    training = _training(models)
+    if training[1]:
+        figures["training_curves.png"] = _curves_figure(models)
     paths = {}
     for name, fig in figures.items():
         paths[name] = out / name
@@ -227,6 +277,9 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         "",
     ]
     md += [f"![{name.removesuffix('.png')}]({name})" for name in overview + confusions]
+    if training[1]:
+        md += ["", "## Training", "", _markdown_table(*training, text_columns=1), "", TRAINING_NOTE, ""]
+        md += ["![training_curves](training_curves.png)"]
     paths["report.md"] = out / "report.md"
     paths["report.md"].write_text("\n".join(md) + "\n", encoding="utf-8")
 
@@ -234,12 +287,19 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         data = base64.b64encode(paths[name].read_bytes()).decode()
         return f'<img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
 
+    training_html = (
+        f'<h2>Training</h2>{_html_table(*training)}<p class="note">{html.escape(TRAINING_NOTE)}</p>'
+        f'<div class="plots">{img("training_curves.png")}</div>'
+        if training[1]
+        else ""
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 {_html_table(*summary)}
 <p class="note">{html.escape(note)}</p>
+{training_html}
 <h2>Accuracy, size and per-class F1</h2>
 <div class="plots">{"".join(img(n) for n in overview)}</div>
 <div class="per-class">{_html_table(*per_class)}</div>

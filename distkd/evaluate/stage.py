@@ -9,7 +9,8 @@ import numpy as np
 import ray.data
 import torch
 
-from distkd import storage
+from distkd import console, storage
+from distkd.catalog import run_record
 from distkd.data.source import decode_batch
 from distkd.data.transforms import Normalize
 from distkd.evaluate.cost import model_cost
@@ -24,7 +25,8 @@ TEACHER = "teacher"
 class Evaluator:
     """All models side by side in one actor, so each student is compared with its teacher on the same batch."""
 
-    def __init__(self, models: dict[str, Weights], normalize: Normalize) -> None:
+    def __init__(self, models: dict[str, Weights], normalize: Normalize, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.models = {role: load_weights(w.model.build(), w.uri).to(self.device).eval() for role, w in models.items()}
         self.normalize = normalize
@@ -44,27 +46,46 @@ def evaluate(spec: EvalSpec) -> str:
     """Metrics, costs and the report for each role's model and weights; returns the committed report folder."""
     folder = spec.uri
     if storage.is_committed(folder):
-        print(f"[evaluate] reusing committed report {folder}", flush=True)
+        console.reusing("evaluate", "committed report", folder)
         return folder
+    with console.computing("evaluate", f"evaluating {', '.join(spec.models)} on {spec.data.name}", folder):
+        evaluate_into(folder, spec)
+    return folder
+
+
+def evaluate_into(folder: str, spec: EvalSpec) -> None:
     cfg = spec.execution
+    shape = next(iter(spec.models.values())).model.input_shape  # the data's: every model takes it
     stats = (
         spec.data.read()
-        .map_batches(decode_batch, batch_format="numpy")
+        .map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
         .map_batches(
             Evaluator,
-            fn_constructor_kwargs={"models": spec.models, "normalize": spec.normalize},
+            fn_constructor_kwargs={
+                "models": spec.models,
+                "normalize": spec.normalize,
+                "threads": max(1, int(cfg.cpus_per_actor)),
+            },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,
             batch_format="numpy",
+            num_cpus=cfg.cpus_per_actor,
+            num_gpus=cfg.gpus_per_actor,
         )
     )
-    blocks = list(stats.iter_batches(batch_size=None, batch_format="numpy"))
+    batches = stats.iter_batches(batch_size=None, batch_format="numpy")
+    rows = spec.data.num_rows()
+    blocks = list(console.progress(batches, rows, "evaluate", lambda b: int(b["m0_confusion"].sum())))
+    costs = ray.get(
+        measure_costs.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor).remote(
+            spec.models, max(1, int(cfg.cpus_per_actor))
+        )
+    )
     results = []
     for i, (role, weights) in enumerate(spec.models.items()):
         summed = sum_stats(
             {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
         )
-        model = load_weights(weights.model.build(), weights.uri)
         results.append(
             {
                 "name": f"{weights.model.name} {role}",
@@ -72,15 +93,27 @@ def evaluate(spec: EvalSpec) -> str:
                 "weights": weights.uri,
                 "weights_sha256": weights.sha256,
                 "metrics": compute_metrics(summed, list(spec.class_names) if spec.class_names else None),
-                "cost": model_cost(model, weights.model.input_shape),
+                **costs[role],
+                **run_record(weights.uri),
             }
         )
-        if torch.cuda.is_available():
-            results[-1]["cost_gpu"] = model_cost(model, weights.model.input_shape, device="cuda")
     save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.identity())
     storage.commit(folder)
-    print(f"[evaluate] report: {storage.join(folder, 'report.md')}", flush=True)
-    return folder
+    print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
+
+
+@ray.remote
+def measure_costs(models: dict[str, Weights], threads: int) -> dict[str, dict]:
+    """Each model's ``cost`` (on the CPU) and ``cost_gpu`` (when there is one), measured on a worker with
+    the evaluation actors' resources, where the models run, not on the driver."""
+    torch.set_num_threads(threads)
+    costs = {}
+    for role, weights in models.items():
+        model = load_weights(weights.model.build(), weights.uri)
+        costs[role] = {"cost": model_cost(model, weights.model.input_shape)}
+        if torch.cuda.is_available():
+            costs[role]["cost_gpu"] = model_cost(model, weights.model.input_shape, device="cuda")
+    return costs
 
 
 def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:

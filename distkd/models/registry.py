@@ -57,8 +57,12 @@ def weights_hash(uri: str) -> str:
     return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
 
 
-def load_weights(model: nn.Module, uri: str) -> nn.Module:
-    """Load a state_dict (or a ``{"model": state_dict}`` checkpoint) from a path or URI."""
+def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    """A state_dict (or the one in a ``{"model": state_dict}`` checkpoint) from a path or URI."""
     state = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("model", state))
+    return state.get("model", state) if isinstance(state, dict) else state
+
+
+def load_weights(model: nn.Module, uri: str) -> nn.Module:
+    model.load_state_dict(read_state_dict(uri))
     return model

@@ -1,4 +1,4 @@
-"""``distkd cache``: list, show, verify and remove soft-label cache entries."""
+"""``distkd cache``: list, show, verify and remove soft-label cache entries, and writers' leftovers."""
 
 from __future__ import annotations
 
@@ -38,6 +38,26 @@ def format_listing(rows: list[dict]) -> str:
     table = [header, *[tuple(str(r[h]) for h in header) for r in rows]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table)
+
+
+def format_leftovers(store: str) -> str:
+    """The temporary files and unfinished uploads under the cache, one a line after a heading; "" if none."""
+    found = cache.leftovers(store)
+    if not found:
+        return ""
+    lines = [f"  {f.kind:<16}  {f.age_seconds / 60:8.1f} min  {f.uri}" for f in found]
+    return "\n".join([f"\nleftovers of interrupted writes (distkd cache gc --store {store}):", *lines]) + "\n"
+
+
+def collect_garbage(store: str, older_than: float) -> str:
+    removed = cache.collect_garbage(store, older_than)
+    kept = len(cache.leftovers(store))
+    return "\n".join(
+        [
+            *(f"removed {f.kind} {f.uri}" for f in removed),
+            f"{len(removed)} removed, {kept} younger than {older_than:g} s kept",
+        ]
+    )
 
 
 def show(store: str, key: str) -> str:

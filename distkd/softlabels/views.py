@@ -19,5 +19,6 @@ def view_params(ids: list[str], views: int, pad: int, seed: int) -> np.ndarray:
     for i, sample in enumerate(ids):
         for v in range(views):
             b = hashlib.blake2b(f"{seed}:{sample}:{v}".encode(), digest_size=5).digest()
-            out[i, v] = (int.from_bytes(b[:2]) % (2 * pad + 1), int.from_bytes(b[2:4]) % (2 * pad + 1), b[4] & 1)
+            dy, dx = (int.from_bytes(b[j : j + 2], "big") % (2 * pad + 1) for j in (0, 2))
+            out[i, v] = (dy, dx, b[4] & 1)
     return out

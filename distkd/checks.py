@@ -1,0 +1,163 @@
+"""Checks of a job against its data and its models, run on the driver before any Ray work starts.
+
+Each check raises a ``ConfigError`` whose message names the key, the file or the row at fault and
+says what to change; ``Job.prepare`` adds the job file's name. ``data_error`` finds the ``DataError``
+behind a failure that surfaced from a Ray task or a Ray Train worker, for the command line to print.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from distkd.config import ConfigError, JobConfig
+from distkd.data.source import DataError, Split
+from distkd.models.registry import read_state_dict
+
+SHOWN = 5  # classes, keys or rows named in one message before "..."
+
+
+def data(config: JobConfig, splits: dict[str, Split]) -> int:
+    """Every split has rows and integer labels in ``[0, num_classes)``, the training settings fit the data;
+    ``splits`` maps the key that names each split to it (the train split first). Returns the class count."""
+    labels = {key: read_labels(key, split) for key, split in splits.items()}
+    (train_key, train), *_ = splits.items()
+    num_classes = config.data.num_classes or class_count(train, labels[train_key])
+    for key, split in splits.items():
+        labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
+    if config.softlabels.top_k is not None and config.softlabels.top_k > num_classes:
+        raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
+    if not config.evaluate.models:  # an evaluation job trains nothing
+        rows, workers = len(labels[train_key]), config.resources.num_workers
+        if config.teacher.weights is None:
+            rows_per_worker("teacher.train.batch_size", rows, workers, config.teacher.train.batch_size)
+        rows_per_worker("student.train.batch_size", rows, workers, config.student.train.batch_size)
+    return num_classes
+
+
+def read_labels(key: str, split: Split) -> np.ndarray:
+    """The split's labels (the Parquet schema says they are integers); refuses an empty split and missing labels."""
+    column = split.read_table(["label"])["label"]
+    if len(column) == 0:
+        raise ConfigError(f"key '{key}': split '{split.name}' of {split.uri} has no rows")
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ConfigError(f"{row(split, first)}: no label")
+    return column.to_numpy().astype(np.int64)
+
+
+def class_count(split: Split, labels: np.ndarray) -> int:
+    """1 + the largest label, when every class from 0 to it occurs: labels that start at 1 (or skip a class)
+    would otherwise add classes that no row has."""
+    largest = int(labels.max())
+    if largest < 1:
+        raise ConfigError(
+            f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has no label above {largest}; "
+            "labels are class indices 0..C-1 of at least 2 classes"
+        )
+    absent = np.setdiff1d(np.arange(largest + 1), labels)
+    if len(absent):
+        raise ConfigError(
+            f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has labels {int(labels.min())}"
+            f"..{largest}, so the class count would be {largest + 1}, but class(es) {_few(absent.tolist())} never "
+            "occur; use 0-based labels 0..C-1, or set 'data.num_classes' if those classes are truly absent here"
+        )
+    return largest + 1
+
+
+def labels_in_range(split: Split, labels: np.ndarray, num_classes: int, inferred: bool) -> None:
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(outside):
+        source = "1 + the largest training label" if inferred else "'data.num_classes'"
+        raise ConfigError(
+            f"{row(split, int(outside[0]))}: label {labels[outside[0]]} is outside [0, {num_classes}) "
+            f"({len(outside)} row(s) outside it in split '{split.name}'; the class count {num_classes} is {source})"
+        )
+
+
+def rows_per_worker(key: str, rows: int, workers: int, batch_size: int) -> None:
+    """Each training worker needs one full batch per epoch (partial batches are dropped)."""
+    if rows // workers < batch_size:
+        raise ConfigError(
+            f"key '{key}': {rows} training rows over {workers} worker(s) ('resources.num_workers') give "
+            f"{rows // workers} per worker, fewer than the batch size {batch_size}, so no step would train; "
+            f"use a batch size of at most {rows // workers}, fewer workers or more rows"
+        )
+
+
+def forward(key: str, model: nn.Module, shape: tuple[int, int, int], num_classes: int) -> None:
+    """One forward pass of a batch of the data's shape: kwargs that build a model need not make one that runs."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *shape))
+    except Exception as e:  # noqa: BLE001 - any failure here means the same: the model does not fit the data
+        raise ConfigError(
+            f"keys '{key}.name', '{key}.kwargs': the model fails on a batch of the data's shape "
+            f"{list(shape)} (channels, height, width): {_first_line(e)}"
+        ) from None
+    if tuple(out.shape) != (2, num_classes):
+        raise ConfigError(
+            f"keys '{key}.name', '{key}.kwargs': the model gives outputs of shape {list(out.shape)} for a batch "
+            f"of 2, expected [2, {num_classes}] (one logit per class)"
+        )
+
+
+def weights(key: str, model: nn.Module, uri: str) -> None:
+    """The state_dict at ``uri`` loads into ``model``: same parameter names and shapes."""
+    try:
+        state = read_state_dict(uri)
+    except Exception as e:  # noqa: BLE001 - unreadable for any reason: not usable weights
+        raise ConfigError(f"key '{key}': {uri}: not a PyTorch state_dict file ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"key '{key}': {uri}: not a state_dict (a mapping of parameter names to tensors)")
+    expected = model.state_dict()
+    problems = []
+    if missing := sorted(expected.keys() - state.keys()):
+        problems.append(f"missing {_few(missing)}")
+    if unexpected := sorted(state.keys() - expected.keys()):
+        problems.append(f"unexpected {_few(unexpected)}")
+    if resized := [k for k in expected if k in state and state[k].shape != expected[k].shape]:
+        problems.append(
+            "other shapes: " + _few([f"{k} {list(state[k].shape)} (model {list(expected[k].shape)})" for k in resized])
+        )
+    if problems:
+        raise ConfigError(f"key '{key}': {uri} holds weights of another architecture or size: {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def row(split: Split, index: int) -> str:
+    """``<file>: row id '<id>'`` for the ``index``-th row in use of ``split``."""
+    id_ = split.read_table(["id"])["id"][index].as_py()
+    for file, rows in split.file_rows():
+        if index < rows:
+            return f"{file}: row id '{id_}'"
+        index -= rows
+    raise IndexError(index)
+
+
+def data_error(error: BaseException) -> DataError | None:
+    """The DataError behind ``error``: raised here, or in a Ray task (``RayTaskError.cause``) or a Ray Train
+    worker (``worker_failures``) that wrapped it."""
+    pending, seen = [error], set()
+    while pending:
+        e = pending.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        inner = getattr(e, "cause", None)  # a RayTaskError(DataError) is a DataError too: prefer what it wraps
+        if isinstance(e, DataError):
+            return inner if isinstance(inner, DataError) else e
+        wrapped = [inner, e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
+        wrapped += list(getattr(e, "worker_failures", {}).values())
+        pending += [w for w in wrapped if isinstance(w, BaseException)]
+    return None
+
+
+def _few(items: list) -> str:
+    return ", ".join(map(str, items[:SHOWN])) + (f", ... ({len(items)} in all)" if len(items) > SHOWN else "")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

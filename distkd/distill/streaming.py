@@ -1,0 +1,109 @@
+"""Training data as a stream: each epoch, Ray Data CPU tasks read, check and decode the split unit by
+unit (in a new random unit order), next to the trainer, instead of holding the decoded set in memory.
+
+With soft labels the units are the entry's shards: shard i holds exactly the ids of unit i of
+the split, in order (its writer checked them), so the join by id is a zip of two aligned reads
+done per unit, with the ids and the shard's checksum checked again in the task that reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import ray.data
+
+from distkd import storage
+from distkd.config import ResourcesConfig
+from distkd.data.source import PATH, READ_ROWS, Split, Unit, decode_batch
+from distkd.softlabels import cache
+from distkd.softlabels.formats import Format
+
+MEMORY_FRACTION = 0.25  # auto: hold the decoded training set in memory below this share of the object store
+BLOCK_BYTES = 64 << 20  # decoded bytes per streamed block
+DATA_CPUS = 1  # CPUs per node kept free of trainers for the streaming tasks
+
+CacheMode = Literal["auto", "memory", "stream"]
+
+
+def choose(mode: CacheMode, split: Split, image_shape: tuple[int, int, int]) -> Literal["memory", "stream"]:
+    """``auto``: memory when the decoded pixels fit in MEMORY_FRACTION of the object store, else stream."""
+    if mode != "auto":
+        return mode
+    decoded = split.num_rows() * math.prod(image_shape)
+    return "memory" if decoded <= MEMORY_FRACTION * ray.cluster_resources().get("object_store_memory", 0) else "stream"
+
+
+def reserve_data_cpus(resources: ResourcesConfig) -> ResourcesConfig:
+    """The trainers' resources, lowered where needed so that DATA_CPUS per node stay free for the
+    streaming tasks (on a small machine the trainer would otherwise hold every CPU and starve them)."""
+    nodes = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]]
+    workers_per_node = math.ceil(resources.max_workers / max(1, len(nodes)))
+    room = (max(nodes, default=0) - DATA_CPUS) / workers_per_node
+    if resources.cpus_per_worker <= room:
+        return resources
+    return resources.model_copy(update={"cpus_per_worker": max(room, 0.5)})
+
+
+def stream(split: Split, columns: list[str], shape: tuple[int, int, int], entry: str | None = None) -> ray.data.Dataset:
+    """``columns`` of the split's rows (joined to the soft labels of ``entry`` when given), read,
+    checked and decoded (to ``shape``) per unit each epoch in blocks of about BLOCK_BYTES, units in a new random
+    order every epoch."""
+    if entry is None:
+        units = split.units(READ_ROWS)
+        shards, fmt = [None] * len(units), None
+    else:
+        info = cache.manifest(entry)
+        units, shards, fmt = split.units(info.inputs["shard_rows"]), [asdict(s) for s in info.shards], info.format
+        if len(units) != len(shards) or any(u.rows != s["rows"] for u, s in zip(units, shards)):
+            raise cache.CacheError(f"{entry}: the shards do not line up with the rows of {split.uri} ({split.name})")
+    items = [{"unit": asdict(u), "shard": s} for u, s in zip(units, shards)]
+    return (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .randomize_block_order()
+        .map_batches(
+            _unit_rows,
+            fn_kwargs={"entry": entry, "fmt": fmt, "columns": columns, "shape": shape},
+            batch_size=1,
+            batch_format="pyarrow",
+        )
+    )
+
+
+def block_rows(image_shape: tuple[int, int, int]) -> int:
+    return max(1, BLOCK_BYTES // math.prod(image_shape))
+
+
+def _unit_rows(
+    batch: pa.Table, entry: str | None, fmt: Format | None, columns: list[str], shape: tuple[int, int, int]
+) -> Iterator[dict[str, np.ndarray]]:
+    for item in batch.to_pylist():
+        unit = Unit(**item["unit"])
+        rows = unit.read()
+        labels = _shard_labels(entry, item["shard"], fmt, unit, rows["id"]) if entry else {}
+        block = block_rows(shape)
+        for start in range(0, len(rows), block):
+            part = rows.slice(start, block)
+            encoded = {name: part[name].to_numpy(zero_copy_only=False) for name in part.column_names}
+            out = decode_batch({**encoded, PATH: np.array([unit.file] * len(part))}, shape)
+            out.update({name: values[start : start + block] for name, values in labels.items()})
+            yield {name: out[name] for name in columns}
+
+
+def _shard_labels(entry: str, shard: dict, fmt: Format, unit: Unit, ids: pa.ChunkedArray) -> dict[str, np.ndarray]:
+    """The unit's soft labels as training columns, after checking the shard's checksum and ids."""
+    uri = storage.join(entry, shard["file"])
+    data = storage.read_bytes(uri)
+    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise cache.CacheError(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")
+    table = pq.read_table(pa.BufferReader(data))
+    if table["id"].to_pylist() != ids.to_pylist():
+        raise cache.CacheError(f"{uri}: ids are not those of {unit.file}[{unit.start}:{unit.stop}]")
+    return cache.training_columns(table, fmt)

@@ -1,0 +1,68 @@
+"""What the console prints without a cluster: progress as plain lines, epoch lines, the MLflow refusal,
+and the report's training section."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from distkd import config, console
+from distkd.evaluate.report import write_report
+from tests.test_report import make_models
+
+
+def test_progress_becomes_plain_lines_when_stdout_is_not_a_terminal(monkeypatch):
+    out = io.StringIO()  # not a tty
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr(console, "PLAIN_INTERVAL", 0)
+    batches = [list(range(100))] * 5
+    assert list(console.progress(batches, 500, "teacher")) == batches
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == len(set(lines))
+    assert re.fullmatch(r"\[teacher\] 500/500 rows 100%, [\d.]+ rows/s, ETA 00:00", lines[-1])
+    assert len(lines) <= 6  # at most one line per count of rows done
+
+
+def test_epoch_line_shows_loss_parts_accuracy_and_speed():
+    metrics = {"epoch": 3, "loss": 1.5, "kd": 1.0, "ce": 0.5, "val_accuracy": 0.625, "samples_per_s": 812.4}
+    line = console.epoch_line("student-kd", 15, {**metrics, "seconds": 75.0})
+    assert line == (
+        "[student-kd] epoch 3/15  loss 1.5000 (kd 1.0000 + ce 0.5000)  val_acc 0.6250  812 samples/s  1m15s"
+    )
+
+
+def test_mlflow_asked_for_but_not_installed_is_refused_before_ray(monkeypatch):
+    monkeypatch.setattr("distkd.config.mlflow_installed", lambda: False)  # whether or not it is here
+    raw = {
+        "name": "j",
+        "store": "store",
+        "data": {"uri": "data"},
+        "teacher": {"name": "resnet9"},
+        "student": {"name": "lenet5"},
+        "tracking": {"mlflow": "http://127.0.0.1:5000"},
+    }
+    with pytest.raises(config.ConfigError, match=r"tracking\.mlflow.*mlflow is not installed"):
+        config.parse(raw, "<job>")
+
+
+def test_report_shows_training_settings_cost_and_curves(tmp_path):
+    models = make_models()
+    for i, m in enumerate(models):
+        m["history"] = [
+            {"epoch": e, "loss": 2.0 / e + i, "val_accuracy": 0.3 + 0.1 * e, "seconds": 10.0 + i} for e in (1, 2, 3)
+        ]
+    models[2]["settings"] = {
+        "alpha": 0.5,
+        "temperature": 4.0,
+        "labels": "dense float16",
+        "views": 2,
+        "label_rows_per_second": 2400.0,
+    }
+    paths = write_report(tmp_path, models)
+    assert paths["training_curves.png"].read_bytes().startswith(b"\x89PNG")
+    md = paths["report.md"].read_text()
+    assert "| tiny distilled | 3 | 0.5 | 4 | dense float16 | 2 | 2.40K | 12.0 | 36 s |" in md
+    assert "| resnet teacher | 3 |  |  |  |  |  | 10.0 | 30 s |" in md
+    assert 'alt="training_curves.png"' in paths["report.html"].read_text()

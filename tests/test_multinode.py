@@ -1,0 +1,299 @@
+"""A real two-node Ray cluster on 127.0.0.1, started as cluster/README.md says (`ray start --head` and
+`ray start --address`, token authentication), driven only through subprocesses since this process holds
+the session's own Ray: jobs submitted with `distkd submit` and with `ray job submit`, work spread over
+both nodes, and the second node lost mid-way through the soft-label stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from distkd import storage
+from distkd.data.source import Split
+from distkd.softlabels import cache
+from tests.conftest import free_port
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ["distkd", "softlabels", "job.yaml"]  # the end of a submitted soft-label job's command line
+NODE_CPUS = 3  # a training worker or a teacher actor takes 2: one of each per node, 1 CPU left for tasks
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    gcs: str  # 127.0.0.1:PORT, for `ray start --address`
+    dashboard: str  # http://127.0.0.1:PORT, for jobs
+    temp_dir: Path
+
+    def run(self, *command: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+    def node_ports(self) -> list[str]:
+        ports = {
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+        }
+        return [f"{k}={v}" for k, v in ports.items()]
+
+    def start_worker(self) -> bool:
+        out = self.run(
+            str(BIN / "ray"),
+            "start",
+            f"--address={self.gcs}",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={NODE_CPUS}",
+            *self.node_ports(),
+        )
+        return out.returncode == 0
+
+    def processes(self) -> list[psutil.Process]:
+        """This cluster's processes: those that name its temp folder or its GCS port (``--gcs-address=IP:PORT``,
+        ``--gcs_server_port=PORT``, ``--address=IP:PORT``) on their command line; workers exit with their raylet."""
+        port = self.gcs.rsplit(":", 1)[1]
+
+        def ours(cmdline: list[str]) -> bool:
+            return any(
+                str(self.temp_dir) in part
+                or (("gcs" in part or part.startswith("--address=")) and part.rsplit(":", 1)[-1].split("=")[-1] == port)
+                for part in cmdline
+            )
+
+        return [p for p in psutil.process_iter(["cmdline"]) if ours(p.info["cmdline"] or [])]
+
+    def raylets(self) -> list[psutil.Process]:
+        return [p for p in self.processes() if p.name() == "raylet"]
+
+    def kill_node(self, raylet: psutil.Process) -> None:
+        """The node of ``raylet`` lost as a machine would be: the raylet and every process it started, SIGKILL."""
+        for p in [raylet, *raylet.children(recursive=True)]:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+
+    def stop(self) -> None:
+        """Only this cluster's processes (``ray stop`` would stop every Ray instance on the machine)."""
+        for p in self.processes():
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ray")
+    token = folder / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "240",  # a loaded CI machine
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(ROOT),  # the head's job drivers import this checkout (a real cluster: pip install)
+    }
+    env.pop("RAY_ADDRESS", None)
+    for attempt in range(2):  # a raylet has 30 s to register with the GCS: a loaded machine may miss it once
+        port, dashboard = free_port(), free_port()
+        c = Cluster(env, f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", folder / f"t{attempt}")
+        out = c.run(
+            *(str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"),
+            *(f"--num-cpus={NODE_CPUS}", "--include-dashboard=true", "--dashboard-host=127.0.0.1"),
+            *(f"--dashboard-port={dashboard}", f"--ray-client-server-port={free_port()}", f"--temp-dir={c.temp_dir}"),
+            *c.node_ports(),
+        )
+        if out.returncode == 0 and c.start_worker():
+            break
+        c.stop()
+    try:
+        assert out.returncode == 0 and len(c.raylets()) == 2, out.stdout[-3000:] + out.stderr[-3000:]
+        yield c
+    finally:
+        c.stop()
+
+
+def job_file(folder: Path, cifar10: Path, store: Path, name: str, **sections) -> Path:
+    raw = {
+        "name": name,
+        "store": str(store),
+        "data": {"uri": str(cifar10), "limit": 200, "val_limit": 100},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 50}},
+        "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 50, "augment": False}},
+        "softlabels": {"batch_size": 50, "shard_rows": 50, "actors": 2, "cpus_per_actor": 2},
+        "distill": {"baseline": False},
+        "resources": {"num_workers": 2, "cpus_per_worker": 2},
+        **sections,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def actor_nodes(cluster: Cluster, marker: str) -> set[str]:
+    """The nodes on which actors whose description mentions ``marker`` ran (Ray's state API)."""
+    out = cluster.run(
+        str(BIN / "ray"), "list", "actors", f"--address={cluster.gcs}", "--detail", "--format=json", "--limit=10000"
+    )
+    assert out.returncode == 0, out.stderr
+    return {a["node_id"] for a in json.loads(out.stdout) if marker in json.dumps(a)}
+
+
+@pytest.fixture(scope="module")
+def submitted(cluster, cifar10, tmp_path_factory):
+    """The whole pipeline submitted with `distkd submit --wait`."""
+    folder = tmp_path_factory.mktemp("submit")
+    store = folder / "store"
+    out = cluster.run(
+        str(BIN / "distkd"),
+        "submit",
+        str(job_file(folder, cifar10, store, "two-nodes")),
+        "--address",
+        cluster.dashboard,
+        "--wait",
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return store, out.stdout
+
+
+def test_distkd_submit_runs_the_pipeline_across_two_nodes(cluster, submitted):
+    store, logs = submitted
+    assert "SUCCEEDED" in logs
+    assert len(cluster.raylets()) == 2
+    softlabels = list((store / "softlabels").iterdir())
+    assert len(softlabels) == 1 and storage.is_committed(str(softlabels[0]))
+    assert cache.manifest(str(softlabels[0]))["rows"] == 200
+    runs = {p.name.split("-")[2]: p for p in (store / "runs").iterdir()}
+    assert set(runs) == {"teacher", "student"} and all(storage.is_committed(str(p)) for p in runs.values())
+    for run in runs.values():
+        workers = storage.read_json(str(run / "history.json"))[-1]["workers"]
+        assert len({w["node"] for w in workers}) == 2 and sum(w["samples"] for w in workers) == 200
+    assert len(actor_nodes(cluster, "TeacherPredictor")) == 2
+    reports = list((store / "reports").iterdir())
+    assert len(reports) == 1 and storage.is_committed(str(reports[0]))
+    listing = cluster.run(str(BIN / "distkd"), "jobs", "ls", "--address", cluster.dashboard)
+    assert listing.returncode == 0 and "SUCCEEDED" in listing.stdout and "two-nodes" in listing.stdout
+
+
+def test_ray_job_submit_runs_a_job_file(cluster, submitted, cifar10, tmp_path):
+    """README's command: `ray job submit --working-dir . -- distkd pipeline JOB.yaml`, from a folder that
+    holds the package and the job file (here: a changed student, so one student run is trained)."""
+    store, _ = submitted
+    job = job_file(tmp_path, cifar10, store, "two-nodes", stages=["train_teacher", "softlabels", "distill"])
+    raw = yaml.safe_load(job.read_text())
+    raw["student"]["train"]["lr"] = 0.02
+    job.write_text(yaml.safe_dump(raw))
+    (tmp_path / "distkd").symlink_to(ROOT / "distkd")
+    out = cluster.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        f"--address={cluster.dashboard}",
+        "--working-dir",
+        ".",
+        "--",
+        "distkd",
+        "pipeline",
+        "job.yaml",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "SUCCEEDED" in out.stdout + out.stderr, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "reusing committed run" in out.stdout and "reusing cached soft labels" in out.stdout
+    students = [p for p in (store / "runs").iterdir() if "-student-kd-" in p.name]
+    assert len(students) == 2 and all(storage.is_committed(str(p)) for p in students)
+
+
+def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted, cifar10, tmp_path):
+    store, _ = submitted
+    teacher = next(p for p in (store / "runs").iterdir() if "-teacher-" in p.name) / "model.pt"
+    job = job_file(
+        tmp_path,
+        cifar10,
+        store,
+        "lost-node",
+        stages=["softlabels"],
+        teacher={"name": "resnet9", "kwargs": {"width": 4}, "weights": str(teacher)},
+        softlabels={"batch_size": 10, "shard_rows": 20, "actors": 2, "cpus_per_actor": 2, "views": 2},
+    )
+    out = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.split()[1]
+    entries = store / "softlabels"
+    deadline = time.time() + 300
+    head = min(cluster.raylets(), key=lambda p: p.create_time())
+    while time.time() < deadline:
+        fresh = [p for p in entries.glob("*/shards/*.parquet") if p.stat().st_mtime > job.stat().st_mtime]
+        if fresh:
+            break
+        time.sleep(0.2)
+    assert fresh, "no shard was written"
+    cluster.kill_node(next(r for r in cluster.raylets() if r.pid != head.pid))
+    while time.time() < deadline:
+        status = cluster.run(str(BIN / "distkd"), "jobs", "status", job_id, "--address", cluster.dashboard)
+        if status.stdout.strip() in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    logs = cluster.run(str(BIN / "distkd"), "jobs", "logs", job_id, "--address", cluster.dashboard).stdout
+    assert status.stdout.strip() == "SUCCEEDED", logs[-4000:]
+    entry = next(p for p in entries.iterdir() if any(f.stat().st_mtime > job.stat().st_mtime for f in p.rglob("*")))
+    ids = Split.open(str(cifar10), "train", 200).read_table(["id"])["id"].to_pylist()
+    assert cache.verify(str(entry), ids)["rows"] == 200  # every id exactly once
+    assert cluster.start_worker()  # for whatever runs after
+
+
+def wait_for(cluster: Cluster, job_id: str, timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = cluster.run(str(BIN / "distkd"), "jobs", "status", job_id, "--address", cluster.dashboard).stdout
+        if status.strip() in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status.strip()
+        time.sleep(1)
+    return "TIMEOUT"
+
+
+def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted, cifar10, tmp_path):
+    store, _ = submitted
+    teacher = next(p for p in (store / "runs").iterdir() if "-teacher-" in p.name) / "model.pt"
+    job = job_file(
+        tmp_path, cifar10, store, "killed-driver", stages=["softlabels"],
+        teacher={"name": "resnet9", "kwargs": {"width": 4}, "weights": str(teacher)},
+        softlabels={"batch_size": 10, "shard_rows": 20, "actors": 1, "cpus_per_actor": 1, "view_seed": 7, "views": 2},
+    )  # fmt: skip
+    first = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
+    deadline, shards = time.time() + 300, []
+    while time.time() < deadline and len(shards) < 2:
+        shards = [
+            p for p in (store / "softlabels").glob("*/shards/*.parquet") if p.stat().st_mtime > job.stat().st_mtime
+        ]
+        time.sleep(0.1)
+    drivers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-3:] == DRIVER]
+    assert len(shards) >= 2 and len(drivers) == 1, (shards, drivers)
+    drivers[0].send_signal(signal.SIGKILL)
+    assert wait_for(cluster, first) == "FAILED"
+    entry = shards[0].parents[1]
+    assert not storage.is_committed(str(entry))
+    before = len(list((entry / "shards").glob("*.parquet")))
+    second = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
+    assert wait_for(cluster, second) == "SUCCEEDED"
+    manifest = cache.manifest(str(entry))
+    assert manifest["computed_shards"] == 10 - before < 10 and manifest["rows"] == 200

@@ -1,0 +1,37 @@
+"""What `distkd submit` ships: the package and the job file with absolute paths, and nothing else."""
+
+from __future__ import annotations
+
+import os
+
+import yaml
+
+from distkd import cli, config, submit
+
+
+def test_working_dir_holds_the_package_and_the_resolved_job(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = {
+        "name": "shipped",
+        "store": "./store",
+        "ray_address": "127.0.0.1:1",
+        "data": {"uri": "data"},
+        "teacher": {"name": "resnet9", "weights": "teacher.pt"},
+        "student": {"name": "lenet5"},
+    }
+    folder = submit.package(config.parse(raw, "<job>"), tmp_path / "wd")
+    shipped = yaml.safe_load((folder / submit.JOB_FILE).read_text())
+    assert shipped["store"] == str(tmp_path / "store") and shipped["data"]["uri"] == str(tmp_path / "data")
+    assert shipped["teacher"]["weights"] == str(tmp_path / "teacher.pt") and shipped["ray_address"] is None
+    assert config.parse(shipped, "<shipped>").name == "shipped"  # a valid job file
+    assert (folder / "distkd" / "cli.py").is_file() and not list(folder.rglob("__pycache__"))
+    assert sorted(os.listdir(folder)) == ["distkd", "job.yaml"]  # no environment, no credentials
+    assert submit.entrypoint("distill") == "python -m distkd distill job.yaml"
+
+
+def test_submit_refuses_a_bad_job_file_before_contacting_the_cluster(tmp_path, capsys):
+    job = tmp_path / "bad.yaml"
+    job.write_text("name: x\nstore: s\n")
+    assert cli.main(["submit", str(job), "--address", "http://127.0.0.1:1"]) == 2
+    assert "missing key 'data'" in capsys.readouterr().err
+    assert cli.main(["jobs", "status", "--address", "http://127.0.0.1:1"]) == 2
