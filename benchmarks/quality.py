@@ -15,6 +15,7 @@ the test split's rows in use (``--rows`` takes the first N rows of every split).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 
 from common import accuracy, decoded, header, loaded, merged, plain_training, quickstart_job, table
@@ -27,7 +28,7 @@ CACHED = {  # variant -> job changes; each variant's pipeline run also trains (o
     "cached KD, 8 recorded views": {"softlabels": {"views": 8}},
     "cached KD, top-3": {"softlabels": {"format": "topk", "top_k": 3}},
 }
-SCRATCH = {"student from scratch": {}, "student from scratch, augmented": {"student": {"train": {"augment": True}}}}
+SCRATCH = "student from scratch"
 ONLINE = "online KD, student augmented"
 
 
@@ -71,18 +72,18 @@ def main() -> None:
             out = pipeline.run(vjob, ["train_teacher", "softlabels", "distill"])
             teacher = out["teacher"]
             results.setdefault(variant, []).append(tested(vjob.student, out["distilled"]))
-            scratch = next(name for name, c in SCRATCH.items() if c.get("student") == changes.get("student"))
-            if len(results.get(scratch, [])) < len(results[variant]):
-                results.setdefault(scratch, []).append(tested(vjob.student, out["scratch"]))
+            if len(results.get(SCRATCH, [])) < len(results[variant]):
+                results.setdefault(SCRATCH, []).append(tested(vjob.student, out["scratch"]))
         if ONLINE in wanted:
-            ojob = quickstart_job(merged(seeded, {"student": {"train": {"augment": True}}}), name="quality")
+            ojob = quickstart_job(seeded, name="quality")
             teacher = pipeline.run(ojob, ["train_teacher"])["teacher"]
             spec = worker_spec(ojob.distilled_run(ojob.softlabel_spec(teacher)))  # alpha, T; no views
+            spec = dataclasses.replace(spec, train=spec.train.model_copy(update={"augment": True}))
             student = plain_training(spec, images, labels, teacher=loaded(ojob.teacher, teacher)).model
             results.setdefault(ONLINE, []).append(accuracy(student, test_images, test_labels, spec))
         print(f"seed {seed} done: { ({k: f'{v[-1]:.2%}' for k, v in results.items()}) }", flush=True)
 
-    scratch = statistics.mean(results["student from scratch"]) if "student from scratch" in results else None
+    scratch = statistics.mean(results[SCRATCH]) if SCRATCH in results else None
     rows = [["teacher (resnet9 width 16, one run)", f"{tested(job.teacher, teacher):.2%}", "-", "-", "-"]]
     for variant, accs in results.items():
         mean = statistics.mean(accs)
