@@ -111,7 +111,7 @@ def main() -> None:
     folder = scratch_folder("throughput")
     for name, count in (t.split(":") for t in args.teachers.split(",")):
         model, kwargs, count = *TEACHERS[name], int(count)
-        base = {"data": {"limit": count}, "teacher": {"name": model, "kwargs": kwargs}}
+        base = {"data": {"limit": count, "num_classes": 10}, "teacher": {"name": model, "kwargs": kwargs}}
         job = quickstart_job({**base, "store": folder})
         _, images, _ = decoded(job.val)  # the teacher's logits are scaled on other images than it labels
         weights = synthetic_teacher(job.teacher, job.normalize(images[:256]), 3.0, folder)
