@@ -1,51 +1,71 @@
-"""Bytes per sample of each soft-label format, on the first rows of the training split.
+"""Storage: bytes per sample and per view of each soft-label format, at 10 and 1000 classes, against dense float32.
 
-Runs the softlabels stage once per format with the given teacher weights and prints the size
-of each committed entry (Parquet, zstd) per row, next to dense float16.
+Runs the soft-label stage once per format on the first ``--rows`` training rows and divides each
+committed entry's bytes (zstd Parquet, the ``id`` column and, with views, the views' parameters included)
+by its rows. 10 classes: the quick start's teacher (``--teacher`` weights if given, else a randomly
+initialised one with trained-like logit spread); 1000 classes: the same network with a synthetic
+1000-class head (random, scaled to the same spread), as a stand-in for an ImageNet-size label.
 
-    python benchmarks/label_bytes.py --teacher store/runs/teacher-<hash>/model.pt --rows 10000
+    python benchmarks/label_bytes.py --rows 10000 --views 8 --teacher store/runs/teacher-<hash>/model.pt
 """
 
 from __future__ import annotations
 
 import argparse
 
-import yaml
+from common import decoded, header, merged, quickstart_job, scratch_folder, start_ray, synthetic_teacher, table
 
-from distkd import config, pipeline
-from distkd.job import Job
 from distkd.softlabels import cache
 from distkd.softlabels.stage import generate
 
-FORMATS = {
-    "dense float16": {},
-    "dense float32": {"dtype": "float32"},
-    "top-3 float16": {"format": "topk", "top_k": 3},
-    "top-1 float16": {"format": "topk", "top_k": 1},
-    "dense float16, 8 views": {"views": 8},
-    "top-3 float16, 8 views": {"format": "topk", "top_k": 3, "views": 8},
-}
+
+def formats(views: int, top: int) -> dict[str, dict]:
+    flat = {
+        "dense float32": {"dtype": "float32"},
+        "dense float16": {},
+        f"top-{top} float16": {"format": "topk", "top_k": top},
+        "top-1 float16": {"format": "topk", "top_k": 1},
+    }
+    with_views = {f"{name}, {views} views": {**s, "views": views} for name, s in flat.items() if "16" in name}
+    return {**flat, **with_views}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--teacher", required=True, help="weights of the quick start's teacher (model.pt)")
     p.add_argument("--rows", type=int, default=10_000)
-    p.add_argument("--store", default="/tmp/distkd-bench-store")
+    p.add_argument("--classes", default="10,1000")
+    p.add_argument("--views", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--teacher", help="trained weights of the quick start's teacher (10 classes)")
     args = p.parse_args()
-    base = yaml.safe_load(open("jobs/quickstart.yaml"))
-    base["store"], base["data"]["limit"] = args.store, args.rows
-    base["teacher"]["weights"] = args.teacher
-    sizes = {}
-    for name, softlabels in FORMATS.items():
-        job = Job.prepare(config.parse({**base, "softlabels": {**base["softlabels"], **softlabels}}, name))
-        pipeline.connect(None)
-        manifest = cache.manifest(generate(job.softlabel_spec(args.teacher)))
-        sizes[name] = manifest.bytes / manifest.rows
-    print(f"\n{args.rows} rows, 10 classes, Parquet + zstd (id column included)")
-    print("| format | bytes/sample | vs dense float16 |\n|---|---:|---:|")
-    for name, size in sizes.items():
-        print(f"| {name} | {size:.1f} | {size / sizes['dense float16']:.2f} |")
+    header("Storage: bytes per soft label")
+    start_ray()
+    for classes in [int(c) for c in args.classes.split(",")]:
+        folder = scratch_folder("label-bytes")
+        names = {} if classes == 10 else {"class_names": None}  # the quick start names CIFAR-10's classes
+        base = {"store": folder, "data": {"limit": args.rows, "num_classes": classes, **names}}
+        job = quickstart_job(base)
+        trained = args.teacher and classes == 10
+        if trained:
+            weights = args.teacher
+        else:
+            _, images, _ = decoded(job.val)
+            weights = synthetic_teacher(job.teacher, job.normalize(images[:256]), 3.0, folder)
+        sizes = {}
+        for name, settings in formats(args.views, args.top_k).items():
+            spec = quickstart_job(merged(base, {"softlabels": settings})).softlabel_spec(weights)
+            info = cache.manifest(generate(spec))
+            sizes[name] = (info.bytes / info.rows, max(info.views, 1))
+        dense32 = sizes["dense float32"][0]
+        teacher = "trained teacher" if trained else "randomly initialised teacher, logit spread 3"
+        print(f"### {classes} classes ({teacher}), {args.rows:,} rows, zstd Parquet, `id` column included\n")
+        print(
+            table(
+                ["format", "bytes/sample", "bytes/view", "vs dense float32 (per sample)"],
+                [[name, size, size / views, f"{size / dense32:.3f}"] for name, (size, views) in sizes.items()],
+            )
+        )
+        print(f"\n(raw dense float32 logits: {4 * classes} bytes/sample)\n", flush=True)
 
 
 if __name__ == "__main__":
