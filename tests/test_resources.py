@@ -49,8 +49,8 @@ def job_file(tmp_path: Path, cifar10: Path, **sections) -> Path:
         "name": "greedy",
         "store": str(tmp_path / "store"),
         "data": {"uri": str(cifar10), "limit": 100},
-        "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
-        "student": {"name": "lenet5", "train": {"augment": False}},
+        "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"batch_size": 20}},
+        "student": {"name": "lenet5", "train": {"augment": False, "batch_size": 20}},
         **sections,
     }
     path = tmp_path / "job.yaml"

@@ -233,15 +233,21 @@ def test_whole_pipeline_on_s3_writes_no_secret_anywhere(s3_server, s3_cifar10, t
     finally:
         shutil.rmtree(ray_root, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    outputs = dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.startswith(" " * 3))
-    outputs = {k.strip(): v for k, v in outputs.items()}
-    assert set(outputs) == {"teacher", "softlabels", "distilled", "report"}
-    assert all(uri.startswith(f"{store}/") for uri in outputs.values())
-    assert storage.is_committed(outputs["report"]) and cache.is_committed(outputs["softlabels"])
+    report = next(line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith("report: "))
+    assert report.startswith(f"{store}/reports/") and storage.is_committed(report.rsplit("/", 1)[0])
+    written = objects(s3_server, "pipeline-on-s3/")
+    committed = sorted(
+        k.split("/")[1] + "/" + k.split("/")[2].split("-")[0] for k in written if k.endswith("/_COMMITTED")
+    )
+    assert committed == [
+        "reports/" + report.split("/")[-2],
+        "runs/student",
+        "runs/teacher",
+        "softlabels/" + next(k.split("/")[2] for k in written if k.startswith("pipeline-on-s3/softlabels/")),
+    ]
 
     secret = s3_server.secret_key.encode()
     assert secret not in (done.stdout + done.stderr).encode()
-    written = objects(s3_server, "pipeline-on-s3/")
     assert any(k.endswith("metrics.json") for k in written) and not [k for k, v in written.items() if secret in v]
     assert any("runtime_env" in p.name for p in logs), "Ray's session logs were not where the test looks"
     assert any(s3_server.endpoint.encode() in data for data in logs.values())  # what is forwarded shows there

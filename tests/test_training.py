@@ -99,20 +99,21 @@ def test_killed_training_worker_resumes_from_the_latest_checkpoint(data, tmp_pat
     def kill_a_worker_after_the_first_checkpoint() -> None:
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            if list(tmp_path.glob("run/checkpoint_*")):
+            # a checkpoint Ray Train has registered (its manager's snapshot lists it), not one being written
+            if (tmp_path / "run" / "checkpoint_manager_snapshot.json").exists():
                 for proc in psutil.Process().children(recursive=True):
                     if "RayTrainWorker" in " ".join(proc.cmdline()):
                         proc.send_signal(signal.SIGKILL)
                         killed.append(proc.pid)
                         return
-            time.sleep(0.1)
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint)
     killer.start()
-    history = train(data, tmp_path / "run", epochs=3, max_failures=1)
+    history = train(data, tmp_path / "run", epochs=5, max_failures=1)
     killer.join()
     assert killed, "training finished before a worker could be killed"
-    assert [e["epoch"] for e in history] == [1, 2, 3]
+    assert [e["epoch"] for e in history] == [1, 2, 3, 4, 5]
     assert history[0]["started_from"] == 0 and history[-1]["started_from"] > 0  # resumed, not from scratch
 
 
