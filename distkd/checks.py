@@ -29,7 +29,7 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     if config.softlabels.top_k is not None and config.softlabels.top_k > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
     if not config.evaluate.models:  # an evaluation job trains nothing
-        rows, workers = len(labels[train_key]), config.resources.num_workers
+        rows, workers = len(labels[train_key]), config.resources.max_workers
         if config.teacher.weights is None:
             rows_per_worker("teacher.train.batch_size", rows, workers, config.teacher.train.batch_size)
         rows_per_worker("student.train.batch_size", rows, workers, config.student.train.batch_size)
