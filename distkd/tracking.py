@@ -47,14 +47,19 @@ class RunMetrics:
         for name in SCALARS:
             self.writer.add_scalar(name, metrics[name], step)
         self.writer.flush()
-        for name in os.listdir(self.local):
-            with open(os.path.join(self.local, name), "rb") as f:
-                storage.write_bytes(storage.join(self.run_uri, TENSORBOARD, name), f.read())
+        self._upload()
         if self.mlflow is not None:
             self.mlflow.log_metrics({n: metrics[n] for n in SCALARS}, step=step)
 
+    def _upload(self) -> None:
+        """The event files, as written so far, into the run folder (any store URI)."""
+        for name in os.listdir(self.local):
+            with open(os.path.join(self.local, name), "rb") as f:
+                storage.write_bytes(storage.join(self.run_uri, TENSORBOARD, name), f.read())
+
     def close(self) -> None:
-        self.writer.close()
+        self.writer.close()  # its writer thread has written every event now: upload the files complete
+        self._upload()
         shutil.rmtree(self.local, ignore_errors=True)
         if self.mlflow is not None:
             self.mlflow.end_run()
