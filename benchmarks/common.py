@@ -28,7 +28,7 @@ import yaml
 
 from distkd import config, storage
 from distkd.data.source import Split, decode
-from distkd.distill.train import TrainSpec, lr_schedule, objective, shown
+from distkd.distill.train import TrainSpec, lr_schedule, objective, sgd, shown
 from distkd.job import Job
 from distkd.models import load_weights
 from distkd.softlabels import cache
@@ -120,13 +120,7 @@ def plain_training(
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.train.seed)
     model = spec.model.build()
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=spec.train.lr,
-        momentum=spec.train.momentum,
-        weight_decay=spec.train.weight_decay,
-        nesterov=spec.train.momentum > 0,
-    )
+    optimizer = sgd(model, spec.train)
     scheduler = lr_schedule(optimizer, spec)
     generator = torch.Generator().manual_seed(spec.train.seed * 1000)
     result, size = PlainResult(model), spec.train.batch_size

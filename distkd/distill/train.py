@@ -66,6 +66,17 @@ def lr_factor(step: int, total: int) -> float:
     return max(ramp, 0.01)
 
 
+def sgd(model: torch.nn.Module, train: TrainConfig) -> torch.optim.SGD:
+    """The job's optimiser: SGD with (Nesterov) momentum and weight decay."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        nesterov=train.momentum > 0,
+    )
+
+
 def lr_schedule(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LambdaLR:
     """The job's learning-rate schedule, stepped once per global step (its state is checkpointed)."""
     total = spec.train.epochs * spec.steps_per_epoch
@@ -93,13 +104,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(spec.train.seed)
     device = ray.train.torch.get_device()
     model = spec.model.build()
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=spec.train.lr,
-        momentum=spec.train.momentum,
-        weight_decay=spec.train.weight_decay,
-        nesterov=spec.train.momentum > 0,
-    )
+    optimizer = sgd(model, spec.train)
     scheduler = lr_schedule(optimizer, spec)
     start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
