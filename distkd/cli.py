@@ -176,6 +176,7 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
         print(f"distkd: {e}", file=sys.stderr)
         return 2
     from distkd import pipeline
+    from distkd.distill.train import Diverged
     from distkd.resources import ResourceShortage
     from distkd.softlabels.cache import CacheError
     from distkd.specs import MissingOutput
@@ -191,7 +192,7 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     console.timeline.clear()
     try:
         outputs = pipeline.run(job, stages)
-    except (MissingOutput, CacheError, StorageError) as e:
+    except (MissingOutput, CacheError, StorageError, Diverged) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
     except ResourceShortage as e:

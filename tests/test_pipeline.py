@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import io
+import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from distkd import config, pipeline, storage
@@ -21,6 +25,7 @@ from distkd.models import load_weights
 from distkd.softlabels import cache
 from distkd.softlabels.formats import to_numpy
 
+ROOT = Path(__file__).resolve().parents[1]
 ROWS = 600
 
 
@@ -51,15 +56,46 @@ def first_rows(split: Split) -> dict:
     }
 
 
+def outputs(store: Path) -> dict[str, str]:
+    """The outputs found in ``store``, by the names ``pipeline.run`` gives them."""
+    runs = {p.name.rsplit("-", 1)[0]: str(p / "model.pt") for p in (store / "runs").iterdir()}
+    ((labels,), (report,)) = ((store / "softlabels").iterdir(), (store / "reports").iterdir())
+    return {
+        "teacher": runs["teacher"],
+        "softlabels": str(labels),
+        "distilled": runs["student-kd"],
+        "scratch": runs["student-scratch"],
+        "report": str(report),
+    }
+
+
 @pytest.fixture(scope="module")
-def run(ray_cluster, cifar10, tmp_path_factory):
-    store = tmp_path_factory.mktemp("store")
+def run(ray_cluster, cifar10, tmp_path_factory) -> tuple[Job, Path, dict[str, str], subprocess.CompletedProcess]:
+    """The tiny job run as a user runs it, ``distkd pipeline JOB.yaml`` in a process of its own (joining this
+    session's Ray): the job, its store, its outputs and what it printed."""
+    import ray
+
+    folder = tmp_path_factory.mktemp("pipeline")
+    store = folder / "store"
     job = tiny_job(cifar10, str(store))
-    return job, store, pipeline.run(job)
+    raw = job.config.model_dump()
+    raw["ray_address"] = ray.get_runtime_context().gcs_address
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [sys.executable, "-m", "distkd", "pipeline", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=folder,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return job, store, outputs(store), done
 
 
 def test_every_stage_commits_its_output(run):
-    job, store, out = run
+    job, store, out, _ = run
     assert set(out) == {"teacher", "softlabels", "distilled", "scratch", "report"}
     for uri in (
         out["softlabels"],
@@ -72,7 +108,7 @@ def test_every_stage_commits_its_output(run):
 
 
 def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
-    job, _, out = run
+    job, _, out, _ = run
     manifest = cache.manifest(out["softlabels"])
     tables = [pq.read_table(os.path.join(out["softlabels"], s.file)) for s in manifest.shards]
     ids = [i for t in tables for i in t["id"].to_pylist()]
@@ -88,7 +124,7 @@ def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
 
 
 def test_second_run_reuses_everything_without_running_the_teacher(run, capsys):
-    job, store, out = run
+    job, store, out, _ = run
     before = snapshot(store)
     capsys.readouterr()
     again = pipeline.run(job)
@@ -100,7 +136,7 @@ def test_second_run_reuses_everything_without_running_the_teacher(run, capsys):
 
 
 def test_aggregated_evaluation_equals_single_process_computation(run):
-    job, _, out = run
+    job, _, out, _ = run
     models = storage.read_json(storage.join(out["report"], "metrics.json"))["models"]
     test = first_rows(job.evaluated)
     assert [m["role"] for m in models] == ["teacher", "distilled", "scratch"]
@@ -127,7 +163,7 @@ def test_aggregated_evaluation_equals_single_process_computation(run):
 
 
 def test_soft_labels_that_miss_training_ids_are_refused(run):
-    job, _, out = run
+    job, _, out, _ = run
     more_rows = dataclasses.replace(job.train, limit=ROWS + 10)
     with pytest.raises(cache.CacheError, match="0 duplicated, 10 missing, 0 unexpected"):
         join_softlabels(more_rows, out["softlabels"], job.student.input_shape)
@@ -141,29 +177,10 @@ def test_a_stage_not_asked_for_needs_its_input_committed(ray_cluster, cifar10, t
         pipeline.run(job, ["softlabels"])
 
 
-def test_teacher_and_soft_labels_on_s3(ray_cluster, cifar10, s3_server):
-    import boto3
-
-    from tests.conftest import BUCKET
-
-    job = tiny_job(cifar10, f"s3://{BUCKET}/pipeline", name="s3", stages=["train_teacher", "softlabels"])
-    out = pipeline.run(job)
-    assert out["softlabels"].startswith(f"s3://{BUCKET}/pipeline/softlabels/")
-    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="pipeline/")["Contents"]}
-    entry = out["softlabels"].removeprefix(f"s3://{BUCKET}/")
-    assert {f"{entry}/manifest.json", f"{entry}/_COMMITTED"} <= keys
-    manifest = cache.manifest(out["softlabels"])
-    assert manifest.rows == ROWS and all(f"{entry}/{s.file}" in keys for s in manifest.shards)
-    weights = io.BytesIO(storage.read_bytes(out["teacher"]))
-    assert "net.0.0.weight" in torch.load(weights, weights_only=True)
-
-
 def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
-    import yaml
-
     from distkd.cli import main
 
-    job, store, out = run
+    job, store, out, _ = run
     evaluation = {
         "name": "eval-only",
         "store": str(store),
@@ -196,12 +213,11 @@ def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
 
 def test_report_command_combines_runs(run, tmp_path, capsys):
     import base64
-    import re
     import shutil
 
     from distkd.cli import main
 
-    _, _, out = run
+    _, _, out, _ = run
     other = shutil.copytree(out["report"], tmp_path / "other-run")
     assert main(["report", out["report"], str(other), out["report"], "--out", str(tmp_path / "combined")]) == 0
     markdown = (tmp_path / "combined" / "report.md").read_text()
@@ -216,7 +232,7 @@ def test_report_command_combines_runs(run, tmp_path, capsys):
 
 
 def test_plan_shows_every_output_reused_after_a_run(run, monkeypatch):
-    job, _, out = run
+    job, _, out, _ = run
     monkeypatch.setattr(pipeline, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
     steps = pipeline.plan(job)
     assert [(s.name, s.action) for s in steps] == [(name, "reuse") for name in out]
@@ -227,8 +243,6 @@ def test_plan_shows_every_output_reused_after_a_run(run, monkeypatch):
 
 
 def test_plan_command_on_an_empty_store_starts_nothing(cifar10, tmp_path, capsys, monkeypatch):
-    import yaml
-
     from distkd.cli import main
 
     monkeypatch.setattr(pipeline, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
@@ -251,73 +265,48 @@ def test_plan_command_on_an_empty_store_starts_nothing(cifar10, tmp_path, capsys
     assert not store.exists()
 
 
-def test_console_summary_store_listing_and_curves(run, tmp_path, capsys):
-    """``distkd pipeline`` as a user runs it, in a process of its own that joins this session's Ray, on a
-    copy of the store with another alpha: the distilled student and the report are made again, the rest
-    reused. Its console has each line once and none of Ray's noise, and ends with the summary."""
-    import json
-    import re
-    import shutil
-    import subprocess
-    import sys
-
-    import ray
-    import yaml
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from distkd.cli import main
-
-    job, store, _ = run
-    copy = shutil.copytree(store, tmp_path / "store")
-    raw = job.config.model_dump()
-    raw.update(store=str(copy), ray_address=ray.get_runtime_context().gcs_address)
-    raw["distill"]["alpha"] = 0.5
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-m", "distkd", "pipeline", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_console_shows_each_stage_once_and_ends_with_the_summary(run):
+    """Each line once and none of Ray's noise; a line per epoch and progress to 100 %; then the summary."""
+    *_, done = run
     printed, lines = done.stdout, done.stdout.splitlines()
     assert len(lines) == len(set(lines)), printed
     for noise in ("Active & requested resources", "TrainingReport(", "exclude_resources", "PreemptionWatcher"):
         assert noise not in printed + done.stderr
     log = re.search(r"^Ray's logs: (\S+)", printed, re.M).group(1)
     assert Path(log).is_file()
-    for label in ("teacher", "softlabels", "student-scratch"):
-        assert f"[{label}] reusing" in printed
-    assert re.search(
-        r"^\[student-kd\] epoch 1/1  loss \S+ \(kd \S+ \+ ce \S+\)  val_acc \S+  \d+ samples/s", printed, re.M
-    )
+    for label in ("teacher", "student-kd", "student-scratch"):
+        assert re.search(
+            rf"^\[{label}\] epoch 1/1  loss \S+ \(kd \S+ \+ ce \S+\)  val_acc \S+  \d+ samples/s", printed, re.M
+        )
+    assert re.search(rf"^\[softlabels\] {ROWS}/{ROWS} rows 100%", printed, re.M)
     assert re.search(rf"^\[evaluate\] {ROWS}/{ROWS} rows 100%", printed, re.M)
     summary = printed[printed.index("model  ") :]
     assert all(f"lenet5 {r}" in summary for r in ("distilled", "scratch")) and "resnet9 teacher" in summary
     assert re.search(r"^distilled student vs from scratch: [+-]\d+\.\d\d points$", summary, re.M)
-    assert re.search(
-        r"^stages: teacher reused, softlabels reused, student-kd \S+, student-scratch reused, evaluate ", summary, re.M
-    )
+    stages = r"^stages: teacher \S+, softlabels \S+, student-kd \S+, student-scratch \S+, evaluate "
+    assert re.search(stages, summary, re.M)
     report = Path(lines[-1].removeprefix("report: "))
     assert report.name == "report.html" and 'alt="training_curves.png"' in report.read_text()
     assert (report.parent / "training_curves.png").read_bytes().startswith(b"\x89PNG")
 
-    assert main(["store", "ls", "--store", str(copy), "--json"]) == 0
+
+def test_store_listing_and_tensorboard_curves(run, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distkd.cli import main
+
+    _, store, out, _ = run
+    assert main(["store", "ls", "--store", str(store), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {r["kind"] for r in listed} == {"teacher", "softlabels", "run", "report"}
-    assert sum(r["kind"] == "run" for r in listed) == 3  # two distilled students (alphas) and the scratch one
-    newest = max((r for r in listed if r["kind"] == "report"), key=lambda r: r["created"])
-    assert newest["job"] == "tiny" and set(newest["accuracy"]) == {"teacher", "distilled", "scratch"}
-    assert main(["store", "ls", "--store", str(copy)]) == 0
+    assert sorted(r["kind"] for r in listed) == ["report", "run", "run", "softlabels", "teacher"]
+    (report,) = (r for r in listed if r["kind"] == "report")
+    assert report["job"] == "tiny" and set(report["accuracy"]) == {"teacher", "distilled", "scratch"}
+    assert main(["store", "ls", "--store", str(store)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["kind", "name", "job", "what"] and len(table) == 1 + len(listed)
 
-    kd_run = next(r["uri"] for r in listed if r["kind"] == "run" and "student-kd" in r["name"])
-    events = EventAccumulator(str(Path(kd_run, "tensorboard"))).Reload()
+    kd_run = Path(out["distilled"]).parent
+    events = EventAccumulator(str(kd_run / "tensorboard")).Reload()
     assert {"loss", "kd", "ce", "val_accuracy"} <= set(events.Tags()["scalars"])
-    history = storage.read_json(storage.join(kd_run, "history.json"))
+    history = storage.read_json(str(kd_run / "history.json"))
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([h["loss"] for h in history], rel=1e-6)

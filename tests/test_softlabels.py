@@ -283,14 +283,14 @@ def test_two_jobs_writing_the_same_key_at_once_end_with_one_valid_entry(data, st
     assert names == [f"part-0000{i}-of-00004.parquet" for i in range(4)]  # no temporary files left
 
 
-@pytest.mark.parametrize("softlabels", [{}, {"format": "topk", "top_k": 3}, {"views": 2}])
-def test_distillation_moves_the_student_towards_its_teacher(data, store, weights, softlabels):
+def test_distillation_moves_the_student_towards_its_teacher(data, store, weights):
     """On held-back rows, the distilled student is closer to its teacher (the KD term: KL at the distillation
-    temperature) than the same student trained from the labels alone with the same seed (the baseline)."""
+    temperature) than the same student trained from the labels alone with the same seed (the baseline).
+    Top-3 labels of 2 recorded views: the least information a student gets (dense labels are the pipeline's)."""
     from distkd.data.source import decode
     from distkd.distill.stage import students
 
-    job = job_for(data, store, student={"epochs": 3, "batch_size": 50, "lr": 0.02}, view_seed=5, **softlabels)
+    job = job_for(data, store, student={"epochs": 3, "batch_size": 50, "lr": 0.02}, view_seed=5, format="topk", top_k=3, views=2)
     labelled = job.softlabel_spec(weights)
     generate(labelled)
     runs = students(job.distilled_run(labelled), job.scratch_run())

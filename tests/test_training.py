@@ -14,9 +14,9 @@ import ray.data
 import ray.train
 import torch
 
-from distkd import config
+from distkd import config, storage
 from distkd.distill.stage import decoded, in_memory
-from distkd.distill.train import TrainSpec, fit, lr_schedule, steps_per_epoch
+from distkd.distill.train import Diverged, TrainSpec, fit, lr_schedule, steps_per_epoch
 from distkd.job import Job
 
 ROWS = 200
@@ -41,9 +41,9 @@ def data(ray_cluster, cifar10) -> tuple[Job, ray.data.Dataset, ray.data.Dataset]
     )
 
 
-def train(data, run: Path, epochs: int = 2, **resources) -> list[dict]:
+def train(data, run: Path, epochs: int = 2, lr: float = 0.05, **resources) -> list[dict]:
     job, rows, val = data
-    settings = config.TrainConfig(epochs=epochs, batch_size=32, lr=0.05, augment=False)
+    settings = config.TrainConfig(epochs=epochs, batch_size=32, lr=lr, augment=False)
     spec = TrainSpec(
         label="student",
         model=job.student,
@@ -115,6 +115,13 @@ def test_killed_training_worker_resumes_from_the_latest_checkpoint(data, tmp_pat
     assert killed, "training finished before a worker could be killed"
     assert [e["epoch"] for e in history] == [1, 2, 3, 4, 5]
     assert history[0]["started_from"] == 0 and history[-1]["started_from"] > 0  # resumed, not from scratch
+
+
+def test_diverging_loss_stops_the_run_with_a_message_and_commits_nothing(data, tmp_path):
+    with pytest.raises(Diverged, match=r"student: the training loss became (nan|inf) in epoch 1 \(lr 1000000.0"):
+        train(data, tmp_path / "run", epochs=3, lr=1e6)
+    assert not storage.is_committed(str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_elastic_worker_range_reaches_ray_train_as_a_range():

@@ -35,6 +35,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 WARMUP = 0.2  # fraction of the steps over which the learning rate ramps up
 
 
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stops with what it had, uncommitted."""
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """Everything a worker needs. ``alpha`` 0 trains on the labels alone (no soft labels read)."""
@@ -168,6 +172,9 @@ def train_loop(config: dict) -> None:
                 "started_from": start_epoch,  # > 0 in epochs run after a restart from a checkpoint
             }
         )
+        if not math.isfinite(loss):  # every worker sees the same reduced sums, so all stop here together
+            ray.train.report({k: v for k, v in history[-1].items() if k != "workers"})  # no checkpoint
+            break
         report(model, optimizer, scheduler, epoch, history, rank)
         if curves:
             curves.log(history[-1])
@@ -333,6 +340,12 @@ def fit(
     )
     with epoch_lines:
         result = trainer.fit()
+    if not math.isfinite(result.metrics["loss"]):
+        raise Diverged(
+            f"{spec.label}: the training loss became {result.metrics['loss']} in epoch {result.metrics['epoch']} "
+            f"(lr {spec.train.lr}, batch_size {spec.train.batch_size}); try a lower train.lr. "
+            f"Nothing was committed to {run_uri}"
+        )
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
     buffer = io.BytesIO()

@@ -15,7 +15,6 @@ from distkd.data.source import decode_batch
 from distkd.data.transforms import Normalize
 from distkd.evaluate.cost import model_cost
 from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
-from distkd.evaluate.report import write_report
 from distkd.models import load_weights
 from distkd.specs import EvalSpec, Weights
 
@@ -118,6 +117,8 @@ def measure_costs(models: dict[str, Weights], threads: int) -> dict[str, dict]:
 
 def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:
     """``metrics.json``, ``report.md``, ``report.html`` and the plots, into ``folder`` (any store URI)."""
+    from distkd.evaluate.report import write_report  # matplotlib: on the driver, not in every actor
+
     with tempfile.TemporaryDirectory() as local:
         write_report(local, models, title=title)
         for path in Path(local).iterdir():

@@ -7,7 +7,6 @@ import io
 from collections.abc import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from distkd import storage
@@ -16,6 +15,8 @@ from distkd.models.students import LeNet5, ResNet9
 
 def _torchvision(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, in_channels: int = 3, image_size: int = 224, cifar_stem: bool = False) -> nn.Module:
+        import torchvision.models  # here, not at the top: every Ray worker imports this module, few build these
+
         model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
         if cifar_stem:
             _cifar_stem(model, in_channels)
