@@ -74,6 +74,7 @@ class EpochPrinter:
 
     def __init__(self, label: str, epochs: int) -> None:
         self.label, self.epochs = label, epochs
+        self.latest: dict | None = None  # the last epoch's metrics, once printed
         self.queue = Queue(actor_options={"num_cpus": 0})
         self.callback = ForwardMetrics(self.queue)
         self._done = threading.Event()
@@ -87,6 +88,7 @@ class EpochPrinter:
                 if self._done.is_set():
                     return
                 continue
+            self.latest = metrics
             print(epoch_line(self.label, self.epochs, metrics), flush=True)
 
     def __enter__(self) -> EpochPrinter:

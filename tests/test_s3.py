@@ -210,11 +210,13 @@ def test_unusable_uris_stop_the_job_before_ray_starts(
     assert time.perf_counter() - started < 30
 
 
-def test_whole_pipeline_on_s3_writes_no_secret_anywhere(s3_server, s3_cifar10, tmp_path):
-    """Data, store, runs and reports on S3, run as `distkd pipeline` in its own process with its own local
-    Ray; the secret key is in that process's environment (the node's own credentials) and nowhere else."""
+def test_whole_pipeline_on_s3_writes_no_secret_anywhere(s3_server, s3_cifar10, s3_weights, tmp_path):
+    """Data, teacher weights, store, soft labels, a run (its Ray Train checkpoints) and the report on S3, run
+    as `distkd pipeline` in its own process with its own local Ray; the secret key is in that process's
+    environment (the node's own credentials) and nowhere else."""
     store = f"s3://{BUCKET}/pipeline-on-s3"
     raw = job_raw(store, s3_cifar10, name="on-s3")
+    raw["teacher"]["weights"] = s3_weights
     raw["distill"] = {"baseline": False}  # one student is enough here
     path = write_job(tmp_path, raw)
     ray_root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths must stay short
@@ -242,7 +244,6 @@ def test_whole_pipeline_on_s3_writes_no_secret_anywhere(s3_server, s3_cifar10, t
     assert committed == [
         "reports/" + report.split("/")[-2],
         "runs/student",
-        "runs/teacher",
         "softlabels/" + next(k.split("/")[2] for k in written if k.startswith("pipeline-on-s3/softlabels/")),
     ]
 

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from distkd import config
 from distkd.data.source import Split
 from distkd.distill import streaming
 from distkd.distill.stage import worker_spec
-from distkd.distill.teacher import teacher_weights
 from distkd.distill.train import epoch_batches
 from distkd.job import Job
+from distkd.models import state_dict_bytes
 from distkd.softlabels import cache
 from distkd.softlabels.stage import generate, label_units
 from distkd.softlabels.writer import RECORD
@@ -49,8 +50,10 @@ def data(tmp_path_factory, cifar10) -> Path:
 def labelled(ray_cluster, data, tmp_path_factory) -> tuple[Job, str, str]:
     store = tmp_path_factory.mktemp("store")
     job = job_for(data, store)
-    weights = teacher_weights(job.teacher_run())
-    return job, weights, generate(job.softlabel_spec(weights))
+    torch.manual_seed(0)
+    weights = store / "teacher.pt"  # untrained: its outputs need not be good to be cached and streamed
+    weights.write_bytes(state_dict_bytes(job.teacher.build()))
+    return job, str(weights), generate(job.softlabel_spec(str(weights)))
 
 
 def test_read_takes_the_first_rows_by_file_counts_in_any_order(ray_cluster, data):

@@ -290,7 +290,8 @@ def test_distillation_moves_the_student_towards_its_teacher(data, store, weights
     from distkd.data.source import decode
     from distkd.distill.stage import students
 
-    job = job_for(data, store, student={"epochs": 3, "batch_size": 50, "lr": 0.02}, view_seed=5, format="topk", top_k=3, views=2)
+    student = {"epochs": 3, "batch_size": 50, "lr": 0.02}
+    job = job_for(data, store, student=student, view_seed=5, format="topk", top_k=3, views=2)
     labelled = job.softlabel_spec(weights)
     generate(labelled)
     runs = students(job.distilled_run(labelled), job.scratch_run())

@@ -340,9 +340,9 @@ def fit(
     )
     with epoch_lines:
         result = trainer.fit()
-    if not math.isfinite(result.metrics["loss"]):
+    if (latest := epoch_lines.latest) and not math.isfinite(latest["loss"]):
         raise Diverged(
-            f"{spec.label}: the training loss became {result.metrics['loss']} in epoch {result.metrics['epoch']} "
+            f"{spec.label}: the training loss became {latest['loss']} in epoch {latest['epoch']} "
             f"(lr {spec.train.lr}, batch_size {spec.train.batch_size}); try a lower train.lr. "
             f"Nothing was committed to {run_uri}"
         )
