@@ -86,6 +86,7 @@ def stage_run(
     for _ in range(repeats):
         changes = {
             "store": scratch_folder("throughput-store"),
+            "stages": ["softlabels"],
             "data": {"limit": rows},
             "softlabels": {"actors": actors, "cpus_per_actor": per_actor, "shard_rows": shard_rows},
         }

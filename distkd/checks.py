@@ -28,11 +28,12 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
         labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
     if config.softlabels.top_k is not None and config.softlabels.top_k > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
-    if not config.evaluate.models:  # an evaluation job trains nothing
+    if not config.evaluate.models:  # an evaluation job trains nothing; other jobs only in the stages they run
         rows, workers = len(labels[train_key]), config.resources.max_workers
-        if config.teacher.weights is None:
+        if config.teacher.weights is None and "train_teacher" in config.stages:
             rows_per_worker("teacher.train.batch_size", rows, workers, config.teacher.train.batch_size)
-        rows_per_worker("student.train.batch_size", rows, workers, config.student.train.batch_size)
+        if "distill" in config.stages:
+            rows_per_worker("student.train.batch_size", rows, workers, config.student.train.batch_size)
     return num_classes
 
 

@@ -90,6 +90,15 @@ def test_bad_job_file_names_the_problem(tmp_path, cifar10, capsys, monkeypatch, 
     assert not (tmp_path / "store").exists()
 
 
+def test_batch_sizes_are_checked_only_for_the_stages_that_train(tmp_path, cifar10):
+    """A soft-label job on few rows is not refused for a training batch it will never take."""
+    batches = {"teacher__train": {"batch_size": 101}, "student__train": {"batch_size": 101, "augment": False}}
+    job = Job.prepare(config.load(write_job(tmp_path, cifar10, stages=["softlabels"], **batches)))
+    assert job.config.stages == ["softlabels"]
+    with pytest.raises(config.ConfigError, match="'student.train.batch_size': 100 training rows"):
+        Job.prepare(config.load(write_job(tmp_path, cifar10, stages=["distill"], **batches)))
+
+
 def test_missing_job_file_and_bad_yaml(tmp_path, capsys):
     assert main(["pipeline", str(tmp_path / "nope.yaml")]) == 2
     assert "job file not found" in capsys.readouterr().err
