@@ -172,10 +172,9 @@ def train_loop(config: dict) -> None:
                 "started_from": start_epoch,  # > 0 in epochs run after a restart from a checkpoint
             }
         )
-        if not math.isfinite(loss):  # every worker sees the same reduced sums, so all stop here together
-            ray.train.report({k: v for k, v in history[-1].items() if k != "workers"})  # no checkpoint
-            break
         report(model, optimizer, scheduler, epoch, history, rank)
+        if not math.isfinite(loss):  # every worker sees the same reduced sums, so all stop here together
+            break
         if curves:
             curves.log(history[-1])
     if curves:
@@ -286,9 +285,10 @@ def report(
     rank: int,
 ) -> None:
     """Every worker reports each epoch; rank 0 attaches the checkpoint (model, optimiser, schedule, epoch,
-    history and the torch RNG state: what a restarted worker group resumes from)."""
+    history and the torch RNG state: what a restarted worker group resumes from), except after an epoch whose
+    loss is not finite: a run never resumes from a diverged model."""
     metrics = {k: v for k, v in history[-1].items() if k != "workers"}
-    if rank != 0:
+    if rank != 0 or not math.isfinite(metrics["loss"]):
         ray.train.report(metrics)
         return
     module = getattr(model, "module", model)
