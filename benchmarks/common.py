@@ -7,6 +7,7 @@ Run every benchmark from the repository root (the quick start's paths are relati
 from __future__ import annotations
 
 import copy
+import io
 import os
 import platform
 import resource
@@ -21,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
 import yaml
+from PIL import Image
 
 from distkd import config, storage
 from distkd.data.source import Split, decode
@@ -39,7 +42,9 @@ QUICKSTART = "jobs/quickstart.yaml"
 TEACHERS = {  # the teachers the benchmarks compare: (registry name, kwargs)
     "resnet9-w16": ("resnet9", {"width": 16}),  # the quick start's
     "resnet18": ("resnet18", {"cifar_stem": True}),
+    "resnet50": ("resnet50", {}),  # at 224x224 (item 6, on a GPU)
 }
+SYNTHETIC_FILE_ROWS = 50_000
 
 
 def merged(base: dict, changes: dict) -> dict:
@@ -96,6 +101,36 @@ def synthetic_teacher(model: ModelSpec, x: torch.Tensor, spread: float, folder: 
     path = os.path.join(folder, f"{model.name}-{model.num_classes}-synthetic.pt")
     torch.save(net.state_dict(), path)
     return path
+
+
+def write_split(
+    folder: Path, split: str, rows: int, classes: int, side: int, seed: int, image_format: str = "PNG"
+) -> None:
+    """``rows`` random ``side``x``side`` images with random labels in distkd's layout, in files of
+    SYNTHETIC_FILE_ROWS rows. The pixels are 64 images, each encoded once (cheap to write): PNG noise, or
+    for JPEG a smooth pattern with some noise, which encodes to about a photo's size."""
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for _ in range(64):
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        if image_format == "JPEG":
+            coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side))
+            pixels = (0.8 * np.asarray(coarse) + 0.2 * pixels).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=image_format)
+        encoded.append(buffer.getvalue())
+    count = -(-rows // SYNTHETIC_FILE_ROWS)
+    for f in range(count):
+        first = f * SYNTHETIC_FILE_ROWS
+        n = min(SYNTHETIC_FILE_ROWS, rows - first)
+        table = pa.table(
+            {
+                "id": [f"{split}/{first + i:07d}" for i in range(n)],
+                "image": pa.array([encoded[(first + i) % len(encoded)] for i in range(n)], pa.binary()),
+                "label": rng.integers(0, classes, n),
+            }
+        )
+        pq.write_table(table, folder / f"{split}-{f:05d}-of-{count:05d}.parquet", row_group_size=5000)
 
 
 @dataclass
@@ -204,8 +239,9 @@ def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU in use"
     return (
-        f"{os.cpu_count()} CPUs ({model}), {memory:.0f} GiB, no GPU in use; torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs ({model}), {memory:.0f} GiB, {gpu}; torch {torch.__version__}, "
         f"ray {ray.__version__}; commit {commit or '?'}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"load average (1, 5, 15 min) {load}"
     )

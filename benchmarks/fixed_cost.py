@@ -26,15 +26,15 @@ import yaml
 from common import QUICKSTART, header, merged, scratch_folder, table
 
 EVENTS = {  # what a line says -> the event it marks (the first line that matches)
-    "Started a local Ray instance": "Ray started",
-    r"\[teacher\] training into": "teacher training starts",
+    "Ray's logs: ": "Ray started",
+    r"\[teacher\] training ": "teacher training starts",
     r"\[teacher\] epoch 1/": "teacher's first epoch (one step) done",
-    r"\[softlabels\] teacher": "soft-label stage starts",
+    r"\[softlabels\] labelling": "soft-label stage starts",
     r"\[softlabels\] committed": "soft labels (one batch) committed",
-    r"\[student-kd\] training into": "distilled student starts",
+    r"\[student-kd\] training ": "distilled student starts",
     r"\[student-kd\] epoch 1/": "distilled student's first epoch (one step) done",
     r"\[student-scratch\] epoch 1/": "scratch student's first epoch (one step) done",
-    r"\[evaluate\] report": "report written",
+    r"\[evaluate\] report:": "report written",
 }
 
 RAY_ONLY = {  # what each measures -> a program that prints its seconds after the imports

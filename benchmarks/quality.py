@@ -84,7 +84,15 @@ def main() -> None:
         print(f"seed {seed} done: { ({k: f'{v[-1]:.2%}' for k, v in results.items()}) }", flush=True)
 
     scratch = statistics.mean(results[SCRATCH]) if SCRATCH in results else None
-    rows = [["teacher (resnet9 width 16, one run)", f"{tested(job.teacher, teacher):.2%}", "-", "-", "-"]]
+    rows = [
+        [
+            f"teacher ({job.teacher.name} {job.teacher.kwargs}, one run)",
+            f"{tested(job.teacher, teacher):.2%}",
+            "-",
+            "-",
+            "-",
+        ]
+    ]
     for variant, accs in results.items():
         mean = statistics.mean(accs)
         rows.append(

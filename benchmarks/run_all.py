@@ -23,8 +23,8 @@ FULL = {
     "label_bytes.py": ["--rows", "10000", "--views", "8"],
 }
 QUICK = {
-    "teacher_throughput.py": ["--teachers", "resnet9-w16:10000,resnet18:1000"],
-    "student_cost.py": ["--rows", "3000", "--epochs", "2", "--val-rows", "1000"],
+    "teacher_throughput.py": ["--teachers", "resnet9-w16:4000,resnet18:500", "--shard-rows", "250"],
+    "student_cost.py": ["--rows", "2000", "--epochs", "2", "--val-rows", "500", "--teachers", "resnet9-w16"],
     "fixed_cost.py": [],
     "label_bytes.py": ["--rows", "1000", "--views", "4"],
 }

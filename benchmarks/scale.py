@@ -14,19 +14,15 @@ in practice a few blocks per running task.
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
-from PIL import Image
+from common import write_split
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 from distkd import config, pipeline, storage
@@ -34,30 +30,6 @@ from distkd.distill.stage import students
 from distkd.job import Job
 from distkd.models import build_model
 from distkd.softlabels.stage import generate
-
-FILE_ROWS = 50_000
-
-
-def write_split(folder: Path, split: str, rows: int, classes: int, side: int, seed: int) -> None:
-    """``rows`` random ``side``x``side`` PNG images with random labels, in files of FILE_ROWS rows."""
-    rng = np.random.default_rng(seed)
-    palette = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(64)]  # cheap to encode
-    count = -(-rows // FILE_ROWS)
-    for f in range(count):
-        n = min(FILE_ROWS, rows - f * FILE_ROWS)
-        images = []
-        for i in range(n):
-            buffer = io.BytesIO()
-            Image.fromarray(palette[(f * FILE_ROWS + i) % len(palette)]).save(buffer, format="PNG")
-            images.append(buffer.getvalue())
-        table = pa.table(
-            {
-                "id": [f"{split}/{f * FILE_ROWS + i:07d}" for i in range(n)],
-                "image": pa.array(images, pa.binary()),
-                "label": rng.integers(0, classes, n),
-            }
-        )
-        pq.write_table(table, folder / f"{split}-{f:05d}-of-{count:05d}.parquet", row_group_size=5000)
 
 
 class Peaks:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -34,26 +35,32 @@ from common import (
     synthetic_teacher,
     table,
     timed,
+    write_split,
 )
 
-from distkd.data.source import decode
+from distkd.data.source import decode_batch
 from distkd.softlabels.stage import generate
 from distkd.softlabels.teacher import TeacherPredictor
 from distkd.specs import SoftLabelSpec
 
 
 def bare_loop(spec: SoftLabelSpec) -> dict[str, float]:
-    """Seconds of each phase of labelling the spec's rows in this process, no Ray."""
+    """Seconds of each phase of labelling the spec's rows in this process, no Ray: decoding on a thread per
+    CPU, the teacher on the GPU if there is one (in the spec's precision), else on a torch thread per CPU."""
     torch.set_num_threads(os.cpu_count())
     seconds = {}
     with timed() as t:
         table = spec.data.read_table(["id", "image", "label"])
     seconds["read Parquet"] = t["seconds"]
-    with timed() as t:
-        images = np.stack([decode(b) for b in table["image"].to_pylist()])
-    seconds["decode JPEG"] = t["seconds"]
-    predictor = TeacherPredictor(spec.teacher.model, spec.teacher.uri, spec.normalize, spec.format)
-    ids, size = table["id"].to_numpy(zero_copy_only=False), spec.execution.batch_size
+    with timed() as t, ThreadPoolExecutor(os.cpu_count()) as pool:
+        columns = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+        images = decode_batch(columns, spec.teacher.model.input_shape, pool)["image"]
+    seconds["decode images"] = t["seconds"]
+    predictor = TeacherPredictor(
+        spec.teacher.model, spec.teacher.uri, spec.normalize, spec.format, precision=spec.precision
+    )
+    ids, size = columns["id"], spec.execution.batch_size
+    predictor({"id": ids[:size], "image": images[:size]})  # CUDA's and cuDNN's one-time set-up, not timed
     with timed() as t:
         labels = [predictor({"id": ids[i : i + size], "image": images[i : i + size]}) for i in range(0, len(ids), size)]
     seconds["teacher (normalise, forward, format)"] = t["seconds"]
@@ -79,16 +86,21 @@ def actor_threads(cpus: float) -> str:
 
 
 def stage_run(
-    base: dict, weights: str, actors: int, per_actor: float, rows: int, shard_rows: int, repeats: int
+    base: dict, weights: str, pool: tuple[int, float, float], rows: int, shard_rows: int, repeats: int
 ) -> dict:
     """The fastest of ``repeats`` runs of the soft-label stage into fresh stores (``timed``'s figures)."""
-    runs = []
+    runs, (actors, per_actor, gpus) = [], pool
     for _ in range(repeats):
         changes = {
             "store": scratch_folder("throughput-store"),
             "stages": ["softlabels"],
             "data": {"limit": rows},
-            "softlabels": {"actors": actors, "cpus_per_actor": per_actor, "shard_rows": shard_rows},
+            "softlabels": {
+                "actors": actors,
+                "cpus_per_actor": per_actor,
+                "gpus_per_actor": gpus,
+                "shard_rows": shard_rows,
+            },
         }
         spec = quickstart_job(merged(base, changes)).softlabel_spec(weights)
         with timed() as t:
@@ -104,15 +116,27 @@ def main() -> None:
     )
     p.add_argument("--shard-rows", type=int, default=2_500, help="rows per shard (and per actor call)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each; the fastest is kept")
+    p.add_argument("--synthetic", type=int, metavar="SIDE", help="label synthetic SIDExSIDE JPEGs of 1000 classes")
+    p.add_argument("--gpu", action="store_true", help="teachers on the GPU in bf16 (1 actor, and 2 sharing it)")
     args = p.parse_args()
     header("Teacher throughput: soft-label stage vs a bare PyTorch loop")
     cpus = os.cpu_count()
-    pools = [(1, float(cpus)), (cpus, 1.0)]  # (actors, CPUs per actor): every CPU in use either way
+    # (actors, CPUs per actor, GPUs per actor): every CPU in use either way (on a GPU, 2 left to the driver)
+    pools = [(1, cpus - 2.0, 1.0), (2, cpus / 2 - 1, 0.5)] if args.gpu else [(1, float(cpus), 0.0), (cpus, 1.0, 0.0)]
     start_ray()
     folder = scratch_folder("throughput")
+    data = {"num_classes": 10}
+    if args.synthetic:
+        rows = max(int(t.split(":")[1]) for t in args.teachers.split(","))
+        images = scratch_folder("synthetic")
+        data = {"uri": images, "num_classes": 1000, "class_names": None, "val_limit": 256}
+        write_split(Path(images), "train", rows, 1000, args.synthetic, seed=0, image_format="JPEG")
+        write_split(Path(images), "test", 256, 1000, args.synthetic, seed=1, image_format="JPEG")
     for name, count in (t.split(":") for t in args.teachers.split(",")):
         model, kwargs, count = *TEACHERS[name], int(count)
-        base = {"data": {"limit": count, "num_classes": 10}, "teacher": {"name": model, "kwargs": kwargs}}
+        base = {"data": {**data, "limit": count}, "teacher": {"name": model, "kwargs": kwargs}}
+        if args.gpu:
+            base["softlabels"] = {"precision": "bf16"}
         job = quickstart_job({**base, "store": folder})
         _, images, _ = decoded(job.val)  # the teacher's logits are scaled on other images than it labels
         weights = synthetic_teacher(job.teacher, job.normalize(images[:256]), 3.0, folder)
@@ -122,14 +146,15 @@ def main() -> None:
             key=lambda s: sum(s.values()),
         )
         bare_total = sum(bare.values())
-        rows = [[f"bare loop, 1 process, {cpus} torch threads", count / bare_total, 1.0, "-", "-", "-", "-", "-"]]
-        for actors, per_actor in pools:
-            t = stage_run(base, weights, actors, per_actor, count, args.shard_rows, args.repeats)
-            fixed = stage_run(base, weights, actors, per_actor, actors, 1, args.repeats)["seconds"]
+        where = "the GPU, bf16" if args.gpu else f"{cpus} torch threads"
+        rows = [[f"bare loop, 1 process, {where}", count / bare_total, 1.0, "-", "-", "-", "-", "-"]]
+        for actors, per_actor, gpus in pools:
+            t = stage_run(base, weights, (actors, per_actor, gpus), count, args.shard_rows, args.repeats)
+            fixed = stage_run(base, weights, (actors, per_actor, gpus), actors, 1, args.repeats)["seconds"]
             rate, marginal = count / t["seconds"], count / max(t["seconds"] - fixed, 1e-9)
             rows.append(
                 [
-                    f"soft-label stage, {actors} actor(s) x {per_actor:g} CPU",
+                    f"soft-label stage, {actors} actor(s) x {per_actor:g} CPU" + (f", {gpus:g} GPU" if gpus else ""),
                     rate,
                     rate / (count / bare_total),
                     fixed,

@@ -103,3 +103,14 @@ def test_duplicate_names_rejected(tmp_path) -> None:
     models[1]["name"] = "Resnet  Teacher"
     with pytest.raises(ValueError, match="differ"):
         write_report(tmp_path, models)
+
+
+def test_costs_measured_on_a_gpu_get_their_own_columns(tmp_path) -> None:
+    models = make_models()
+    for i, m in enumerate(models):
+        m["cost_gpu"] = {**m["cost"], "latency_ms": 0.25 + i, "throughput": 9_000_000.0, "device": "cuda"}
+    md = write_report(tmp_path, models, title="gpu")["report.md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| model |"))
+    assert header.endswith("| GPU latency ms (b=1) | GPU throughput/s |")
+    assert next(line for line in md.splitlines() if line.startswith("| tiny scratch")).endswith("| 1.25 | 9.00M |")
+    assert "measured on cpu, cuda" in md

@@ -15,6 +15,7 @@ import ray.train
 import torch
 
 from distkd import config, storage
+from distkd.distill import streaming
 from distkd.distill.stage import decoded, in_memory
 from distkd.distill.train import Diverged, TrainSpec, fit, lr_schedule, steps_per_epoch
 from distkd.job import Job
@@ -41,8 +42,11 @@ def data(ray_cluster, cifar10) -> tuple[Job, ray.data.Dataset, ray.data.Dataset]
     )
 
 
-def train(data, run: Path, epochs: int = 2, lr: float = 0.05, **resources) -> list[dict]:
+def train(data, run: Path, epochs: int = 2, lr: float = 0.05, streamed: bool = False, **resources) -> list[dict]:
     job, rows, val = data
+    if streamed:
+        # in 8 blocks, so that both workers get some (the stream's blocks are a unit's rows: one here)
+        rows = streaming.stream(job.train, ["id", "image", "label"], job.student.input_shape).repartition(8)
     settings = config.TrainConfig(epochs=epochs, batch_size=32, lr=lr, augment=False)
     spec = TrainSpec(
         label="student",
@@ -50,6 +54,7 @@ def train(data, run: Path, epochs: int = 2, lr: float = 0.05, **resources) -> li
         train=settings,
         normalize=job.normalize,
         steps_per_epoch=steps_per_epoch(ROWS, settings.batch_size),
+        split=streamed,
     )
     return fit(spec, rows, val, str(run), config.ResourcesConfig(**resources))
 
@@ -81,14 +86,17 @@ def test_two_workers_train_on_every_id_once_and_follow_one_worker(data, tmp_path
     ids = data[0].train.read_table(["id"])["id"].to_pylist()
     checksum = sum(zlib.crc32(i.encode()) for i in ids)
     curves = {}
-    for workers in (1, 2):
-        history = train(data, tmp_path / f"w{workers}", num_workers=workers)
+    for workers, streamed in ((1, False), (2, False), (2, True)):
+        # streamed: each worker reads its own (unequal) share; half a CPU each leaves one for the read tasks
+        resources = {"num_workers": workers, **({"cpus_per_worker": 0.5} if streamed else {})}
+        history = train(data, tmp_path / f"w{workers}{streamed}", streamed=streamed, **resources)
         assert [e["epoch"] for e in history] == [1, 2]
         for epoch in history:
             assert epoch["samples"] == ROWS and epoch["id_checksum"] == checksum
             assert len(epoch["workers"]) == workers and sum(w["samples"] for w in epoch["workers"]) == ROWS
             assert all(w["samples"] > 0 for w in epoch["workers"])
-        curves[workers] = [e["loss"] for e in history]
+        if not streamed:
+            curves[workers] = [e["loss"] for e in history]
     # the same global batches, learning rate and schedule: the same curve up to float summation order
     assert curves[2] == pytest.approx(curves[1], rel=1e-3)
 

@@ -28,6 +28,7 @@ from distkd import storage
 from distkd.config import ResourcesConfig, TrackingConfig, TrainConfig
 from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
 from distkd.distill.loss import kd_loss, kd_loss_topk
+from distkd.models import placed
 from distkd.specs import ModelSpec
 from distkd.tracking import EpochPrinter, RunMetrics
 
@@ -120,7 +121,7 @@ def train_loop(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(placed(model, device))
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
     use_amp = amp_dtype is not None and device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=use_amp and amp_dtype == torch.float16)
@@ -134,23 +135,26 @@ def train_loop(config: dict) -> None:
         model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, its KD part, samples
         checksum = 0  # of the ids trained on
-        for ids, batch, share in epoch_batches(train_shard, spec, epoch, rank, world):
-            images, view = shown(spec, batch, generator)
-            x, y = spec.normalize(images.to(device)), batch["label"].to(device)
+        for ids, batch, share in epoch_batches(train_shard, spec, epoch, rank, world, device):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                logits = model(x)
-                loss = objective(spec, logits.float(), y, batch, view, device)
-            # DDP averages the workers' gradients: scaled so, they are the gradient of the global batch's mean loss
-            scaled = loss * share if len(y) else logits.sum() * 0
+                if len(ids):
+                    images, view = shown(spec, batch, generator)
+                    x, y = spec.normalize(images.to(device)), batch["label"].to(device)
+                    logits = model(x)
+                    loss = objective(spec, logits.float(), y, batch, view, device)
+                    # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's
+                    scaled = loss * share
+                else:  # no rows of this step here: join the gradient all-reduce with zeros (BatchNorm untouched)
+                    scaled = idle_step(model, spec, device)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(scaled).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            if len(y):
+            if len(ids):
                 kd = loss.detach() - (1 - spec.alpha) * F.cross_entropy(logits.detach().float(), y)
-                sums += len(y) * torch.stack([loss.detach(), kd, torch.ones((), device=device)]).double()
-            checksum += id_checksum(ids)
+                sums += len(ids) * torch.stack([loss.detach(), kd, torch.ones((), device=device)]).double()
+                checksum += id_checksum(ids)
         train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(model, val_shard, spec, device)
         workers = gathered({"rank": rank, "node": ray.get_runtime_context().get_node_id(), "samples": int(sums[2])})
@@ -196,23 +200,39 @@ def gathered(item: dict) -> list[dict]:
 
 
 def epoch_batches(
-    shard: ray.data.DataIterator, spec: TrainSpec, epoch: int, rank: int, world: int
+    shard: ray.data.DataIterator,
+    spec: TrainSpec,
+    epoch: int,
+    rank: int,
+    world: int,
+    device: str | torch.device = "cpu",
 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], float]]:
     """This worker's rows of one epoch, each row once (the last batch may be short), shuffled within a
     buffer of ``spec.shuffle_buffer`` samples: (ids, batch, share), where the loss times ``share`` makes
-    DDP's gradient average the gradient of the global batch's mean loss.
+    DDP's gradient average the gradient of the global batch's mean loss. No ids: this worker has no rows
+    in this step but must take it with the others.
 
     Held in memory, the data is not split: every worker iterates the same global batches of
     ``batch_size`` rows (the same shuffle seed) and trains on the rows whose id hashes to its rank
     (``worker_rows``), so each id is trained on exactly once whatever the worker count. Streamed
-    (``spec.split``), each worker reads only its own share (Ray Train's equal split, which may leave out
-    up to ``world - 1`` rows an epoch) in batches of ``batch_size / world`` rows."""
+    (``spec.split``), each worker reads its own share (``UnequalSplit``: every row goes to one worker, the
+    shares may differ) in batches of ``batch_size / world`` rows, and the workers count each step's rows
+    together: they step until every share is used up."""
     if spec.split:
         size = max(1, spec.train.batch_size // world)
-        for full in shard.iter_batches(
-            batch_size=size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer
-        ):
-            yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, 1.0
+        batches = iter(
+            shard.iter_batches(batch_size=size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer)
+        )
+        while True:
+            full = next(batches, None)
+            rows = 0 if full is None else len(full["id"])
+            total = int(all_reduce(torch.tensor(rows, dtype=torch.int64, device=device)))
+            if total == 0:
+                return
+            if full is None:
+                yield np.array([]), {}, 0.0
+            else:
+                yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, rows * world / total
         return
     for full in shard.iter_batches(
         batch_size=spec.train.batch_size,
@@ -223,6 +243,35 @@ def epoch_batches(
         mine = worker_rows(full["id"], rank, world)
         batch = {k: torch.from_numpy(v[mine]) for k, v in full.items() if k != "id"}
         yield full["id"][mine], batch, int(mine.sum()) * world / len(mine)
+
+
+def idle_step(model: torch.nn.Module, spec: TrainSpec, device: torch.device) -> torch.Tensor:
+    """A zero loss that still runs DDP's backward pass (its gradient all-reduce), from one blank image in eval
+    mode, so that BatchNorm's running statistics do not see it."""
+    model.eval()
+    zero = model(torch.zeros(1, *spec.model.input_shape, device=device)).sum() * 0
+    model.train()
+    return zero
+
+
+class UnequalSplit(ray.train.DataConfig):
+    """Ray Train's dataset config, except that the datasets it splits are cut unequally: its equal split
+    leaves out up to ``world - 1`` rows an epoch to even the shares, while here every row goes to exactly one
+    worker (``epoch_batches`` keeps the workers in step; ``accuracy`` only sums at the end)."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        named = set(datasets) if self._datasets_to_split == "all" else set(self._datasets_to_split)
+        split = named & set(datasets)  # Ray Train V2 configures one dataset at a time
+        whole = {name: ds for name, ds in datasets.items() if name not in split}
+        output = super().configure(whole, world_size, worker_handles, worker_node_ids, **kwargs)
+        for name in split:
+            ds = datasets[name].copy(datasets[name])
+            ds.set_name(name)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            shards = ds.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)
+            for shard, iterator in zip(output, shards):
+                shard[name] = iterator
+        return output
 
 
 def shown(spec: TrainSpec, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +372,7 @@ def fit(
         train_loop_config={"spec": spec, "run_uri": run_uri, "tracking": tracking or TrackingConfig()},
         datasets={"train": train, "val": val},
         # in memory every worker reads every global batch and trains on its rows; streamed, each its own share
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"] if spec.split else ["val"]),
+        dataset_config=UnequalSplit(datasets_to_split=["train", "val"] if spec.split else ["val"]),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.use_gpu,

@@ -54,6 +54,9 @@ def _summary(models: list[dict]) -> tuple[list[str], list[list[str]]]:
         "latency ms (b=1)",
         "throughput/s",
     ]
+    gpu = all("cost_gpu" in m for m in models)  # measured on a GPU too, when the evaluation had one
+    if gpu:
+        header += ["GPU latency ms (b=1)", "GPU throughput/s"]
     rows = []
     for m in models:
         met, cost = m["metrics"], m["cost"]
@@ -74,6 +77,8 @@ def _summary(models: list[dict]) -> tuple[list[str], list[list[str]]]:
                 _si(cost["throughput"], sep=""),
             ]
         )
+        if gpu:
+            rows[-1] += [f"{m['cost_gpu']['latency_ms']:.2f}", _si(m["cost_gpu"]["throughput"], sep="")]
     return header, rows
 
 
@@ -254,7 +259,7 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         fig.savefig(paths[name], dpi=110)
 
     summary, per_class = _summary(models), _per_class(models)
-    devices = ", ".join(sorted({m["cost"]["device"] for m in models}))
+    devices = ", ".join(sorted({m[key]["device"] for m in models for key in ("cost", "cost_gpu") if key in m}))
     note = (
         f"Evaluated on {models[0]['metrics']['count']} samples. ECE: expected calibration error. "
         f"Latency (median, batch 1) and throughput measured on {devices}."

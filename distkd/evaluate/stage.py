@@ -15,7 +15,7 @@ from distkd.data.source import decode_batch
 from distkd.data.transforms import Normalize
 from distkd.evaluate.cost import model_cost
 from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
-from distkd.models import load_weights
+from distkd.models import load_weights, placed
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
@@ -27,7 +27,9 @@ class Evaluator:
     def __init__(self, models: dict[str, Weights], normalize: Normalize, threads: int = 1) -> None:
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.models = {role: load_weights(w.model.build(), w.uri).to(self.device).eval() for role, w in models.items()}
+        self.models = {
+            role: placed(load_weights(w.model.build(), w.uri), self.device).eval() for role, w in models.items()
+        }
         self.normalize = normalize
 
     @torch.inference_mode()

@@ -67,3 +67,12 @@ def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, uri: str) -> nn.Module:
     model.load_state_dict(read_state_dict(uri))
     return model
+
+
+def placed(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``; on a GPU in channels-last layout with cuDNN's autotuner on, so that its
+    convolutions run on the tensor cores without layout conversions (inputs follow the weights' layout)."""
+    if device.type != "cuda":
+        return model.to(device)
+    torch.backends.cudnn.benchmark = True
+    return model.to(device, memory_format=torch.channels_last)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import torch
 
 from distkd.data.transforms import PAD, Normalize, crop_flip
-from distkd.models import load_weights
+from distkd.models import load_weights, placed
 from distkd.softlabels.formats import Format, fixed_list
 from distkd.softlabels.views import PARAMS, view_params
 from distkd.specs import ModelSpec
@@ -30,7 +30,7 @@ class TeacherPredictor:
         precision: str = "fp32",
     ) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_weights(model.build(), weights).to(self.device).eval()
+        self.model = placed(load_weights(model.build(), weights), self.device).eval()
         self.normalize, self.fmt, self.views, self.view_seed = normalize, fmt, views, view_seed
         self.amp_dtype = AMP_DTYPES.get(precision) if self.device.type == "cuda" else None
 

@@ -6,6 +6,7 @@ per shard (unit index, rows, bytes, sha256), so its memory does not grow with th
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import numpy as np
@@ -44,6 +45,7 @@ class ShardWriter:
         threads: int,
     ) -> None:
         torch.set_num_threads(threads)
+        self.decoders = ThreadPoolExecutor(threads)  # on a GPU, decoding is what the teacher waits for
         self.entry, self.count, self.batch_size, self.shape = entry, count, batch_size, model.input_shape
         self.teacher = TeacherPredictor(model, weights, normalize, fmt, views, view_seed, precision)
 
@@ -58,7 +60,7 @@ class ShardWriter:
         rows = unit.read()
         rows = rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # named in errors
         labels = pa.concat_tables(
-            self.teacher(decode_batch(_numpy(rows.slice(i, self.batch_size)), self.shape))
+            self.teacher(decode_batch(_numpy(rows.slice(i, self.batch_size)), self.shape, self.decoders))
             for i in range(0, len(rows), self.batch_size)
         )
         self.check(unit, expected, labels["id"].to_pylist())
