@@ -1,8 +1,9 @@
 """Storage: bytes per sample and per view of each soft-label format, at 10 and 1000 classes, against dense float32.
 
-Runs the soft-label stage once per format on the first ``--rows`` training rows and divides each
-committed entry's bytes (zstd Parquet, the ``id`` column and, with views, the views' parameters included)
-by its rows. 10 classes: the quick start's teacher (``--teacher`` weights if given, else a randomly
+Writes each format's shards for the first ``--rows`` training rows with the soft-label stage's own
+writer (its actor class, run in this process: the bytes are the stage's, without an actor pool to start
+per format) and divides their bytes (zstd Parquet, the ``id`` column and, with views, the views'
+parameters included) by the rows. 10 classes: the quick start's teacher (``--teacher`` weights if given, else a randomly
 initialised one with trained-like logit spread); 1000 classes: the same network with a synthetic
 1000-class head (random, scaled to the same spread), as a stand-in for an ImageNet-size label.
 
@@ -13,10 +14,19 @@ from __future__ import annotations
 
 import argparse
 
-from common import decoded, header, merged, quickstart_job, scratch_folder, start_ray, synthetic_teacher, table
+from common import decoded, header, merged, quickstart_job, scratch_folder, synthetic_teacher, table
 
-from distkd.softlabels import cache
-from distkd.softlabels.stage import generate
+from distkd.softlabels.stage import writer_arguments
+from distkd.softlabels.writer import ShardWriter
+from distkd.specs import SoftLabelSpec
+
+
+def stored_bytes_per_row(spec: SoftLabelSpec) -> float:
+    """Bytes per row of the spec's shards as the stage's teacher actors write them."""
+    units = spec.data.units(spec.shard_rows)
+    writer = ShardWriter(**writer_arguments(spec, len(units)))
+    records = [writer.write(unit) for unit in units]
+    return sum(r["bytes"] for r in records) / sum(r["rows"] for r in records)
 
 
 def formats(views: int, top: int) -> dict[str, dict]:
@@ -39,7 +49,6 @@ def main() -> None:
     p.add_argument("--teacher", help="trained weights of the quick start's teacher (10 classes)")
     args = p.parse_args()
     header("Storage: bytes per soft label")
-    start_ray()
     for classes in [int(c) for c in args.classes.split(",")]:
         folder = scratch_folder("label-bytes")
         names = {} if classes == 10 else {"class_names": None}  # the quick start names CIFAR-10's classes
@@ -54,8 +63,7 @@ def main() -> None:
         sizes = {}
         for name, settings in formats(args.views, args.top_k).items():
             spec = quickstart_job(merged(base, {"softlabels": settings})).softlabel_spec(weights)
-            info = cache.manifest(generate(spec))
-            sizes[name] = (info.bytes / info.rows, max(info.views, 1))
+            sizes[name] = (stored_bytes_per_row(spec), max(spec.views, 1))
         dense32 = sizes["dense float32"][0]
         teacher = "trained teacher" if trained else "randomly initialised teacher, logit spread 3"
         print(f"### {classes} classes ({teacher}), {args.rows:,} rows, zstd Parquet, `id` column included\n")

@@ -17,16 +17,16 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 FULL = {
-    "teacher_throughput.py": ["--teachers", "resnet9-w16:50000,resnet18:10000"],
-    "student_cost.py": ["--rows", "10000", "--epochs", "3"],
+    "teacher_throughput.py": "--teachers resnet9-w16:50000,resnet18:10000".split(),
+    "student_cost.py": "--rows 10000 --epochs 3".split(),
     "fixed_cost.py": [],
-    "label_bytes.py": ["--rows", "10000", "--views", "8"],
+    "label_bytes.py": "--rows 10000 --views 8".split(),
 }
-QUICK = {
-    "teacher_throughput.py": ["--teachers", "resnet9-w16:4000,resnet18:500", "--shard-rows", "250"],
-    "student_cost.py": ["--rows", "2000", "--epochs", "2", "--val-rows", "500", "--teachers", "resnet9-w16"],
+QUICK = {  # one teacher where the full run has two, the dense format only for the cost per student run
+    "teacher_throughput.py": "--teachers resnet9-w16:4000 --shard-rows 250".split(),
+    "student_cost.py": "--rows 2000 --epochs 2 --val-rows 500 --teachers resnet9-w16 --formats dense".split(),
     "fixed_cost.py": [],
-    "label_bytes.py": ["--rows", "1000", "--views", "4"],
+    "label_bytes.py": "--rows 1000 --views 4".split(),
 }
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import ray.data
+import ray.train
 
 from distkd import storage
 from distkd.config import ResourcesConfig
@@ -29,6 +30,9 @@ from distkd.softlabels.formats import Format
 MEMORY_FRACTION = 0.25  # auto: hold the decoded training set in memory below this share of the object store
 BLOCK_BYTES = 64 << 20  # decoded bytes per streamed block
 DATA_CPUS = 1  # CPUs per node kept free of trainers for the streaming tasks
+# Decoded training data a streamed epoch may hold in the object store, per training worker: the read
+# tasks run this far ahead of the trainers and no further (without it, Ray Data's budget is half the store).
+BUFFER_BYTES_PER_WORKER = 256 << 20
 
 CacheMode = Literal["auto", "memory", "stream"]
 
@@ -50,6 +54,14 @@ def reserve_data_cpus(resources: ResourcesConfig) -> ResourcesConfig:
     if resources.cpus_per_worker <= room:
         return resources
     return resources.model_copy(update={"cpus_per_worker": max(room, 0.5)})
+
+
+def ingest_options(workers: int) -> ray.data.ExecutionOptions:
+    """Ray Train's ingest options for the streamed training set, its object store use capped at
+    BUFFER_BYTES_PER_WORKER per worker."""
+    options = ray.train.DataConfig.default_ingest_options()
+    options.resource_limits = options.resource_limits.copy(object_store_memory=BUFFER_BYTES_PER_WORKER * workers)
+    return options
 
 
 def stream(split: Split, columns: list[str], shape: tuple[int, int, int], entry: str | None = None) -> ray.data.Dataset:

@@ -27,6 +27,7 @@ from ray.train.torch import TorchTrainer
 from distkd import storage
 from distkd.config import ResourcesConfig, TrackingConfig, TrainConfig
 from distkd.data.transforms import Normalize, crop_flip, random_crop_flip
+from distkd.distill import streaming
 from distkd.distill.loss import kd_loss, kd_loss_topk
 from distkd.models import placed
 from distkd.specs import ModelSpec
@@ -372,7 +373,10 @@ def fit(
         train_loop_config={"spec": spec, "run_uri": run_uri, "tracking": tracking or TrackingConfig()},
         datasets={"train": train, "val": val},
         # in memory every worker reads every global batch and trains on its rows; streamed, each its own share
-        dataset_config=UnequalSplit(datasets_to_split=["train", "val"] if spec.split else ["val"]),
+        dataset_config=UnequalSplit(
+            datasets_to_split=["train", "val"] if spec.split else ["val"],
+            execution_options={"train": streaming.ingest_options(resources.max_workers)} if spec.split else None,
+        ),
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.workers,
             use_gpu=resources.use_gpu,

@@ -46,25 +46,30 @@ def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     return entry
 
 
+def writer_arguments(spec: SoftLabelSpec, count: int) -> dict:
+    """What each teacher actor's ShardWriter is built with, for an entry of ``count`` shards."""
+    return {
+        "entry": spec.uri,
+        "count": count,
+        "model": spec.teacher.model,
+        "weights": spec.teacher.uri,
+        "normalize": spec.normalize,
+        "fmt": spec.format,
+        "views": spec.views,
+        "view_seed": spec.view_seed,
+        "precision": spec.precision,
+        "batch_size": spec.execution.batch_size,
+        "threads": max(1, int(spec.execution.cpus_per_actor)),
+    }
+
+
 def label_units(spec: SoftLabelSpec, units: list[Unit]) -> list[dict]:
     """Each unit's shard written (or found) by a teacher actor; returns their records in unit order,
     after checking there is one per unit and that it holds the unit's rows."""
     cfg, entry = spec.execution, spec.uri
     written = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units)).map_batches(
         ShardWriter,
-        fn_constructor_kwargs={
-            "entry": entry,
-            "count": len(units),
-            "model": spec.teacher.model,
-            "weights": spec.teacher.uri,
-            "normalize": spec.normalize,
-            "fmt": spec.format,
-            "views": spec.views,
-            "view_seed": spec.view_seed,
-            "precision": spec.precision,
-            "batch_size": cfg.batch_size,
-            "threads": max(1, int(cfg.cpus_per_actor)),
-        },
+        fn_constructor_kwargs=writer_arguments(spec, len(units)),
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         batch_size=1,
         batch_format="pyarrow",
