@@ -185,7 +185,8 @@ def decode_batch(
 ) -> dict[str, np.ndarray]:
     """Ray Data batch of encoded rows -> ``image`` as a uint8 [N, C, H, W] array (a CPU task). Every image
     must decode to ``shape``; the first one that does not raises a DataError naming its id and file.
-    ``pool``: threads that decode the images in parallel (Pillow releases the GIL while it decodes)."""
+    ``pool``: threads that decode the images in parallel (Pillow releases the GIL for part of each decode, so
+    threads help large images only partly: benchmarks/RESULTS.md, item 6)."""
     files = batch.get(PATH, [None] * len(batch["id"]))
     one, columns = functools.partial(_decoded_as, shape), (batch["image"], batch["id"], files)
     decoded = pool.map(one, *columns) if pool else map(one, *columns)

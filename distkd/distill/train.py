@@ -220,20 +220,7 @@ def epoch_batches(
     shares may differ) in batches of ``batch_size / world`` rows, and the workers count each step's rows
     together: they step until every share is used up."""
     if spec.split:
-        size = max(1, spec.train.batch_size // world)
-        batches = iter(
-            shard.iter_batches(batch_size=size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer)
-        )
-        while True:
-            full = next(batches, None)
-            rows = 0 if full is None else len(full["id"])
-            total = int(all_reduce(torch.tensor(rows, dtype=torch.int64, device=device)))
-            if total == 0:
-                return
-            if full is None:
-                yield np.array([]), {}, 0.0
-            else:
-                yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, rows * world / total
+        yield from own_share_batches(shard, spec, world, device)
         return
     for full in shard.iter_batches(
         batch_size=spec.train.batch_size,
@@ -244,6 +231,27 @@ def epoch_batches(
         mine = worker_rows(full["id"], rank, world)
         batch = {k: torch.from_numpy(v[mine]) for k, v in full.items() if k != "id"}
         yield full["id"][mine], batch, int(mine.sum()) * world / len(mine)
+
+
+def own_share_batches(
+    shard: ray.data.DataIterator, spec: TrainSpec, world: int, device: str | torch.device
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor], float]]:
+    """``epoch_batches`` of a streamed (split) shard: the workers all-reduce each step's row count and step
+    together until every share is used up, a worker whose share is used up with no rows."""
+    size = max(1, spec.train.batch_size // world)
+    batches = iter(
+        shard.iter_batches(batch_size=size, batch_format="numpy", local_shuffle_buffer_size=spec.shuffle_buffer)
+    )
+    while True:
+        full = next(batches, None)
+        rows = 0 if full is None else len(full["id"])
+        total = int(all_reduce(torch.tensor(rows, dtype=torch.int64, device=device)))
+        if total == 0:
+            return
+        if full is None:
+            yield np.array([]), {}, 0.0
+        else:
+            yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, rows * world / total
 
 
 def idle_step(model: torch.nn.Module, spec: TrainSpec, device: torch.device) -> torch.Tensor:
