@@ -89,6 +89,9 @@ def cache_command(action: str, key: str | None, store: str, older_than: float) -
         return 2
     try:
         print({"show": inspect.show, "verify": inspect.verify, "rm": inspect.remove}[action](store, key))
+    except config.ConfigError as e:  # not a key, or no entry under it
+        print(f"distkd: {e}", file=sys.stderr)
+        return 2
     except CacheError as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1

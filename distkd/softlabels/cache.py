@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,11 +26,13 @@ import pyarrow.parquet as pq
 import ray.data
 
 from distkd import __version__, storage
+from distkd.config import ConfigError
 from distkd.softlabels.formats import Format, to_numpy
 from distkd.specs import FORMAT_VERSION, SoftLabelSpec, plain
 
 SHARDS = "shards"
 MANIFEST = "manifest.json"
+KEY = re.compile(r"[0-9a-f]{32}")  # SoftLabelSpec.key: digest(..., length=32)
 
 
 class CacheError(RuntimeError):
@@ -263,11 +267,36 @@ def entries(store: str) -> list[str]:
         return [f for f in storage.list_folders(root) if storage.is_committed(f)]
 
 
+def entry_folder(store: str, key: str) -> str:
+    """The folder of entry ``key``, committed or not, after checking that ``key`` is a key as the cache
+    writes it and names a folder directly under ``<store>/softlabels``: a name such as ``..`` or ``""``
+    would otherwise reach the whole store or the whole cache. Raises ``ConfigError`` otherwise."""
+    if not KEY.fullmatch(key):
+        raise ConfigError(
+            f"{key!r} is not a soft-label cache key (expected 32 lowercase hex characters, "
+            f"as listed by: distkd cache ls --store {store})"
+        )
+    root = storage.join(store, "softlabels")
+    folder = storage.join(root, key)
+    with errors(root):
+        if folder not in storage.list_folders(root):
+            raise ConfigError(f"{folder}: no such cache entry (see: distkd cache ls --store {store})")
+    return folder
+
+
 def leftovers(store: str) -> list[storage.Leftover]:
-    """Temporary files and unfinished multipart uploads that writers of ``<store>/softlabels`` left behind."""
+    """Temporary files and unfinished multipart uploads that writers of ``<store>/softlabels`` left behind;
+    only those that really lie under it (not reached through a link to another folder)."""
     root = storage.join(store, "softlabels")
     with errors(root):
-        return storage.leftovers(root)
+        return [leftover for leftover in storage.leftovers(root) if _within(root, leftover.uri)]
+
+
+def _within(folder: str, uri: str) -> bool:
+    """Whether ``uri`` lies under ``folder``; local paths are compared with their links resolved."""
+    if storage.is_remote(folder):
+        return uri.startswith(folder.rstrip("/") + "/") and ".." not in uri.split("/")
+    return os.path.realpath(uri).startswith(os.path.realpath(folder) + os.sep)
 
 
 def collect_garbage(store: str, older_than: float) -> list[storage.Leftover]:

@@ -9,10 +9,6 @@ from distkd.data.source import Split
 from distkd.softlabels import cache
 
 
-def entry_uri(store: str, key: str) -> str:
-    return storage.join(store, "softlabels", key)
-
-
 def listing(store: str) -> list[dict]:
     rows = []
     for entry in cache.entries(store):
@@ -61,12 +57,12 @@ def collect_garbage(store: str, older_than: float) -> str:
 
 
 def show(store: str, key: str) -> str:
-    return json.dumps(cache.manifest(entry_uri(store, key)).to_json(), indent=2)
+    return json.dumps(cache.manifest(cache.entry_folder(store, key)).to_json(), indent=2)
 
 
 def verify(store: str, key: str) -> str:
     """Rows, checksums, and ids unique and complete against the dataset the entry was made from."""
-    entry = entry_uri(store, key)
+    entry = cache.entry_folder(store, key)
     data = cache.manifest(entry).inputs["data"]
     split = Split.open(data["uri"], data["split"], data["limit"])
     if split.fingerprint() != data["fingerprint"]:
@@ -76,9 +72,8 @@ def verify(store: str, key: str) -> str:
 
 
 def remove(store: str, key: str) -> str:
-    entry = entry_uri(store, key)
-    if not storage.exists(entry):
-        raise cache.CacheError(f"{entry}: no such cache entry")
+    """Remove entry ``key``, committed or not; only a key's own folder can be named (``cache.entry_folder``)."""
+    entry = cache.entry_folder(store, key)
     storage.remove(storage.join(entry, storage.COMMIT_MARKER))  # first: readers stop seeing an entry
     storage.remove(entry)
     return f"removed {entry}"
