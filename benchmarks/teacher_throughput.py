@@ -56,9 +56,7 @@ def bare_loop(spec: SoftLabelSpec) -> dict[str, float]:
         columns = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
         images = decode_batch(columns, spec.teacher.model.input_shape, pool)["image"]
     seconds["decode images"] = t["seconds"]
-    predictor = TeacherPredictor(
-        spec.teacher.model, spec.teacher.uri, spec.normalize, spec.format, precision=spec.precision
-    )
+    predictor = TeacherPredictor(spec.teacher, spec.normalize, spec.format, precision=spec.precision)
     ids, size = columns["id"], spec.execution.batch_size
     predictor({"id": ids[:size], "image": images[:size]})  # CUDA's and cuDNN's one-time set-up, not timed
     with timed() as t:

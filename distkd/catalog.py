@@ -17,7 +17,7 @@ HISTORY = "history.json"
 
 def run_record(weights: str) -> dict:
     """What the report shows of the run folder holding ``weights``, where it has them: ``history`` (per
-    epoch) and ``settings`` (job, role, model, epochs and, for a KD run, alpha, temperature and the soft
+    epoch) and ``settings`` (job, role, model, epochs, seed and, for a KD run, alpha, temperature and the soft
     labels' format, views and the rows/s the teacher made them at)."""
     folder = weights.rsplit("/", 1)[0]
     record = {}
@@ -32,6 +32,7 @@ def run_record(weights: str) -> dict:
         "role": run["role"],
         "model": run["model"]["name"],
         "epochs": run["train"]["epochs"],
+        "seed": run["train"].get("seed"),
         "alpha": kd.get("alpha"),
         "temperature": kd.get("temperature"),
     }

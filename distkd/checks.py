@@ -7,34 +7,52 @@ behind a failure that surfaced from a Ray task or a Ray Train worker, for the co
 
 from __future__ import annotations
 
+import copy
+import os
+from contextlib import suppress
+from pathlib import Path
+
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from torch import nn
 
+from distkd import storage
 from distkd.config import ConfigError, JobConfig
 from distkd.data.source import DataError, Split
+from distkd.models import sources
 from distkd.models.registry import read_state_dict
+from distkd.specs import ModelSpec
 
 SHOWN = 5  # classes, keys or rows named in one message before "..."
 
 
 def data(config: JobConfig, splits: dict[str, Split]) -> int:
-    """Every split has rows and integer labels in ``[0, num_classes)``, the training settings fit the data;
+    """Every split has rows, unique ids and integer labels in ``[0, num_classes)``, the training settings fit the data;
     ``splits`` maps the key that names each split to it (the train split first). Returns the class count."""
     labels = {key: read_labels(key, split) for key, split in splits.items()}
     (train_key, train), *_ = splits.items()
     num_classes = config.data.num_classes or class_count(train, labels[train_key])
     for key, split in splits.items():
+        unique_ids(split)
         labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
     if config.softlabels.top_k is not None and config.softlabels.top_k > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
-    if not config.evaluate.models:  # an evaluation job trains nothing; other jobs only in the stages they run
-        rows, workers = len(labels[train_key]), config.resources.max_workers
-        if config.teacher.weights is None and "train_teacher" in config.stages:
-            rows_per_worker("teacher.train.batch_size", rows, workers, config.teacher.train.batch_size)
-        if "distill" in config.stages:
-            rows_per_worker("student.train.batch_size", rows, workers, config.student.train.batch_size)
+    rows, workers = len(labels[train_key]), config.resources.max_workers
+    for key in trained(config):
+        rows_per_worker(f"{key}.train.batch_size", rows, workers, getattr(config, key).train.batch_size)
     return num_classes
+
+
+def trained(config: JobConfig) -> list[str]:
+    """The keys of the models the job trains: the teacher when stage 0 runs (no weights given), the student when
+    distill runs; none in an evaluation job."""
+    if config.evaluate.models:
+        return []
+    given = config.teacher.weights or sources.own_weights(config.teacher.name)  # a program holds its weights
+    trains = {"teacher": given is None and "train_teacher" in config.stages}
+    trains["student"] = "distill" in config.stages
+    return [key for key, yes in trains.items() if yes]
 
 
 def read_labels(key: str, split: Split) -> np.ndarray:
@@ -46,6 +64,22 @@ def read_labels(key: str, split: Split) -> np.ndarray:
         first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise ConfigError(f"{row(split, first)}: no label")
     return column.to_numpy().astype(np.int64)
+
+
+def unique_ids(split: Split) -> None:
+    """Every row in use has an id and no two share one: soft labels are joined to their images by id."""
+    ids = split.read_table(["id"])["id"]
+    if ids.null_count:
+        first = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ConfigError(f"{place(split, first)}: no id (each row needs a unique string id)")
+    repeats = np.flatnonzero(ids.to_pandas().duplicated().to_numpy())  # rows whose id an earlier row has
+    if len(repeats):
+        id_ = ids[int(repeats[0])].as_py()
+        first = pc.index(ids, id_).as_py()
+        raise ConfigError(
+            f"{place(split, int(repeats[0]))}: id '{id_}' is also the id of {place(split, first)} "
+            f"({len(repeats)} row(s) of split '{split.name}' repeat an earlier id); ids must be unique within a split"
+        )
 
 
 def class_count(split: Split, labels: np.ndarray) -> int:
@@ -87,6 +121,16 @@ def rows_per_worker(key: str, rows: int, workers: int, batch_size: int) -> None:
         )
 
 
+def build(key: str, model: ModelSpec) -> nn.Module:
+    """The model, built: any error from its constructor means the same, kwargs that cannot make it."""
+    try:
+        return model.build()
+    except Exception as e:  # noqa: BLE001 - a constructor raises what its arguments make it raise
+        raise ConfigError(
+            f"key '{key}.kwargs': cannot build '{model.name}' with {model.kwargs}: {_first_line(e)}"
+        ) from None
+
+
 def forward(key: str, model: nn.Module, shape: tuple[int, int, int], num_classes: int) -> None:
     """One forward pass of a batch of the data's shape: kwargs that build a model need not make one that runs."""
     try:
@@ -102,6 +146,23 @@ def forward(key: str, model: nn.Module, shape: tuple[int, int, int], num_classes
             f"keys '{key}.name', '{key}.kwargs': the model gives outputs of shape {list(out.shape)} for a batch "
             f"of 2, expected [2, {num_classes}] (one logit per class)"
         )
+
+
+def trains_on_one_row(key: str, model: nn.Module, shape: tuple[int, int, int]) -> None:
+    """One train-mode forward pass of a single row, on a copy (the model's BatchNorm statistics stay as they are):
+    a training worker's last batch of an epoch may hold one row, and BatchNorm cannot train on one value per
+    channel, which is what it gets when the model shrinks the image to 1x1."""
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model).train()(torch.zeros(1, *shape))
+    except Exception as e:  # noqa: BLE001 - any failure here would stop training mid-epoch
+        raise ConfigError(
+            f"keys '{key}.name', '{key}.kwargs': the model fails in training mode on a batch of one row of the "
+            f"data's shape {list(shape)} ({_first_line(e)}), and a training worker's last batch of an epoch may "
+            f"hold one row; a BatchNorm layer cannot train on an image the model shrinks to 1x1: set "
+            f"'{key}.kwargs: {{cifar_stem: true}}' (torchvision models on 32x32 data), use larger images, or a "
+            "model without BatchNorm"
+        ) from None
 
 
 def weights(key: str, model: nn.Module, uri: str) -> None:
@@ -127,12 +188,46 @@ def weights(key: str, model: nn.Module, uri: str) -> None:
     model.load_state_dict(state)
 
 
+def local_store(uri: str) -> None:
+    """The local store ``uri`` is a folder this process can create and write in. Probed by creating it and a
+    temporary file in it, then removing exactly that file and the folders the probe created (so that
+    ``distkd plan`` and a refused job leave nothing behind)."""
+    path = Path(uri)
+    created = [p for p in (path, *path.parents) if not os.path.exists(p)]  # deepest first
+    found = (path, *path.parents)[len(created)]
+    if not found.is_dir():
+        where = "is a file" if found == path else f"is under {found}, which is a file"
+        raise ConfigError(f"key 'store': {uri} {where}; expected a folder (or a path where one can be created)")
+    probe = path / storage.temporary_name("probe")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"key 'store': {uri}: cannot write there ({e.strerror or e})") from None
+    finally:
+        for folder in created:
+            with suppress(OSError):  # not empty: another writer has started using it
+                folder.rmdir()
+
+
 def row(split: Split, index: int) -> str:
     """``<file>: row id '<id>'`` for the ``index``-th row in use of ``split``."""
     id_ = split.read_table(["id"])["id"][index].as_py()
+    return f"{locate(split, index)[0]}: row id '{id_}'"
+
+
+def place(split: Split, index: int) -> str:
+    """``<file> row <n>`` (counted from 0 in the file) for the ``index``-th row in use of ``split``."""
+    file, n = locate(split, index)
+    return f"{file} row {n}"
+
+
+def locate(split: Split, index: int) -> tuple[str, int]:
+    """The file that holds the ``index``-th row in use of ``split``, and the row's index in that file."""
     for file, rows in split.file_rows():
         if index < rows:
-            return f"{file}: row id '{id_}'"
+            return file, index
         index -= rows
     raise IndexError(index)
 

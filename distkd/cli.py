@@ -50,6 +50,11 @@ def parser() -> argparse.ArgumentParser:
     store.add_argument("action", choices=["ls"])
     store.add_argument("--store", default="store", help="the store folder or URI (default: ./store)")
     store.add_argument("--json", action="store_true", help="one JSON list, for scripts")
+    export = sub.add_parser("export", help="write a run's trained model as a program, checked against it")
+    export.add_argument("run", help="the run folder (model.pt, run.json), e.g. <store>/runs/student-kd-<hash>")
+    export.add_argument("--format", required=True, choices=["export", "torchscript", "onnx"])
+    export.add_argument("--tolerance", type=float, default=1e-4, help="max absolute logit difference (1e-4)")
+    export.add_argument("--code", action="append", default=[], help="the run's 'code:' paths (import: models)")
     prepare = sub.add_parser("prepare", help="pack a dataset as the Parquet shards that jobs read")
     source = prepare.add_subparsers(dest="source", required=True)
     folder = source.add_parser("image-folder", help="ROOT/<class name>/<image file> as one split")
@@ -157,6 +162,21 @@ def prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    from distkd import export
+
+    try:
+        record = export.export(args.run, args.format, args.tolerance, tuple(args.code))
+    except config.ConfigError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 2
+    except export.ExportError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 1
+    print(f"{record['file']}: max abs difference {record['max_abs_difference']:.3g} on {record['checked_rows']} rows")
+    return 0
+
+
 def store_command(store: str, as_json: bool) -> int:
     from distkd import catalog, storage
 
@@ -169,16 +189,19 @@ def store_command(store: str, as_json: bool) -> int:
 
 
 def run_job(command: str, path: str, verbose: bool = False) -> int:
-    from distkd import console
-    from distkd.checks import data_error
-    from distkd.job import Job
+    from distkd import address, console
 
     try:
-        job = Job.prepare(config.load(path), source=path)
+        loaded = config.load(path)
+        address.loopback_only(loaded.ray_address)  # read as Ray is imported, which distkd.job does
+        from distkd.job import Job
+
+        job = Job.prepare(loaded, source=path)
     except config.ConfigError as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 2
     from distkd import pipeline
+    from distkd.checks import data_error
     from distkd.distill.train import Diverged
     from distkd.resources import ResourceShortage
     from distkd.softlabels.cache import CacheError
@@ -190,7 +213,11 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
         print(format_plan(pipeline.plan(job, stages)))
         return 0
     ray_logs = console.RayLogs(verbose)
-    pipeline.connect(job.config.ray_address, **ray_logs.ray_init_options())
+    try:
+        pipeline.connect(job.config.ray_address, **ray_logs.ray_init_options())
+    except config.ConfigError as e:  # an address that is malformed or where nothing answers
+        print(f"distkd: {path}: {e}", file=sys.stderr)
+        return 2
     print(f"Ray's logs: {ray_logs.open()}" + ("" if verbose else " (--verbose shows them here)"), flush=True)
     console.timeline.clear()
     try:
@@ -198,7 +225,7 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     except (MissingOutput, CacheError, StorageError, Diverged) as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 1
-    except ResourceShortage as e:
+    except (ResourceShortage, config.ConfigError) as e:  # what the cluster cannot run, found once joined
         print(f"distkd: {path}: {e}", file=sys.stderr)
         return 2
     except Exception as e:
@@ -247,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         return store_command(args.store, args.json)
     if args.command == "submit":
         return submit_job(args.job, args.address, args.stage, args.wait)
+    if args.command == "export":
+        return export_command(args)
     if args.command == "jobs":
         return jobs_command(args.action, args.id, args.address)
     return run_job(args.command, args.job, getattr(args, "verbose", False))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from distkd import address as ray_address
 from distkd import storage
 
 Stage = Literal["train_teacher", "softlabels", "distill", "evaluate"]
@@ -185,11 +187,36 @@ class JobConfig(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    # The user's model code for 'import:<module>:<callable>' names: .py files (a module each) and package folders,
+    # put on the Python path locally and shipped to every node by 'distkd submit'.
+    code: list[str] = []
+
+    @field_validator("code")
+    @classmethod
+    def _existing(cls, paths: list[str]) -> list[str]:
+        absent = [p for p in paths if not os.path.exists(p)]
+        if absent:
+            raise ValueError(f"no such file or folder: {', '.join(absent)} (expected .py files or package folders)")
+        return [os.path.abspath(p) for p in paths]
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, address: str | None) -> str | None:
+        if address is not None and (problem := ray_address.malformed(address)):
+            raise ValueError(problem)
+        return address
 
     @field_validator("store")
     @classmethod
-    def _absolute(cls, uri: str) -> str:
-        return storage.absolute(storage.validate(uri))
+    def _committable(cls, uri: str) -> str:
+        """Outputs commit by create-if-absent writes (``storage.publish``), which only a local folder and S3 make."""
+        uri = storage.validate(uri)
+        if storage.is_remote(uri) and not storage.is_s3(uri):
+            raise ValueError(
+                f"{uri.partition(':')[0]}:// cannot hold a store: its outputs are committed by create-if-absent "
+                "writes, which distkd makes in a local folder (a path or file://) or on s3://bucket/prefix"
+            )
+        return storage.absolute(uri)
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:

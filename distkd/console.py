@@ -12,11 +12,12 @@ import logging
 import logging.handlers
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 
@@ -65,9 +66,10 @@ def computing(label: str, what: str, uri: str) -> Iterator[None]:
 
 
 def summary(report: str) -> str:
-    """The comparison table of the report's models, the distilled student's gain over scratch, the
-    time each stage took (or "reused") and where the report is."""
+    """The comparison table of the report's models, each distilled student's gain over its baseline
+    with its 95% interval, the time each stage took (or "reused") and where the report is."""
     from distkd import storage
+    from distkd.evaluate.metrics import gain_text
 
     models = storage.read_json(storage.join(report, "metrics.json"))["models"]
     header = ("model", "params", "accuracy", "macro F1", "agreement with teacher")
@@ -83,10 +85,10 @@ def summary(report: str) -> str:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    accuracy = {m["role"]: m["metrics"]["accuracy"] for m in models}
-    if {"distilled", "scratch"} <= accuracy.keys():
-        gain = 100 * (accuracy["distilled"] - accuracy["scratch"])
-        lines.append(f"distilled student vs from scratch: {gain:+.2f} points")
+    compared = [m for m in models if "baseline" in m]
+    for m in compared:
+        what = "distilled student vs from scratch" if len(compared) == 1 else f"{m['name']} vs {m['baseline']['name']}"
+        lines.append(f"{what}: {gain_text(m)}")
     stages = ", ".join(f"{s} {'reused' if t is None else duration(t)}" for s, t in timeline.stages.items())
     if stages:
         lines.append(f"stages: {stages}")
@@ -144,16 +146,26 @@ def epoch_line(label: str, epochs: int, m: dict[str, Any]) -> str:
 
 
 class RayLogs:
-    """Keeps Ray's loggers and Python warnings off the terminal: records are held in memory until
-    Ray has a session folder, then written to ``<session>/logs/distkd.log``."""
+    """Keeps what Ray says in this process off the terminal: its loggers' records, Python warnings and other
+    libraries' records (the root logger), and what its C++ core writes to file descriptor 2 (such as
+    ``core_worker.cc``'s notice on every Ray Data actor pool's MapWorker, whose constructor arguments Ray Data
+    itself puts in the object store). Records are held in memory and native output in a temporary file until
+    Ray has a session folder; then both go to ``<session>/logs/distkd.log``."""
 
     def __init__(self, verbose: bool) -> None:
+        import ray  # noqa: F401  (Ray sets its loggers up as it is imported: before they are redirected)
+
         self.verbose = verbose
         self.path: str | None = None
         held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
         self.handler: logging.Handler = held
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # verbose: what no logger of its own prints still reaches the terminal, as Python's lastResort would
+        self.terminal = logging.StreamHandler() if verbose else None
+        if self.terminal:
+            self.terminal.setLevel(logging.WARNING)
         logging.captureWarnings(True)
+        self.native = None if verbose else _hold_native_stderr()
         self._redirect()
 
     def ray_init_options(self) -> dict:
@@ -161,25 +173,30 @@ class RayLogs:
         return {"log_to_driver": self.verbose, "configure_logging": self.verbose}
 
     def _redirect(self) -> None:
-        """Every Ray logger (and ``py.warnings``) that writes to the terminal writes to the log instead
-        (as well, when verbose)."""
-        names = ["py.warnings", "ray", *(n for n in logging.Logger.manager.loggerDict if n.startswith("ray."))]
-        for name in names:
-            logger = logging.getLogger(name)
-            if name == "py.warnings":
-                logger.propagate = self.verbose
+        """Every logger writes to the log, not the terminal (as well, when verbose). The root logger holds the log:
+        Python warnings and other libraries' records reach it, and so do Ray's when quiet, as "ray" then propagates:
+        ``ray.init(configure_logging=False)`` clears that logger's handlers, and a record finding no handler would
+        reach the terminal through ``logging.lastResort``."""
+        top = logging.getLogger("ray")
+        top.propagate = not self.verbose
+        for logger in [top, *(logging.getLogger(n) for n in logging.Logger.manager.loggerDict if n.startswith("ray."))]:
             terminal = [h for h in logger.handlers if _is_terminal(h)]
             if not self.verbose:
                 for h in terminal:
                     logger.removeHandler(h)
-            if (terminal or name in ("ray", "py.warnings")) and self.handler not in logger.handlers:
+            if (terminal or logger is top) and not logger.propagate and self.handler not in logger.handlers:
                 logger.addHandler(self.handler)
+        root = logging.getLogger()
+        for handler in (self.handler, self.terminal):
+            if handler and handler not in root.handlers:
+                root.addHandler(handler)
 
     def open(self) -> str:
         """After ``ray.init``: the log file in the session folder, with what was held so far."""
         import ray
 
-        folder = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+        context = ray.get_runtime_context()
+        folder = os.path.join(context.get_temp_dir(), context.get_session_name(), "logs")
         os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, LOG_FILE)
         file = logging.FileHandler(self.path)
@@ -188,10 +205,13 @@ class RayLogs:
         held.setTarget(file)
         held.flush()
         self.handler = file
-        for logger in [logging.getLogger(n) for n in ["py.warnings", "ray", *logging.Logger.manager.loggerDict]]:
+        for logger in [logging.getLogger(), *(logging.getLogger(n) for n in logging.Logger.manager.loggerDict)]:
             if held in logger.handlers:
                 logger.removeHandler(held)
         self._redirect()  # loggers that Ray created since
+        if self.native:
+            _release_native_stderr(self.native, self.path)
+            self.native = None
         self._quiet_ray_data()
         return self.path
 
@@ -207,6 +227,30 @@ class RayLogs:
         ctx.enable_auto_log_stats = False
 
 
+def _hold_native_stderr() -> IO[bytes] | None:
+    """Point file descriptor 2 at a temporary file and ``sys.stderr`` at a copy of the terminal's: native code
+    writes to the file, Python code (distkd's messages, a traceback) still to the terminal. Nothing is moved
+    where ``sys.stderr`` is not the process's own (a test capturing it)."""
+    if sys.stderr is not sys.__stderr__ or sys.stderr is None:
+        return None
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    held = tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    sys.stderr = open(terminal, "w", buffering=1, encoding=sys.__stderr__.encoding, errors="backslashreplace")
+    return held
+
+
+def _release_native_stderr(held: IO[bytes], path: str) -> None:
+    """What native code wrote so far appended to ``path``, and file descriptor 2 pointed at it from now on."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    held.seek(0)
+    os.write(fd, held.read())
+    os.dup2(fd, 2)
+    os.close(fd)
+    held.close()
+
+
 def _is_terminal(handler: logging.Handler) -> bool:
-    stream = getattr(handler, "stream", None)
-    return stream in (sys.stdout, sys.stderr) or type(handler).__name__ == "PlainRayHandler"
+    terminals = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    return getattr(handler, "stream", None) in terminals or type(handler).__name__ == "PlainRayHandler"

@@ -12,18 +12,18 @@ from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TrainConfig
 from distkd.data.source import DataError, Split, image_shape
 from distkd.data.transforms import Normalize
-from distkd.models import MODELS, weights_hash
+from distkd.models import sources, weights_hash
 from distkd.softlabels.formats import Format
 from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, TrainingRun, Weights
 
 Hasher = Callable[[str], str]  # weights URI -> sha256
 
 
-def reachable(source: str, key: str, uri: str, must_exist: bool) -> None:
+def reachable(source: str, key: str, uri: str, must_exist: bool, publishes: bool = False) -> None:
     """A ``ConfigError`` naming the key and the URI when the store at ``uri`` cannot be used (unreachable,
-    no bucket, wrong credentials, nothing there)."""
+    no bucket, wrong credentials, nothing there, no create-if-absent writes where ``publishes``)."""
     try:
-        storage.check(uri, must_exist=must_exist)
+        storage.check(uri, must_exist=must_exist, publishes=publishes)
     except storage.StorageError as e:
         raise ConfigError(f"{source}: key '{key}': {e}") from None
 
@@ -44,7 +44,12 @@ class Job:
     def prepare(cls, config: JobConfig, source: str = "job") -> Job:
         """Check what can be checked without a cluster; errors name the key or the URI."""
         data = config.data
-        reachable(source, "store", config.store, must_exist=False)
+        reachable(source, "store", config.store, must_exist=False, publishes=True)
+        if not storage.is_remote(config.store):
+            try:
+                checks.local_store(config.store)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
         reachable(source, "data.uri", data.uri, must_exist=False)  # a missing split is named below
         try:
             train, test, evaluated = (
@@ -71,21 +76,30 @@ class Job:
                 f"'data.channels' sets how many the images are decoded to)"
             )
 
+        trained = checks.trained(config)
+
         def spec(key: str, model: ModelConfig) -> ModelSpec:
-            if model.name not in MODELS:
+            try:
+                sources.check(model.name, config.code)
+            except sources.SourceError as e:
+                raise ConfigError(f"{source}: key '{key}.name': {e}") from None
+            if key in trained and not sources.trainable(model.name):
                 raise ConfigError(
-                    f"{source}: key '{key}.name': unknown model '{model.name}'; known: {', '.join(sorted(MODELS))}"
+                    f"{source}: key '{key}.name': '{model.name}' is a program, inference only: it can label as a "
+                    "teacher or be evaluated, not be trained (name a built-in, torchvision, timm, hf or import model)"
                 )
-            if model.weights is not None:
+            loads = model.weights is not None and model.weights != sources.own_weights(model.name)
+            if loads:
                 reachable(source, f"{key}.weights", model.weights, must_exist=True)
-            built = ModelSpec(model.name, dict(model.kwargs), num_classes, shape)
+            code = tuple(config.code)
+            name = sources.absolute(model.name)
+            built = ModelSpec(name, dict(model.kwargs), num_classes, shape, sources.identity(name, code), code)
             try:
-                network = built.build()
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"{source}: key '{key}.kwargs': cannot build '{model.name}': {e}") from None
-            try:
+                network = checks.build(key, built)
                 checks.forward(key, network, shape, num_classes)
-                if model.weights is not None:
+                if key in trained:
+                    checks.trains_on_one_row(key, network, shape)
+                if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:
                 raise ConfigError(f"{source}: {e}") from None
@@ -116,12 +130,15 @@ class Job:
         return TrainingRun(role, *common, tracking=c.tracking, **feed, **kd)
 
     def teacher_run(self) -> TrainingRun | None:
-        """Stage 0, or None when the job gives the teacher's weights."""
-        return None if self.config.teacher.weights else self._run("teacher", self.teacher, self.config.teacher.train)
+        """Stage 0, or None when the job gives the teacher's weights (or names a program, which holds them)."""
+        return None if self.given_teacher_weights() else self._run("teacher", self.teacher, self.config.teacher.train)
+
+    def given_teacher_weights(self) -> str | None:
+        return self.config.teacher.weights or sources.own_weights(self.config.teacher.name)
 
     def teacher_weights_uri(self) -> str:
         run = self.teacher_run()
-        return run.weights_uri if run else self.config.teacher.weights
+        return run.weights_uri if run else self.given_teacher_weights()
 
     def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash) -> SoftLabelSpec:
         c = self.config.softlabels

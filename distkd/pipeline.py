@@ -10,10 +10,10 @@ import os
 from dataclasses import dataclass
 
 import ray
-from ray._private import ray_constants
 
+from distkd import address as ray_address
 from distkd import resources, storage
-from distkd.config import STAGES, Stage
+from distkd.config import STAGES, ConfigError, Stage
 from distkd.distill.stage import students
 from distkd.distill.teacher import teacher_weights
 from distkd.evaluate.stage import evaluate
@@ -32,11 +32,23 @@ LOCAL = {"address": "local", "_node_ip_address": "127.0.0.1", "include_dashboard
 
 
 def loopback_only() -> None:
-    """Ray resolves a node address of 127.0.0.1 to the machine's own address (so that other nodes could
-    reach it) unless clusters are off, as on macOS and Windows: turn them off for this process and the Ray
-    processes it starts, so the local instance's servers bind the loopback interface."""
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"  # read by the processes ray.init starts
-    ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process resolves its node address
+    """Refuse to start a local instance that would listen beyond 127.0.0.1: Ray resolves that node address to
+    the machine's own (so that other nodes could reach it) unless this process had clusters off when it
+    imported Ray (``address.loopback_only``, which the ``distkd`` command calls first); the Ray processes it
+    starts inherit the setting."""
+    if (ip := ray.util.get_node_ip_address()) != LOCAL["_node_ip_address"]:
+        raise RuntimeError(
+            f"a local Ray instance started here would listen on {ip}, not on 127.0.0.1 only: set "
+            f"{ray_address.CLUSTERS_ENV}=0 before Ray is imported (distkd.address.loopback_only), "
+            "or join a cluster (ray_address)"
+        )
+
+
+def joinable(address: str, source: str) -> None:
+    """Raise ConfigError naming ``source`` (the key or variable that gave ``address``) where the address is
+    malformed or nothing answers at it, before ray.init would retry it for minutes."""
+    if problem := ray_address.malformed(address) or ray_address.unreachable(address):
+        raise ConfigError(f"{source}: {problem}")
 
 
 def connect(address: str | None, **init_options: object) -> None:
@@ -44,10 +56,13 @@ def connect(address: str | None, **init_options: object) -> None:
     (``init_options``: more ``ray.init`` arguments)."""
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
-        local = not (address or os.environ.get("RAY_ADDRESS"))
-        if local:
+        joined = ray_address.effective(address)
+        if ray_address.is_local(joined):
             loopback_only()
-        where = LOCAL if local else {"address": address}
+            where = LOCAL
+        else:
+            joinable(joined, "key 'ray_address'" if address else "$RAY_ADDRESS")
+            where = {"address": joined}
         ray.init(runtime_env={"env_vars": env} if env else None, **where, **init_options)
     # a DataError from a task reaches the driver as itself
     ray.data.DataContext.get_current().raise_original_map_exception = True

@@ -1,13 +1,20 @@
 """What a job asks of the cluster, checked against what the cluster has once connected, before any work
-is submitted: Ray would otherwise wait forever for GPUs or CPUs that no node has."""
+is submitted: Ray would otherwise wait forever for GPUs or CPUs that no node has, and a local path on a
+cluster of several machines names a different folder (or none) on each."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import ray
 
-from distkd.config import JobConfig, Stage
+from distkd import storage
+from distkd.config import ConfigError, JobConfig, Stage
+
+# Folders mounted at the same path on every node (NFS, a cluster file system), separated by os.pathsep:
+# local paths under them are shared, not the driver machine's own.
+SHARED_ENV = "DISTKD_SHARED_PATHS"
 
 
 class ResourceShortage(RuntimeError):
@@ -24,7 +31,7 @@ class Request:
 
 def requests(config: JobConfig, stages: list[Stage]) -> list[Request]:
     """The gangs of workers or actors each asked-for stage needs at once."""
-    res, soft = config.resources, config.softlabels
+    res, soft, ev = config.resources, config.softlabels, config.evaluate
     # Elastic training starts with as many workers as fit, at least its minimum.
     workers = res.num_workers if isinstance(res.num_workers, int) else res.num_workers[0]
     training = Request("resources.num_workers", workers, res.cpus_per_worker, 1.0 if res.use_gpu else 0.0)
@@ -32,7 +39,7 @@ def requests(config: JobConfig, stages: list[Stage]) -> list[Request]:
         "train_teacher": [training] if config.teacher.weights is None else [],
         "softlabels": [Request("softlabels.actors", soft.actors, soft.cpus_per_actor, soft.gpus_per_actor)],
         "distill": [training],
-        "evaluate": [Request("evaluate.actors", config.evaluate.actors, 1.0, 0.0)],
+        "evaluate": [Request("evaluate.actors", ev.actors, ev.cpus_per_actor, ev.gpus_per_actor)],
     }
     return [r for stage in stages for r in needed[stage]]
 
@@ -53,9 +60,37 @@ def shortage(request: Request, nodes: list[dict[str, float]]) -> str | None:
     return None
 
 
+def local_paths(config: JobConfig) -> dict[str, str]:
+    """key -> path for each location of the job that is a path on the driver's machine, not a URI."""
+    models = {"teacher.weights": config.teacher.weights, "student.weights": config.student.weights}
+    models.update({f"evaluate.models[{i}].weights": m.weights for i, m in enumerate(config.evaluate.models or [])})
+    paths = {"store": config.store, "data.uri": config.data.uri, **models}
+    return {key: storage.absolute(p) for key, p in paths.items() if p is not None and not storage.is_remote(p)}
+
+
+def unshared(paths: dict[str, str], nodes: list[dict], shared: list[str]) -> str | None:
+    """Why the local ``paths`` (key -> path) cannot serve a cluster whose alive ``nodes`` (``ray.nodes()``) are on
+    several hosts (each node's NodeManagerAddress), or None; paths under a ``shared`` mount point are fine."""
+    hosts = sorted({n["NodeManagerAddress"] for n in nodes if n["Alive"]})
+    mounted = [os.path.join(os.path.abspath(m), "") for m in shared if m]
+    local = {k: p for k, p in paths.items() if not any(os.path.join(p, "").startswith(m) for m in mounted)}
+    if len(hosts) < 2 or not local:
+        return None
+    keys = ", ".join(f"key '{k}' ({p})" for k, p in local.items())
+    return (
+        f"{keys}: a local path, but the cluster's nodes are on {len(hosts)} hosts ({', '.join(hosts)}), each of "
+        "which would read and write its own disk: use s3://bucket/prefix, or list the mount point of storage "
+        f"mounted at the same path on every node in ${SHARED_ENV}"
+    )
+
+
 def check(config: JobConfig, stages: list[Stage]) -> None:
-    """Raise ResourceShortage naming the key and what the cluster has (call once connected)."""
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    problems = [p for r in requests(config, stages) if (p := shortage(r, nodes))]
+    """Raise ConfigError for local paths on a cluster of several hosts, and ResourceShortage naming the key and
+    what the cluster has (call once connected)."""
+    nodes = ray.nodes()
+    if problem := unshared(local_paths(config), nodes, os.environ.get(SHARED_ENV, "").split(os.pathsep)):
+        raise ConfigError(problem)
+    totals = [node["Resources"] for node in nodes if node["Alive"]]
+    problems = [p for r in requests(config, stages) if (p := shortage(r, totals))]
     if problems:
         raise ResourceShortage("the job asks for more than this cluster can ever give:\n  " + "\n  ".join(problems))

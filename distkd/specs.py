@@ -20,13 +20,15 @@ from distkd import storage
 from distkd.config import EvaluateConfig, ResourcesConfig, SoftLabelConfig, TrackingConfig, TrainConfig
 from distkd.data.source import Split
 from distkd.data.transforms import PAD, Normalize
-from distkd.models import build_model
+from distkd.models import load_weights, sources
 from distkd.softlabels.formats import Format
 
 FORMAT_VERSION = 2  # of the soft-label cache's layout: part of every key
 
 
 def _jsonable(obj: object) -> object:
+    if isinstance(obj, ModelSpec):
+        return obj.identity()
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)
     if hasattr(obj, "model_dump"):  # pydantic configs
@@ -58,16 +60,30 @@ def require(compute: bool, uri: str, stage: str) -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What it takes to build a model for this data: registry name, arguments and input shape."""
+    """What it takes to build a model for this data: its name (a built-in one or ``<source>:<rest>``,
+    ``models/sources.py``), arguments and input shape. ``source`` is what defines the model beyond its name
+    (the hash of a program, a Hugging Face folder or the job's ``code:``; a package version), in the identity
+    only when there is one, so built-in models keep their keys; ``code`` is where that code is, not identity."""
 
     name: str
     kwargs: dict
     num_classes: int
     input_shape: tuple[int, int, int]
+    source: str | None = None
+    code: tuple[str, ...] = ()
 
     def build(self) -> torch.nn.Module:
         c, h, _ = self.input_shape
-        return build_model(self.name, self.num_classes, c, h, **self.kwargs)
+        return sources.build(self.name, self.num_classes, c, h, self.code, **self.kwargs)
+
+    def identity(self) -> dict:
+        out = {
+            "name": self.name,
+            "kwargs": self.kwargs,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+        }
+        return {**out, "source": self.source} if self.source is not None else out
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,10 @@ class Weights:
 
     def identity(self) -> dict:
         return {"model": self.model, "weights_sha256": self.sha256}
+
+    def load(self) -> torch.nn.Module:
+        """The model with exactly these weights: the bytes read are the ones hashed, refused unless ``sha256``."""
+        return load_weights(self.model.build(), self.uri, self.sha256)
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,7 @@ class SoftLabelSpec:
                 "kwargs": self.teacher.model.kwargs,
                 "num_classes": self.teacher.model.num_classes,
                 "weights_sha256": self.teacher.sha256,
+                **({"source": self.teacher.model.source} if self.teacher.model.source is not None else {}),
             },
             "data": self.data.identity(),
             "transform": {"input_shape": list(self.teacher.model.input_shape), "normalize": self.normalize},

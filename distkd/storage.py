@@ -18,7 +18,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -260,6 +260,9 @@ def _error_code(error: Exception) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
 
+_PRECONDITION_FAILED = ("PreconditionFailed", "412")  # the key exists: a create-if-absent write lost
+
+
 def _put_s3(uri: str, data: bytes, if_absent: bool) -> bool:
     """One PUT (or one multipart upload, for large data) straight to the final key; False when
     ``if_absent`` and the key exists."""
@@ -277,7 +280,7 @@ def _put_s3(uri: str, data: bytes, if_absent: bool) -> bool:
             return True
         except ClientError as e:
             code = _error_code(e)
-            if code in ("PreconditionFailed", "412"):
+            if code in _PRECONDITION_FAILED:
                 return False
             if code != "ConditionalRequestConflict":
                 raise StorageError(f"{uri}: {describe_s3_error(e)}") from None
@@ -320,12 +323,13 @@ def describe_s3_error(error: Exception) -> str:
 # Checks before work starts -------------------------------------------------------------------------------
 
 
-def check(uri: str, must_exist: bool) -> None:
+def check(uri: str, must_exist: bool, publishes: bool = False) -> None:
     """Raise ``StorageError`` naming ``uri`` if it cannot be used: on S3 an endpoint that does not
     answer, missing or wrong credentials, a missing bucket or no access; with ``must_exist``, nothing
-    at ``uri``. Cheap: one or two requests."""
+    at ``uri``; with ``publishes`` (a store), an S3 server that does not honour create-if-absent writes.
+    Cheap: one or two requests, and the probe's few once per endpoint and bucket."""
     if is_s3(uri):
-        _check_s3(uri, must_exist)
+        _check_s3(uri, must_exist, publishes)
         return
     try:
         missing = must_exist and not exists(uri)
@@ -335,7 +339,7 @@ def check(uri: str, must_exist: bool) -> None:
         raise StorageError(f"{uri}: not found")
 
 
-def _check_s3(uri: str, must_exist: bool) -> None:
+def _check_s3(uri: str, must_exist: bool, publishes: bool) -> None:
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
     bucket, key = bucket_key(uri)
@@ -346,6 +350,13 @@ def _check_s3(uri: str, must_exist: bool) -> None:
         found = client.list_objects_v2(Bucket=bucket, Prefix=folder, MaxKeys=1)["KeyCount"] > 0
         if must_exist and key and not found:
             client.head_object(Bucket=bucket, Key=key)  # a file rather than a folder
+        if publishes and not _honours_create_if_absent(client, endpoint, bucket, folder):
+            raise StorageError(
+                f"{uri}: the S3 server at {endpoint} ignores If-None-Match (it replaced an object that a "
+                "create-if-absent write should have left alone), so create-if-absent is not guaranteed there; "
+                "a store needs it for exactly-once publishing of shards, manifests and commit markers: use a "
+                "server that honours conditional writes (AWS S3, recent MinIO or SeaweedFS) or a local store"
+            )
     except (EndpointConnectionError, NoCredentialsError) as e:
         what = "cannot reach the S3 endpoint" if isinstance(e, EndpointConnectionError) else "no S3 credentials for"
         raise StorageError(f"{uri}: {what} {endpoint} ({e}; set AWS_ENDPOINT_URL and the node's credentials)") from None
@@ -355,6 +366,42 @@ def _check_s3(uri: str, must_exist: bool) -> None:
         raise StorageError(f"{uri}: {describe_s3_error(e)} (endpoint {endpoint})") from None
     except BotoCoreError as e:
         raise StorageError(f"{uri}: {e} (endpoint {endpoint})") from None
+
+
+_CREATE_IF_ABSENT: dict[tuple[str, str], bool] = {}  # (endpoint, bucket) -> the probe's answer, for this process
+
+
+def _honours_create_if_absent(client, endpoint: str, bucket: str, folder: str) -> bool:
+    """Whether the server at ``endpoint`` refuses to replace an object under ``If-None-Match: *``, probed
+    once per process under a temporary key in ``folder`` (a leftover for ``cache gc`` if this process dies)."""
+    if (endpoint, bucket) not in _CREATE_IF_ABSENT:
+        probe = folder + temporary_name("create-if-absent-probe")
+        _CREATE_IF_ABSENT[endpoint, bucket] = _refuses_second_publish(client, bucket, probe)
+    return _CREATE_IF_ABSENT[endpoint, bucket]
+
+
+def _refuses_second_publish(client, bucket: str, key: str) -> bool:
+    """Publish a small object at the unused ``key``, then publish it again, by PUT and by multipart upload
+    (``publish`` uses both): True if the server refused both (412). Removes ``key``, and only it."""
+    from botocore.exceptions import ClientError
+
+    def refused(write: Callable[[], object]) -> bool:
+        try:
+            write()
+        except ClientError as e:
+            if _error_code(e) in _PRECONDITION_FAILED:
+                return True
+            raise
+        return False
+
+    body, condition = b"probe", {"IfNoneMatch": "*"}  # not empty: a multipart upload needs one part
+    client.put_object(Bucket=bucket, Key=key, Body=body, **condition)
+    try:
+        return refused(lambda: client.put_object(Bucket=bucket, Key=key, Body=body, **condition)) and refused(
+            lambda: _multipart_upload(client, bucket, key, body, condition)
+        )
+    finally:
+        client.delete_object(Bucket=bucket, Key=key)
 
 
 # Leftovers of writers that died --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ cluster's token in ``~/.ray/auth_token`` (or ``$RAY_AUTH_TOKEN``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -21,8 +22,10 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 import distkd
 from distkd import storage
 from distkd.config import JobConfig
+from distkd.models import sources
 
 JOB_FILE = "job.yaml"
+CODE = "code"  # the working_dir's folder of the job's ``code:``
 FINISHED = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 
 
@@ -36,17 +39,30 @@ def resolved(job: JobConfig) -> dict:
     ``ray_address`` (the job's driver joins the cluster it runs on, through $RAY_ADDRESS)."""
     raw = job.model_dump(mode="json")
     raw["ray_address"] = None
+    raw["code"] = [f"{CODE}/{Path(path).name}" for path in job.code]  # copied into the working_dir by ``package``
     for model in (raw["teacher"], raw["student"], *(raw["evaluate"]["models"] or [])):
+        model["name"] = sources.absolute(model["name"])
         if model["weights"] is not None:
             model["weights"] = storage.absolute(model["weights"])
     return raw
 
 
+def _not_source(folder: str, names: list[str]) -> set[str]:
+    """What an install of distkd leaves out of the package: all but its Python sources, so a stray file in
+    the package's folder (a ``.env``, a key) never travels to the cluster."""
+    return {n for n in names if n == "__pycache__" or not (n.endswith(".py") or os.path.isdir(os.path.join(folder, n)))}
+
+
 def package(job: JobConfig, folder: Path) -> Path:
-    """A working_dir for the job: the distkd package (sources only) and the resolved job file."""
-    shutil.copytree(
-        Path(distkd.__file__).parent, folder / "distkd", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
+    """A working_dir for the job: the distkd package (sources only), the job's ``code:`` (read on the head, where
+    the job is checked and its models hashed) and the resolved job file."""
+    shutil.copytree(Path(distkd.__file__).parent, folder / "distkd", ignore=_not_source)
+    for path in map(Path, job.code):
+        (folder / CODE).mkdir(exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, folder / CODE / path.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copyfile(path, folder / CODE / path.name)
     (folder / JOB_FILE).write_text(yaml.safe_dump(resolved(job), sort_keys=False))
     return folder
 
@@ -55,9 +71,12 @@ def submit(job: JobConfig, address: str, command: str = "pipeline") -> str:
     """Submit ``job`` to the cluster whose dashboard is at ``address``; returns the submission id."""
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="distkd-submit-") as folder:
+        runtime_env = {"working_dir": str(package(job, Path(folder)))}
+        if job.code:  # on every worker's Python path, on every node
+            runtime_env["py_modules"] = job.code
         return client.submit_job(
             entrypoint=entrypoint(command),
-            runtime_env={"working_dir": str(package(job, Path(folder)))},
+            runtime_env=runtime_env,
             metadata={"distkd_job": job.name, "distkd_command": command},
         )
 

@@ -4,6 +4,7 @@ bad image found by a Ray task mid-split stops the job with one message naming it
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from distkd import config, pipeline
+from distkd import checks, config, pipeline
 from distkd.cli import main
 from distkd.data.source import decode
 from distkd.job import Job
@@ -30,14 +31,23 @@ def image(size: int = 32, mode: str = "RGB", seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+TYPES = {"id": pa.string(), "image": pa.binary(), "label": pa.int64()}
+
+
 def write_split(
-    folder: Path, split: str, images: list[bytes], labels: list, label_type: pa.DataType | None = None
+    folder: Path,
+    split: str,
+    images: list,
+    labels: list,
+    ids: list | None = None,
+    types: dict | None = None,
+    shard: int = 0,
 ) -> None:
-    ids = [f"{split}/{i}" for i in range(len(images))]
-    table = pa.table(
-        {"id": ids, "image": pa.array(images, pa.binary()), "label": pa.array(labels, label_type or pa.int64())}
-    )
-    pq.write_table(table, folder / f"{split}-0.parquet")
+    """Shard ``shard`` of ``split``; ids ``<split>/<i>`` unless given, columns of ``TYPES`` unless ``types`` says."""
+    columns = {"id": ids or [f"{split}/{i}" for i in range(len(images))], "image": images, "label": labels}
+    types = {**TYPES, **(types or {})}
+    table = pa.table({c: pa.array(v, types[c]) for c, v in columns.items()})
+    pq.write_table(table, folder / f"{split}-{shard}.parquet")
 
 
 def dataset(folder: Path, train: dict | None = None, test: dict | None = None) -> Path:
@@ -90,7 +100,7 @@ def refused(path: Path, capsys) -> str:
     ("train", "test", "changes", "expected"),
     [
         (
-            {"labels": ["cat", "dog"] * 4, "label_type": pa.string()},
+            {"labels": ["cat", "dog"] * 4, "types": {"label": pa.string()}},
             None,
             {},
             "train-0.parquet: column 'label' holds string values; expected integer class indices",
@@ -105,6 +115,26 @@ def refused(path: Path, capsys) -> str:
             "train-0.parquet: row id 'train/4': label -1 is outside [0, 4)",
         ),
         ({"labels": [0, 1, 2, None, 0, 1, 2, 3]}, None, {}, "train-0.parquet: row id 'train/3': no label"),
+        (
+            {"ids": list(range(8)), "types": {"id": pa.int64()}},
+            None,
+            {},
+            "train-0.parquet: column 'id' holds int64 values; expected strings, one unique name per row",
+        ),
+        (None, {"ids": ["a", "b", None, "d"]}, {}, "test-0.parquet row 2: no id (each row needs a unique string id)"),
+        (
+            {"ids": ["a", "b", "c", "d", "b", "e", "a", "f"]},
+            None,
+            {},
+            "train-0.parquet row 4: id 'b' is also the id of {data}/train-0.parquet row 1 (2 row(s) of split 'train' "
+            "repeat an earlier id)",
+        ),
+        (
+            {"images": ["not bytes"] * 8, "types": {"image": pa.string()}},
+            None,
+            {},
+            "train-0.parquet: column 'image' holds string values; expected encoded image bytes",
+        ),
         (None, {"images": [], "labels": []}, {}, "key 'data.test_split': split 'test' of "),
         (
             {"images": [b"not an image"] + [image(seed=i) for i in range(7)]},
@@ -121,7 +151,7 @@ def refused(path: Path, capsys) -> str:
         (
             {"images": [image(size=8, seed=i) for i in range(8)]},
             {"images": [image(size=8, seed=i) for i in range(4)]},
-            {},
+            {"stages": ["distill"]},  # a teacher that does not train: ResNet-9 runs (in eval mode) on 8x8 images
             "keys 'student.name', 'student.kwargs': the model fails on a batch of the data's shape [3, 8, 8]",
         ),
         (  # torchvision's ResNet-18 without the CIFAR stem takes 3 channels whatever the data has
@@ -135,7 +165,67 @@ def refused(path: Path, capsys) -> str:
 )
 def test_bad_data_is_refused_before_ray_starts(tmp_path, capsys, no_cluster, train, test, changes, expected):
     err = refused(job_file(tmp_path, dataset(tmp_path / "data", train, test), **changes), capsys)
-    assert expected in err
+    assert expected.replace("{data}", str(tmp_path / "data")) in err
+
+
+def second_train_shard(**changes) -> Callable[[Path], dict]:
+    """A setup that adds ``train-1.parquet`` (4 rows, ids ``more/<i>`` unless ``changes`` say) to the data."""
+
+    def setup(tmp_path: Path) -> dict:
+        ids = [f"more/{i}" for i in range(4)]
+        args = {"images": [image(seed=i) for i in range(4)], "labels": [0, 1, 2, 3], "ids": ids}
+        write_split(tmp_path / "data", "train", shard=1, **{**args, **changes})
+        return {}
+
+    return setup
+
+
+def not_parquet(tmp_path: Path) -> dict:
+    (tmp_path / "data" / "train-1.parquet").write_bytes(b"PAR1 not Parquet")
+    return {}
+
+
+def a_file(tmp_path: Path) -> Path:
+    (tmp_path / "a-file").write_text("not a folder")
+    return tmp_path / "a-file"
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda tmp_path: {"store": "gs://bucket/store"}, "key 'store': gs:// cannot hold a store: its outputs are"),
+        (lambda tmp_path: {"store": "hdfs://namenode/store"}, "or on s3://bucket/prefix (got 'hdfs://namenode/store')"),
+        (lambda tmp_path: {"store": str(a_file(tmp_path))}, "a-file is a file; expected a folder"),
+        (lambda tmp_path: {"store": str(a_file(tmp_path) / "store")}, "a-file/store is under "),
+        (lambda tmp_path: {"store": "/proc/distkd-store"}, "key 'store': /proc/distkd-store: cannot write there"),
+        (
+            second_train_shard(types={"label": pa.int32()}),
+            "train-1.parquet: column(s) 'label' (int32) differ from ",
+        ),
+        (
+            second_train_shard(ids=["more/0", "train/5", "more/2", "more/3"]),
+            "train-1.parquet row 1: id 'train/5' is also the id of {data}/train-0.parquet row 5",
+        ),
+        (not_parquet, "train-1.parquet: not a readable Parquet file (ArrowInvalid: "),
+        (
+            lambda tmp_path: {"teacher__kwargs": {"width": -1}},
+            "key 'teacher.kwargs': cannot build 'resnet9' with {'width': -1}: RuntimeError: Trying to create tensor "
+            "with negative dimension",
+        ),
+        (  # ResNet-18's ImageNet stem shrinks 32x32 images to 1x1 before the last BatchNorm layers
+            lambda tmp_path: {"teacher__name": "resnet18", "teacher__kwargs": {}},
+            "keys 'teacher.name', 'teacher.kwargs': the model fails in training mode on a batch of one row",
+        ),
+        (
+            lambda tmp_path: {"student__name": "mobilenet_v3_small"},
+            "set 'student.kwargs: {cifar_stem: true}' (torchvision models on 32x32 data), use larger images",
+        ),
+    ],
+)
+def test_bad_stores_shards_and_models_are_refused_before_ray_starts(tmp_path, capsys, no_cluster, setup, expected):
+    data = dataset(tmp_path / "data")
+    err = refused(job_file(tmp_path, data, **setup(tmp_path)), capsys)
+    assert expected.replace("{data}", str(data)) in err
 
 
 def test_an_evaluated_split_with_a_label_out_of_range_is_named(tmp_path, capsys, no_cluster):
@@ -213,3 +303,26 @@ def test_a_bad_image_mid_split_stops_the_job_with_one_message(
     assert main(["pipeline", str(path)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distkd:")]
     assert lines == [lines[0]] and f"{split}-0.parquet: row id '{split}/{row}': {expected}" in lines[0]
+
+
+def test_the_one_row_check_trains_a_copy_and_only_the_models_that_train(tmp_path):
+    model = build_model("resnet9", CLASSES, 3, 32, width=4).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    checks.trains_on_one_row("teacher", model, (3, 32, 32))
+    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    # a student that only fails on one row in training mode is no obstacle to a job that does not train it
+    raw = yaml.safe_load(job_file(tmp_path, dataset(tmp_path / "data"), student__name="mobilenet_v3_small").read_text())
+    assert Job.prepare(config.parse({**raw, "stages": ["train_teacher"]}, "<teacher only>")).student.name == (
+        "mobilenet_v3_small"
+    )
+
+
+def test_the_store_probe_leaves_what_it_found(tmp_path):
+    store = tmp_path / "a" / "b" / "store"
+    checks.local_store(str(store))
+    assert not (tmp_path / "a").exists()  # the folders it created are gone again
+    store.mkdir(parents=True)
+    (store / "kept").write_text("x")
+    checks.local_store(str(store))
+    assert [p.name for p in store.iterdir()] == ["kept"]

@@ -1,16 +1,26 @@
-"""What the console prints without a cluster: progress as plain lines, epoch lines, the MLflow refusal,
-and the report's training section."""
+"""What the console prints: progress as plain lines, epoch lines, the MLflow refusal, the report's training
+section, and nothing but distkd's own lines when a command starts a local Ray instance of its own."""
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from distkd import config, console
 from distkd.evaluate.report import write_report
+from distkd.models import build_model, state_dict_bytes
 from tests.test_report import make_models
+
+ROOT = Path(__file__).resolve().parents[1]
+# "Ray's logs: PATH ...", "[stage] ...", and the outputs a stage command lists ("    report: URI")
+DISTKD_LINE = re.compile(r"Ray's logs: \S+.*|\[[\w-]+\] .+|\s*\w+: \S+")
 
 
 def test_progress_becomes_plain_lines_when_stdout_is_not_a_terminal(monkeypatch):
@@ -66,3 +76,36 @@ def test_report_shows_training_settings_cost_and_curves(tmp_path):
     assert "| tiny distilled | 3 | 0.5 | 4 | dense float16 | 2 | 2.40K | 12.0 | 36 s |" in md
     assert "| resnet teacher | 3 |  |  |  |  |  | 10.0 | 30 s |" in md
     assert 'alt="training_curves.png"' in paths["report.html"].read_text()
+
+
+def test_a_fresh_local_run_prints_only_distkd_lines(cifar10, tmp_path):
+    """A command that starts its own local Ray instance (Ray's token-auth notice at ray.init, the C++ core's
+    ``core_worker.cc`` line as Ray Data starts an actor pool): every line it prints is distkd's, on stdout."""
+    weights = tmp_path / "lenet5.pt"
+    weights.write_bytes(state_dict_bytes(build_model("lenet5", 10, 3, 32)))
+    job = {
+        "name": "quiet",
+        "store": str(tmp_path / "store"),
+        "stages": ["evaluate"],
+        "data": {"uri": str(cifar10), "limit": 100},
+        "teacher": {"name": "lenet5"},
+        "student": {"name": "lenet5"},
+        "evaluate": {"batch_size": 50, "models": [{"role": "teacher", "name": "lenet5", "weights": str(weights)}]},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from distkd.cli import main; sys.exit(main(sys.argv[1:]))"]
+        + ["evaluate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Ray's logs: ") and "[evaluate] done in" in done.stdout
+    assert [line for line in lines if not DISTKD_LINE.fullmatch(line)] == []

@@ -10,7 +10,16 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
+from distkd.evaluate import metrics
+from distkd.evaluate.metrics import (
+    baselines,
+    block_stats,
+    compute_metrics,
+    gain_text,
+    mcnemar_p,
+    paired_gain,
+    sum_stats,
+)
 
 N, C = 1000, 10
 
@@ -142,3 +151,76 @@ def test_class_names_and_low_precision_input() -> None:
     m16 = compute_metrics(sum_stats([block_stats(logits.astype(np.float16), labels)]), names)
     assert [c["class"] for c in m16["per_class"]] == names
     assert m16["accuracy"] == pytest.approx(accuracy_score(labels, logits.astype(np.float16).argmax(1)))
+
+
+def test_paired_gain_against_a_hand_computed_case() -> None:
+    # n = 1000 images, b = 30 only the model gets right, c = 10 only the baseline.
+    g = paired_gain(30, 10, 1000)
+    assert g["gain"] == pytest.approx(0.02, abs=1e-15)  # (30 - 10) / 1000
+    # se = sqrt(b + c - (b - c)^2 / n) / n = sqrt(40 - 0.4) / 1000 = 0.00629285308...
+    # 1.959964 * se = 0.01233377; the interval 0.02 -+ that.
+    assert g["ci95"] == pytest.approx([0.00766623, 0.03233377], abs=1e-8)
+    # McNemar exact: 2 * sum_{k<=10} C(40, k) / 2^40, the sum of
+    # 1 + 40 + 780 + 9880 + 91390 + 658008 + 3838380 + 18643560 + 76904685 + 273438880 + 847660528 = 1221246132.
+    assert g["p_value"] == pytest.approx(2 * 1221246132 / 2**40, rel=1e-12)  # 0.0022214
+    assert (g["only_model"], g["only_baseline"], g["count"]) == (30, 10, 1000)
+    # No discordant rows: no difference, a zero-width interval, p = 1; and nothing evaluated at all.
+    assert paired_gain(0, 0, 50) == {**paired_gain(0, 0, 0), "count": 50}
+    assert paired_gain(0, 0, 0)["ci95"] == [0.0, 0.0] and paired_gain(0, 0, 0)["p_value"] == 1.0
+
+
+def test_mcnemar_p_small_and_large(monkeypatch) -> None:
+    assert mcnemar_p(5, 0) == mcnemar_p(0, 5) == 2 / 2**5
+    assert mcnemar_p(7, 7) == 1.0
+    exact = mcnemar_p(10_100, 9_900)
+    monkeypatch.setattr(metrics, "EXACT_MCNEMAR_LIMIT", 0)
+    # chi2 = (|30 - 10| - 1)^2 / 40 = 9.025, p = P(|Z| > sqrt(9.025) = 3.00416) = 0.0026631
+    assert mcnemar_p(30, 10) == pytest.approx(0.0026631, rel=1e-4)
+    assert mcnemar_p(10_100, 9_900) == pytest.approx(exact, rel=1e-3)  # the approximation, where it takes over
+
+
+def test_paired_counts_merge_exactly_and_match_a_per_row_count() -> None:
+    logits, labels, _ = make_data(6)
+    baseline = logits + np.random.default_rng(7).normal(0, 2, logits.shape).astype(np.float32)
+    right, baseline_right = logits.argmax(1) == labels, baseline.argmax(1) == labels
+    b, c = int((right & ~baseline_right).sum()), int((baseline_right & ~right).sum())
+    assert b > 50 and c > 50
+
+    whole = compute_metrics(sum_stats([block_stats(logits, labels, baseline_logits=baseline)]))
+    cuts = [0, 1, 417, 417, 999]  # uneven blocks, one of them empty
+    blocks = [
+        block_stats(z, y, baseline_logits=zb)
+        for z, y, zb in zip(np.split(logits, cuts), np.split(labels, cuts), np.split(baseline, cuts))
+    ]
+    assert compute_metrics(sum_stats(blocks))["vs_baseline"] == whole["vs_baseline"] == paired_gain(b, c, N)
+    assert whole["vs_baseline"]["gain"] == pytest.approx(right.mean() - baseline_right.mean(), abs=1e-15)
+    assert "vs_baseline" not in compute_metrics(sum_stats([block_stats(logits, labels)]))
+    with pytest.raises(ValueError, match="baseline_logits have shape"):
+        block_stats(logits, labels, baseline_logits=baseline[:10])
+
+
+def test_each_distilled_role_is_paired_with_its_baseline() -> None:
+    student, other = "lenet5", "resnet9"
+    assert baselines({"teacher": other, "distilled": student, "scratch": student}) == {"distilled": "scratch"}
+    roles = {
+        "lenet5-distilled": student,
+        "lenet5-scratch": student,
+        "distilled-t4": student,  # no "scratch-t4": the plain baseline
+        "scratch": student,
+        "undistilled": student,  # not the word
+        "distilled-wide": other,  # the same role, another model: nothing to compare with
+    }
+    assert baselines(roles) == {"lenet5-distilled": "lenet5-scratch", "distilled-t4": "scratch"}
+    assert baselines({"distilled": student}) == {}
+
+
+def test_gain_text_says_how_many_seeds() -> None:
+    model = {
+        "metrics": {"vs_baseline": paired_gain(30, 10, 10_000)},
+        "settings": {"seed": 1},
+        "baseline": {"seed": 1},
+    }
+    # +0.20 points, 95% CI 0.2 -+ 1.959964 * sqrt(40 - 400 / 10000) / 100 = 0.2 -+ 0.1239 = +0.08 to +0.32
+    assert gain_text(model) == "+0.20 points (95% CI +0.08 to +0.32, paired, 10,000 images; one seed each (seed 1))"
+    assert gain_text({**model, "baseline": {"seed": 0}}).endswith("; one seed each (seeds 1 and 0))")
+    assert gain_text({**model, "settings": {}}).endswith("; one run each)")

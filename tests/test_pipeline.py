@@ -282,7 +282,9 @@ def test_console_shows_each_stage_once_and_ends_with_the_summary(run):
     assert re.search(rf"^\[evaluate\] {ROWS}/{ROWS} rows 100%", printed, re.M)
     summary = printed[printed.index("model  ") :]
     assert all(f"lenet5 {r}" in summary for r in ("distilled", "scratch")) and "resnet9 teacher" in summary
-    assert re.search(r"^distilled student vs from scratch: [+-]\d+\.\d\d points$", summary, re.M)
+    points = r"[+-]\d+\.\d\d"
+    gain = rf"{points} points \(95% CI {points} to {points}, paired, [\d,]+ images; one seed each \(seed 0\)\)"
+    assert re.search(rf"^distilled student vs from scratch: {gain}$", summary, re.M)
     stages = r"^stages: teacher \S+, softlabels \S+, student-kd \S+, student-scratch \S+, evaluate "
     assert re.search(stages, summary, re.M)
     report = Path(lines[-1].removeprefix("report: "))

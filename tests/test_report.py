@@ -4,7 +4,8 @@ import re
 import numpy as np
 import pytest
 
-from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
+from distkd import console, storage
+from distkd.evaluate.metrics import block_stats, compute_metrics, paired_gain, sum_stats
 from distkd.evaluate.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -16,7 +17,7 @@ def make_models() -> list[dict]:
     labels = rng.integers(0, len(CLASSES), 500)
     onehot = np.eye(len(CLASSES))[labels]
     teacher = rng.normal(0, 1, (500, len(CLASSES))) + 3 * onehot
-    models = []
+    models, logits = [], []
     for i, (name, role, signal, params) in enumerate(
         [
             ("resnet teacher", "teacher", 3.0, 11_200_000),
@@ -24,8 +25,9 @@ def make_models() -> list[dict]:
             ("tiny distilled", "student (distilled)", 1.5, 410_000),
         ]
     ):
-        logits = teacher if i == 0 else rng.normal(0, 1, teacher.shape) + signal * onehot
-        stats = block_stats(logits, labels, None if i == 0 else teacher)
+        logits.append(teacher if i == 0 else rng.normal(0, 1, teacher.shape) + signal * onehot)
+        baseline = logits[1] if i == 2 else None  # the distilled student beside the one from scratch
+        stats = block_stats(logits[i], labels, None if i == 0 else teacher, baseline_logits=baseline)
         cost = {
             "params": params,
             "size_bytes": 4 * params + 1000,
@@ -37,6 +39,7 @@ def make_models() -> list[dict]:
         models.append(
             {"name": name, "role": role, "metrics": compute_metrics(sum_stats([stats]), CLASSES), "cost": cost}
         )
+    models[2]["baseline"] = {"role": models[1]["role"], "name": models[1]["name"], "seed": 0}
     return models
 
 
@@ -114,3 +117,47 @@ def test_costs_measured_on_a_gpu_get_their_own_columns(tmp_path) -> None:
     assert header.endswith("| GPU latency ms (b=1) | GPU throughput/s |")
     assert next(line for line in md.splitlines() if line.startswith("| tiny scratch")).endswith("| 1.25 | 9.00M |")
     assert "measured on cpu, cuda" in md
+
+
+def test_gain_over_the_baseline_in_markdown_and_html(report) -> None:
+    models, paths = report
+    vs = models[2]["metrics"]["vs_baseline"]
+    low, high = (100 * x for x in vs["ci95"])
+    assert vs["gain"] == pytest.approx(models[2]["metrics"]["accuracy"] - models[1]["metrics"]["accuracy"], abs=1e-12)
+    line = (
+        f"tiny distilled vs tiny scratch: {100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, "
+        f"paired, 500 images; one run each); McNemar p = {vs['p_value']:.2g}; {vs['only_model']:,} images right "
+        f"only by tiny distilled, {vs['only_baseline']:,} only by the baseline"
+    )
+    md = paths["report.md"].read_text()
+    assert f"## Gain over the baseline\n\n- {line}\n" in md and "from one seed each" in md
+    assert f"<li>{line}</li>" in paths["report.html"].read_text()
+
+
+def test_no_gain_section_without_a_baseline(tmp_path) -> None:
+    models = make_models()
+    del models[2]["baseline"]
+    paths = write_report(tmp_path, models)
+    assert "Gain over the baseline" not in paths["report.md"].read_text() + paths["report.html"].read_text()
+
+
+def summary_of(tmp_path, models: list[dict]) -> list[str]:
+    storage.write_json(storage.join(str(tmp_path), "metrics.json"), {"title": "t", "models": models})
+    return console.summary(str(tmp_path)).splitlines()
+
+
+def test_summary_gives_the_gain_with_its_interval_and_seeds(tmp_path) -> None:
+    models = make_models()
+    # b = 30, c = 10 of n = 1000: +2.00 points, 95% CI 2.00 +- 1.96 * sqrt(40 - 20^2 / 1000) / 10 = +0.77 to +3.23.
+    models[2]["metrics"]["vs_baseline"] = paired_gain(30, 10, 1000)
+    models[2]["settings"] = {"seed": 0}
+    lines = summary_of(tmp_path, models)
+    expected = "+2.00 points (95% CI +0.77 to +3.23, paired, 1,000 images; one seed each (seed 0))"
+    assert f"distilled student vs from scratch: {expected}" in lines
+
+    # Two distilled students (evaluate.models), the second's baseline from another seed.
+    second = {**models[2], "name": "tiny distilled t8", "settings": {"seed": 2}}
+    lines = summary_of(tmp_path, [*models, second])
+    assert f"tiny distilled vs tiny scratch: {expected}" in lines
+    assert f"tiny distilled t8 vs tiny scratch: {expected.replace('(seed 0)', '(seeds 2 and 0)')}" in lines
+    assert not any("vs" in line for line in summary_of(tmp_path, make_models()[:2]))

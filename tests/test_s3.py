@@ -210,6 +210,29 @@ def test_unusable_uris_stop_the_job_before_ray_starts(
     assert time.perf_counter() - started < 30
 
 
+def test_seaweedfs_honours_if_none_match_and_the_probe_leaves_the_store_as_it_was(s3_server, monkeypatch):
+    monkeypatch.setattr(storage, "_CREATE_IF_ABSENT", {})
+    store = f"s3://{BUCKET}/probed"
+    storage.write_bytes(storage.join(store, "kept.bin"), b"kept")
+    storage.check(store, must_exist=False, publishes=True)
+    assert storage._CREATE_IF_ABSENT == {(s3_server.endpoint, BUCKET): True}
+    assert objects(s3_server, "probed/") == {"probed/kept.bin": b"kept"}
+    assert storage.leftovers(store) == []  # no probe object, no multipart upload left behind
+
+
+def test_a_store_without_create_if_absent_stops_the_job_before_ray_starts(
+    s3_server, cifar10, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(storage, "_CREATE_IF_ABSENT", {})
+    monkeypatch.setattr(storage, "_refuses_second_publish", lambda client, bucket, key: False)
+    monkeypatch.setattr(pipeline, "connect", lambda *args, **kwargs: pytest.fail("Ray was asked to start"))
+    path = write_job(tmp_path, job_raw(f"s3://{BUCKET}/s", str(cifar10)))
+    assert main(["pipeline", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"key 'store': s3://{BUCKET}/s: the S3 server at {s3_server.endpoint} ignores If-None-Match" in err
+    assert "create-if-absent is not guaranteed there" in err and "Traceback" not in err
+
+
 def test_whole_pipeline_on_s3_writes_no_secret_anywhere(s3_server, s3_cifar10, s3_weights, tmp_path):
     """Data, teacher weights, store, soft labels, a run (its Ray Train checkpoints) and the report on S3, run
     as `distkd pipeline` in its own process with its own local Ray; the secret key is in that process's

@@ -1,7 +1,10 @@
 """The store on a local folder and on a real S3-compatible server behaves the same."""
 
+from types import SimpleNamespace
+
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from distkd import storage
 from tests.conftest import BUCKET
@@ -97,3 +100,81 @@ def test_malformed_uris_and_uris_with_credentials_are_refused(uri, problem):
 @pytest.mark.parametrize("uri", ["store", "./a/b", "/abs/path", "file:///abs/path", "s3://bucket", "s3://b/k/x.pt"])
 def test_local_paths_and_well_formed_uris_pass(uri):
     assert storage.validate(uri) == uri
+
+
+class FakeS3:
+    """An S3 client over a dict, for the create-if-absent probe: ``honoured`` names the writes (PutObject,
+    CompleteMultipartUpload) that refuse, with 412, to replace a key under ``If-None-Match: *``."""
+
+    def __init__(self, honoured: set[str]):
+        self.honoured = honoured
+        self.objects = {"store/kept.bin": b"kept"}
+        self.writes: list[str] = []
+        self.deleted: list[str] = []
+        self.meta = SimpleNamespace(endpoint_url="http://fake-s3:9000")
+        self.parts: dict[str, bytes] = {}
+
+    def list_objects_v2(self, Bucket, Prefix, MaxKeys):
+        return {"KeyCount": sum(key.startswith(Prefix) for key in self.objects)}
+
+    def _write(self, operation: str, key: str, body: bytes, IfNoneMatch: str | None = None) -> None:
+        self.writes.append(operation)
+        if IfNoneMatch == "*" and operation in self.honoured and key in self.objects:
+            raise ClientError({"Error": {"Code": "PreconditionFailed"}}, operation)
+        self.objects[key] = body
+
+    def put_object(self, Bucket, Key, Body, **condition):
+        self._write("PutObject", Key, Body, **condition)
+
+    def create_multipart_upload(self, Bucket, Key):
+        return {"UploadId": Key}
+
+    def upload_part(self, Bucket, Key, UploadId, PartNumber, Body):
+        self.parts[UploadId] = Body
+        return {"ETag": "etag"}
+
+    def complete_multipart_upload(self, Bucket, Key, UploadId, MultipartUpload, **condition):
+        self._write("CompleteMultipartUpload", Key, self.parts.pop(UploadId), **condition)
+
+    def abort_multipart_upload(self, Bucket, Key, UploadId):
+        self.parts.pop(UploadId)
+
+    def delete_object(self, Bucket, Key):
+        self.deleted.append(Key)
+        del self.objects[Key]
+
+
+@pytest.fixture
+def fake_s3(monkeypatch):
+    """Install a ``FakeS3`` (honouring both writes unless told otherwise) as the store's client, probe unmade."""
+
+    def install(honoured: set[str]) -> FakeS3:
+        client = FakeS3(honoured)
+        monkeypatch.setattr(storage, "s3_client", lambda probe=False: client)
+        return client
+
+    monkeypatch.setattr(storage, "_CREATE_IF_ABSENT", {})
+    return install
+
+
+@pytest.mark.parametrize("honoured", [set(), {"CompleteMultipartUpload"}, {"PutObject"}])
+def test_a_store_on_an_s3_server_that_ignores_if_none_match_is_refused(fake_s3, honoured):
+    client = fake_s3(honoured)
+    with pytest.raises(storage.StorageError) as error:
+        storage.check("s3://bucket/store", must_exist=False, publishes=True)
+    assert str(error.value).startswith("s3://bucket/store: the S3 server at http://fake-s3:9000 ignores If-None-Match")
+    assert "create-if-absent is not guaranteed there" in str(error.value)
+    assert client.objects == {"store/kept.bin": b"kept"} and not client.parts  # only the probe went, and no upload
+    [probe] = client.deleted
+    assert probe.startswith("store/.create-if-absent-probe.tmp-")
+
+
+def test_the_probe_runs_once_per_endpoint_and_bucket_and_only_for_a_store(fake_s3):
+    client = fake_s3({"PutObject", "CompleteMultipartUpload"})
+    storage.check("s3://bucket/data", must_exist=False)  # data and weights are only read: no probe
+    assert client.writes == []
+    storage.check("s3://bucket/store", must_exist=False, publishes=True)
+    assert client.writes == ["PutObject", "PutObject", "CompleteMultipartUpload"]
+    storage.check("s3://bucket/other-store", must_exist=False, publishes=True)
+    assert len(client.writes) == 3 and len(client.deleted) == 1
+    assert client.objects == {"store/kept.bin": b"kept"}

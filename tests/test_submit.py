@@ -6,6 +6,7 @@ import os
 
 import yaml
 
+import distkd
 from distkd import cli, config, submit
 
 
@@ -27,6 +28,26 @@ def test_working_dir_holds_the_package_and_the_resolved_job(tmp_path, monkeypatc
     assert (folder / "distkd" / "cli.py").is_file() and not list(folder.rglob("__pycache__"))
     assert sorted(os.listdir(folder)) == ["distkd", "job.yaml"]  # no environment, no credentials
     assert submit.entrypoint("distill") == "python -m distkd distill job.yaml"
+
+
+def test_working_dir_carries_only_the_packages_python_sources(tmp_path, monkeypatch):
+    """A stray file beside the sources (git-ignored in an editable checkout) is not shipped to the cluster."""
+    source = tmp_path / "src" / "distkd"
+    (source / "softlabels" / "__pycache__").mkdir(parents=True)
+    for name in ("__init__.py", "cli.py", ".env", "aws-credentials.txt", "softlabels/cache.py", "softlabels/key.pem"):
+        (source / name).write_text("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI" if not name.endswith(".py") else "")
+    (source / "softlabels" / "__pycache__" / "cache.cpython-311.pyc").write_bytes(b"")
+    monkeypatch.setattr(distkd, "__file__", str(source / "__init__.py"))
+    raw = {
+        "name": "j",
+        "store": "s",
+        "data": {"uri": "d"},
+        "teacher": {"name": "resnet9"},
+        "student": {"name": "lenet5", "train": {"augment": False}},
+    }
+    folder = submit.package(config.parse(raw, "<job>"), tmp_path / "wd")
+    shipped = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert shipped == ["distkd/__init__.py", "distkd/cli.py", "distkd/softlabels/cache.py", "job.yaml"]
 
 
 def test_submit_refuses_a_bad_job_file_before_contacting_the_cluster(tmp_path, capsys):

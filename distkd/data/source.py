@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 
@@ -22,6 +22,21 @@ COLUMNS = ("id", "image", "label")
 READ_ROWS = 10_000  # rows per read task of ``Split.read``
 PATH = "path"  # the file a row was read from, where the reader knows it (for error messages)
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes decoded as one channel
+# column -> (the Arrow type tests that accept it, what a shard should hold instead)
+COLUMN_TYPES: dict[str, tuple[tuple[Callable[[pa.DataType], bool], ...], str]] = {
+    "id": (
+        (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view),
+        "strings, one unique name per row (soft labels are joined to their images by id)",
+    ),
+    "image": (
+        (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view),
+        "encoded image bytes (PNG, JPEG, ...)",
+    ),
+    "label": (
+        (pa.types.is_integer,),
+        "integer class indices 0..C-1 (map class names to indices first, e.g. with 'distkd prepare image-folder')",
+    ),
+}
 
 
 class DataError(ValueError, UserCodeException):
@@ -33,6 +48,11 @@ class DataError(ValueError, UserCodeException):
         self.message = message  # as written: Ray Data appends retry advice to ``args`` of errors in its tasks
 
 
+class InputChanged(DataError):
+    """An input file (a data shard, a weights file) that is not what the job opened or hashed: it changed while
+    the job ran, and an output made of it would carry the key of the other version."""
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of a dataset: its shard files, in order, and the rows the job uses."""
@@ -41,30 +61,41 @@ class Split:
     name: str
     files: tuple[str, ...]
     limit: int | None = None
+    stamps: tuple[str, ...] = ()  # each file's size and modification time when opened: reads refuse a change
 
     @classmethod
     def open(cls, uri: str, name: str, limit: int | None = None) -> Split:
+        """The split's shards, each checked to hold the columns distkd reads, all of the same types."""
         files = tuple(f for f in storage.list_files(uri, ".parquet") if f.rsplit("/", 1)[-1].startswith(f"{name}-"))
         if not files:
             raise DataError(f"{uri}: no Parquet shards for split '{name}' (expected files named {name}-*.parquet)")
-        for file in files:
-            schema = _schema(file)
-            missing = [c for c in COLUMNS if c not in schema.names]
-            if missing:
-                raise DataError(f"{file}: missing column(s) {missing}; expected columns {list(COLUMNS)}")
-            label = schema.field("label").type
-            if not pa.types.is_integer(label):
+        first = _column_types(files[0])
+        for file in files[1:]:
+            types = _column_types(file)
+            if differing := [c for c in COLUMNS if types[c] != first[c]]:
                 raise DataError(
-                    f"{file}: column 'label' holds {label} values; expected integer class indices 0..C-1 "
-                    "(map class names to indices first, e.g. with 'distkd prepare image-folder')"
+                    f"{file}: column(s) {', '.join(f'{c!r} ({types[c]})' for c in differing)} differ from "
+                    f"{files[0]} ({', '.join(f'{c!r} {first[c]}' for c in differing)}); every shard of split "
+                    f"'{name}' needs the same column types"
                 )
-        return cls(uri, name, files, limit)
+        return cls(uri, name, files, limit, tuple(_stamp(f) for f in files))
 
     def fingerprint(self) -> str:
-        """A hash of the names and contents of the files in use: changes whenever one byte does."""
-        return hashlib.sha256(
-            "".join(f"{uri.rsplit('/', 1)[-1]}:{content.sha256(uri)};" for uri, _ in self.file_rows()).encode()
-        ).hexdigest()
+        """A hash of the names and contents of the files in use: changes whenever one byte does. Computed once
+        per split (identities asked for later in the run all name the same data), of the files as opened."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:  # in the instance's __dict__: travels with it to Ray workers
+        used = [uri for uri, _ in self.file_rows()]
+        hashed = "".join(f"{uri.rsplit('/', 1)[-1]}:{content.sha256(uri)};" for uri in used)
+        for uri in used:  # after hashing: the hashes are of the files as they were opened
+            _check_unchanged(uri, self.stamp(uri))
+        return hashlib.sha256(hashed.encode()).hexdigest()
+
+    def stamp(self, file: str) -> str | None:
+        """``file``'s size and modification time when the split was opened (None: not recorded)."""
+        return dict(zip(self.files, self.stamps)).get(file)
 
     def identity(self) -> dict:
         return {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
@@ -93,14 +124,16 @@ class Split:
         for uri, rows in self.file_rows():
             fs, path = storage.resolve(uri)
             tables.append(pq.read_table(path, columns=columns, filesystem=fs).slice(0, rows))
+            _check_unchanged(uri, self.stamp(uri))
         return pa.concat_tables(tables)
 
     def units(self, rows: int) -> list[Unit]:
         """The rows in use, in order, cut into units of at most ``rows`` rows that do not cross files."""
         units, offset = [], 0
         for uri, used in self.file_rows():
+            stamp = self.stamp(uri)
             for start in range(0, used, rows):
-                units.append(Unit(len(units), uri, start, min(start + rows, used), offset + start))
+                units.append(Unit(len(units), uri, start, min(start + rows, used), offset + start, stamp))
             offset += used
         return units
 
@@ -119,13 +152,15 @@ class Unit:
     start: int
     stop: int
     offset: int
+    stamp: str | None = None  # the file's size and modification time when its split was opened
 
     @property
     def rows(self) -> int:
         return self.stop - self.start
 
     def read(self, columns: list[str] | tuple[str, ...] = COLUMNS) -> pa.Table:
-        """The unit's rows, reading only the row groups that hold them."""
+        """The unit's rows, reading only the row groups that hold them; refused if the file changed since its
+        split was opened."""
         fs, path = storage.resolve(self.file)
         tables, first = [], 0
         with fs.open_input_file(path) as f:
@@ -137,6 +172,7 @@ class Unit:
                     lo, hi = max(self.start, first), min(self.stop, first + rows)
                     tables.append(table.slice(lo - first, hi - lo))
                 first += rows
+        _check_unchanged(self.file, self.stamp)  # after reading: a change during the read is seen too
         return pa.concat_tables(tables)
 
 
@@ -154,10 +190,37 @@ def _read_unit_rows(batch: pa.Table) -> Iterator[pa.Table]:
         yield rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # for error messages
 
 
-def _schema(uri: str):
+def _column_types(uri: str) -> dict[str, pa.DataType]:
+    """The types of the shard's ``COLUMNS``, each checked against ``COLUMN_TYPES``."""
+    try:
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            schema = pq.read_schema(f)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{uri}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    missing = [c for c in COLUMNS if c not in schema.names]
+    if missing:
+        raise DataError(f"{uri}: missing column(s) {missing}; expected columns {list(COLUMNS)}")
+    types = {c: schema.field(c).type for c in COLUMNS}
+    for column, (accepts, expected) in COLUMN_TYPES.items():
+        if not any(accept(types[column]) for accept in accepts):
+            raise DataError(f"{uri}: column '{column}' holds {types[column]} values; expected {expected}")
+    return types
+
+
+def _stamp(uri: str) -> str:
+    """The file's size and modification time: what the content table trusts to mean unchanged bytes."""
     fs, path = storage.resolve(uri)
-    with fs.open_input_file(path) as f:
-        return pq.read_schema(f)
+    info = fs.get_file_info(path)
+    return f"{info.size}:{info.mtime_ns}"
+
+
+def _check_unchanged(uri: str, stamp: str | None) -> None:
+    if stamp is not None and (now := _stamp(uri)) != stamp:
+        raise InputChanged(
+            f"{uri}: changed since the job opened it (size:mtime_ns {stamp}, now {now}); "
+            "run the job again to use the new data"
+        )
 
 
 def image_shape(split: Split, channels: int | None = None) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 3) -> float:
     """Median wall time of ``fn()`` after ``warmup`` untimed calls (synchronising CUDA around each)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []

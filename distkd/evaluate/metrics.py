@@ -8,12 +8,19 @@ result does not depend on how the data was split and equals a single pass over a
 The top-k statistic is keyed ``top{k}_correct`` with ``k = min(top_k, num_classes)``, so blocks
 made with different ``k`` cannot be merged silently; ``compute_metrics`` reports it as
 ``topk_accuracy`` together with ``top_k``.
+
+A model evaluated beside its baseline (``baseline_logits``, the same student trained from scratch)
+also gets paired counts over the same rows, from which ``paired_gain`` gives the accuracy gain with
+its 95% interval and McNemar's p-value: the rows both get right or both wrong cancel out, so the
+interval is far narrower than one from two independent accuracies. ``baselines`` says which role
+is compared with which.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -29,13 +36,16 @@ def block_stats(
     labels: np.ndarray,
     teacher_logits: np.ndarray | None = None,
     *,
+    baseline_logits: np.ndarray | None = None,
     num_bins: int = 15,
     top_k: int = 5,
 ) -> dict[str, np.ndarray]:
     """Sufficient statistics of one block of predictions, each with a leading axis of length 1.
 
     ``logits`` [N, C], ``labels`` [N]; ``teacher_logits`` [N, C] adds teacher agreement and
-    KL(p_teacher || p_student) at T=1. Confidence bins are equal-width over [0, 1], right-closed.
+    KL(p_teacher || p_student) at T=1; ``baseline_logits`` [N, C] adds the rows only this model
+    gets right (``only_model``) and only the baseline does (``only_baseline``). Confidence bins
+    are equal-width over [0, 1], right-closed.
     """
     n, c = logits.shape
     labels = np.asarray(labels).astype(np.int64)
@@ -67,6 +77,12 @@ def block_stats(
         log_t = _log_softmax(teacher_logits)
         stats["teacher_agree"] = np.int64((log_t.argmax(axis=1) == pred).sum())
         stats["teacher_kl_sum"] = np.float64((np.exp(log_t) * (log_t - log_p)).sum())
+    if baseline_logits is not None:
+        if baseline_logits.shape != logits.shape:
+            raise ValueError(f"baseline_logits have shape {baseline_logits.shape}, expected {logits.shape}")
+        baseline_correct = _log_softmax(baseline_logits).argmax(axis=1) == labels  # as its own block_stats
+        stats["only_model"] = np.int64((correct & ~baseline_correct).sum())
+        stats["only_baseline"] = np.int64((baseline_correct & ~correct).sum())
     return {key: np.asarray(v)[None] for key, v in stats.items()}
 
 
@@ -143,4 +159,91 @@ def compute_metrics(stats: dict[str, np.ndarray], class_names: list[str] | None 
     if "teacher_agree" in stats:
         metrics["teacher_agreement"] = float(_div(stats["teacher_agree"], count))
         metrics["teacher_kl"] = float(_div(stats["teacher_kl_sum"], count))
+    if "only_model" in stats:
+        metrics["vs_baseline"] = paired_gain(int(stats["only_model"]), int(stats["only_baseline"]), count)
     return metrics
+
+
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+EXACT_MCNEMAR_LIMIT = 20_000  # discordant rows up to which McNemar's p-value is the exact binomial one
+
+
+def paired_gain(only_model: int, only_baseline: int, count: int) -> dict:
+    """Accuracy gain of a model over its baseline on the same ``count`` rows, from the discordant rows:
+    ``only_model`` (b, the model right and the baseline wrong) and ``only_baseline`` (c).
+
+    The gain is (b - c) / n. Its 95% interval is the Wald interval for the difference of two dependent
+    proportions, gain +- 1.96 * sqrt(b + c - (b - c)^2 / n) / n (Agresti, *Categorical Data Analysis*,
+    3rd ed., 2013, sec. 11.1). ``p_value`` is McNemar's two-sided test of "no difference": exact
+    (binomial, b out of b + c at 1/2) up to ``EXACT_MCNEMAR_LIMIT`` discordant rows, else its
+    chi-square form with continuity correction.
+    """
+    b, c, n = only_model, only_baseline, count
+    gain = (b - c) / n if n else 0.0
+    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n if n else 0.0
+    return {
+        "gain": gain,
+        "ci95": [gain - Z95 * se, gain + Z95 * se],
+        "p_value": mcnemar_p(b, c),
+        "only_model": b,
+        "only_baseline": c,
+        "count": n,
+    }
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """McNemar's two-sided p-value for ``b`` and ``c`` discordant rows (see ``paired_gain``)."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    if m > EXACT_MCNEMAR_LIMIT:
+        chi2 = max(abs(b - c) - 1, 0) ** 2 / m
+        return math.erfc(math.sqrt(chi2 / 2))
+    term, tail = 1, 1  # C(m, 0); the sum of C(m, k) for k <= min(b, c), exact integers
+    for k in range(min(b, c)):
+        term = term * (m - k) // (k + 1)
+        tail += term
+    return min(1.0, 2 * tail / 2**m)
+
+
+DISTILLED = re.compile(r"(?<![a-z0-9])distilled(?![a-z0-9])")
+BASELINE = "scratch"
+
+
+def baselines(models: Mapping[str, object]) -> dict[str, str]:
+    """Role -> its baseline's role, among ``models`` (role -> the model it is, e.g. its ``ModelSpec``).
+
+    A role with the word ``distilled`` in it is compared with the same role with ``scratch`` in its
+    place (``lenet5-distilled`` with ``lenet5-scratch``) or else with the role ``scratch``, the first
+    of them evaluated with the same model: the pipeline's ``distilled`` with its ``scratch``, and
+    several distilled variants of one student (``distilled-t2``, ``distilled-t4``) each with it.
+    """
+    pairs = {}
+    for role, model in models.items():
+        if not DISTILLED.search(role):
+            continue
+        candidates = (DISTILLED.sub(BASELINE, role), BASELINE)
+        baseline = next((b for b in candidates if b in models and models[b] == model), None)
+        if baseline is not None:
+            pairs[role] = baseline
+    return pairs
+
+
+def gain_text(model: dict) -> str:
+    """``model``'s gain over its baseline, as the summary and the report say it:
+    ``+0.99 points (95% CI +0.21 to +1.77, paired, 10,000 images; one seed each)``.
+
+    ``model`` is one entry of ``metrics.json``: its ``metrics.vs_baseline``, ``baseline.seed`` and
+    ``settings.seed`` (a seed is None for weights that did not come from a run of distkd).
+    """
+    vs, seeds = model["metrics"]["vs_baseline"], (model.get("settings", {}).get("seed"), model["baseline"]["seed"])
+    low, high = (100 * x for x in vs["ci95"])
+    if None in seeds:
+        runs = "one run each"
+    elif seeds[0] == seeds[1]:
+        runs = f"one seed each (seed {seeds[0]})"
+    else:
+        runs = f"one seed each (seeds {seeds[0]} and {seeds[1]})"
+    return (
+        f"{100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, paired, {vs['count']:,} images; {runs})"
+    )

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from distkd.evaluate.metrics import gain_text
+
 
 def _si(value: float, unit: str = "", sep: str = " ") -> str:
     """3 significant figures with an SI prefix: 1.56K, 40.1 MFLOPs, 1.60 MB."""
@@ -80,6 +82,19 @@ def _summary(models: list[dict]) -> tuple[list[str], list[list[str]]]:
         if gpu:
             rows[-1] += [f"{m['cost_gpu']['latency_ms']:.2f}", _si(m["cost_gpu"]["throughput"], sep="")]
     return header, rows
+
+
+def _gains(models: list[dict]) -> list[str]:
+    """One sentence per model evaluated beside its baseline: the gain, its interval, McNemar's p and the counts."""
+    lines = []
+    for m in models:
+        if "baseline" in m:
+            vs = m["metrics"]["vs_baseline"]
+            lines.append(
+                f"{m['name']} vs {m['baseline']['name']}: {gain_text(m)}; McNemar p = {vs['p_value']:.2g}; "
+                f"{vs['only_model']:,} images right only by {m['name']}, {vs['only_baseline']:,} only by the baseline"
+            )
+    return lines
 
 
 def _per_class(models: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -215,6 +230,13 @@ def _accuracy_vs_size_figure(models: list[dict]) -> Figure:
     return fig
 
 
+GAIN_NOTE = (
+    "Paired: both models on the same images. The 95% interval (Wald, for paired proportions) and McNemar's "
+    "test count the images that only one of the two gets right; they cover the choice of test images, not "
+    "training randomness: from one seed each, a gain within the spread between seeds may change sign with "
+    "another seed."
+)
+
 TRAINING_NOTE = (
     "alpha: weight of the KD term; temperature: of the KD term; label rows/s: how fast the teacher "
     "labelled the training split; s/epoch and train time: wall-clock, validation included."
@@ -264,6 +286,7 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         f"Evaluated on {models[0]['metrics']['count']} samples. ECE: expected calibration error. "
         f"Latency (median, batch 1) and throughput measured on {devices}."
     )
+    gains = _gains(models)
     overview = ["per_class_f1.png", "accuracy_vs_size.png"]
     confusions = [f"confusion_{s}.png" for s in slugs]
 
@@ -274,6 +297,10 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         "",
         note,
         "",
+    ]
+    if gains:
+        md += ["## Gain over the baseline", "", *(f"- {line}" for line in gains), "", GAIN_NOTE, ""]
+    md += [
         "## Per-class F1",
         "",
         _markdown_table(*per_class, text_columns=1),
@@ -292,6 +319,13 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         data = base64.b64encode(paths[name].read_bytes()).decode()
         return f'<img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
 
+    gains_html = (
+        "<h2>Gain over the baseline</h2><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in gains)
+        + f'</ul><p class="note">{html.escape(GAIN_NOTE)}</p>'
+        if gains
+        else ""
+    )
     training_html = (
         f'<h2>Training</h2>{_html_table(*training)}<p class="note">{html.escape(TRAINING_NOTE)}</p>'
         f'<div class="plots">{img("training_curves.png")}</div>'
@@ -304,6 +338,7 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
 <h1>{html.escape(title)}</h1>
 {_html_table(*summary)}
 <p class="note">{html.escape(note)}</p>
+{gains_html}
 {training_html}
 <h2>Accuracy, size and per-class F1</h2>
 <div class="plots">{"".join(img(n) for n in overview)}</div>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import numpy as np
 import ray.data
 import torch
 
-from distkd import console, storage
+from distkd import console, devices, storage
 from distkd.catalog import run_record
 from distkd.data.source import decode_batch
 from distkd.data.transforms import Normalize
 from distkd.evaluate.cost import model_cost
-from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
-from distkd.models import load_weights, placed
+from distkd.evaluate.metrics import baselines, block_stats, compute_metrics, sum_stats
+from distkd.models import placed
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
@@ -26,11 +27,14 @@ class Evaluator:
 
     def __init__(self, models: dict[str, Weights], normalize: Normalize, threads: int = 1) -> None:
         torch.set_num_threads(threads)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.models = {
-            role: placed(load_weights(w.model.build(), w.uri), self.device).eval() for role, w in models.items()
-        }
+        self.device, self.weights = devices.device(), models
         self.normalize = normalize
+        self.baselines = baselines({role: w.model for role, w in models.items()})
+
+    @functools.cached_property
+    def models(self) -> dict[str, torch.nn.Module]:
+        """Loaded at the first batch, as the teacher actors' model is (``TeacherPredictor.model``)."""
+        return {role: placed(w.load(), self.device).eval() for role, w in self.weights.items()}
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -39,7 +43,9 @@ class Evaluator:
         out = {}
         for i, (role, z) in enumerate(logits.items()):
             teacher = logits.get(TEACHER) if role != TEACHER else None
-            out.update({f"m{i}_{key}": v for key, v in block_stats(z, batch["label"], teacher).items()})
+            baseline = logits.get(self.baselines.get(role))
+            stats = block_stats(z, batch["label"], teacher, baseline_logits=baseline)
+            out.update({f"m{i}_{key}": v for key, v in stats.items()})
         return out
 
 
@@ -98,23 +104,29 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
                 **run_record(weights.uri),
             }
         )
+    by_role = {r["role"]: r for r in results}
+    for role, baseline in baselines({role: w.model for role, w in spec.models.items()}).items():
+        b = by_role[baseline]
+        by_role[role]["baseline"] = {"role": baseline, "name": b["name"], "seed": b.get("settings", {}).get("seed")}
     save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.identity())
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
 
 
-@ray.remote
-def measure_costs(models: dict[str, Weights], threads: int) -> dict[str, dict]:
-    """Each model's ``cost`` (on the CPU) and ``cost_gpu`` (when there is one), measured on a worker with
-    the evaluation actors' resources, where the models run, not on the driver."""
+def model_costs(models: dict[str, Weights], threads: int) -> dict[str, dict]:
+    """Each model's ``cost`` (on the CPU) and ``cost_gpu`` (on the GPU Ray assigned, if any)."""
     torch.set_num_threads(threads)
-    costs = {}
+    device, costs = devices.device(), {}
     for role, weights in models.items():
-        model = load_weights(weights.model.build(), weights.uri)
+        model = weights.load()
         costs[role] = {"cost": model_cost(model, weights.model.input_shape)}
-        if torch.cuda.is_available():
-            costs[role]["cost_gpu"] = model_cost(model, weights.model.input_shape, device="cuda")
+        if device.type == "cuda":
+            costs[role]["cost_gpu"] = model_cost(model, weights.model.input_shape, device=device)
     return costs
+
+
+# On a worker with the evaluation actors' resources, where the models run, not on the driver.
+measure_costs = ray.remote(model_costs)
 
 
 def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:

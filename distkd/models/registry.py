@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from distkd import storage
+from distkd.data.source import InputChanged
 from distkd.models.students import LeNet5, ResNet9
 
 
@@ -58,14 +59,27 @@ def weights_hash(uri: str) -> str:
     return hashlib.sha256(storage.read_bytes(uri)).hexdigest()
 
 
-def read_state_dict(uri: str) -> dict[str, torch.Tensor]:
-    """A state_dict (or the one in a ``{"model": state_dict}`` checkpoint) from a path or URI."""
-    state = torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+def read_state_dict(uri: str, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """A state_dict (or the one in a ``{"model": state_dict}`` checkpoint) from a path or URI. With ``sha256``,
+    the bytes read are hashed and loaded only if they are those: the file may have been rewritten since."""
+    data = storage.read_bytes(uri)
+    if sha256 is not None and (read := hashlib.sha256(data).hexdigest()) != sha256:
+        raise InputChanged(
+            f"{uri}: weights changed since the job hashed them (sha256 {read}, expected {sha256}); "
+            "run the job again to use the new weights"
+        )
+    if uri.endswith(".safetensors"):
+        from safetensors.torch import load  # the 'hf' extra
+
+        return load(data)
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     return state.get("model", state) if isinstance(state, dict) else state
 
 
-def load_weights(model: nn.Module, uri: str) -> nn.Module:
-    model.load_state_dict(read_state_dict(uri))
+def load_weights(model: nn.Module, uri: str, sha256: str | None = None) -> nn.Module:
+    if getattr(model, "weights_uri", None) == uri:  # a program (models/sources.py): its file holds its weights
+        return model
+    model.load_state_dict(read_state_dict(uri, sha256))
     return model
 
 

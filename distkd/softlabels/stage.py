@@ -51,8 +51,7 @@ def writer_arguments(spec: SoftLabelSpec, count: int) -> dict:
     return {
         "entry": spec.uri,
         "count": count,
-        "model": spec.teacher.model,
-        "weights": spec.teacher.uri,
+        "teacher": spec.teacher,
         "normalize": spec.normalize,
         "fmt": spec.format,
         "views": spec.views,

@@ -2,37 +2,44 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import torch
 
+from distkd import devices
 from distkd.data.transforms import PAD, Normalize, crop_flip
-from distkd.models import load_weights, placed
+from distkd.models import placed
 from distkd.softlabels.formats import Format, fixed_list
 from distkd.softlabels.views import PARAMS, view_params
-from distkd.specs import ModelSpec
+from distkd.specs import Weights
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TeacherPredictor:
-    """Holds one teacher on its device (a GPU when the actor has one); maps decoded batches to
+    """Holds one teacher on its device (the GPU Ray assigned the actor, if any); maps decoded batches to
     the stored columns: the logits of the clean image, or of each of ``views`` recorded views."""
 
     def __init__(
         self,
-        model: ModelSpec,
-        weights: str,
+        teacher: Weights,
         normalize: Normalize,
         fmt: Format,
         views: int = 0,
         view_seed: int = 0,
         precision: str = "fp32",
     ) -> None:
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = placed(load_weights(model.build(), weights), self.device).eval()
+        self.device, self.weights = devices.device(), teacher
         self.normalize, self.fmt, self.views, self.view_seed = normalize, fmt, views, view_seed
         self.amp_dtype = AMP_DTYPES.get(precision) if self.device.type == "cuda" else None
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        """Loaded at the first batch, not in the constructor: an error there (weights that changed since the
+        job hashed them) reaches the driver as the error itself, not as the text of a dead actor."""
+        return placed(self.weights.load(), self.device).eval()
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:

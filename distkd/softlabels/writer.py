@@ -18,13 +18,13 @@ from distkd.data.transforms import Normalize
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
-from distkd.specs import ModelSpec
+from distkd.specs import Weights
 
 RECORD = ("index", "file", "rows", "bytes", "sha256", "labelled")  # what the driver receives per shard
 
 
 class ShardWriter:
-    """One teacher replica (on its GPU when the actor has one) that writes whole shards.
+    """One teacher replica (on the GPU Ray assigned the actor, if any) that writes whole shards.
 
     A unit whose shard is already there (an earlier job, a concurrent writer, a retry after
     this actor was killed) is checked and described, not recomputed: each unit's ids end up in
@@ -34,8 +34,7 @@ class ShardWriter:
         self,
         entry: str,
         count: int,
-        model: ModelSpec,
-        weights: str,
+        teacher: Weights,
         normalize: Normalize,
         fmt: Format,
         views: int,
@@ -46,8 +45,8 @@ class ShardWriter:
     ) -> None:
         torch.set_num_threads(threads)
         self.decoders = ThreadPoolExecutor(threads)  # on a GPU, decoding is what the teacher waits for
-        self.entry, self.count, self.batch_size, self.shape = entry, count, batch_size, model.input_shape
-        self.teacher = TeacherPredictor(model, weights, normalize, fmt, views, view_seed, precision)
+        self.entry, self.count, self.batch_size, self.shape = entry, count, batch_size, teacher.model.input_shape
+        self.teacher = TeacherPredictor(teacher, normalize, fmt, views, view_seed, precision)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self.write(Unit(**unit)) for unit in batch.to_pylist()])

@@ -1,0 +1,352 @@
+"""Model sources: where the network a job names comes from.
+
+A model's ``name`` is a built-in name (``resnet9``, ...: ``MODELS``) or ``<source>:<rest>``:
+
+| source | rest | built by |
+| --- | --- | --- |
+| ``torchvision`` | a classification builder | ``torchvision.models.get_model(rest, num_classes=C)`` |
+| ``timm`` | a timm model name | ``timm.create_model(rest, pretrained=False, num_classes=C, in_chans=...)`` |
+| ``hf`` | a ``save_pretrained`` folder (path or URI) | ``AutoModelForImageClassification``; logits from ``.logits`` |
+| ``torchscript`` | a TorchScript file (path or URI) | ``torch.jit.load``: a program, inference only |
+| ``export`` | a ``torch.export.save`` archive (path or URI) | ``torch.export.load(...).module()``: a program, inference only |
+| ``import`` | ``<module>:<callable>`` | the user's class or builder, from the job's ``code:`` paths |
+
+Each source is one ``SOURCES`` entry; adding one is one registered ``Source``. ``identity`` names what
+defines a model beyond its name (the bytes of a program, a Hugging Face folder or the user's code; the
+package version for timm), so a changed class body retrains and an unchanged one is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import io
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distkd import storage
+from distkd.models.registry import MODELS
+from distkd.registry import Registry
+
+BUILTIN = "builtin"  # the source of a name without a ``<source>:`` prefix
+SKIPPED = {"__pycache__"}  # folders of a ``code:`` path that are not its code
+
+
+class SourceError(ValueError):
+    """A model name that names nothing buildable: unknown source or model, missing extra, the user's code."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """How one kind of name is built. ``build(rest, num_classes, in_channels, image_size, kwargs, code)``;
+    ``check(rest, code)`` resolves the name without building (raises ``SourceError``); ``identity(rest, code)``
+    is what defines the model beyond its name, or None."""
+
+    build: Callable[[str, int, int, int, dict, tuple[str, ...]], nn.Module]
+    check: Callable[[str, tuple[str, ...]], None]
+    identity: Callable[[str, tuple[str, ...]], str | None] = lambda rest, code: None
+    trainable: bool = True  # False: a program (its weights are in the file; inference only)
+
+    def __call__(self, *args: object) -> nn.Module:
+        return self.build(*args)
+
+
+SOURCES: Registry[Source] = Registry("model source")
+
+
+def split(name: str) -> tuple[str, str]:
+    """``(source, rest)`` of a model name: ``timm:resnet18`` -> ``("timm", "resnet18")``; ``resnet9`` is built-in."""
+    source, sep, rest = name.partition(":")
+    return (source, rest) if sep else (BUILTIN, name)
+
+
+def _source(name: str) -> tuple[Source, str]:
+    kind, rest = split(name)
+    if kind not in SOURCES:
+        raise SourceError(
+            f"unknown model source '{kind}' in '{name}'; known: {', '.join(SOURCES)} "
+            f"(or a built-in name: {', '.join(sorted(MODELS))})"
+        )
+    if not rest:
+        raise SourceError(f"'{name}' names no model after '{kind}:'")
+    return SOURCES[kind], rest
+
+
+PATH_SOURCES = ("hf", "torchscript", "export")  # whose rest is a file or folder: a path or URI
+
+
+def absolute(name: str) -> str:
+    """``name`` with a local path made absolute (Ray workers do not share the driver's working directory)."""
+    kind, rest = split(name)
+    return f"{kind}:{storage.absolute(rest)}" if kind in PATH_SOURCES and rest else name
+
+
+def check(name: str, code: Iterable[str] = ()) -> None:
+    """Raise ``SourceError`` unless ``name`` resolves (known model, extra installed, the user's callable found)."""
+    source, rest = _source(name)
+    source.check(rest, tuple(code))
+
+
+def build(name: str, num_classes: int, in_channels: int, image_size: int, code: Iterable[str] = (), **kwargs):
+    """The model ``name`` for ``num_classes`` classes and inputs of ``in_channels`` x ``image_size``."""
+    source, rest = _source(name)
+    return source(rest, num_classes, in_channels, image_size, kwargs, tuple(code))
+
+
+def trainable(name: str) -> bool:
+    """Whether ``name`` can be trained (a teacher of stage 0, a student); programs are inference only."""
+    return _source(name)[0].trainable
+
+
+def own_weights(name: str) -> str | None:
+    """The URI that holds the weights of a model that carries them (a program file), else None (also for a
+    name of no known source: ``check`` says what is wrong with it)."""
+    kind, rest = split(name)
+    return rest if kind in SOURCES and not SOURCES[kind].trainable else None
+
+
+def identity(name: str, code: Iterable[str] = ()) -> str | None:
+    """What defines ``name`` beyond the name: ``sha256:<hex>`` of its files, ``<package> <version>``, or None."""
+    source, rest = _source(name)
+    return source.identity(rest, tuple(code))
+
+
+# --- built-in, torchvision, timm: code that comes with a package
+
+
+def _builtin_check(rest: str, code: tuple[str, ...]) -> None:
+    if rest not in MODELS:
+        raise SourceError(
+            f"unknown model '{rest}'; known: {', '.join(sorted(MODELS))}, or <source>:<name> with a source of "
+            f"{', '.join(s for s in SOURCES if s != BUILTIN)}"
+        )
+
+
+def _builtin(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:
+    return MODELS[rest](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+
+
+def _extra(module: str, extra: str) -> object:
+    """``module`` imported, or a ``SourceError`` saying which distkd extra installs it."""
+    if importlib.util.find_spec(module) is None:
+        raise SourceError(f"needs the '{module}' package: pip install 'distkd[{extra}]'")
+    return importlib.import_module(module)
+
+
+def _version(module: str, extra: str) -> str:
+    return f"{module} {_extra(module, extra).__version__}"
+
+
+def _torchvision_check(rest: str, code: tuple[str, ...]) -> None:
+    import torchvision.models
+
+    known = torchvision.models.list_models(module=torchvision.models)  # the classification builders
+    if rest not in known:
+        raise SourceError(f"torchvision has no classification model '{rest}'; known: {', '.join(known)}")
+
+
+def _torchvision(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+    import torchvision.models
+
+    return torchvision.models.get_model(rest, weights=None, num_classes=num_classes, **kwargs)
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return f"torchvision {torchvision.__version__}"
+
+
+def _timm_check(rest: str, code: tuple[str, ...]) -> None:
+    timm = _extra("timm", "timm")
+    if not timm.is_model(rest):
+        raise SourceError(f"timm has no model '{rest}' (timm.list_models() lists them)")
+
+
+def _timm(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:
+    timm = _extra("timm", "timm")
+    return timm.create_model(rest, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+
+
+# --- files: Hugging Face folders, programs, the user's code, hashed by their bytes
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files_sha256(files: Iterable[tuple[str, bytes]]) -> str:
+    """One hash of (name, bytes) pairs, in name order: a renamed, changed, added or removed file changes it."""
+    return "sha256:" + _sha256("".join(f"{name}:{_sha256(data)};" for name, data in sorted(files)).encode())
+
+
+def _folder_files(uri: str) -> list[str]:
+    files = storage.list_files(uri)
+    if not files:
+        raise SourceError(f"{uri}: no files (expected a folder written by save_pretrained)")
+    return files
+
+
+_HF_FOLDERS: dict[str, str] = {}  # URI -> local copy, per process
+
+
+def _hf_local(uri: str) -> str:
+    """A local folder with the files of the Hugging Face folder at ``uri`` (copied once per process if remote)."""
+    if not storage.is_remote(uri):
+        return storage.absolute(uri)
+    if uri not in _HF_FOLDERS:
+        local = tempfile.mkdtemp(prefix="distkd-hf-")
+        for file in _folder_files(uri):
+            (Path(local) / file.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(file))
+        _HF_FOLDERS[uri] = local
+    return _HF_FOLDERS[uri]
+
+
+def _hf_check(rest: str, code: tuple[str, ...]) -> None:
+    _extra("transformers", "hf")
+    if not storage.exists(storage.join(rest, "config.json")):
+        raise SourceError(f"{rest}: no config.json (expected a folder written by save_pretrained)")
+
+
+class HFClassifier(nn.Module):
+    """A transformers image classifier as a plain module: images in, the logits tensor out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:
+    transformers = _extra("transformers", "hf")
+    model = transformers.AutoModelForImageClassification.from_pretrained(_hf_local(rest), **kwargs)
+    return HFClassifier(model)
+
+
+def _hf_identity(rest: str, code: tuple[str, ...]) -> str:
+    return _files_sha256((f.rsplit("/", 1)[-1], storage.read_bytes(f)) for f in _folder_files(rest))
+
+
+class Program(nn.Module):
+    """A loaded program (TorchScript or torch.export) and ``weights_uri``, the file it came from: its weights."""
+
+    def __init__(self, program: nn.Module, uri: str) -> None:
+        super().__init__()
+        self.program, self.weights_uri = program, uri
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+    def train(self, mode: bool = True) -> Program:
+        """Only the wrapper's flag: a program runs as it was written (an exported one refuses ``train()``)."""
+        self.training = mode
+        return self
+
+
+def _program_check(rest: str, code: tuple[str, ...]) -> None:
+    if not storage.exists(rest):
+        raise SourceError(f"{rest}: no such program file")
+
+
+def _torchscript(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+    try:
+        return Program(torch.jit.load(io.BytesIO(storage.read_bytes(rest)), map_location="cpu"), rest)
+    except RuntimeError as e:
+        raise SourceError(f"{rest}: not a TorchScript file (torch.jit.save): {str(e).splitlines()[0]}") from None
+
+
+def _exported(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+    try:
+        program = torch.export.load(io.BytesIO(storage.read_bytes(rest)))
+    except Exception as e:  # noqa: BLE001 - torch.export.load raises many kinds on a file of another kind
+        raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): {e}") from None
+    return Program(program.module(), rest)
+
+
+def _program_identity(rest: str, code: tuple[str, ...]) -> str:
+    return "sha256:" + _sha256(storage.read_bytes(rest))
+
+
+def on_path(code: Iterable[str]) -> None:
+    """Each ``code:`` path importable: a ``.py`` file as a module, a folder as a package (its parent on the path,
+    as Ray's runtime_env ``py_modules`` ships them). Paths absent here (shipped by ``py_modules``) are skipped."""
+    for path in map(Path, code):
+        parent = str(path.parent)
+        if path.exists() and parent not in sys.path:
+            sys.path.insert(0, parent)
+
+
+def _callable(rest: str, code: tuple[str, ...]) -> Callable[..., nn.Module]:
+    module, sep, attribute = rest.partition(":")
+    if not sep or not module or not attribute:
+        raise SourceError(f"'import:{rest}': expected import:<module>:<callable>, e.g. import:mymodels:Net")
+    on_path(code)
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module.split(".")[0] and not module.startswith(f"{e.name}."):
+            raise SourceError(f"'import:{rest}': importing '{module}' failed: {type(e).__name__}: {e}") from None
+        raise SourceError(
+            f"'import:{rest}': no module '{module}' on the Python path or in the job's 'code:' "
+            f"({', '.join(code) or 'empty'})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while importing
+        raise SourceError(f"'import:{rest}': importing '{module}' failed: {type(e).__name__}: {e}") from None
+    target = getattr(loaded, attribute, None)
+    if not callable(target):
+        raise SourceError(f"'import:{rest}': module '{module}' ({loaded.__file__}) has no callable '{attribute}'")
+    return target
+
+
+def _import_check(rest: str, code: tuple[str, ...]) -> None:
+    _callable(rest, code)
+
+
+SHAPE_ARGUMENTS = ("num_classes", "in_channels", "image_size")  # passed when the callable's signature names them
+
+
+def _imported(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+    target = _callable(rest, code)
+    shape = dict(zip(SHAPE_ARGUMENTS, (num_classes, in_channels, image_size)))
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass the kwargs alone
+        parameters = {}
+    model = target(**{k: v for k, v in shape.items() if k in parameters}, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise SourceError(f"'import:{rest}' returned a {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def code_files(code: Iterable[str]) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every file of the ``code:`` paths (a folder's files under its name, caches left out)."""
+    files = []
+    for path in map(Path, code):
+        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in found:
+            if SKIPPED.isdisjoint(file.parts) and file.suffix != ".pyc":
+                files.append((str(file.relative_to(path.parent)), file.read_bytes()))
+    return files
+
+
+def _import_identity(rest: str, code: tuple[str, ...]) -> str | None:
+    return _files_sha256(code_files(code)) if code else None
+
+
+SOURCES.register(BUILTIN)(Source(_builtin, _builtin_check))
+SOURCES.register("torchvision")(Source(_torchvision, _torchvision_check, lambda rest, code: _torchvision_version()))
+SOURCES.register("timm")(Source(_timm, _timm_check, lambda rest, code: _version("timm", "timm")))
+SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity))
+SOURCES.register("torchscript")(Source(_torchscript, _program_check, _program_identity, trainable=False))
+SOURCES.register("export")(Source(_exported, _program_check, _program_identity, trainable=False))
+SOURCES.register("import")(Source(_imported, _import_check, _import_identity))

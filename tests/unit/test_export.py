@@ -1,0 +1,76 @@
+"""``distkd export``: a committed run's student as a program of each format, checked against the module."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distkd import cli, export, storage
+from distkd.catalog import RUN_INFO
+from distkd.config import ConfigError
+from distkd.models import state_dict_bytes
+from distkd.models.students import LeNet5
+
+MODEL = {"name": "lenet5", "kwargs": {}, "num_classes": 10, "input_shape": [3, 32, 32]}
+NORMALIZE = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def run_folder(root: Path, cifar10: Path) -> tuple[str, LeNet5]:
+    """A committed run folder as the distill stage leaves it: model.pt, run.json, the marker."""
+    run = str(root / "runs" / "student-kd-0123")
+    model = LeNet5(10).eval()
+    storage.write_bytes(storage.join(run, "model.pt"), state_dict_bytes(model))
+    data = {"uri": str(cifar10), "split": "train", "fingerprint": "f", "limit": 100}
+    info = {"job": "j", "role": "student-kd", "model": MODEL, "data": data, "normalize": NORMALIZE}
+    storage.write_json(storage.join(run, RUN_INFO), info)
+    storage.commit(run)
+    return run, model
+
+
+RELOAD = {
+    "export": lambda path: torch.export.load(path).module(),
+    "torchscript": lambda path: torch.jit.load(path),
+}
+
+
+@pytest.mark.parametrize("fmt", ["export", "torchscript", "onnx"])
+def test_each_format_reloads_and_matches(tmp_path, cifar10, fmt):
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        pytest.skip("onnx is not installed")
+    run, model = run_folder(tmp_path, cifar10)
+    record = export.export(run, fmt)
+    assert record["max_abs_difference"] <= export.TOLERANCE and record["checked_rows"] == 64
+    assert storage.read_json(storage.join(run, f"export-{fmt}.json")) == record
+    path = Path(record["file"])
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the one it was written with
+    with torch.no_grad():
+        expected = model(x).numpy()
+        got = export.FORMATS[fmt].load(path)(x) if fmt == "onnx" else RELOAD[fmt](path)(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_refused_above_the_tolerance(tmp_path, cifar10):
+    run, _ = run_folder(tmp_path, cifar10)
+    with pytest.raises(export.ExportError, match="more than the tolerance -1; nothing was written"):
+        export.export(run, "onnx" if importlib.util.find_spec("onnx") else "export", tolerance=-1.0)
+    assert not list(Path(run).glob("export-*.json"))
+
+
+def test_command_line(tmp_path, cifar10, capsys):
+    run, _ = run_folder(tmp_path, cifar10)
+    assert cli.main(["export", run, "--format", "torchscript"]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    assert cli.main(["export", str(tmp_path / "nothing"), "--format", "export"]) == 2
+    assert "not a committed run folder" in capsys.readouterr().err
+
+
+def test_missing_onnx_is_named(tmp_path, cifar10, monkeypatch):
+    run, _ = run_folder(tmp_path, cifar10)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'distkd\[onnx\]'"):
+        export.export(run, "onnx")
