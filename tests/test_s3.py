@@ -211,11 +211,11 @@ def test_unusable_uris_stop_the_job_before_ray_starts(
 
 
 def test_seaweedfs_honours_if_none_match_and_the_probe_leaves_the_store_as_it_was(s3_server, monkeypatch):
-    monkeypatch.setattr(storage, "_CREATE_IF_ABSENT", {})
+    monkeypatch.setattr(storage.checks, "_CREATE_IF_ABSENT", {})
     store = f"s3://{BUCKET}/probed"
     storage.write_bytes(storage.join(store, "kept.bin"), b"kept")
     storage.check(store, must_exist=False, publishes=True)
-    assert storage._CREATE_IF_ABSENT == {(s3_server.endpoint, BUCKET): True}
+    assert storage.checks._CREATE_IF_ABSENT == {(s3_server.endpoint, BUCKET): True}
     assert objects(s3_server, "probed/") == {"probed/kept.bin": b"kept"}
     assert storage.leftovers(store) == []  # no probe object, no multipart upload left behind
 
@@ -223,8 +223,8 @@ def test_seaweedfs_honours_if_none_match_and_the_probe_leaves_the_store_as_it_wa
 def test_a_store_without_create_if_absent_stops_the_job_before_ray_starts(
     s3_server, cifar10, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(storage, "_CREATE_IF_ABSENT", {})
-    monkeypatch.setattr(storage, "_refuses_second_publish", lambda client, bucket, key: False)
+    monkeypatch.setattr(storage.checks, "_CREATE_IF_ABSENT", {})
+    monkeypatch.setattr(storage.checks, "_refuses_second_publish", lambda client, bucket, key: False)
     monkeypatch.setattr(pipeline, "connect", lambda *args, **kwargs: pytest.fail("Ray was asked to start"))
     path = write_job(tmp_path, job_raw(f"s3://{BUCKET}/s", str(cifar10)))
     assert main(["pipeline", str(path)]) == 2

@@ -53,7 +53,7 @@ def test_publish_writes_once_and_never_replaces(root):
 
 
 def test_large_object_is_published_as_one_multipart_upload(s3_server, monkeypatch):
-    monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)  # S3's smallest part
+    monkeypatch.setattr(storage.s3, "PART_BYTES", 5 << 20)  # S3's smallest part
     uri = f"s3://{BUCKET}/multipart/big.bin"
     data = bytes(range(256)) * ((6 << 20) // 256)
     assert storage.publish(uri, data) is True
@@ -70,7 +70,7 @@ def test_leftovers_of_interrupted_writes_are_listed_and_discarded(root):
     expected = {(temporary, "temporary file")}
     if storage.is_s3(root):
         bucket, key = storage.bucket_key(storage.join(folder, "part-00001-of-00002.parquet"))
-        storage.s3_client().create_multipart_upload(Bucket=bucket, Key=key)
+        storage.s3.s3_client().create_multipart_upload(Bucket=bucket, Key=key)
         expected.add((f"s3://{bucket}/{key}", "multipart upload"))
     found = storage.leftovers(root)
     assert {(f.uri, f.kind) for f in found} == expected and all(f.age_seconds < 600 for f in found)
@@ -150,10 +150,10 @@ def fake_s3(monkeypatch):
 
     def install(honoured: set[str]) -> FakeS3:
         client = FakeS3(honoured)
-        monkeypatch.setattr(storage, "s3_client", lambda probe=False: client)
+        monkeypatch.setattr(storage.s3, "s3_client", lambda probe=False: client)
         return client
 
-    monkeypatch.setattr(storage, "_CREATE_IF_ABSENT", {})
+    monkeypatch.setattr(storage.checks, "_CREATE_IF_ABSENT", {})
     return install
 
 

@@ -25,7 +25,9 @@ def sgd(
     params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True
 ) -> torch.optim.SGD:
     """SGD with (Nesterov) momentum: the default, as for CIFAR ResNets."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0
+    )
 
 
 @OPTIMIZERS.register("adamw")

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 import torch.nn.functional as F
 
 from distkd.distill.losses import LOSSES, Targets, UndefinedOnTopK, objective
@@ -167,7 +166,9 @@ def test_logit_standardisation_z_scores_both_sides_before_the_kd_term():
 def test_methods_that_need_every_class_refuse_top_k_labels(name, kwargs):
     top = torch.tensor(T_).log_softmax(dim=1).topk(2, dim=1)
     with pytest.raises(UndefinedOnTopK, match="teacher's logits on every class"):
-        objective(name, torch.tensor(S), Targets(index=top.indices, logprob=top.values), torch.tensor(Y), 0.9, 4.0, **kwargs)
+        objective(
+            name, torch.tensor(S), Targets(index=top.indices, logprob=top.values), torch.tensor(Y), 0.9, 4.0, **kwargs
+        )
 
 
 def test_a_new_loss_is_one_registry_entry():
@@ -177,4 +178,6 @@ def test_a_new_loss_is_one_registry_entry():
 
     s, t = torch.tensor(S), torch.tensor(T_)
     got = objective("test-only-l2", s, Targets(logits=t), torch.tensor(Y), 0.5, 1.0)
-    assert got.item() == pytest.approx(0.5 * ((s - t) ** 2).mean().item() + 0.5 * F.cross_entropy(s, torch.tensor(Y)).item())
+    assert got.item() == pytest.approx(
+        0.5 * ((s - t) ** 2).mean().item() + 0.5 * F.cross_entropy(s, torch.tensor(Y)).item()
+    )
