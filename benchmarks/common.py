@@ -31,18 +31,20 @@ from PIL import Image
 
 from distkd import config, storage
 from distkd.data.source import Split, decode
-from distkd.distill.train import TrainSpec, lr_schedule, objective, sgd, shown
+from distkd.distill.loop import loss_of, shown, teacher_targets
+from distkd.distill.optim import RowSchedule, optimizer
 from distkd.job import Job
 from distkd.models import load_weights
 from distkd.softlabels import cache
 from distkd.softlabels.formats import to_numpy
-from distkd.specs import ModelSpec
+from distkd.specs import ModelSpec, TrainingRun
 
 QUICKSTART = "jobs/quickstart.yaml"
 TEACHERS = {  # the teachers the benchmarks compare: (registry name, kwargs)
     "resnet9-w16": ("resnet9", {"width": 16}),  # the quick start's
     "resnet18": ("resnet18", {"cifar_stem": True}),
     "resnet50": ("resnet50", {}),  # at 224x224 (item 6, on a GPU)
+    "vit_b_16": ("torchvision:vit_b_16", {}),  # at 224x224 (issue 22, on a GPU), through the model sources
 }
 SYNTHETIC_FILE_ROWS = 50_000
 
@@ -77,7 +79,7 @@ def decoded(split: Split) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 def cached_columns(entry: str, ids: list[str]) -> dict[str, torch.Tensor]:
     """A committed soft-label entry's training columns (as distkd's loop reads them), in the order of ``ids``."""
     info = cache.manifest(entry)
-    table = pq.read_table([storage.resolve(storage.join(entry, s.file))[1] for s in info.shards])
+    table = pq.read_table([storage.resolve(cache.shard_uri(entry, s.file))[1] for s in info.shards])
     position = {sample: i for i, sample in enumerate(table["id"].to_pylist())}
     order = np.array([position[sample] for sample in ids])
     columns = info.format.training_columns(table)
@@ -104,20 +106,29 @@ def synthetic_teacher(model: ModelSpec, x: torch.Tensor, spread: float, folder: 
 
 
 def write_split(
-    folder: Path, split: str, rows: int, classes: int, side: int, seed: int, image_format: str = "PNG"
+    folder: Path,
+    split: str,
+    rows: int,
+    classes: int,
+    side: int,
+    seed: int,
+    image_format: str = "PNG",
+    noise: float = 0.2,
 ) -> None:
     """``rows`` random ``side``x``side`` images with random labels in distkd's layout, in files of
     SYNTHETIC_FILE_ROWS rows. The pixels are 64 images, each encoded once (cheap to write): PNG noise, or
-    for JPEG a smooth pattern with some noise, which encodes to about a photo's size."""
+    for JPEG a smooth pattern with ``noise`` of noise in it (0.2: about 12 KB at 224x224; 0.75, saved at
+    quality 95 without chroma subsampling: about 110 KB, an ImageNet JPEG's size)."""
     rng = np.random.default_rng(seed)
     encoded = []
     for _ in range(64):
         pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         if image_format == "JPEG":
             coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side))
-            pixels = (0.8 * np.asarray(coarse) + 0.2 * pixels).astype(np.uint8)
+            pixels = ((1 - noise) * np.asarray(coarse) + noise * pixels).astype(np.uint8)
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format=image_format)
+        large = {"quality": 95, "subsampling": 0} if image_format == "JPEG" and noise > 0.2 else {}
+        Image.fromarray(pixels).save(buffer, format=image_format, **large)
         encoded.append(buffer.getvalue())
     count = -(-rows // SYNTHETIC_FILE_ROWS)
     for f in range(count):
@@ -140,7 +151,7 @@ class PlainResult:
 
 
 def plain_training(
-    spec: TrainSpec,
+    run: TrainingRun,
     images: torch.Tensor,
     labels: torch.Tensor,
     columns: dict[str, torch.Tensor] | None = None,
@@ -148,45 +159,46 @@ def plain_training(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     epochs: int | None = None,
 ) -> PlainResult:
-    """distkd's per-batch code (``shown``, ``objective``, the learning-rate schedule) in one process without Ray
+    """distkd's per-batch code (``shown``, ``loss_of``, the learning-rate schedule) in one process without Ray
     or DDP, over tensors held in memory. ``columns``: cached soft labels (see ``cached_columns``); ``teacher``:
     online distillation instead, the teacher run on exactly the images the student is shown. Each epoch
     validates on ``val``, as distkd's loop does."""
-    torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.train.seed)
-    model = spec.model.build()
-    optimizer = sgd(model, spec.train)
-    scheduler = lr_schedule(optimizer, spec)
-    generator = torch.Generator().manual_seed(spec.train.seed * 1000)
-    result, size = PlainResult(model), spec.train.batch_size
-    for _ in range(epochs or spec.train.epochs):
+    torch.set_num_threads(max(1, int(run.resources.cpus_per_worker)))
+    torch.manual_seed(run.train.seed)
+    model = run.model.build()
+    opt = optimizer(model, run.train)
+    scheduler = RowSchedule(opt, run.train, len(labels))
+    generator = torch.Generator().manual_seed(run.train.seed * 1000)
+    result, size = PlainResult(model), run.train.batch_size
+    for _ in range(epochs or run.train.epochs):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(labels), generator=generator)
         for i in range(0, len(labels) - size + 1, size):
             idx = order[i : i + size]
             batch = {"image": images[idx], "label": labels[idx], **{k: v[idx] for k, v in (columns or {}).items()}}
-            shown_images, view = shown(spec, batch, generator)
-            x = spec.normalize(shown_images)
+            shown_images, view = shown(run, batch, generator)
+            x = run.normalize(shown_images)
             if teacher is not None:
                 with torch.no_grad():
                     batch["teacher_logits"] = teacher(x)
-            loss = objective(spec, model(x), batch["label"], batch, view, torch.device("cpu"))
-            optimizer.zero_grad(set_to_none=True)
+            targets = teacher_targets(batch, view, run.views, torch.device("cpu"))
+            loss = loss_of(run.distill, model(x), batch["label"], targets)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            opt.step()
+            scheduler.step(len(idx))
         if val is not None:
-            accuracy(model, *val, spec)
+            accuracy(model, *val, run)
         result.epoch_seconds.append(time.perf_counter() - started)
     return result
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: TrainSpec) -> float:
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, run: TrainingRun) -> float:
     model.eval()
     correct = sum(
-        (model(spec.normalize(images[i : i + 1000])).argmax(1) == labels[i : i + 1000]).sum().item()
+        (model(run.normalize(images[i : i + 1000])).argmax(1) == labels[i : i + 1000]).sum().item()
         for i in range(0, len(labels), 1000)
     )
     return correct / len(labels)

@@ -24,7 +24,7 @@ from distkd.specs import SoftLabelSpec
 def stored_bytes_per_row(spec: SoftLabelSpec) -> float:
     """Bytes per row of the spec's shards as the stage's teacher actors write them."""
     units = spec.data.units(spec.shard_rows)
-    writer = ShardWriter(**writer_arguments(spec, len(units)))
+    writer = ShardWriter(**writer_arguments(spec, units))
     records = [writer.write(unit) for unit in units]
     return sum(r["bytes"] for r in records) / sum(r["rows"] for r in records)
 

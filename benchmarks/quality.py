@@ -21,7 +21,6 @@ import statistics
 from common import accuracy, decoded, header, loaded, merged, plain_training, quickstart_job, table
 
 from distkd import pipeline
-from distkd.distill.stage import worker_spec
 
 CACHED = {  # variant -> job changes; each variant's pipeline run also trains (or reuses) its scratch baseline
     "cached KD, clean labels": {},
@@ -56,7 +55,7 @@ def main() -> None:
     job = quickstart_job(base)
     _, test_images, test_labels = decoded(job.evaluated)
     _, images, labels = decoded(job.train)
-    evaluated = worker_spec(job.scratch_run())  # its normalisation is every model's
+    evaluated = job.scratch_run()  # its normalisation is every model's
 
     def tested(model, weights: str) -> float:
         return accuracy(loaded(model, weights), test_images, test_labels, evaluated)
@@ -77,7 +76,7 @@ def main() -> None:
         if ONLINE in wanted:
             ojob = quickstart_job(seeded, name="quality")
             teacher = pipeline.run(ojob, ["train_teacher"])["teacher"]
-            spec = worker_spec(ojob.distilled_run(ojob.softlabel_spec(teacher)))  # alpha, T; no views
+            spec = ojob.distilled_run(ojob.softlabel_spec(teacher))  # alpha, T; no views
             spec = dataclasses.replace(spec, train=spec.train.model_copy(update={"augment": True}))
             student = plain_training(spec, images, labels, teacher=loaded(ojob.teacher, teacher)).model
             results.setdefault(ONLINE, []).append(accuracy(student, test_images, test_labels, spec))

@@ -34,7 +34,7 @@ from common import (
 )
 
 from distkd import storage
-from distkd.distill.stage import train_run, worker_spec
+from distkd.distill.stage import train_run
 from distkd.softlabels.stage import generate
 
 FORMATS = {  # name -> softlabels settings
@@ -77,7 +77,7 @@ def main() -> None:
         val = (val_images, val_labels)
 
         scratch = quickstart_job(base).scratch_run()
-        plain = worker_spec(scratch)
+        plain = scratch
         seconds = {"plain": plain_training(plain, images, labels, val=val).epoch_seconds}
         runs = {"plain": scratch}
         for fmt in args.formats.split(",") if n == 0 else ["dense"]:
@@ -85,11 +85,11 @@ def main() -> None:
             labels_spec = fjob.softlabel_spec(base["teacher"]["weights"])
             entry = generate(labels_spec)
             runs[f"cached {fmt}"] = fjob.distilled_run(labels_spec)
-            spec = worker_spec(runs[f"cached {fmt}"])
+            spec = runs[f"cached {fmt}"]
             seconds[f"cached {fmt}"] = plain_training(
                 spec, images, labels, cached_columns(entry, ids), val=val
             ).epoch_seconds
-        online = dataclasses.replace(worker_spec(runs["cached dense"]), views=0)
+        online = dataclasses.replace(runs["cached dense"], views=0)
         teacher = loaded(job.teacher, base["teacher"]["weights"])
         seconds["online"] = plain_training(online, images, labels, teacher=teacher, val=val).epoch_seconds
 

@@ -17,14 +17,20 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
+import yaml
 from common import (
+    QUICKSTART,
     TEACHERS,
     decoded,
     header,
@@ -38,6 +44,8 @@ from common import (
     write_split,
 )
 
+from distkd import devices
+from distkd.data import gpu_decode
 from distkd.data.source import decode_batch
 from distkd.softlabels.stage import generate
 from distkd.softlabels.teacher import TeacherPredictor
@@ -66,6 +74,49 @@ def bare_loop(spec: SoftLabelSpec) -> dict[str, float]:
         pq.write_table(pa.concat_tables(labels), io.BytesIO(), compression="zstd")
     seconds["write Parquet"] = t["seconds"]
     return seconds
+
+
+def forward_only(spec: SoftLabelSpec, batches: int = 10) -> float:
+    """Images/s of the teacher alone (normalise, forward, logits to the host) on a uint8 batch already on its
+    device: the limit a soft-label stage can approach."""
+    predictor = TeacherPredictor(
+        spec.teacher, spec.normalize, spec.format, precision=spec.precision, compile=spec.execution.compile
+    )
+    size = spec.execution.batch_size
+    images = torch.randint(0, 256, (size, *spec.teacher.model.input_shape), dtype=torch.uint8)
+    images = images.to(predictor.device)
+    predictor.logits(images)  # set-up (and compilation) not timed
+    with timed() as t:
+        for _ in range(batches):
+            predictor.logits(images)  # each ends with the logits on the host: synchronised
+    return batches * size / t["seconds"]
+
+
+def decode_rates(spec: SoftLabelSpec, rows: int) -> list[list[object]]:
+    """Images/s of each decoder alone on the split's first ``rows`` rows, in the stage's batches, onto the
+    device this process would label on (nvJPEG's call runs torchvision's CPU decoder on a CPU)."""
+    table = spec.data.read_table(["id", "image", "label"]).slice(0, rows)
+    columns = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+    device, size, shape = devices.device(), spec.execution.batch_size, spec.teacher.model.input_shape
+    out = []
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        for decode in gpu_decode.DECODERS.values():
+            with timed() as t:
+                for i in range(0, rows, size):
+                    decode({k: v[i : i + size] for k, v in columns.items()}, shape, device, pool)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+            label = f"decode only: {decode.__name__} (Pillow on {os.cpu_count()} threads where it decodes)"
+            out.append([label, str(device), rows / t["seconds"]])
+    return out
+
+
+def limits(spec: SoftLabelSpec, rows: int) -> str:
+    """The limits table: the teacher alone on device tensors, and each decoder alone."""
+    where = str(devices.device()) + (f", {spec.precision}" if spec.precision != "fp32" else "")
+    lines = [[f"forward only, uint8 batches on the device (the limit), batch {spec.execution.batch_size}", where,
+              forward_only(spec)], *decode_rates(spec, rows)]  # fmt: skip
+    return table(["", "device", "images/s"], lines)
 
 
 @ray.remote
@@ -107,6 +158,40 @@ def stage_run(
     return min(runs, key=lambda r: r["seconds"])
 
 
+def command_run(base: dict, weights: str, pool: tuple[int, float, float], rows: int, shard_rows: int) -> float:
+    """Wall seconds of the whole ``distkd pipeline`` command (``stages: [softlabels]``) as a user runs it: its own
+    process, Ray started by it, into a fresh store."""
+    actors, per_actor, gpus = pool
+    changes = {
+        "store": scratch_folder("command-store"),
+        "stages": ["softlabels"],
+        "data": {"limit": rows},
+        "softlabels": {"actors": actors, "cpus_per_actor": per_actor, "gpus_per_actor": gpus, "shard_rows": shard_rows},
+        "teacher": {"weights": weights},
+    }
+    raw = merged(yaml.safe_load(Path(QUICKSTART).read_text()), merged(base, changes))
+    job = Path(scratch_folder("command-job")) / "job.yaml"
+    job.write_text(yaml.safe_dump({**raw, "name": "bench-command"}))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "distkd", "pipeline", str(job)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def command_against_bare(
+    base: dict, weights: str, count: int, shard_rows: int, repeats: int, folder: str, name: str
+) -> None:
+    """The bare loop and the whole command in turn, ``repeats`` times: each pair's ratio, and their spread."""
+    pairs = []
+    for _ in range(repeats):
+        bare = sum(bare_loop(quickstart_job({**base, "store": folder}).softlabel_spec(weights)).values())
+        pairs.append((bare, command_run(base, weights, (2, 1.0, 0.0), count, shard_rows)))
+    ratios = [bare / command for bare, command in pairs]
+    print(f"### {name}, {count:,} rows: `distkd pipeline` (2 actors x 1 CPU, shard_rows {shard_rows}) vs bare loop\n")
+    runs = [[i + 1, *pair, ratio] for i, (pair, ratio) in enumerate(zip(pairs, ratios))]
+    print(table(["run", "bare loop s", "command s", "bare / command"], runs))
+    print(f"\nratio: mean {np.mean(ratios):.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}\n", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -115,21 +200,30 @@ def main() -> None:
     p.add_argument("--shard-rows", type=int, default=2_500, help="rows per shard (and per actor call)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each; the fastest is kept")
     p.add_argument("--synthetic", type=int, metavar="SIDE", help="label synthetic SIDExSIDE JPEGs of 1000 classes")
+    p.add_argument(
+        "--jpeg-noise", type=float, default=0.2, help="of the synthetic JPEGs: 0.75 is about 110 KB at 224x224"
+    )
     p.add_argument("--gpu", action="store_true", help="teachers on the GPU in bf16 (1 actor, and 2 sharing it)")
+    p.add_argument(
+        "--command",
+        action="store_true",
+        help="the whole `distkd pipeline` command (stages: [softlabels], 2 actors x 1 CPU) against the bare loop",
+    )
     args = p.parse_args()
     header("Teacher throughput: soft-label stage vs a bare PyTorch loop")
     cpus = os.cpu_count()
     # (actors, CPUs per actor, GPUs per actor): every CPU in use either way (on a GPU, 2 left to the driver)
     pools = [(1, cpus - 2.0, 1.0), (2, cpus / 2 - 1, 0.5)] if args.gpu else [(1, float(cpus), 0.0), (cpus, 1.0, 0.0)]
-    start_ray()
+    if not args.command:  # the command starts its own Ray, as a user's does
+        start_ray()
     folder = scratch_folder("throughput")
     data = {"num_classes": 10}
     if args.synthetic:
         rows = max(int(t.split(":")[1]) for t in args.teachers.split(","))
         images = scratch_folder("synthetic")
         data = {"uri": images, "num_classes": 1000, "class_names": None, "val_limit": 256}
-        write_split(Path(images), "train", rows, 1000, args.synthetic, seed=0, image_format="JPEG")
-        write_split(Path(images), "test", 256, 1000, args.synthetic, seed=1, image_format="JPEG")
+        for split, n, seed in (("train", rows, 0), ("test", 256, 1)):
+            write_split(Path(images), split, n, 1000, args.synthetic, seed, "JPEG", args.jpeg_noise)
     for name, count in (t.split(":") for t in args.teachers.split(",")):
         model, kwargs, count = *TEACHERS[name], int(count)
         base = {"data": {**data, "limit": count}, "teacher": {"name": model, "kwargs": kwargs}}
@@ -139,6 +233,9 @@ def main() -> None:
         _, images, _ = decoded(job.val)  # the teacher's logits are scaled on other images than it labels
         weights = synthetic_teacher(job.teacher, job.normalize(images[:256]), 3.0, folder)
         base["teacher"]["weights"] = weights
+        if args.command:
+            command_against_bare(base, weights, count, args.shard_rows, args.repeats, folder, name)
+            continue
         bare = min(
             (bare_loop(quickstart_job({**base, "store": folder}).softlabel_spec(weights)) for _ in range(args.repeats)),
             key=lambda s: sum(s.values()),
@@ -178,6 +275,8 @@ def main() -> None:
                 rows,
             )
         )
+        print("\nLimits (each part alone):\n")
+        print(limits(quickstart_job({**base, "store": folder}).softlabel_spec(weights), min(count, 5_000)))
         print("\nBare loop by phase:\n")
         print(
             table(

@@ -11,6 +11,7 @@ import copy
 import os
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.compute as pc
@@ -20,6 +21,9 @@ from torch import nn
 from distkd import storage
 from distkd.config import ConfigError, JobConfig
 from distkd.data.source import DataError, Split
+
+if TYPE_CHECKING:
+    from distkd.data.inputs import InputKind  # which imports this module
 from distkd.models import sources
 from distkd.models.registry import read_state_dict
 from distkd.specs import ModelSpec
@@ -42,6 +46,46 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     for key in trained(config):
         rows_per_worker(f"{key}.train.batch_size", rows, workers, getattr(config, key).train.batch_size)
     return num_classes
+
+
+def same_input(splits: dict[str, Split]) -> None:
+    """Every split has the training split's input column, of the same kind (``splits``: the train split first)."""
+    (train_key, train), *others = splits.items()
+    for key, split in others:
+        if (split.column, split.kind) != (train.column, train.kind):
+            raise ConfigError(
+                f"key '{key}': split '{split.name}' of {split.uri} has a{'n' * (split.kind == 'image')} {split.kind} "
+                f"input in column '{split.column}', but '{train_key}' has a{'n' * (train.kind == 'image')} "
+                f"{train.kind} input in column '{train.column}'; every split needs the same input"
+            )
+
+
+def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None:
+    """The job asks nothing of its input kind that the kind cannot do, and the kind can use every row."""
+    if not kind.augments:
+        asked = ["softlabels.views"] if config.softlabels.views else []
+        asked += [f"{key}.train.augment" for key in trained(config) if getattr(config, key).train.augment]
+        if asked:
+            raise ConfigError(
+                f"key '{asked[0]}': views and random crops and flips are image augmentations; a {kind.name} "
+                f"input has none: set 'softlabels.views: 0' and 'train.augment: false' "
+                f"(asked by {', '.join(map(repr, asked))})"
+            )
+    for split in splits.values():
+        kind.check(split)
+
+
+def texts_present(split: Split, column: str) -> None:
+    """Every row in use has a text that is not empty (an empty one would tokenise to nothing but padding)."""
+    texts = split.read_table([column])[column]
+    missing = pc.or_kleene(texts.is_null(), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
+    bad = np.flatnonzero(missing.fill_null(True).to_numpy(zero_copy_only=False))
+    if len(bad):
+        what = "no text (null)" if texts[int(bad[0])].as_py() is None else "an empty text"
+        raise ConfigError(
+            f"{row(split, int(bad[0]))}: {what} in column '{column}' ({len(bad)} row(s) of split '{split.name}' "
+            "have none); drop those rows or fill them in"
+        )
 
 
 def trained(config: JobConfig) -> list[str]:
@@ -131,15 +175,18 @@ def build(key: str, model: ModelSpec) -> nn.Module:
         ) from None
 
 
-def forward(key: str, model: nn.Module, shape: tuple[int, int, int], num_classes: int) -> None:
-    """One forward pass of a batch of the data's shape: kwargs that build a model need not make one that runs."""
+def forward(
+    key: str, model: nn.Module, shape: tuple[int, ...], num_classes: int, batch: torch.Tensor | None = None
+) -> None:
+    """One forward pass of a batch of the data's shape (``batch``: 2 rows of model input, None: zeros of ``shape``):
+    kwargs that build a model need not make one that runs."""
     try:
         with torch.no_grad():
-            out = model.eval()(torch.zeros(2, *shape))
+            out = model.eval()(torch.zeros(2, *shape) if batch is None else batch)
     except Exception as e:  # noqa: BLE001 - any failure here means the same: the model does not fit the data
         raise ConfigError(
             f"keys '{key}.name', '{key}.kwargs': the model fails on a batch of the data's shape "
-            f"{list(shape)} (channels, height, width): {_first_line(e)}"
+            f"{list(shape)} (channels, height, width; or tokens of a text input): {_first_line(e)}"
         ) from None
     if tuple(out.shape) != (2, num_classes):
         raise ConfigError(
@@ -148,13 +195,13 @@ def forward(key: str, model: nn.Module, shape: tuple[int, int, int], num_classes
         )
 
 
-def trains_on_one_row(key: str, model: nn.Module, shape: tuple[int, int, int]) -> None:
+def trains_on_one_row(key: str, model: nn.Module, shape: tuple[int, ...], row: torch.Tensor | None = None) -> None:
     """One train-mode forward pass of a single row, on a copy (the model's BatchNorm statistics stay as they are):
     a training worker's last batch of an epoch may hold one row, and BatchNorm cannot train on one value per
     channel, which is what it gets when the model shrinks the image to 1x1."""
     try:
         with torch.no_grad():
-            copy.deepcopy(model).train()(torch.zeros(1, *shape))
+            copy.deepcopy(model).train()(torch.zeros(1, *shape) if row is None else row)
     except Exception as e:  # noqa: BLE001 - any failure here would stop training mid-epoch
         raise ConfigError(
             f"keys '{key}.name', '{key}.kwargs': the model fails in training mode on a batch of one row of the "

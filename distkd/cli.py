@@ -23,6 +23,14 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"run the {stage} stage (its inputs must be committed)")
         s.add_argument("job", help="job YAML file")
         s.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
+    sweep = sub.add_parser("sweep", help="many students on the job's cached labels, concurrently (Ray Tune)")
+    sweep.add_argument("job", help="job YAML file")
+    sweep.add_argument(
+        "--grid", nargs="+", required=True, metavar="KEY=V1,V2", help="a student.* or distill.* key and its values"
+    )
+    sweep.add_argument("--random", type=int, metavar="N", help="N distinct combinations drawn at random, not all")
+    sweep.add_argument("--seed", type=int, default=0, help="of the --random draw (default: 0)")
+    sweep.add_argument("--verbose", action="store_true", help="show Ray's own logs and warnings too")
     report = sub.add_parser("report", help="one report from the evaluated models of several runs")
     report.add_argument("reports", nargs="+", help="report folders written by the evaluate stage")
     report.add_argument("--out", default="report", help="folder or URI for the combined report (default: ./report)")
@@ -35,7 +43,9 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("action", choices=["ls", "status", "logs", "stop"])
     jobs.add_argument("id", nargs="?", help="the submission id (status, logs, stop)")
     jobs.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    cache = sub.add_parser("cache", help="list, show, verify or remove cached soft labels; remove writers' leftovers")
+    cache = sub.add_parser(
+        "cache", help="list, show, verify or remove cached soft labels; gc: leftovers and unlisted shards"
+    )
     cache.add_argument("action", choices=["ls", "show", "verify", "rm", "gc"])
     cache.add_argument("key", nargs="?", help="the entry's key (show, verify, rm)")
     cache.add_argument("--store", default="store", help="the store folder or URI (default: ./store)")
@@ -44,8 +54,10 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=3600,
         metavar="SECONDS",
-        help="gc: only leftovers at least this old, as younger ones may belong to a running writer (default: 3600)",
+        help="gc: only leftovers and unlisted shards at least this old, as younger ones may belong to a running "
+        "writer (default: 3600)",
     )
+    cache.add_argument("--dry-run", action="store_true", help="gc: list what would be removed and the bytes freed")
     store = sub.add_parser("store", help="what the store holds: teachers, soft labels, runs, reports")
     store.add_argument("action", choices=["ls"])
     store.add_argument("--store", default="store", help="the store folder or URI (default: ./store)")
@@ -68,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def cache_command(action: str, key: str | None, store: str, older_than: float) -> int:
+def cache_command(action: str, key: str | None, store: str, older_than: float, dry_run: bool = False) -> int:
     from distkd import storage
     from distkd.softlabels import inspect
     from distkd.softlabels.cache import CacheError
@@ -84,7 +96,7 @@ def cache_command(action: str, key: str | None, store: str, older_than: float) -
             print(inspect.format_leftovers(store), end="")
             return 0
         if action == "gc":
-            print(inspect.collect_garbage(store, older_than))
+            print(inspect.collect_garbage(store, older_than, dry_run))
             return 0
     except CacheError as e:
         print(f"distkd: {e}", file=sys.stderr)
@@ -202,7 +214,7 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
         return 2
     from distkd import pipeline
     from distkd.checks import data_error
-    from distkd.distill.train import Diverged
+    from distkd.distill.fit import Diverged
     from distkd.resources import ResourceShortage
     from distkd.softlabels.cache import CacheError
     from distkd.specs import MissingOutput
@@ -241,9 +253,45 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     return 0
 
 
+def sweep_command(args: argparse.Namespace) -> int:
+    from distkd import address, console, sweep
+
+    try:
+        axes = sweep.parse_axes(args.grid)
+        address.loopback_only(config.load(args.job).ray_address)  # read as Ray is imported, which plan does
+        base, jobs = sweep.plan(args.job, axes, args.random, args.seed)
+    except config.ConfigError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 2
+    from distkd import pipeline
+    from distkd.distill.fit import Diverged
+    from distkd.softlabels.cache import CacheError
+    from distkd.storage import StorageError
+
+    ray_logs = console.RayLogs(args.verbose)
+    try:
+        pipeline.connect(base.config.ray_address, **ray_logs.ray_init_options())
+        print(f"Ray's logs: {ray_logs.open()}", flush=True)
+        out, records = sweep.run(base, jobs, [a.key for a in axes])
+    except config.ConfigError as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 2
+    except (CacheError, StorageError, Diverged) as e:
+        print(f"distkd: {e}", file=sys.stderr)
+        return 1
+    trained = sum(r["trained"] for r in records)
+    print(f"{len(records)} trials: {trained} trained, {len(records) - trained} reused")
+    print(f"sweep report: {out}/report.md")
+    return 0
+
+
 def format_plan(steps: list) -> str:
     width = max(len(s.name) for s in steps)
-    return "\n".join(f"{s.stage:<13} {s.name:<{width}}  {s.action:<7}  {s.output}" for s in steps)
+    indent = " " * (width + 24)  # under the output
+    return "\n".join(
+        f"{s.stage:<13} {s.name:<{width}}  {s.action:<7}  {s.output}" + (f"\n{indent}{s.detail}" if s.detail else "")
+        for s in steps
+    )
 
 
 def combine_reports(folders: list[str], out: str) -> int:
@@ -269,13 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         return prepare(args)
     if args.command == "cache":
-        return cache_command(args.action, args.key, args.store, args.older_than)
+        return cache_command(args.action, args.key, args.store, args.older_than, args.dry_run)
     if args.command == "store":
         return store_command(args.store, args.json)
     if args.command == "submit":
         return submit_job(args.job, args.address, args.stage, args.wait)
     if args.command == "export":
         return export_command(args)
+    if args.command == "sweep":
+        return sweep_command(args)
     if args.command == "jobs":
         return jobs_command(args.action, args.id, args.address)
     return run_job(args.command, args.job, getattr(args, "verbose", False))

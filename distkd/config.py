@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from distkd import address as ray_address
 from distkd import storage
+from distkd.registry import Registry
 
 Stage = Literal["train_teacher", "softlabels", "distill", "evaluate"]
 STAGES: tuple[Stage, ...] = ("train_teacher", "softlabels", "distill", "evaluate")
@@ -31,8 +32,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class TokenizerConfig(Strict):
+    """A text split's tokenizer: trained on the training split once (wordpiece, bpe), or hf:<folder>."""
+
+    name: str = "wordpiece"
+    vocab_size: int = Field(default=8000, gt=2)  # of a trained one
+    max_length: int = Field(default=128, gt=0)  # tokens per row: longer texts are cut (and counted)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from distkd.data.tokenizer import check_name  # the tokenizer module imports the store, as this one
+
+        return check_name(name)
+
+
 class DataConfig(Strict):
-    uri: str  # folder of Parquet shards named <split>-*.parquet with id, image, label
+    uri: str  # folder of Parquet shards named <split>-*.parquet with id, the input (image or text), label
     train_split: str = "train"
     test_split: str = "test"
     limit: int | None = Field(default=None, gt=0)  # first N rows of each split
@@ -46,6 +62,8 @@ class DataConfig(Strict):
     # (stream); auto: memory when the decoded pixels take under 25% of the object store.
     cache: Literal["auto", "memory", "stream"] = "auto"
     shuffle_buffer: int = Field(default=10_000, gt=0)  # samples each training worker shuffles locally
+    input_column: str | None = None  # None: 'image' or 'text', whichever the shards hold
+    tokenizer: TokenizerConfig | None = None  # of a text input; None: the TokenizerConfig defaults
 
     @field_validator("uri")
     @classmethod
@@ -78,12 +96,56 @@ class ModelConfig(Strict):
         return uri if uri is None else storage.validate(uri)
 
 
+class Entry(Strict):
+    """A registry entry picked by name, with its own keyword arguments (their defaults are the entry's own).
+    Validation calls the entry once on tiny inputs, so that it refuses what it cannot take (``momentum: 1.5``)."""
+
+    name: str
+    kwargs: dict[str, int | float | bool | str] = {}
+
+    def registry(self) -> tuple[Registry, tuple]:
+        """The registry the name is looked up in, and positional arguments for one trial call of an entry."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _known(self) -> Entry:
+        registry, trial = self.registry()
+        if problem := registry.refusal(self.name, self.kwargs, len(trial)):
+            raise ValueError(problem)
+        try:
+            registry[self.name](*trial, **self.kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{self.name} refuses {self.kwargs}: {e}") from None
+        return self
+
+
+class OptimizerConfig(Entry):
+    name: str = "sgd"
+
+    def registry(self) -> tuple[Registry, tuple]:
+        import torch
+
+        from distkd.distill.optim import OPTIMIZERS
+
+        return OPTIMIZERS, ([torch.nn.Parameter(torch.zeros(1))], 0.1, 0.0)  # parameters, lr, weight_decay
+
+
+class ScheduleConfig(Entry):
+    name: str = "one_cycle"
+
+    def registry(self) -> tuple[Registry, tuple]:
+        from distkd.distill.optim import SCHEDULES
+
+        return SCHEDULES, (0.5,)  # training progress
+
+
 class TrainConfig(Strict):
     epochs: int = Field(default=10, gt=0)
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
+    optimizer: OptimizerConfig = OptimizerConfig()  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
+    schedule: ScheduleConfig = ScheduleConfig()  # of lr over all epochs' rows: one_cycle, cosine
     augment: bool = True  # random crop (pad 4) + horizontal flip
     seed: int = 0
 
@@ -109,11 +171,26 @@ class SoftLabelConfig(Strict):
     cpus_per_actor: float = Field(default=1.0, ge=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on a GPU
+    compile: bool = False  # torch.compile the teacher in each actor (its seconds reported apart; not in the key)
+
+
+class LossConfig(Entry):
+    name: str = "hinton"  # distill/losses.py: hinton, dkd, dist
+    standardize: bool = False  # z-score both sides' logits in the KD term (Sun et al., CVPR 2024)
+
+    def registry(self) -> tuple[Registry, tuple]:
+        import torch
+
+        from distkd.distill.losses import LOSSES, Targets
+
+        # student logits, teacher targets, labels, temperature
+        return LOSSES, (torch.zeros(1, 2), Targets(logits=torch.zeros(1, 2)), torch.zeros(1, dtype=torch.long), 1.0)
 
 
 class DistillConfig(Strict):
     alpha: float = Field(default=0.9, ge=0, le=1)  # weight of the KD term; 0 = from scratch
     temperature: float = Field(default=4.0, gt=0)
+    loss: LossConfig = LossConfig()
     baseline: bool = True  # also train the student from scratch, for the report
 
 
@@ -130,6 +207,7 @@ class EvaluateConfig(Strict):
     split: str | None = None  # None: data.test_split
     # Checkpoints to evaluate instead of the job's own teacher and students.
     models: list[EvaluatedModel] | None = Field(default=None, min_length=1)
+    slices: list[str] = []  # columns of the data: every metric also per value of each
 
 
 class ResourcesConfig(Strict):
@@ -239,6 +317,13 @@ class JobConfig(Strict):
                 "images: set 'softlabels.views: N' (N augmented views, each with its own label) or "
                 "'student.train.augment: false'",
             )
+        if distill.alpha > 0 and labels.format == "topk" and not _defined_on_topk(distill.loss):
+            raise _refuse(
+                "distill.loss",
+                f"the '{distill.loss.name}' loss{' with standardize' if distill.loss.standardize else ''} needs the "
+                "teacher's logits on every class, which top-k soft labels do not keep: use 'softlabels.format: "
+                "dense', or the 'hinton' loss without 'standardize'",
+            )
         if distill.alpha > 0 and labels.format == "topk" and labels.temperature != distill.temperature:
             raise _refuse(
                 "softlabels.temperature",
@@ -246,6 +331,12 @@ class JobConfig(Strict):
                 f"'distill.temperature' {distill.temperature}: set both to the same value",
             )
         return self
+
+
+def _defined_on_topk(loss: LossConfig) -> bool:
+    from distkd.distill.losses import defined_on_topk
+
+    return defined_on_topk(loss.name, loss.kwargs, loss.standardize)
 
 
 def _refuse(key: str, message: str) -> PydanticCustomError:

@@ -8,9 +8,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TrainConfig
-from distkd.data.source import DataError, Split, image_shape
+from distkd.data import inputs
+from distkd.data.inputs import InputKind
+from distkd.data.source import DataError, Split
 from distkd.data.transforms import Normalize
 from distkd.models import sources, weights_hash
 from distkd.softlabels.formats import Format
@@ -36,6 +40,7 @@ class Job:
     evaluated: Split  # the split the evaluate stage reports on
     num_classes: int
     normalize: Normalize
+    inputs: InputKind  # what the input column becomes (data/inputs.py)
     teacher: ModelSpec
     student: ModelSpec
     checkpoints: dict[str, tuple[ModelSpec, str]]  # evaluate.models: role -> (model, weights URI)
@@ -53,7 +58,7 @@ class Job:
         reachable(source, "data.uri", data.uri, must_exist=False)  # a missing split is named below
         try:
             train, test, evaluated = (
-                Split.open(data.uri, name, data.limit)
+                Split.open(data.uri, name, data.limit, data.input_column)
                 for name in (data.train_split, data.test_split, config.evaluate.split or data.test_split)
             )
         except DataError as e:
@@ -63,17 +68,15 @@ class Job:
             splits["evaluate.split"] = evaluated
         try:
             num_classes = checks.data(config, splits)
-            shape = image_shape(train, data.channels)
+            checks.same_input(splits)
+            kind = inputs.for_data(train, data, config.store)
+            checks.inputs(config, kind, splits)
         except (ConfigError, DataError) as e:
             raise ConfigError(f"{source}: {e}") from None
+        shape = kind.shape
         if data.class_names is not None and len(data.class_names) != num_classes:
             raise ConfigError(
                 f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes"
-            )
-        if not len(data.mean) == len(data.std) == shape[0]:
-            raise ConfigError(
-                f"{source}: keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel; "
-                f"'data.channels' sets how many the images are decoded to)"
             )
 
         trained = checks.trained(config)
@@ -93,12 +96,14 @@ class Job:
                 reachable(source, f"{key}.weights", model.weights, must_exist=True)
             code = tuple(config.code)
             name = sources.absolute(model.name)
-            built = ModelSpec(name, dict(model.kwargs), num_classes, shape, sources.identity(name, code), code)
+            kwargs = {**model.kwargs, **kind.model_kwargs()}
+            built = ModelSpec(name, kwargs, num_classes, shape, sources.identity(name, code), code)
+            cpu = torch.device("cpu")
             try:
                 network = checks.build(key, built)
-                checks.forward(key, network, shape, num_classes)
+                checks.forward(key, network, shape, num_classes, kind.model_input(kind.example(2), cpu))
                 if key in trained:
-                    checks.trains_on_one_row(key, network, shape)
+                    checks.trains_on_one_row(key, network, shape, kind.model_input(kind.example(1), cpu))
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:
@@ -114,20 +119,19 @@ class Job:
             raise ConfigError(
                 f"{source}: key 'stages': a job with 'evaluate.models' only evaluates them: use [evaluate]"
             )
-        normalize = Normalize(tuple(data.mean), tuple(data.std))
+        normalize = Normalize(tuple(data.mean), tuple(data.std))  # the image kind's; the specs still take it
         teacher, student = spec("teacher", config.teacher), spec("student", config.student)
         limits = [n for n in (data.val_limit, test.limit) if n is not None]
         val = dataclasses.replace(test, limit=min(limits, default=None))
-        return cls(config, train, val, evaluated, num_classes, normalize, teacher, student, checkpoints)
+        return cls(config, train, val, evaluated, num_classes, normalize, kind, teacher, student, checkpoints)
 
     # The specs of the stages. Each takes the upstream outputs it depends on (weights, a cache entry),
     # hashed by content through ``sha256`` (tests may pass a stand-in).
 
     def _run(self, role: str, model: ModelSpec, train: TrainConfig, **kd: object) -> TrainingRun:
         c = self.config
-        feed = {"cache": c.data.cache, "shuffle_buffer": c.data.shuffle_buffer}
-        common = (c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources)
-        return TrainingRun(role, *common, tracking=c.tracking, **feed, **kd)
+        common = (c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources, c.data, c.tracking)
+        return TrainingRun(role, *common, **kd)
 
     def teacher_run(self) -> TrainingRun | None:
         """Stage 0, or None when the job gives the teacher's weights (or names a program, which holds them)."""
@@ -168,8 +172,7 @@ class Job:
             "student-kd",
             self.student,
             self.config.student.train,
-            alpha=d.alpha,
-            temperature=d.temperature,
+            distill=d if kd else None,
             softlabels=softlabels.uri if kd else None,
             softlabels_key=softlabels.key if kd else None,
             views=softlabels.views if kd else 0,

@@ -6,6 +6,7 @@ skipped, and a stage that is not asked for must find its output committed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -18,7 +19,8 @@ from distkd.distill.stage import students
 from distkd.distill.teacher import teacher_weights
 from distkd.evaluate.stage import evaluate
 from distkd.job import Job
-from distkd.softlabels.stage import generate
+from distkd.softlabels import cache
+from distkd.softlabels.stage import describe, generate
 from distkd.specs import ModelSpec
 
 # Where the store is, never who may use it: Ray writes a runtime_env in plain text to every node's logs,
@@ -103,6 +105,7 @@ class Step:
     name: str  # the output's name, as ``run`` returns it
     output: str  # its URI, or what decides it when an upstream output does not exist yet
     action: str  # reuse | compute | missing (not committed, and the stage is not asked for)
+    detail: str = ""  # soft labels to compute: rows the teacher runs on, shards reused from which entries
 
 
 def plan(job: Job, stages: list[Stage] | None = None) -> list[Step]:
@@ -125,7 +128,10 @@ def plan(job: Job, stages: list[Stage] | None = None) -> list[Step]:
     students = {"distilled": job.distilled_run(labels) if labels else None, "scratch": job.scratch_run()}
     steps = [step("train_teacher", "teacher", teacher.uri)] if teacher else []
     if last >= STAGES.index("softlabels"):
-        steps.append(step("softlabels", "softlabels", labels.uri if labels else None, "teacher"))
+        labelled = step("softlabels", "softlabels", labels.uri if labels else None, "teacher")
+        if labels and labelled.action != "reuse":
+            labelled = dataclasses.replace(labelled, detail=describe(cache.shard_plan(labels)))
+        steps.append(labelled)
     if last >= STAGES.index("distill"):
         steps.append(step("distill", "distilled", students["distilled"] and students["distilled"].uri, "softlabels"))
         if students["scratch"]:

@@ -6,6 +6,7 @@ decorated function plus its test, never a new branch in the code that uses it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -40,3 +41,14 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._entries))
+
+    def refusal(self, name: str, kwargs: dict, fixed: int) -> str | None:
+        """Why entry ``name`` cannot be called with ``kwargs`` after its first ``fixed`` positional arguments
+        (unknown entry, or arguments it does not take), or None."""
+        if name not in self._entries:
+            return f"unknown {self.kind} '{name}'; known: {', '.join(self)}"
+        entry = self._entries[name]
+        names = list(inspect.signature(entry).parameters)[fixed:]
+        if unknown := sorted(set(kwargs) - set(names)):
+            return f"unknown argument(s) {', '.join(unknown)}; {name} takes {', '.join(names) or 'none'}"
+        return None

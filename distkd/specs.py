@@ -17,13 +17,21 @@ from dataclasses import dataclass
 import torch
 
 from distkd import storage
-from distkd.config import EvaluateConfig, ResourcesConfig, SoftLabelConfig, TrackingConfig, TrainConfig
+from distkd.config import (
+    DataConfig,
+    DistillConfig,
+    EvaluateConfig,
+    ResourcesConfig,
+    SoftLabelConfig,
+    TrackingConfig,
+    TrainConfig,
+)
 from distkd.data.source import Split
 from distkd.data.transforms import PAD, Normalize
 from distkd.models import load_weights, sources
 from distkd.softlabels.formats import Format
 
-FORMAT_VERSION = 2  # of the soft-label cache's layout: part of every key
+FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
 
 
 def _jsonable(obj: object) -> object:
@@ -73,7 +81,7 @@ class ModelSpec:
     code: tuple[str, ...] = ()
 
     def build(self) -> torch.nn.Module:
-        c, h, _ = self.input_shape
+        *_, c, h = (1, *self.input_shape[:2])  # (C, H, W); a text input's (L,): 1 channel of L tokens
         return sources.build(self.name, self.num_classes, c, h, self.code, **self.kwargs)
 
     def identity(self) -> dict:
@@ -106,8 +114,10 @@ class Weights:
 class TrainingRun:
     """A model trained by the Ray Train loop (stage 0 for the teacher, stage 2 for the students).
 
-    ``alpha`` 0 trains on the labels alone; then the KD settings are not part of the identity,
-    so changing the distillation temperature never retrains a teacher or a baseline."""
+    The job's config sections travel here unchanged, to the workers: a setting and its default are declared
+    once, in ``config.py``, and read where they are used. ``distill`` None trains on the labels alone; then the
+    KD settings are not part of the identity, so changing the distillation temperature never retrains a
+    teacher or a baseline."""
 
     role: str  # teacher | student-kd | student-scratch: the run folder's and the console's name
     store: str
@@ -118,15 +128,12 @@ class TrainingRun:
     val: Split
     normalize: Normalize
     resources: ResourcesConfig
-    alpha: float = 0.0
-    temperature: float = 1.0
+    feed: DataConfig  # how the training data is fed (data.cache, data.shuffle_buffer): not part of the identity
+    tracking: TrackingConfig  # where the curves go besides TensorBoard: not part of the identity
+    distill: DistillConfig | None = None  # the KD loss and its weight, against ``softlabels``
     softlabels: str | None = None  # committed cache entry the KD term reads
     softlabels_key: str | None = None
     views: int = 0  # recorded views in the soft labels: train on one of them per sample
-    tracking: TrackingConfig = TrackingConfig()  # where the curves go besides TensorBoard: not part of the identity
-    # How the training data is fed (not part of the identity): data.cache and data.shuffle_buffer.
-    cache: str = "auto"
-    shuffle_buffer: int = 10_000
 
     def identity(self) -> dict:
         out = {
@@ -137,8 +144,10 @@ class TrainingRun:
             "num_workers": self.resources.num_workers,
             "precision": self.resources.precision,
         }
-        if self.alpha > 0:
-            out["kd"] = {"alpha": self.alpha, "temperature": self.temperature, "softlabels": self.softlabels_key}
+        if self.distill is not None:
+            d = self.distill
+            kd = {"alpha": d.alpha, "temperature": d.temperature, "loss": d.loss}
+            out["kd"] = {**kd, "softlabels": self.softlabels_key}
         return out
 
     @property
@@ -187,6 +196,13 @@ class SoftLabelSpec:
     @property
     def key(self) -> str:
         return digest({"format_version": FORMAT_VERSION, **self.identity()}, length=32)
+
+    @property
+    def teacher_key(self) -> str:
+        """What makes a shard's outputs besides its input rows: the key's inputs less the data and the shard
+        size (a shard is named by this and its rows' content, so any snapshot holding those rows reuses it)."""
+        rest = {k: v for k, v in self.identity().items() if k not in ("data", "shard_rows")}
+        return digest({"format_version": FORMAT_VERSION, **rest}, length=32)
 
     @property
     def uri(self) -> str:

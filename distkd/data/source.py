@@ -1,4 +1,8 @@
-"""Datasets as Parquet shards (``<split>-*.parquet`` with ``id``, ``image`` bytes, ``label``), read with Ray Data."""
+"""Datasets as Parquet shards (``<split>-*.parquet`` with ``id``, an input column, ``label``), read with Ray Data.
+
+The input column is ``image`` (encoded bytes) or ``text`` (strings), found in the shards' schema, or the column
+``data.input_column`` names; its Arrow type says which input kind it is (``INPUT_TYPES``), and
+``distkd.data.inputs`` holds what each kind does with it."""
 
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from ray.exceptions import UserCodeException
 
 from distkd import content, storage
 
-COLUMNS = ("id", "image", "label")
+KEYS = ("id", "label")  # the columns every split has beside its input column
+COLUMNS = ("id", "image", "label")  # an image split's
 READ_ROWS = 10_000  # rows per read task of ``Split.read``
 PATH = "path"  # the file a row was read from, where the reader knows it (for error messages)
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes decoded as one channel
@@ -28,14 +33,15 @@ COLUMN_TYPES: dict[str, tuple[tuple[Callable[[pa.DataType], bool], ...], str]] =
         (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view),
         "strings, one unique name per row (soft labels are joined to their images by id)",
     ),
-    "image": (
-        (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view),
-        "encoded image bytes (PNG, JPEG, ...)",
-    ),
     "label": (
         (pa.types.is_integer,),
         "integer class indices 0..C-1 (map class names to indices first, e.g. with 'distkd prepare image-folder')",
     ),
+}
+# input kind -> (the Arrow type tests of its column, what it holds); its default column has the kind's name
+INPUT_TYPES: dict[str, tuple[tuple[Callable[[pa.DataType], bool], ...], str]] = {
+    "image": ((pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view), "encoded image bytes"),
+    "text": ((pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view), "strings"),
 }
 
 
@@ -62,23 +68,27 @@ class Split:
     files: tuple[str, ...]
     limit: int | None = None
     stamps: tuple[str, ...] = ()  # each file's size and modification time when opened: reads refuse a change
+    column: str = "image"  # the input column
+    kind: str = "image"  # its input kind (``INPUT_TYPES``)
 
     @classmethod
-    def open(cls, uri: str, name: str, limit: int | None = None) -> Split:
-        """The split's shards, each checked to hold the columns distkd reads, all of the same types."""
+    def open(cls, uri: str, name: str, limit: int | None = None, column: str | None = None) -> Split:
+        """The split's shards, each checked to hold the columns distkd reads, all of the same types; ``column``
+        None: the input column is ``image`` or ``text``, whichever the first shard has."""
         files = tuple(f for f in storage.list_files(uri, ".parquet") if f.rsplit("/", 1)[-1].startswith(f"{name}-"))
         if not files:
             raise DataError(f"{uri}: no Parquet shards for split '{name}' (expected files named {name}-*.parquet)")
-        first = _column_types(files[0])
+        column, kind, first = _column_types(files[0], column)
+        columns = (*KEYS, column)
         for file in files[1:]:
-            types = _column_types(file)
-            if differing := [c for c in COLUMNS if types[c] != first[c]]:
+            types = _column_types(file, column)[2]
+            if differing := [c for c in columns if types[c] != first[c]]:
                 raise DataError(
                     f"{file}: column(s) {', '.join(f'{c!r} ({types[c]})' for c in differing)} differ from "
                     f"{files[0]} ({', '.join(f'{c!r} {first[c]}' for c in differing)}); every shard of split "
                     f"'{name}' needs the same column types"
                 )
-        return cls(uri, name, files, limit, tuple(_stamp(f) for f in files))
+        return cls(uri, name, files, limit, tuple(_stamp(f) for f in files), column, kind)
 
     def fingerprint(self) -> str:
         """A hash of the names and contents of the files in use: changes whenever one byte does. Computed once
@@ -98,7 +108,8 @@ class Split:
         return dict(zip(self.files, self.stamps)).get(file)
 
     def identity(self) -> dict:
-        return {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
+        out = {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
+        return out if self.column == "image" else {**out, "input_column": self.column}  # image keys unchanged
 
     def file_rows(self) -> list[tuple[str, int]]:
         """(file, rows of it in use) for the files the split reads, from Parquet metadata alone."""
@@ -133,14 +144,14 @@ class Split:
         for uri, used in self.file_rows():
             stamp = self.stamp(uri)
             for start in range(0, used, rows):
-                units.append(Unit(len(units), uri, start, min(start + rows, used), offset + start, stamp))
+                units.append(Unit(len(units), uri, start, min(start + rows, used), offset + start, stamp, self.column))
             offset += used
         return units
 
-    def read(self, rows: int = READ_ROWS) -> ray.data.Dataset:
+    def read(self, rows: int = READ_ROWS, extra: tuple[str, ...] = ()) -> ray.data.Dataset:
         """The rows in use, one read task per unit of ``rows`` rows: exactly the first ``limit`` rows
-        whatever order the tasks finish in (rows come back in any order)."""
-        return read_units(self.units(rows))
+        whatever order the tasks finish in (rows come back in any order); ``extra``: columns read beside."""
+        return read_units(self.units(rows), extra)
 
 
 @dataclass(frozen=True)
@@ -153,14 +164,21 @@ class Unit:
     stop: int
     offset: int
     stamp: str | None = None  # the file's size and modification time when its split was opened
+    column: str = "image"  # the split's input column
 
     @property
     def rows(self) -> int:
         return self.stop - self.start
 
-    def read(self, columns: list[str] | tuple[str, ...] = COLUMNS) -> pa.Table:
-        """The unit's rows, reading only the row groups that hold them; refused if the file changed since its
-        split was opened."""
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """What distkd reads of each row: id, the input and the label."""
+        return ("id", self.column, "label")
+
+    def read(self, columns: list[str] | tuple[str, ...] | None = None) -> pa.Table:
+        """The unit's rows (``columns`` None: ``self.columns``), reading only the row groups that hold them;
+        refused if the file changed since its split was opened."""
+        columns = self.columns if columns is None else columns
         fs, path = storage.resolve(self.file)
         tables, first = [], 0
         with fs.open_input_file(path) as f:
@@ -176,36 +194,48 @@ class Unit:
         return pa.concat_tables(tables)
 
 
-def read_units(units: list[Unit]) -> ray.data.Dataset:
-    """The encoded rows of ``units``, one block (and one read task) per unit."""
+def read_units(units: list[Unit], extra: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """The encoded rows of ``units`` (and the ``extra`` columns), one block (and one read task) per unit."""
     return ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units)).map_batches(
-        _read_unit_rows, batch_size=1, batch_format="pyarrow"
+        _read_unit_rows, fn_kwargs={"extra": tuple(extra)}, batch_size=1, batch_format="pyarrow"
     )
 
 
-def _read_unit_rows(batch: pa.Table) -> Iterator[pa.Table]:
+def _read_unit_rows(batch: pa.Table, extra: tuple[str, ...] = ()) -> Iterator[pa.Table]:
     for item in batch.to_pylist():
         unit = Unit(**item)
-        rows = unit.read()
+        rows = unit.read([*unit.columns, *extra])
         yield rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # for error messages
 
 
-def _column_types(uri: str) -> dict[str, pa.DataType]:
-    """The types of the shard's ``COLUMNS``, each checked against ``COLUMN_TYPES``."""
+def _column_types(uri: str, column: str | None) -> tuple[str, str, dict[str, pa.DataType]]:
+    """(input column, its kind, the types of ``KEYS`` and that column), each checked against ``COLUMN_TYPES``
+    and ``INPUT_TYPES``; ``column`` None: the first of ``INPUT_TYPES``' default columns the shard has."""
     try:
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:
             schema = pq.read_schema(f)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{uri}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-    missing = [c for c in COLUMNS if c not in schema.names]
+    if column is None:
+        column = next((c for c in INPUT_TYPES if c in schema.names), None)
+        if column is None:
+            raise DataError(
+                f"{uri}: no input column: expected one named {' or '.join(map(repr, INPUT_TYPES))} "
+                "(or name it with 'data.input_column')"
+            )
+    missing = [c for c in (*KEYS, column) if c not in schema.names]
     if missing:
-        raise DataError(f"{uri}: missing column(s) {missing}; expected columns {list(COLUMNS)}")
-    types = {c: schema.field(c).type for c in COLUMNS}
-    for column, (accepts, expected) in COLUMN_TYPES.items():
-        if not any(accept(types[column]) for accept in accepts):
-            raise DataError(f"{uri}: column '{column}' holds {types[column]} values; expected {expected}")
-    return types
+        raise DataError(f"{uri}: missing column(s) {missing}; expected columns {['id', column, 'label']}")
+    types = {c: schema.field(c).type for c in (*KEYS, column)}
+    for key, (accepts, expected) in COLUMN_TYPES.items():
+        if not any(accept(types[key]) for accept in accepts):
+            raise DataError(f"{uri}: column '{key}' holds {types[key]} values; expected {expected}")
+    kind = next((k for k, (accepts, _) in INPUT_TYPES.items() if any(a(types[column]) for a in accepts)), None)
+    if kind is None:
+        kinds = "; ".join(f"{what} (a{'n' * (k[0] in 'aeiou')} {k} input)" for k, (_, what) in INPUT_TYPES.items())
+        raise DataError(f"{uri}: input column '{column}' holds {types[column]} values; expected {kinds}")
+    return column, kind, types
 
 
 def _stamp(uri: str) -> str:
@@ -230,8 +260,8 @@ def image_shape(split: Split, channels: int | None = None) -> tuple[int, int, in
         raise DataError(f"{split.uri}: split '{split.name}' has no rows")
     fs, path = storage.resolve(file)
     with fs.open_input_file(path) as f:
-        first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["id", "image"])).to_pylist()[0]
-    return _decoded(first["image"], channels, first["id"], file).shape
+        first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["id", split.column])).to_pylist()[0]
+    return _decoded(first[split.column], channels, first["id"], file).shape
 
 
 def decode(data: bytes, channels: int | None = None) -> np.ndarray:
@@ -244,14 +274,14 @@ def decode(data: bytes, channels: int | None = None) -> np.ndarray:
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], shape: tuple[int, int, int], pool: Executor | None = None
+    batch: dict[str, np.ndarray], shape: tuple[int, int, int], pool: Executor | None = None, column: str = "image"
 ) -> dict[str, np.ndarray]:
     """Ray Data batch of encoded rows -> ``image`` as a uint8 [N, C, H, W] array (a CPU task). Every image
     must decode to ``shape``; the first one that does not raises a DataError naming its id and file.
     ``pool``: threads that decode the images in parallel (Pillow releases the GIL for part of each decode, so
     threads help large images only partly: benchmarks/RESULTS.md, item 6)."""
     files = batch.get(PATH, [None] * len(batch["id"]))
-    one, columns = functools.partial(_decoded_as, shape), (batch["image"], batch["id"], files)
+    one, columns = functools.partial(_decoded_as, shape), (batch[column], batch["id"], files)
     decoded = pool.map(one, *columns) if pool else map(one, *columns)
     images = np.empty((len(batch["id"]), *shape), dtype=np.uint8)
     for i, image in enumerate(decoded):

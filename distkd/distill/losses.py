@@ -54,6 +54,16 @@ def objective(
     return alpha * LOSSES[name](student, targets, labels, temperature, **kwargs) + (1 - alpha) * hard
 
 
+def defined_on_topk(name: str, kwargs: dict, standardize: bool) -> bool:
+    """Whether the loss can be computed from top-k soft labels: tried on one row of two classes, top 1."""
+    student, targets = torch.zeros(1, 2), Targets(index=torch.zeros(1, 1, dtype=torch.long), logprob=torch.zeros(1, 1))
+    try:
+        objective(name, student, targets, torch.zeros(1, dtype=torch.long), 1.0, 1.0, standardize, **kwargs)
+    except UndefinedOnTopK:
+        return False
+    return True
+
+
 def zscore(logits: torch.Tensor) -> torch.Tensor:
     """Each row's logits minus their mean, over their standard deviation (Sun et al. 2024, eq. 8)."""
     return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + 1e-7)
@@ -115,13 +125,17 @@ def dkd(
     setting (alpha 1, beta 8)."""
     teacher = dense(targets, "DKD")
     gt = F.one_hot(labels, student.shape[-1]).bool()
-    log_q, log_p = F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1)
-    binary_q = torch.stack([log_q[gt], torch.log1p(-log_q[gt].exp().clamp(max=1 - 1e-7))], dim=1)
-    binary_p = torch.stack([log_p[gt], torch.log1p(-log_p[gt].exp().clamp(max=1 - 1e-7))], dim=1)
-    tckd = F.kl_div(binary_q, binary_p, reduction="batchmean", log_target=True)
-    masked = torch.finfo(student.dtype).min
-    non_q = F.log_softmax((student / temperature).masked_fill(gt, masked), dim=-1).masked_fill(gt, 0)
-    non_p = F.log_softmax((teacher / temperature).masked_fill(gt, masked), dim=-1).masked_fill(gt, 0)
+
+    def binary(logits: torch.Tensor) -> torch.Tensor:  # log [p(target), p(the rest)]
+        log_p = F.log_softmax(logits / temperature, dim=-1)[gt]
+        return torch.stack([log_p, torch.log1p(-log_p.exp().clamp(max=1 - 1e-7))], dim=1)
+
+    def non_target(logits: torch.Tensor) -> torch.Tensor:  # log-probabilities over the other classes (0 at gt)
+        masked = (logits / temperature).masked_fill(gt, torch.finfo(logits.dtype).min)
+        return F.log_softmax(masked, dim=-1).masked_fill(gt, 0)
+
+    tckd = F.kl_div(binary(student), binary(teacher), reduction="batchmean", log_target=True)
+    non_q, non_p = non_target(student), non_target(teacher)
     nckd = (non_p.exp() * (non_p - non_q)).sum(dim=-1).mean()
     return temperature**2 * (target_weight * tckd + non_target_weight * nckd)
 

@@ -8,13 +8,16 @@ applied to ``lr``.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
 from distkd.registry import Registry
+
+if TYPE_CHECKING:  # config.py validates its entries against these registries
+    from distkd.config import TrainConfig
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
@@ -25,6 +28,8 @@ def sgd(
     params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True
 ) -> torch.optim.SGD:
     """SGD with (Nesterov) momentum: the default, as for CIFAR ResNets."""
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
     return torch.optim.SGD(
         params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov and momentum > 0
     )
@@ -61,9 +66,43 @@ def cosine(progress: float, warmup: float = 0.0, floor: float = 0.0) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * decay))
 
 
-def unusable_kwargs(entry: Callable, kwargs: dict, fixed: int) -> str | None:
-    """Why ``kwargs`` cannot be passed to ``entry`` after its first ``fixed`` positional arguments, or None."""
-    names = list(inspect.signature(entry).parameters)[fixed:]
-    if unknown := sorted(set(kwargs) - set(names)):
-        return f"unknown argument(s) {', '.join(unknown)}; {entry.__name__} takes {', '.join(names) or 'none'}"
-    return None
+def optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """The job's optimiser (``train.optimizer``) over ``model``'s parameters."""
+    entry = OPTIMIZERS[train.optimizer.name]
+    return entry(model.parameters(), train.lr, train.weight_decay, **train.optimizer.kwargs)
+
+
+class RowSchedule:
+    """Sets the optimiser's learning rate before each step to ``lr * schedule(rows done / total rows)``.
+
+    On rows, not steps: streamed shares differ (``UnequalSplit``), so how many steps an epoch takes is known
+    only once it ends, while its row count is known before; the schedule so ends at the last row on any
+    number of workers, whatever their shares. Its state is checkpointed."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, train: TrainConfig, rows_per_epoch: int) -> None:
+        self.optimizer, self.base_lr = optimizer, train.lr
+        self.factor = SCHEDULES[train.schedule.name]
+        self.kwargs = train.schedule.kwargs
+        self.total_rows, self.done = max(1, train.epochs * rows_per_epoch), 0
+        self._apply()
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step."""
+        return self.base_lr * self.factor(self.done / self.total_rows, **self.kwargs)
+
+    def step(self, rows: int) -> None:
+        """After a step that trained on ``rows`` rows, all workers together."""
+        self.done += rows
+        self._apply()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"done": self.done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.done = state["done"]
+        self._apply()
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr

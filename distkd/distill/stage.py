@@ -3,15 +3,14 @@ stages 0 and 2 share ``train_run``."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import ray.data
 
 from distkd import console, storage
 from distkd.catalog import RUN_INFO
 from distkd.data.source import Split, decode_batch
 from distkd.distill import streaming
-from distkd.distill.train import TrainSpec, fit, steps_per_epoch
+from distkd.distill.fit import fit
+from distkd.distill.loop import Worker
 from distkd.softlabels import cache
 from distkd.softlabels.formats import TRAINING_COLUMNS
 from distkd.specs import TrainingRun, plain, require
@@ -22,47 +21,30 @@ def decoded(split: Split, shape: tuple[int, int, int]) -> ray.data.Dataset:
     return split.read().map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
 
 
-def worker_spec(run: TrainingRun) -> TrainSpec:
-    """What the Ray Train workers need of ``run``."""
-    return TrainSpec(
-        label=run.role,
-        model=run.model,
-        train=run.train,
-        normalize=run.normalize,
-        steps_per_epoch=steps_per_epoch(run.data.num_rows(), run.train.batch_size),
-        alpha=run.alpha,
-        temperature=run.temperature,
-        views=run.views,
-        precision=run.resources.precision,
-        threads=max(1, int(run.resources.cpus_per_worker)),
-        shuffle_buffer=run.shuffle_buffer,
-    )
-
-
 def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
-    """The committed run folder (KD on ``run.softlabels`` when alpha > 0); trained only when missing."""
+    """The committed run folder (KD on ``run.softlabels`` when it distils); trained only when missing."""
     if storage.is_committed(run.uri):
         console.reusing(run.role, "committed run", run.uri)
         return run.uri
     require(compute, run.uri, stage)
-    what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.alpha > 0 else "")
+    what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.distill else "")
     with console.computing(run.role, what, run.uri):
         info = {"job": run.job, "role": run.role, **plain(run.identity())}
         storage.write_json(storage.join(run.uri, RUN_INFO), info)
         shape = run.model.input_shape
         val = in_memory(decoded(run.val, shape), ["image", "label"])
-        spec, resources = worker_spec(run), run.resources
-        softlabels = run.softlabels if run.alpha > 0 else None
-        if streaming.choose(run.cache, run.data, run.model.input_shape) == "stream":
+        resources, softlabels = run.resources, run.softlabels if run.distill else None
+        streamed = streaming.choose(run.feed.cache, run.data, shape) == "stream"
+        if streamed:
             columns = ["id", "image", "label", *(label_columns(cache.manifest(softlabels)) if softlabels else [])]
             train = streaming.stream(run.data, columns, shape, softlabels)
             resources = streaming.reserve_data_cpus(resources)
-            spec = dataclasses.replace(spec, threads=max(1, int(resources.cpus_per_worker)), split=True)
         elif softlabels:
             train = join_softlabels(run.data, softlabels, shape)
         else:
             train = in_memory(decoded(run.data, shape), ["id", "image", "label"])
-        fit(spec, train, val, run.uri, resources, run.tracking)
+        worker = Worker(run, run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
+        fit(worker, train, val, resources)
     return run.uri
 
 

@@ -111,7 +111,7 @@ def _unit_rows(
 
 def _shard_labels(entry: str, shard: dict, fmt: Format, unit: Unit, ids: pa.ChunkedArray) -> dict[str, np.ndarray]:
     """The unit's soft labels as training columns, after checking the shard's checksum and ids."""
-    uri = storage.join(entry, shard["file"])
+    uri = cache.shard_uri(entry, shard["file"])
     data = storage.read_bytes(uri)
     if hashlib.sha256(data).hexdigest() != shard["sha256"]:
         raise cache.CacheError(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")

@@ -247,3 +247,55 @@ def gain_text(model: dict) -> str:
     return (
         f"{100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, paired, {vs['count']:,} images; {runs})"
     )
+
+
+def slice_stats(
+    slices: Mapping[str, np.ndarray], logits: np.ndarray, labels: np.ndarray, **kwargs: object
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """``block_stats`` of each slice of one block: column -> value -> statistics of the rows with that value
+    (``slices``: column -> the block's values of it; ``kwargs`` and the teacher and baseline logits as
+    ``block_stats`` takes them, sliced alike). Missing values are the slice ``""``."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for column, values in slices.items():
+        values = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        out[column] = {}
+        for value in sorted(set(values)):
+            rows = values == value
+            sliced = {k: v[rows] if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+            out[column][value] = block_stats(logits[rows], labels[rows], **sliced)
+    return out
+
+
+def sum_slices(blocks: Iterable[dict[str, dict[str, dict[str, np.ndarray]]]]) -> dict[str, dict[str, dict]]:
+    """``slice_stats`` of several blocks summed exactly per column and value (a value may be absent from a block)."""
+    gathered: dict[str, dict[str, list[dict[str, np.ndarray]]]] = {}
+    for block in blocks:
+        for column, values in block.items():
+            for value, stats in values.items():
+                gathered.setdefault(column, {}).setdefault(value, []).append(stats)
+    return {column: {value: sum_stats(parts) for value, parts in values.items()} for column, values in gathered.items()}
+
+
+def slice_metrics(summed: dict[str, dict[str, dict]], class_names: list[str] | None = None) -> dict[str, dict]:
+    """Column -> value -> ``compute_metrics`` of the slice (its ``count`` is the slice's rows)."""
+    return {
+        column: {value: compute_metrics(stats, class_names) for value, stats in values.items()}
+        for column, values in summed.items()
+    }
+
+
+def slice_gaps(model: dict[str, dict], baseline: dict[str, dict], metric: str = "f1_macro") -> list[dict]:
+    """Per slice, ``metric`` of ``model`` minus its baseline's (both ``slice_metrics``), worst first; ``behind``
+    flags the slices where the model falls behind."""
+    gaps = [
+        {
+            "column": column,
+            "value": value,
+            "count": m["count"],
+            "gap": m[metric] - baseline[column][value][metric],
+            "behind": m[metric] < baseline[column][value][metric],
+        }
+        for column, values in model.items()
+        for value, m in values.items()
+    ]
+    return sorted(gaps, key=lambda g: g["gap"])

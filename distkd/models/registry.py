@@ -12,6 +12,7 @@ from torch import nn
 from distkd import storage
 from distkd.data.source import InputChanged
 from distkd.models.students import LeNet5, ResNet9
+from distkd.models.text import TextCNN, TextTransformer
 
 
 def _torchvision(name: str) -> Callable[..., nn.Module]:
@@ -39,6 +40,8 @@ def _cifar_stem(model: nn.Module, in_channels: int) -> None:
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "resnet9": ResNet9,
+    "text_transformer": TextTransformer,
+    "text_cnn": TextCNN,
     **{n: _torchvision(n) for n in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")},
 }
 

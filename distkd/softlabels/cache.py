@@ -1,11 +1,15 @@
-"""The content-addressed soft-label cache: ``<store>/softlabels/<key>/``.
+"""The soft-label store: shards shared by their inputs, and one entry per data snapshot.
 
-An entry holds ``shards/part-<i>-of-<n>.parquet`` (``id``, the teacher's outputs in the entry's
-format, and the ``views`` parameters when views were recorded), each written whole under its
-final name, then ``manifest.json`` (the key's inputs in readable form, rows and a checksum
-per shard, timings) and the commit marker, last: without the marker there is no entry.
-Shards, manifest and marker are published create-if-absent (``storage.publish``): writers of one
-key never replace each other's files, so whatever a manifest lists stays as it was checked.
+A shard (``id``, the teacher's outputs in the entry's format, and the ``views`` parameters when
+views were recorded) lies at ``<store>/softlabels/shards/<teacher key>/<hash>.parquet``: the teacher
+key holds every setting that changes the outputs (``SoftLabelSpec.teacher_key``), the hash adds the
+sha256 of the data file the shard's rows come from and their row range (units never cross files).
+So any snapshot that holds those rows reuses the shard: a grown dataset labels its new files only.
+An entry ``<store>/softlabels/<key>/`` is ``manifest.json`` (the key's inputs in readable form, rows
+and a checksum per shard, listed relative to the entry, timings) and the commit marker, last:
+without the marker there is no entry. Shards, manifest and marker are published create-if-absent
+(``storage.publish``): writers never replace each other's files, so whatever a manifest lists stays
+as it was checked. ``cache gc`` removes shards that no committed manifest lists (``leases``).
 """
 
 from __future__ import annotations
@@ -19,18 +23,22 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
-from distkd import __version__, storage
+from distkd import __version__, content, storage
 from distkd.config import ConfigError
+from distkd.data.source import Unit
+from distkd.softlabels import leases
 from distkd.softlabels.formats import Format, to_numpy
-from distkd.specs import FORMAT_VERSION, SoftLabelSpec, plain
+from distkd.specs import FORMAT_VERSION, SoftLabelSpec, digest, plain
 
-SHARDS = "shards"
+SHARDS = "shards"  # <store>/softlabels/shards/<teacher key>/: every entry's shards
 MANIFEST = "manifest.json"
 KEY = re.compile(r"[0-9a-f]{32}")  # SoftLabelSpec.key: digest(..., length=32)
 
@@ -81,8 +89,20 @@ class Manifest:
         return cls(**{**raw, "shards": tuple(ShardRecord(**s) for s in raw["shards"])})
 
 
-def shard_name(index: int, count: int) -> str:
-    return f"part-{index:05d}-of-{count:05d}.parquet"
+def shard_file(spec: SoftLabelSpec, unit: Unit) -> str:
+    """Where ``unit``'s shard lies, relative to the entry: named by the teacher key and a hash of the unit's
+    inputs (the sha256 of its file's bytes and its row range), never by the unit's place in the split."""
+    inputs = {"teacher": spec.teacher_key, "file_sha256": content.sha256(unit.file), "rows": [unit.start, unit.stop]}
+    return f"../{SHARDS}/{spec.teacher_key}/{digest(inputs, length=32)}.parquet"
+
+
+def shard_uri(entry: str, file: str) -> str:
+    """The URI of a shard a manifest lists as ``file``, relative to ``entry`` (``..`` resolved here: object
+    stores take it as part of a key)."""
+    folder = entry.rstrip("/")
+    while file.startswith("../"):
+        folder, file = folder.rsplit("/", 1)[0], file[3:]
+    return storage.join(folder, file)
 
 
 @contextmanager
@@ -95,14 +115,14 @@ def errors(uri: str) -> Iterator[None]:
         raise CacheError(message if message.startswith(uri) else f"{uri}: {message}") from e
 
 
-def write_shard(entry: str, index: int, count: int, table: pa.Table) -> ShardRecord:
-    """Encode and publish one shard under its final name, create-if-absent; returns its record (file, rows,
-    bytes, sha256). Called wherever a shard is computed (the driver or a worker). Readers see a shard
-    whole or not at all, and a shard that another writer of the same key published first is kept, not
-    replaced, and its record returned once it proves to hold the same ids, so the checksums any writer's
-    manifest takes stay true. A torn or foreign file in the way is removed and the shard published anew."""
-    name = shard_name(index, count)
-    uri = storage.join(entry, SHARDS, name)
+def write_shard(entry: str, file: str, table: pa.Table) -> ShardRecord:
+    """Encode and publish one shard (``file``, relative to ``entry``) under its final name, create-if-absent;
+    returns its record (file, rows, bytes, sha256). Called wherever a shard is computed (the driver or a
+    worker). Readers see a shard whole or not at all, and a shard that another writer (of this entry or of
+    any snapshot with the same rows) published first is kept, not replaced, and its record returned once it
+    proves to hold the same ids, so the checksums any writer's manifest takes stay true. A torn or foreign
+    file in the way is removed and the shard published anew."""
+    uri = shard_uri(entry, file)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd")
     data = buffer.getvalue().to_pybytes()
@@ -110,19 +130,18 @@ def write_shard(entry: str, index: int, count: int, table: pa.Table) -> ShardRec
     for _ in range(3):
         with errors(uri):
             if storage.publish(uri, data):
-                return _record(name, data, len(ids))
-        existing = trusted_shard(entry, index, count, ids)
+                return _record(file, data, len(ids))
+        existing = trusted_shard(entry, file, ids)
         if existing is not None:
             return existing
     raise CacheError(f"{uri}: other writers keep publishing shards that do not hold this shard's ids")
 
 
-def trusted_shard(entry: str, index: int, count: int, expected_ids: list[str]) -> ShardRecord | None:
-    """The record of shard ``index`` if it is there, reads whole and holds exactly ``expected_ids`` in order.
+def trusted_shard(entry: str, file: str, expected_ids: list[str]) -> ShardRecord | None:
+    """The record of shard ``file`` if it is there, reads whole and holds exactly ``expected_ids`` in order.
     A file under its name that fails this (torn by a crash, or foreign) is removed so that the shard can
     be published again, and None returned, as for a shard that is not there."""
-    name = shard_name(index, count)
-    uri = storage.join(entry, SHARDS, name)
+    uri = shard_uri(entry, file)
     with errors(uri):
         try:
             data = storage.read_bytes(uri)
@@ -134,29 +153,15 @@ def trusted_shard(entry: str, index: int, count: int, expected_ids: list[str]) -
     except (pa.ArrowException, KeyError) as e:
         problem = f"unreadable: {e}"
     if problem is None:
-        return _record(name, data, len(ids))
+        return _record(file, data, len(ids))
     print(f"[softlabels] {uri}: {problem}; removing it to compute the shard again", flush=True)
     with errors(uri):
         storage.remove(uri)
     return None
 
 
-def trusted_shards(entry: str, expected_ids: list[list[str]]) -> dict[int, ShardRecord]:
-    """Shard index -> record of the entry's shards that can be kept on resume (``expected_ids``: each
-    shard's ids, in order); the rest are missing and must be computed."""
-    with errors(entry):
-        present = set(storage.list_files(storage.join(entry, SHARDS), ".parquet"))
-    count, records = len(expected_ids), {}
-    for index, ids in enumerate(expected_ids):
-        if storage.join(entry, SHARDS, shard_name(index, count)) in present:
-            record = trusted_shard(entry, index, count, ids)
-            if record is not None:
-                records[index] = record
-    return records
-
-
-def _record(name: str, data: bytes, rows: int) -> ShardRecord:
-    return ShardRecord(f"{SHARDS}/{name}", rows, len(data), hashlib.sha256(data).hexdigest())
+def _record(file: str, data: bytes, rows: int) -> ShardRecord:
+    return ShardRecord(file, rows, len(data), hashlib.sha256(data).hexdigest())
 
 
 def commit(
@@ -201,7 +206,7 @@ def check_shards(entry: str, shards: list[ShardRecord] | tuple[ShardRecord, ...]
     ``expected_ids`` exactly once."""
     counts: Counter[str] = Counter()
     for shard in shards:
-        uri = storage.join(entry, shard.file)
+        uri = shard_uri(entry, shard.file)
         with errors(uri):
             if not storage.exists(uri):
                 raise CacheError(f"{uri}: shard listed in the manifest is missing")
@@ -247,7 +252,7 @@ def read(entry: str) -> ray.data.Dataset:
     """The committed entry's rows as ``id`` + the training columns of its format (+ ``views``)."""
     fs, _ = storage.resolve(entry)
     info = manifest(entry)
-    paths = [storage.resolve(storage.join(entry, s.file))[1] for s in info.shards]
+    paths = [storage.resolve(shard_uri(entry, s.file))[1] for s in info.shards]
     return ray.data.read_parquet(paths, filesystem=fs).map_batches(
         training_columns, fn_kwargs={"fmt": info.format}, batch_format="pyarrow"
     )
@@ -265,6 +270,67 @@ def entries(store: str) -> list[str]:
     root = storage.join(store, "softlabels")
     with errors(root):
         return [f for f in storage.list_folders(root) if storage.is_committed(f)]
+
+
+def manifests(store: str) -> list[Manifest]:
+    """The manifests of the committed entries under ``<store>/softlabels``, oldest first."""
+    return sorted((manifest(e) for e in entries(store)), key=lambda m: m.created)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """A snapshot's units, each unit's shard, and which of those shards the store holds already."""
+
+    units: tuple[Unit, ...]
+    files: tuple[str, ...]  # unit i's shard, relative to the entry
+    listed: dict[int, tuple[ShardRecord, str]]  # unit -> its record in the latest committed entry listing it, that key
+    present: frozenset[int]  # units whose shard is there but that no committed entry lists: a writer checks it
+
+    @property
+    def rows(self) -> int:
+        return sum(u.rows for u in self.units)
+
+    @property
+    def to_write(self) -> list[Unit]:
+        """The units a teacher actor sees: those no committed entry lists (a present shard is checked, and
+        labelled again only if it fails)."""
+        return [u for u in self.units if u.index not in self.listed]
+
+    @property
+    def to_label(self) -> int:
+        """Rows the teacher will run on (the units whose shard is not there at all)."""
+        return sum(u.rows for u in self.to_write if u.index not in self.present)
+
+    def reused_from(self) -> dict[str, int]:
+        """Key of an earlier entry -> how many of this snapshot's shards are reused from it."""
+        return dict(Counter(key for _, key in self.listed.values()))
+
+
+def shard_plan(spec: SoftLabelSpec) -> ShardPlan:
+    """Each unit's shard and what the store holds of them: a shard that a committed manifest lists (and that is
+    there, of the listed size) is reused with that record, unread; one only present is left to a writer."""
+    units = tuple(spec.data.units(spec.shard_rows))
+    files = tuple(shard_file(spec, u) for u in units)
+    latest: dict[str, tuple[ShardRecord, str]] = {}
+    for m in manifests(spec.store):  # oldest first: the latest entry listing a shard names it
+        latest.update({s.file: (s, m.key) for s in m.shards})
+    sizes = _sizes(storage.join(spec.store, "softlabels", SHARDS, spec.teacher_key))
+    listed, present = {}, set()
+    for unit, file in zip(units, files):
+        size = sizes.get(file.rsplit("/", 1)[1])
+        if size is not None and file in latest and latest[file][0].bytes == size:
+            listed[unit.index] = latest[file]
+        elif size is not None:
+            present.add(unit.index)
+    return ShardPlan(units, files, listed, frozenset(present))
+
+
+def _sizes(folder: str) -> dict[str, int]:
+    """Name -> bytes of the (not hidden) files directly under ``folder``, in one listing."""
+    fs, path = storage.resolve(folder)
+    with errors(folder):
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {i.base_name: i.size for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(".")}
 
 
 def entry_folder(store: str, key: str) -> str:
@@ -299,11 +365,69 @@ def _within(folder: str, uri: str) -> bool:
     return os.path.realpath(uri).startswith(os.path.realpath(folder) + os.sep)
 
 
-def collect_garbage(store: str, older_than: float) -> list[storage.Leftover]:
-    """Remove the leftovers older than ``older_than`` seconds (younger ones may belong to a running writer);
-    returns those removed."""
-    removed = [leftover for leftover in leftovers(store) if leftover.age_seconds >= older_than]
-    for leftover in removed:
-        with errors(leftover.uri):
-            storage.discard(leftover)
-    return removed
+@dataclass(frozen=True)
+class Unlisted:
+    """A shard that no committed manifest lists."""
+
+    uri: str
+    bytes: int
+    age_seconds: float
+
+
+def unlisted_shards(store: str) -> list[Unlisted]:
+    """The shards under ``<store>/softlabels/shards`` that no committed entry lists, oldest first."""
+    root = storage.join(store, "softlabels", SHARDS)
+    listed = {shard_uri(e, s.file) for e in entries(store) for s in manifest(e).shards}
+    fs, path = storage.resolve(root)
+    scheme = f"{urlsplit(root).scheme}://" if storage.is_remote(root) else ""
+    with errors(root):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    now = time.time()
+    found = [
+        Unlisted(scheme + i.path, i.size, now - i.mtime.timestamp() if i.mtime else 0.0)
+        for i in infos
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
+    ]
+    return sorted((s for s in found if s.uri not in listed), key=lambda s: -s.age_seconds)
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """What ``collect_garbage`` removed (or, in a dry run, would remove)."""
+
+    leftovers: list[storage.Leftover]
+    shards: list[Unlisted]
+    younger: int  # leftovers and unlisted shards kept for being younger than the grace period
+    writers: list[str]  # leases of writers running now (a dry run lists them; a real one refuses)
+
+    @property
+    def shard_bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+
+def collect_garbage(store: str, older_than: float, dry_run: bool = False) -> Garbage:
+    """Remove the leftovers and the unlisted shards older than ``older_than`` seconds (a younger one may be a
+    writer's that has not committed yet). Refused while any writer of the store holds a fresh lease
+    (``leases``): a running writer may be about to list a shard no manifest lists yet."""
+    if dry_run:
+        return _garbage(store, older_than, leases.fresh(store, leases.WRITERS))
+    with leases.hold(store, leases.COLLECTORS):
+        if running := leases.fresh(store, leases.WRITERS):
+            raise CacheError(
+                f"{store}: {len(running)} writer(s) of the soft labels running (lease {running[0]}, written in the "
+                f"last {leases.STALE:g} s); cache gc removes nothing while one runs: try again once it is done"
+            )
+        garbage = _garbage(store, older_than, [])
+        for leftover in garbage.leftovers:
+            with errors(leftover.uri):
+                storage.discard(leftover)
+        for shard in garbage.shards:
+            with errors(shard.uri):
+                storage.remove(shard.uri)
+    return garbage
+
+
+def _garbage(store: str, older_than: float, writers: list[str]) -> Garbage:
+    found, shards = leftovers(store), unlisted_shards(store)
+    old = [f for f in found if f.age_seconds >= older_than], [s for s in shards if s.age_seconds >= older_than]
+    return Garbage(*old, len(found) + len(shards) - len(old[0]) - len(old[1]), writers)

@@ -3,7 +3,7 @@
 - ``dense``: every logit, float16 or float32.
 - ``topk``: the k most probable classes and their log-probabilities at the stored temperature;
   the mass outside them is ``1 - sum(exp(logprob))``, so a top-k label is exact on the stored
-  classes and, with that remainder, sums to one (see ``distill.loss.kd_loss_topk``).
+  classes and, with that remainder, sums to one (see ``distill.losses.topk_kl``).
 
 With V recorded views a row holds V blocks of these (view-major) and the views' parameters.
 """

@@ -45,13 +45,18 @@ def format_leftovers(store: str) -> str:
     return "\n".join([f"\nleftovers of interrupted writes (distkd cache gc --store {store}):", *lines]) + "\n"
 
 
-def collect_garbage(store: str, older_than: float) -> str:
-    removed = cache.collect_garbage(store, older_than)
-    kept = len(cache.leftovers(store))
+def collect_garbage(store: str, older_than: float, dry_run: bool = False) -> str:
+    """What gc removed (or would remove): writers' leftovers, and shards no committed entry lists."""
+    garbage = cache.collect_garbage(store, older_than, dry_run)
+    verb = "would remove" if dry_run else "removed"
+    freed = f" ({len(garbage.shards)} unlisted shards, {garbage.shard_bytes} bytes freed)" if garbage.shards else ""
     return "\n".join(
         [
-            *(f"removed {f.kind} {f.uri}" for f in removed),
-            f"{len(removed)} removed, {kept} younger than {older_than:g} s kept",
+            *(f"{verb} {f.kind} {f.uri}" for f in garbage.leftovers),
+            *(f"{verb} unlisted shard {s.uri} ({s.bytes} bytes)" for s in garbage.shards),
+            *(f"a writer is running (lease {w}): gc would refuse now" for w in garbage.writers),
+            f"{len(garbage.leftovers) + len(garbage.shards)} {'would be removed' if dry_run else 'removed'}{freed}, "
+            f"{garbage.younger} younger than {older_than:g} s kept",
         ]
     )
 

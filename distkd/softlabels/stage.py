@@ -1,11 +1,14 @@
 """Stage 1: run the teacher over the training split on an actor pool and cache its outputs.
 
-The split is cut into units of ``shard_rows`` rows, one shard each. Each unit goes whole to one
-call of a teacher actor, which reads exactly the unit's rows, labels them, checks the ids and
-writes the shard under its final name (create-if-absent); a unit whose shard is already there
-is only checked, so a job that died part-way recomputes only the rest, and a retried call after
-a killed actor cannot duplicate or drop a row. The driver gets one record per shard and writes
-the manifest and the commit marker; no row order or process-wide Ray Data setting is relied on.
+The split is cut into units of ``shard_rows`` rows, one shard each, named by the unit's inputs
+(``cache.shard_file``). A shard that a committed entry lists is reused as that entry recorded it,
+so a snapshot that grew by a file labels that file alone and one that lost a file runs no teacher.
+Each other unit goes whole to one call of a teacher actor, which reads exactly the unit's rows,
+labels them, checks the ids and writes the shard under its final name (create-if-absent); a unit
+whose shard is already there is only checked, so a job that died part-way recomputes only the
+rest, and a retried call after a killed actor cannot duplicate or drop a row. The driver gets one
+record per shard and writes the manifest and the commit marker, all under a writer's lease
+(``leases``) that keeps ``cache gc`` off the shards; no row order or Ray Data setting is relied on.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from dataclasses import asdict
 
 import ray.data
 
-from distkd import console, storage
+from distkd import console
 from distkd.data.source import Unit
-from distkd.softlabels import cache
+from distkd.softlabels import cache, leases
 from distkd.softlabels.writer import RECORD, ShardWriter
 from distkd.specs import SoftLabelSpec, require
 
@@ -29,28 +32,47 @@ def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
         console.reusing("softlabels", "cached soft labels", entry)
         return entry
     require(compute, entry, "softlabels")
-    units = spec.data.units(spec.shard_rows)
-    done = len(storage.list_files(storage.join(entry, cache.SHARDS), ".parquet"))
-    what = f"labelling with teacher {spec.teacher.model.name}: {len(units) - done} of {len(units)} shards to compute"
-    with console.computing("softlabels", what, entry):
-        started = time.perf_counter()
-        records = label_units(spec, units)
-        shards = tuple(cache.ShardRecord(r["file"], r["rows"], r["bytes"], r["sha256"]) for r in records)
-        computed, labelled = sum(1 for r in records if r["labelled"]), sum(r["labelled"] for r in records)
-        manifest = cache.commit(spec, shards, computed, labelled, time.perf_counter() - started)
-        print(
-            f"[softlabels] committed {manifest.rows} rows in {len(units)} shards "
-            f"({manifest.bytes / manifest.rows:.1f} bytes/row)",
-            flush=True,
-        )
+    with leases.hold(spec.store, leases.WRITERS):
+        leases.wait_for_collectors(spec.store)
+        plan = cache.shard_plan(spec)
+        what = f"labelling with teacher {spec.teacher.model.name}: {describe(plan)}"
+        with console.computing("softlabels", what, entry):
+            started = time.perf_counter()
+            written = {r["index"]: r for r in label_units(spec, plan.to_write)}
+            shards = tuple(
+                cache.ShardRecord(**{k: written[u.index][k] for k in ("file", "rows", "bytes", "sha256")})
+                if u.index in written
+                else plan.listed[u.index][0]
+                for u in plan.units
+            )
+            computed = sum(1 for r in written.values() if r["labelled"])
+            labelled = sum(r["labelled"] for r in written.values())
+            manifest = cache.commit(spec, shards, computed, labelled, time.perf_counter() - started)
+            print(
+                f"[softlabels] committed {manifest.rows} rows in {len(shards)} shards "
+                f"({manifest.bytes / manifest.rows:.1f} bytes/row; the teacher ran on {labelled})",
+                flush=True,
+            )
+            if compiled := [r["compile_seconds"] for r in written.values() if r["compile_seconds"]]:
+                longest = f"{max(compiled):.1f} s (longest of {len(compiled)} actors)"
+                print(f"[softlabels] torch.compile of the teacher: {longest}", flush=True)
     return entry
 
 
-def writer_arguments(spec: SoftLabelSpec, count: int) -> dict:
-    """What each teacher actor's ShardWriter is built with, for an entry of ``count`` shards."""
+def describe(plan: cache.ShardPlan) -> str:
+    """``<to label> of <total> rows to label``, and where the other shards come from."""
+    reused = [f"{n} from {key}" for key, n in plan.reused_from().items()]
+    if plan.present:
+        reused.append(f"{len(plan.present)} written by an unfinished job, to check")
+    shards = f"; shards reused: {', '.join(reused)}" if reused else ""
+    return f"{plan.to_label} of {plan.rows} rows to label ({len(plan.units)} shards{shards})"
+
+
+def writer_arguments(spec: SoftLabelSpec, units: list[Unit]) -> dict:
+    """What each teacher actor's ShardWriter is built with, to write the shards of ``units``."""
     return {
         "entry": spec.uri,
-        "count": count,
+        "files": {u.index: cache.shard_file(spec, u) for u in units},
         "teacher": spec.teacher,
         "normalize": spec.normalize,
         "fmt": spec.format,
@@ -59,16 +81,19 @@ def writer_arguments(spec: SoftLabelSpec, count: int) -> dict:
         "precision": spec.precision,
         "batch_size": spec.execution.batch_size,
         "threads": max(1, int(spec.execution.cpus_per_actor)),
+        "compile": spec.execution.compile,
     }
 
 
 def label_units(spec: SoftLabelSpec, units: list[Unit]) -> list[dict]:
-    """Each unit's shard written (or found) by a teacher actor; returns their records in unit order,
-    after checking there is one per unit and that it holds the unit's rows."""
+    """Each unit's shard written (or found) by a teacher actor; returns their records in unit order, after
+    checking there is one per unit and that it holds the unit's rows. No actor starts for no units."""
     cfg, entry = spec.execution, spec.uri
+    if not units:
+        return []
     written = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units)).map_batches(
         ShardWriter,
-        fn_constructor_kwargs=writer_arguments(spec, len(units)),
+        fn_constructor_kwargs=writer_arguments(spec, units),
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         batch_size=1,
         batch_format="pyarrow",

@@ -6,6 +6,7 @@ per shard (unit index, rows, bytes, sha256), so its memory does not grow with th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -13,14 +14,16 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distkd.data.source import PATH, Unit, decode_batch
+from distkd.data import gpu_decode
+from distkd.data.source import PATH, Unit
 from distkd.data.transforms import Normalize
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
 from distkd.specs import Weights
 
-RECORD = ("index", "file", "rows", "bytes", "sha256", "labelled")  # what the driver receives per shard
+# what the driver receives per shard; compile_seconds: torch.compile's share of the actor's first unit, else 0
+RECORD = ("index", "file", "rows", "bytes", "sha256", "labelled", "compile_seconds")
 
 
 class ShardWriter:
@@ -33,7 +36,7 @@ class ShardWriter:
     def __init__(
         self,
         entry: str,
-        count: int,
+        files: dict[int, str],  # unit index -> its shard, relative to the entry (cache.shard_file)
         teacher: Weights,
         normalize: Normalize,
         fmt: Format,
@@ -42,29 +45,50 @@ class ShardWriter:
         precision: str,
         batch_size: int,
         threads: int,
+        compile: bool = False,
     ) -> None:
         torch.set_num_threads(threads)
         self.decoders = ThreadPoolExecutor(threads)  # on a GPU, decoding is what the teacher waits for
-        self.entry, self.count, self.batch_size, self.shape = entry, count, batch_size, teacher.model.input_shape
-        self.teacher = TeacherPredictor(teacher, normalize, fmt, views, view_seed, precision)
+        self.entry, self.files, self.batch_size, self.shape = entry, files, batch_size, teacher.model.input_shape
+        self.teacher = TeacherPredictor(teacher, normalize, fmt, views, view_seed, precision, compile)
+        self.decode = gpu_decode.decoder(self.teacher.device)  # nvJPEG on a GPU, Pillow on a CPU
+        self.ahead = ThreadPoolExecutor(1)  # decodes the next batch while the teacher runs this one
+        self.compile_reported = False
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return pa.Table.from_pylist([self.write(Unit(**unit)) for unit in batch.to_pylist()])
 
     def write(self, unit: Unit) -> dict:
         expected = unit.read(["id"])["id"].to_pylist()
-        kept = cache.trusted_shard(self.entry, unit.index, self.count, expected)  # removes a torn or foreign file
+        kept = cache.trusted_shard(self.entry, self.files[unit.index], expected)  # removes a torn or foreign file
         if kept is not None:
-            return {"index": unit.index, **asdict(kept), "labelled": 0}
+            return {"index": unit.index, **asdict(kept), "labelled": 0, "compile_seconds": 0.0}
         rows = unit.read()
         rows = rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # named in errors
-        labels = pa.concat_tables(
-            self.teacher(decode_batch(_numpy(rows.slice(i, self.batch_size)), self.shape, self.decoders))
-            for i in range(0, len(rows), self.batch_size)
-        )
+        batches = [_numpy(rows.slice(i, self.batch_size)) for i in range(0, len(rows), self.batch_size)]
+        labels = pa.concat_tables(self.teacher(batch) for batch in self.decoded(batches))
         self.check(unit, expected, labels["id"].to_pylist())
-        record = cache.write_shard(self.entry, unit.index, self.count, labels)
-        return {"index": unit.index, **asdict(record), "labelled": len(rows)}
+        record = cache.write_shard(self.entry, self.files[unit.index], labels)
+        return {"index": unit.index, **asdict(record), "labelled": len(rows), "compile_seconds": self.compiled()}
+
+    def decoded(self, batches: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray | torch.Tensor]]:
+        """Each batch with its images decoded onto the teacher's device, the next one decoding meanwhile."""
+        pending = self.ahead.submit(self.decoded_batch, batches[0]) if batches else None
+        for following in batches[1:]:
+            current, pending = pending.result(), self.ahead.submit(self.decoded_batch, following)
+            yield current
+        if pending is not None:
+            yield pending.result()
+
+    def decoded_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | torch.Tensor]:
+        return {**batch, "image": self.decode(batch, self.shape, self.teacher.device, self.decoders)}
+
+    def compiled(self) -> float:
+        """torch.compile's seconds, in the record of the first unit labelled after it (0 in every other)."""
+        if self.compile_reported or self.teacher.compile_seconds is None:
+            return 0.0
+        self.compile_reported = True
+        return self.teacher.compile_seconds
 
     def check(self, unit: Unit, expected: list[str], ids: list[str]) -> None:
         if ids != expected:

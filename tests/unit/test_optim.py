@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distkd.distill.optim import OPTIMIZERS, SCHEDULES, unusable_kwargs
+from distkd.distill.optim import OPTIMIZERS, SCHEDULES
 from distkd.registry import Registry
 
 
@@ -50,6 +50,6 @@ def test_optimisers_are_built_from_lr_weight_decay_and_their_own_kwargs(name, kw
 
 
 def test_kwargs_an_entry_does_not_take_are_named():
-    assert unusable_kwargs(OPTIMIZERS["sgd"], {"momentum": 0.5}, fixed=3) is None
-    message = unusable_kwargs(OPTIMIZERS["sgd"], {"betas": 1}, fixed=3)
-    assert message == "unknown argument(s) betas; sgd takes momentum, nesterov"
+    assert OPTIMIZERS.refusal("sgd", {"momentum": 0.5}, fixed=3) is None
+    assert OPTIMIZERS.refusal("sgd", {"betas": 1}, fixed=3) == "unknown argument(s) betas; sgd takes momentum, nesterov"
+    assert OPTIMIZERS.refusal("adam", {}, fixed=3) == "unknown optimizer 'adam'; known: adamw, sgd"

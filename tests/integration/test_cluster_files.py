@@ -13,7 +13,7 @@ import ray
 import yaml
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 LAUNCHERS = ["aws.yaml", "gcp.yaml"]
 # What a launcher may copy to its nodes (local side of file_mounts): the package, what pip needs to install

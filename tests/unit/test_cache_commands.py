@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,17 +13,29 @@ from distkd.cli import main
 
 KEY = "0123456789abcdef0123456789abcdef"  # the form SoftLabelSpec.key takes
 UNCOMMITTED = "fedcba9876543210fedcba9876543210"
+TEACHER = "00112233445566778899aabbccddeeff"
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     """A store by hand: one committed entry, one without its marker, and the folders beside the cache."""
     root = tmp_path / "store"
+    shard = f"shards/{TEACHER}/{'1' * 32}.parquet"  # the label store's layout: shared, content-addressed
+    manifest = {
+        "key": KEY,
+        "format_version": 3,
+        "inputs": {},
+        "shards": [{"file": f"../{shard}", "rows": 1, "bytes": 5, "sha256": "0" * 64}],
+        **dict.fromkeys(["rows", "bytes", "computed_shards", "teacher_rows", "teacher_seconds"], 1),
+        "rows_per_second": None,
+        "distkd_version": "0",
+        "created": "2026-12-01T00:00:00Z",
+    }
     files = {
-        f"softlabels/{KEY}/shards/part-00000-of-00001.parquet": b"shard",
-        f"softlabels/{KEY}/manifest.json": b"{}",
+        f"softlabels/{shard}": b"shard",
+        f"softlabels/{KEY}/manifest.json": json.dumps(manifest).encode(),
         f"softlabels/{KEY}/{storage.COMMIT_MARKER}": b"",
-        f"softlabels/{UNCOMMITTED}/shards/part-00000-of-00002.parquet": b"shard",
+        f"softlabels/{UNCOMMITTED}/notes": b"not yet committed",
         "runs/teacher-abc/model.pt": b"weights",
         "reports/abc/metrics.json": b"{}",
         "teachers/resnet.pt": b"weights",
@@ -69,13 +82,14 @@ def test_gc_removes_only_temporary_files_under_the_cache(store, tmp_path, capsys
     foreign = outside / storage.temporary_name("notes.txt")
     foreign.write_bytes(b"someone else's")
     os.symlink(outside, store / "softlabels" / "linked")
-    own = store / "softlabels" / KEY / "shards" / storage.temporary_name("part-00000-of-00001.parquet")
+    own = store / "softlabels" / "shards" / TEACHER / storage.temporary_name(f"{'2' * 32}.parquet")
     own.write_bytes(b"half")
     beside = store / "runs" / storage.temporary_name("model.pt")  # beside the cache: never gc's
     beside.write_bytes(b"half")
     before = tree(store)
     assert main(["cache", "gc", "--store", str(store), "--older-than", "0"]) == 0
-    assert tree(store) == before - {str(own.relative_to(store))}
+    leases = {"softlabels/collectors"}  # where gc's own lease was while it ran (cache.py: no writer may run)
+    assert tree(store) - leases == before - {str(own.relative_to(store))}
     assert foreign.exists() and beside.exists()
     printed = capsys.readouterr().out.splitlines()
     assert printed == [f"removed temporary file {own}", "1 removed, 0 younger than 0 s kept"]

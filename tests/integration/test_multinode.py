@@ -27,7 +27,7 @@ from distkd.softlabels import cache
 from tests.seaweedfs import free_ports
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ["distkd", "pipeline", "job.yaml"]  # the end of the command line of a job `distkd submit` started
 NODE_CPUS = 3  # a training worker or a teacher actor takes 2: one of each per node, 1 CPU left for tasks
 
@@ -191,7 +191,7 @@ def test_distkd_submit_runs_the_pipeline_across_two_nodes(cluster, submitted):
     store, logs = submitted
     assert "SUCCEEDED" in logs
     assert len(cluster.raylets()) == 2
-    softlabels = list((store / "softlabels").iterdir())
+    softlabels = [p for p in (store / "softlabels").iterdir() if cache.KEY.fullmatch(p.name)]  # not shards/, leases
     assert len(softlabels) == 1 and storage.is_committed(str(softlabels[0]))
     assert cache.manifest(str(softlabels[0])).rows == 200
     runs = list((store / "runs").iterdir())
@@ -250,7 +250,7 @@ def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted
     deadline = time.time() + 300
     head = min(cluster.raylets(), key=lambda p: p.create_time())
     while time.time() < deadline:
-        fresh = [p for p in entries.glob("*/shards/*.parquet") if p.stat().st_mtime > job.stat().st_mtime]
+        fresh = [p for p in entries.glob(f"{cache.SHARDS}/*/*.parquet") if p.stat().st_mtime > job.stat().st_mtime]
         if fresh:
             break
         time.sleep(0.2)
@@ -263,7 +263,11 @@ def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted
         time.sleep(2)
     logs = cluster.run(str(BIN / "distkd"), "jobs", "logs", job_id, "--address", cluster.dashboard).stdout
     assert status.stdout.strip() == "SUCCEEDED", logs[-4000:]
-    entry = next(p for p in entries.iterdir() if any(f.stat().st_mtime > job.stat().st_mtime for f in p.rglob("*")))
+    entry = next(
+        p
+        for p in entries.iterdir()
+        if cache.KEY.fullmatch(p.name) and any(f.stat().st_mtime > job.stat().st_mtime for f in p.rglob("*"))
+    )
     ids = Split.open(str(cifar10), "train", 200).read_table(["id"])["id"].to_pylist()
     assert cache.verify(str(entry), ids).rows == 200  # every id exactly once
     assert cluster.start_worker()  # for whatever runs after
@@ -285,21 +289,24 @@ def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted
         tmp_path, cifar10, store, teacher, "killed-driver", stages=["softlabels"],
         softlabels={"batch_size": 10, "shard_rows": 10, "actors": 1, "cpus_per_actor": 1, "view_seed": 7, "views": 2},
     )  # fmt: skip
+    committed = set(cache.entries(str(store)))
     first = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
     deadline, drivers, shards = time.time() + 300, [], []
     while time.time() < deadline and not shards:  # the driver, then its first shard: 20 shards to write
         drivers = drivers or [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-3:] == DRIVER]
         shards = [
-            p for p in (store / "softlabels").glob("*/shards/*.parquet") if p.stat().st_mtime > job.stat().st_mtime
+            p
+            for p in (store / "softlabels").glob(f"{cache.SHARDS}/*/*.parquet")
+            if p.stat().st_mtime > job.stat().st_mtime
         ]
         time.sleep(0.05)
     assert len(drivers) == 1 and shards, (drivers, shards, wait_for(cluster, first, timeout=1))
     drivers[0].send_signal(signal.SIGKILL)
     assert wait_for(cluster, first) == "FAILED"
-    entry = shards[0].parents[1]
-    assert not storage.is_committed(str(entry))
-    before = len(list((entry / "shards").glob("*.parquet")))
+    assert set(cache.entries(str(store))) == committed  # the killed driver committed no entry
+    before = len([p for p in shards[0].parent.glob("*.parquet") if p.stat().st_mtime > job.stat().st_mtime])
     second = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
     assert wait_for(cluster, second) == "SUCCEEDED"
-    manifest = cache.manifest(str(entry))
+    (entry,) = set(cache.entries(str(store))) - committed  # the same job's entry, committed by the rerun
+    manifest = cache.manifest(entry)
     assert manifest.computed_shards == 20 - before < 20 and manifest.rows == 200

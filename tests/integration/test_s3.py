@@ -26,7 +26,9 @@ from distkd.cli import main
 from distkd.job import Job
 from distkd.models import build_model, state_dict_bytes
 from distkd.softlabels import cache
+from distkd.softlabels.formats import Format
 from distkd.softlabels.stage import generate
+from distkd.specs import FORMAT_VERSION
 from tests.conftest import BUCKET, ROOT
 from tests.seaweedfs import free_ports
 
@@ -102,9 +104,9 @@ def test_two_writer_processes_of_one_key_never_replace_each_others_shards(s3_ser
     assert [r["shards"] for r in reports] == [published] * 2  # the loser adopted the winner's shards
     assert len(published) == 8
     for shard in manifest.shards:
-        data = storage.read_bytes(storage.join(entry, shard.file))
+        data = storage.read_bytes(cache.shard_uri(entry, shard.file))
         assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
-    assert storage.leftovers(entry) == []
+    assert cache.leftovers(raw["store"]) == []  # the entry and the shards it lists (<store>/softlabels/shards)
 
 
 def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_server, cifar10, s3_weights, capsys):
@@ -115,7 +117,8 @@ def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_se
     assert first.computed_shards == 4
     key = storage.bucket_key(entry)[1]
     client = s3_server.client()
-    shard = [f"{key}/shards/{cache.shard_name(i, 4)}" for i in range(4)]
+    uris = [cache.shard_uri(entry, s.file) for s in first.shards]  # in unit order
+    shard = [storage.bucket_key(uri)[1] for uri in uris]
     torn = objects(s3_server, shard[1])[shard[1]][:-50]  # as a writer that died mid-file would leave it
     foreign = objects(s3_server, shard[3])[shard[3]]  # a readable shard, with another shard's ids
     for name, body in [(shard[1], torn), (shard[2], foreign)]:
@@ -126,8 +129,8 @@ def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_se
 
     generate(spec)
     printed = capsys.readouterr().out
-    assert f"{entry}/shards/{cache.shard_name(1, 4)}: unreadable" in printed
-    assert f"{entry}/shards/{cache.shard_name(2, 4)}: its ids are not this shard's" in printed
+    assert f"{uris[1]}: unreadable" in printed
+    assert f"{uris[2]}: its ids are not this shard's" in printed
     again = cache.manifest(entry)
     assert (again.computed_shards, again.teacher_rows) == (2, 100)
     assert [again.shards[i] for i in (0, 3)] == [first.shards[i] for i in (0, 3)]  # the sound ones kept
@@ -136,11 +139,15 @@ def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_se
 
 def test_leftovers_are_listed_by_cache_ls_and_removed_by_cache_gc(s3_server, capsys):
     store = f"s3://{BUCKET}/gc"
-    shards = storage.join(store, "softlabels", "k", "shards")
-    storage.publish(storage.join(shards, cache.shard_name(0, 2)), b"kept")
-    temporary = storage.join(shards, storage.temporary_name(cache.shard_name(1, 2)))
+    teacher, entry = "1" * 32, storage.join(store, "softlabels", "0" * 32)
+    shards = storage.join(store, "softlabels", cache.SHARDS, teacher)
+    file = f"../{cache.SHARDS}/{teacher}/{'2' * 32}.parquet"
+    kept = cache.ShardRecord(file, 1, 4, hashlib.sha256(b"kept").hexdigest())
+    storage.publish(cache.shard_uri(entry, kept.file), b"kept")
+    commit_entry(entry, kept)  # a committed entry lists the kept shard: gc keeps it
+    temporary = storage.join(shards, storage.temporary_name(f"{'3' * 32}.parquet"))
     storage.write_bytes(temporary, b"half a shard")
-    key = storage.bucket_key(storage.join(shards, cache.shard_name(1, 2)))[1]
+    key = storage.bucket_key(storage.join(shards, f"{'3' * 32}.parquet"))[1]
     s3_server.client().create_multipart_upload(Bucket=BUCKET, Key=key)
 
     assert main(["cache", "ls", "--store", store]) == 0
@@ -153,7 +160,32 @@ def test_leftovers_are_listed_by_cache_ls_and_removed_by_cache_gc(s3_server, cap
     assert "2 removed" in capsys.readouterr().out
     assert cache.leftovers(store) == []
     assert s3_server.client().list_multipart_uploads(Bucket=BUCKET, Prefix="gc/").get("Uploads", []) == []
-    assert storage.list_files(shards) == [storage.join(shards, cache.shard_name(0, 2))]
+    assert storage.list_files(shards) == [cache.shard_uri(entry, kept.file)]
+
+
+def commit_entry(entry: str, shard: cache.ShardRecord) -> None:
+    """A committed entry whose manifest lists ``shard`` alone (made by hand: no teacher runs)."""
+    manifest = cache.Manifest(
+        key=entry.rsplit("/", 1)[1],
+        format_version=FORMAT_VERSION,
+        inputs={
+            "teacher": {"name": "resnet9"},
+            "data": {"uri": "s3://data", "split": "train"},
+            "format": dataclasses.asdict(Format("dense", "float16")),
+            "views": None,
+        },
+        shards=(shard,),
+        rows=shard.rows,
+        bytes=shard.bytes,
+        computed_shards=1,
+        teacher_rows=shard.rows,
+        teacher_seconds=1.0,
+        rows_per_second=float(shard.rows),
+        distkd_version="test",
+        created="2024-01-01T00:00:00Z",
+    )
+    assert storage.publish(storage.join(entry, cache.MANIFEST), storage.encode_json(manifest.to_json()))
+    storage.commit(entry)
 
 
 def test_s3_errors_on_the_cache_path_are_cache_errors_naming_the_uri(s3_server, monkeypatch):
@@ -161,9 +193,11 @@ def test_s3_errors_on_the_cache_path_are_cache_errors_naming_the_uri(s3_server, 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(cache.CacheError, match=f"^{entry}: .*(ACCESS_DENIED|access denied|Forbidden)"):
         cache.manifest(entry)
-    shard = storage.join(entry, "shards", cache.shard_name(0, 1))
+    file = f"../{cache.SHARDS}/{'0' * 32}/{'1' * 32}.parquet"
+    shard = cache.shard_uri(entry, file)
+    assert shard == f"s3://{BUCKET}/denied/softlabels/{cache.SHARDS}/{'0' * 32}/{'1' * 32}.parquet"
     with pytest.raises(cache.CacheError, match=f"^{shard}: wrong secret key"):
-        cache.write_shard(entry, 0, 1, pa.table({"id": ["a"], "logits": pa.array([[0.0, 1.0]])}))
+        cache.write_shard(entry, file, pa.table({"id": ["a"], "logits": pa.array([[0.0, 1.0]])}))
 
 
 def write_job(tmp_path: Path, raw: dict) -> Path:

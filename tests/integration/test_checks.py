@@ -133,7 +133,8 @@ def refused(path: Path, capsys) -> str:
             {"images": ["not bytes"] * 8, "types": {"image": pa.string()}},
             None,
             {},
-            "train-0.parquet: column 'image' holds string values; expected encoded image bytes",
+            # strings are a text input (inputs by column, data/inputs.py): not the test split's kind
+            "but 'data.train_split' has a text input in column 'image'; every split needs the same input",
         ),
         (None, {"images": [], "labels": []}, {}, "key 'data.test_split': split 'test' of "),
         (
@@ -159,7 +160,7 @@ def refused(path: Path, capsys) -> str:
             {"images": [image(mode="L", seed=i) for i in range(4)]},
             {"teacher__name": "resnet18", "teacher__kwargs": {}, "data__mean": [0.5], "data__std": [0.25]},
             "keys 'teacher.name', 'teacher.kwargs': the model fails on a batch of the data's shape [1, 32, 32] "
-            "(channels, height, width): RuntimeError",
+            "(channels, height, width; or tokens of a text input): RuntimeError",
         ),
     ],
 )

@@ -51,8 +51,23 @@ def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
         ({"data__std": [0.25, float("inf"), 0.25]}, "key 'data.std': needs finite numbers"),
         ({"data__mean": [0.5, float("nan"), 0.5]}, "key 'data.mean': needs finite numbers"),
         ({"data__channels": 2}, "key 'data.channels'"),
-        ({"teacher__train": {"momentum": 1.0}}, "key 'teacher.train.momentum': Input should be less than 1"),
-        ({"student__train": {"momentum": 1.5, "augment": False}}, "key 'student.train.momentum'"),
+        (
+            {"teacher__train": {"optimizer": {"kwargs": {"momentum": 1.0}}}},
+            "key 'teacher.train.optimizer': sgd refuses {'momentum': 1.0}: momentum must be in [0, 1), got 1.0",
+        ),
+        ({"student__train": {"momentum": 0.5, "augment": False}}, "unknown key 'student.train.momentum'"),
+        (
+            {"student__train": {"optimizer": {"name": "adam"}, "augment": False}},
+            "key 'student.train.optimizer': unknown optimizer 'adam'; known: adamw, sgd",
+        ),
+        (
+            {"teacher__train": {"schedule": {"name": "cosine", "kwargs": {"warmup": 0.1, "floor": 0.0, "gamma": 2}}}},
+            "key 'teacher.train.schedule': unknown argument(s) gamma; cosine takes warmup, floor",
+        ),
+        (
+            {"distill__loss": {"name": "dkd", "kwargs": {"beta": 8}}},
+            "unknown argument(s) beta; dkd takes target_weight",
+        ),
         ({"softlabels__top_k": 3}, "key 'softlabels.top_k': only used with 'softlabels.format: topk'"),
         ({"distill__alpha": 0.0, "softlabels__views": 2}, "key 'softlabels.views': views are soft labels for"),
         ({"student__train": {"batch_size": 50}}, "key 'student.train.augment': the distilled student would train"),
@@ -109,7 +124,7 @@ def test_missing_job_file_and_bad_yaml(tmp_path, capsys):
 
 
 def test_the_sample_jobs_pass_the_config_rules_and_the_quick_start_its_data_checks(monkeypatch):
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for path in sorted(root.glob("jobs/*.yaml")):
         config.load(path)
     monkeypatch.chdir(root)  # the quick start's paths are relative to the repository root

@@ -16,9 +16,9 @@ import yaml
 from distkd import config, console
 from distkd.evaluate.report import write_report
 from distkd.models import build_model, state_dict_bytes
-from tests.test_report import make_models
+from tests.unit.test_report import make_models
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # "Ray's logs: PATH ...", "[stage] ...", and the outputs a stage command lists ("    report: URI")
 DISTKD_LINE = re.compile(r"Ray's logs: \S+.*|\[[\w-]+\] .+|\s*\w+: \S+")
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from distkd import config, storage
 from distkd.data.transforms import PAD
-from distkd.distill.loss import kd_loss, kd_loss_topk
+from distkd.distill.losses import Targets, objective
 from distkd.distill.stage import join_softlabels
 from distkd.job import Job
 from distkd.models import load_weights, state_dict_bytes
@@ -66,8 +67,12 @@ def weights(ray_cluster, data, store) -> str:
     return str(path)
 
 
+def shard_paths(entry: str) -> list[Path]:
+    return [Path(cache.shard_uri(entry, s.file)) for s in cache.manifest(entry).shards]
+
+
 def shards(entry: str) -> list[pq.Table]:
-    return [pq.read_table(os.path.join(entry, s.file)) for s in cache.manifest(entry).shards]
+    return [pq.read_table(path) for path in shard_paths(entry)]
 
 
 def test_key_changes_with_every_input_that_changes_the_outputs(data, store, weights, tmp_path):
@@ -130,12 +135,10 @@ def capture_reuse(job: Job, weights: str) -> str:
 
 
 def test_topk_with_all_classes_matches_dense(data, store, weights):
-    dense = to_numpy(
-        pq.read_table(os.path.join(generate(job_for(data, store).softlabel_spec(weights)), "shards"))["logits"],
-        np.float32,
-    )
+    dense_entry = generate(job_for(data, store).softlabel_spec(weights))
+    dense = to_numpy(pa.concat_tables(shards(dense_entry))["logits"], np.float32)
     topk_entry = generate(job_for(data, store, format="topk", top_k=10, temperature=4.0).softlabel_spec(weights))
-    table = pq.read_table(os.path.join(topk_entry, "shards"))
+    table = pa.concat_tables(shards(topk_entry))
     index, logprob = to_numpy(table["topk_index"], np.int64), to_numpy(table["topk_logprob"], np.float32)
     rebuilt = np.zeros_like(logprob)
     np.put_along_axis(rebuilt, index, logprob, axis=1)
@@ -144,8 +147,10 @@ def test_topk_with_all_classes_matches_dense(data, store, weights):
 
     generator = torch.Generator().manual_seed(0)
     student, labels = torch.randn(ROWS, 10, generator=generator), torch.randint(0, 10, (ROWS,), generator=generator)
-    loss_dense = kd_loss(student, torch.from_numpy(dense), labels, 0.9, 4.0)
-    loss_topk = kd_loss_topk(student, torch.from_numpy(index), torch.from_numpy(logprob), labels, 0.9, 4.0)
+    loss_dense = objective("hinton", student, Targets(logits=torch.from_numpy(dense)), labels, 0.9, 4.0)
+    loss_topk = objective(
+        "hinton", student, Targets(index=torch.from_numpy(index), logprob=torch.from_numpy(logprob)), labels, 0.9, 4.0
+    )
     assert loss_topk.item() == pytest.approx(loss_dense.item(), rel=2e-3)
 
 
@@ -158,9 +163,9 @@ def test_topk_keeps_the_rest_of_the_mass():
     by_hand = sum(p[i] * (logp[0, i] - q[i].log()) for i in (0, 1))
     rest_p, rest_q = p[2:].sum(), q[2:].sum()
     by_hand += rest_p * (rest_p.log() - rest_q.log())
-    assert kd_loss_topk(student, top.indices, top.values, label, 1.0, 2.0).item() == pytest.approx(
-        4 * by_hand.item(), rel=1e-5
-    )
+    assert objective(
+        "hinton", student, Targets(index=top.indices, logprob=top.values), label, 1.0, 2.0
+    ).item() == pytest.approx(4 * by_hand.item(), rel=1e-5)
 
 
 def test_views_store_the_teachers_logits_on_the_views_pixels(data, store, weights):
@@ -199,15 +204,11 @@ def test_resume_recomputes_only_missing_shards(data, store, weights):
     job = job_for(data, store, view_seed=1, views=1)
     entry = generate(job.softlabel_spec(weights))
     assert (cache.manifest(entry).computed_shards, cache.manifest(entry).teacher_rows) == (4, ROWS)
-    kept = Path(entry, "shards", "part-00000-of-00004.parquet")
+    paths = shard_paths(entry)
+    kept = paths[0]
     before = kept.stat().st_mtime_ns
-    for name in (
-        "_COMMITTED",
-        "manifest.json",
-        "shards/part-00001-of-00004.parquet",
-        "shards/part-00003-of-00004.parquet",
-    ):
-        Path(entry, name).unlink()  # as if the job had died after two shards
+    for path in (Path(entry, "_COMMITTED"), Path(entry, "manifest.json"), paths[1], paths[3]):
+        path.unlink()  # as if the job had died after two shards
     assert not storage.is_committed(entry)
     generate(job.softlabel_spec(weights))
     manifest = cache.manifest(entry)
@@ -222,11 +223,11 @@ def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weig
     entry = generate(job.softlabel_spec(weights))
     key = cache.manifest(entry).key
     assert "ok (400 rows in 4 shards" in inspect.verify(str(store), key)
-    shard = Path(entry, "shards", "part-00002-of-00004.parquet")
+    shard = shard_paths(entry)[2]
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(cache.CacheError, match="checksum does not match"):
         inspect.verify(str(store), key)
-    with pytest.raises(cache.CacheError, match="part-00002-of-00004.parquet: checksum"):
+    with pytest.raises(cache.CacheError, match=f"{shard.name}: checksum"):
         join_softlabels(job.train, entry, job.student.input_shape)
 
     from distkd.cli import main
@@ -236,18 +237,19 @@ def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weig
     assert main(["cache", "ls", "--store", str(store)]) == 0
     assert key in capsys.readouterr().out
     assert main(["cache", "rm", key, "--store", str(store)]) == 0
-    assert not Path(entry).exists()
+    assert not Path(entry).exists() and shard.exists()  # the entry goes; its shards are the store's, for gc
 
 
 def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, weights):
     job = job_for(data, store, view_seed=3, views=4, batch_size=20)
-    entry = job.softlabel_spec(weights).uri
+    spec = job.softlabel_spec(weights)
+    entry, folder = spec.uri, storage.join(str(store), "softlabels", cache.SHARDS, spec.teacher_key)
     killed = []
 
     def kill_teacher_once_a_shard_is_written():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            if storage.list_files(storage.join(entry, "shards")):
+            if storage.list_files(folder):
                 for proc in psutil.process_iter(["cmdline"]):
                     if "ShardWriter" in " ".join(proc.info["cmdline"] or []):
                         os.kill(proc.pid, signal.SIGKILL)
@@ -283,8 +285,8 @@ def test_two_jobs_writing_the_same_key_at_once_end_with_one_valid_entry(data, st
     assert not errors and len(results) == 2 and results[0] == results[1]
     manifest = inspect.verify(str(store), cache.manifest(results[0]).key)
     assert "ok (400 rows in 4 shards" in manifest
-    names = sorted(p.name for p in Path(results[0], "shards").iterdir())
-    assert names == [f"part-0000{i}-of-00004.parquet" for i in range(4)]  # no temporary files left
+    folder = shard_paths(results[0])[0].parent
+    assert sorted(folder.iterdir()) == sorted(shard_paths(results[0]))  # one file a shard, no temporary files left
 
 
 def test_distillation_moves_the_student_towards_its_teacher(data, store, weights):
@@ -309,5 +311,8 @@ def test_distillation_moves_the_student_towards_its_teacher(data, store, weights
             return load_weights(spec.build(), uri).eval()(job.normalize(images))
 
     teacher = logits(job.teacher, weights)
-    kd_term = {role: kd_loss(logits(job.student, runs[role]), teacher, labels, 1.0, T).item() for role in runs}
+    kd_term = {
+        role: objective("hinton", logits(job.student, runs[role]), Targets(logits=teacher), labels, 1.0, T).item()
+        for role in runs
+    }
     assert kd_term["distilled"] < kd_term["scratch"], kd_term  # the rule: the KD term falls

@@ -12,8 +12,7 @@ import torch
 from distkd import config
 from distkd.data.source import Split
 from distkd.distill import streaming
-from distkd.distill.stage import worker_spec
-from distkd.distill.train import epoch_batches
+from distkd.distill.batches import epoch_batches
 from distkd.job import Job
 from distkd.models import state_dict_bytes
 from distkd.softlabels import cache
@@ -86,10 +85,14 @@ def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
         lambda b: {"id": b["id"], "row": [position[i] for i in b["id"]], "logits": b["teacher_logits"]},
         batch_format="numpy",
     )
-    spec = worker_spec(job.scratch_run() or job.distilled_run(job.softlabel_spec(weights)))
+    train, shuffle = job.config.student.train, job.config.data.shuffle_buffer
     iterator = rows.iterator()
     epochs = [
-        [int(r) for _, batch, _ in epoch_batches(iterator, spec, epoch, 0, 1) for r in batch["row"]]
+        [
+            int(r)
+            for _, batch, _ in epoch_batches(iterator, train.batch_size, shuffle, epoch, False, 0, 1)
+            for r in batch["row"]
+        ]
         for epoch in range(2)
     ]
     for seen in epochs:
@@ -99,9 +102,11 @@ def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
 
 def test_stream_rejects_a_shard_that_does_not_match(labelled, tmp_path):
     job, _, entry = labelled
-    copy = tmp_path / "entry"
-    shutil.copytree(entry, copy)
-    shard = copy / cache.manifest(entry).shards[2].file
+    softlabels = tmp_path / "softlabels"  # the entry and the shards its manifest lists (../shards/...)
+    shutil.copytree(Path(entry).parent, softlabels)
+    copy = softlabels / Path(entry).name
+    shard = Path(cache.shard_uri(str(copy), cache.manifest(entry).shards[2].file))
+    assert shard.is_relative_to(softlabels)  # the copy's shard, not the original
     shard.write_bytes(shard.read_bytes()[:-50])
     with pytest.raises(Exception, match="checksum does not match"):
         streaming.stream(job.train, ["image", "label"], job.student.input_shape, entry=str(copy)).take_all()

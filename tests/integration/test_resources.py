@@ -17,7 +17,7 @@ import yaml
 from distkd import address, cli, config, pipeline, resources
 from tests.seaweedfs import free_ports
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LISTENING = """
 import json, psutil
 from distkd import address

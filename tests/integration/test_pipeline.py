@@ -25,7 +25,7 @@ from distkd.models import load_weights
 from distkd.softlabels import cache
 from distkd.softlabels.formats import to_numpy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROWS = 600
 
 
@@ -59,7 +59,9 @@ def first_rows(split: Split) -> dict:
 def outputs(store: Path) -> dict[str, str]:
     """The outputs found in ``store``, by the names ``pipeline.run`` gives them."""
     runs = {p.name.rsplit("-", 1)[0]: str(p / "model.pt") for p in (store / "runs").iterdir()}
-    ((labels,), (report,)) = ((store / "softlabels").iterdir(), (store / "reports").iterdir())
+    # beside the entries the label store keeps its shards and its writers' leases
+    (labels,) = (p for p in (store / "softlabels").iterdir() if cache.KEY.fullmatch(p.name))
+    (report,) = (store / "reports").iterdir()
     return {
         "teacher": runs["teacher"],
         "softlabels": str(labels),
@@ -110,7 +112,7 @@ def test_every_stage_commits_its_output(run):
 def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
     job, _, out, _ = run
     manifest = cache.manifest(out["softlabels"])
-    tables = [pq.read_table(os.path.join(out["softlabels"], s.file)) for s in manifest.shards]
+    tables = [pq.read_table(cache.shard_uri(out["softlabels"], s.file)) for s in manifest.shards]
     ids = [i for t in tables for i in t["id"].to_pylist()]
     expected = first_rows(job.train)
     assert sorted(ids) == sorted(expected["id"]) and len(set(ids)) == ROWS == manifest.rows

@@ -1,0 +1,211 @@
+"""Input kinds: what a split's input column becomes, in one place per kind.
+
+A split's kind comes from its input column's Arrow type (``source.INPUT_TYPES``): encoded image bytes or
+strings. An ``InputKind`` says everything the stages need about it, so that they call the kind instead of
+branching on it:
+
+| | image | text |
+| --- | --- | --- |
+| ``prepare`` (Ray Data CPU tasks) | decode to uint8 [N, C, H, W] ``image`` | tokenise to int32 [N, L] ``tokens`` (+ ``length``, ``truncated``) |
+| ``shape`` (what models are built for) | (C, H, W) | (L,), with ``vocab_size`` in the model's kwargs |
+| ``model_input`` (on the device) | normalise to float32 | ids as int64; 0 is padding |
+| ``augments`` (views, crop and flip) | yes | no: refused before work |
+
+``INPUTS`` maps a kind's name to the function that builds it for a job's data (``for_data``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import numpy as np
+import ray
+import torch
+
+from distkd import checks, content
+from distkd.config import ConfigError, DataConfig, TokenizerConfig
+from distkd.data import tokenizer as tokenizers
+from distkd.data.source import Split, decode_batch, image_shape
+from distkd.data.transforms import Normalize
+from distkd.registry import Registry
+
+
+class InputKind(Protocol):
+    name: ClassVar[str]
+    column: str  # the input column of the shards
+    columns: ClassVar[tuple[str, ...]]  # what ``prepare`` puts in a batch for the model, beside id and label
+    augments: ClassVar[bool]  # whether views and random crops/flips apply
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one row of model input: what models are built for."""
+
+    def prepare(self, batch: dict[str, np.ndarray], pool: Executor | None = None) -> dict[str, np.ndarray]:
+        """A Ray Data batch of raw rows -> id, label and ``columns`` (a CPU task or actor)."""
+
+    def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        """A batch of ``prepare``'s columns as tensors -> what the model is called with, on ``device``."""
+
+    def example(self, rows: int) -> dict[str, torch.Tensor]:
+        """A batch of ``rows`` blank rows as ``prepare`` makes them (for the checks' forward passes)."""
+
+    def row_bytes(self) -> int:
+        """Bytes of one prepared row: what deciding memory against stream counts."""
+
+    def model_kwargs(self) -> dict:
+        """What a model needs beyond the shape and the class count (text: the vocabulary size)."""
+
+    def identity(self) -> dict:
+        """What changes the model inputs beyond the data: part of every output's identity."""
+
+    def ready(self) -> None:
+        """Make the outputs the kind needs before any stage reads the data (text: train the tokenizer)."""
+
+    def check(self, split: Split) -> None:
+        """Refuse, before work, rows this kind cannot use (a ``ConfigError`` naming the file and row)."""
+
+
+Builder = Callable[[Split, DataConfig, str], InputKind]  # (training split, data config, store) -> kind
+INPUTS: Registry[Builder] = Registry("input kind")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Encoded images decoded to ``shape`` in CPU tasks and normalised on the device."""
+
+    name: ClassVar[str] = "image"
+    columns: ClassVar[tuple[str, ...]] = ("image",)
+    augments: ClassVar[bool] = True
+    column: str
+    image_shape: tuple[int, int, int]
+    normalize: Normalize
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.image_shape
+
+    def prepare(self, batch: dict[str, np.ndarray], pool: Executor | None = None) -> dict[str, np.ndarray]:
+        return decode_batch(batch, self.image_shape, pool, self.column)
+
+    def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        return self.normalize(batch["image"].to(device, non_blocking=True))
+
+    def example(self, rows: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.zeros(rows, *self.image_shape, dtype=torch.uint8)}
+
+    def row_bytes(self) -> int:
+        return math.prod(self.image_shape)
+
+    def model_kwargs(self) -> dict:
+        return {}
+
+    def identity(self) -> dict:
+        return self.normalize.identity()
+
+    def ready(self) -> None:
+        pass  # nothing to make
+
+    def check(self, split: Split) -> None:
+        pass  # an image that does not decode is found by the task that decodes it (a DataError)
+
+
+@INPUTS.register("image")
+def image_input(split: Split, data: DataConfig, store: str) -> ImageInput:
+    shape = image_shape(split, data.channels)
+    if not len(data.mean) == len(data.std) == shape[0]:
+        raise ConfigError(
+            f"keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel; "
+            f"'data.channels' sets how many the images are decoded to)"
+        )
+    return ImageInput(split.column, shape, Normalize(tuple(data.mean), tuple(data.std)))
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """Strings tokenised to fixed-length ids in CPU tasks; the tokenizer is trained once (``ready``) or saved."""
+
+    name: ClassVar[str] = "text"
+    columns: ClassVar[tuple[str, ...]] = ("tokens",)
+    augments: ClassVar[bool] = False
+    column: str
+    tokenizer: tokenizers.Tokenizer
+    made_of: str  # a trained tokenizer's folder (named by what it is made of), or a saved one's sha256
+    training: tuple[Split, TokenizerConfig] | None = None  # what to train it on when it is not saved
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.tokenizer.max_length,)
+
+    def prepare(self, batch: dict[str, np.ndarray], pool: Executor | None = None) -> dict[str, np.ndarray]:
+        tokens, lengths, truncated = self.tokenizer.encode([str(t) for t in batch[self.column]])
+        out = {"id": batch["id"], "tokens": tokens, "length": lengths, "truncated": truncated}
+        return {**out, "label": batch["label"]}
+
+    def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        return batch["tokens"].to(device, non_blocking=True).long()
+
+    def example(self, rows: int) -> dict[str, torch.Tensor]:
+        tokens = torch.zeros(rows, self.tokenizer.max_length, dtype=torch.int32)
+        tokens[:, 0] = 1  # one real token: a row of padding alone is not what the data holds
+        return {"tokens": tokens}
+
+    def row_bytes(self) -> int:
+        return 4 * self.tokenizer.max_length
+
+    def model_kwargs(self) -> dict:
+        return {"vocab_size": self.tokenizer.vocab_size}
+
+    def identity(self) -> dict:
+        return {"tokenizer": self.made_of, "max_length": self.tokenizer.max_length}
+
+    def check(self, split: Split) -> None:
+        checks.texts_present(split, self.column)
+
+    def ready(self) -> None:
+        if self.training is not None:
+            split, settings = self.training
+            folder = self.tokenizer.uri.rsplit("/", 1)[0]
+            texts = _texts_of(split, self.column)
+            tokenizers.train_into(folder, settings.name, settings.vocab_size, settings.max_length, texts)
+
+
+def _texts_of(split: Split, column: str) -> Callable[[], list[list[str]]]:
+    def read() -> list[list[str]]:
+        texts = split.read_table([column])[column].to_pylist()
+        return [texts[i : i + tokenizers.TRAIN_BATCH] for i in range(0, len(texts), tokenizers.TRAIN_BATCH)]
+
+    return read
+
+
+@INPUTS.register("text")
+def text_input(split: Split, data: DataConfig, store: str) -> TextInput:
+    settings = data.tokenizer or TokenizerConfig()
+    if settings.name.startswith(tokenizers.HF):
+        try:
+            saved = tokenizers.saved(settings.name.removeprefix(tokenizers.HF), settings.max_length)
+        except tokenizers.TokenizerError as e:
+            raise ConfigError(f"key 'data.tokenizer.name': {e}") from None
+        return TextInput(split.column, saved, f"sha256:{content.sha256(saved.uri)}")
+    made_of = {"data": split.identity(), "column": split.column, "settings": settings.model_dump()}
+    folder = tokenizers.location(store, made_of)
+    trained = tokenizers.trained(folder, settings.max_length, settings.vocab_size)
+    return TextInput(split.column, trained, folder, (split, settings))
+
+
+def for_data(split: Split, data: DataConfig, store: str) -> InputKind:
+    """The input kind of ``split`` (the training split), built for the job's data settings."""
+    return INPUTS[split.kind](split, data, store)
+
+
+@ray.remote(num_cpus=1)
+def _ready(kind: InputKind) -> None:
+    kind.ready()
+
+
+def make_ready(kind: InputKind) -> None:
+    """``kind.ready()`` in a Ray task (a tokenizer is trained on a worker, not on the driver)."""
+    ray.get(_ready.remote(kind))

@@ -1,0 +1,312 @@
+"""``distkd sweep``: many students on one teacher's cached labels, run concurrently as Ray Tune trials.
+
+Each trial is the job with some dotted keys overridden (``--grid distill.alpha=0.5,0.9``), made into an ordinary
+content-addressed run by the job's own specs and trained by the distill stage's own ``train_run``, so a trial whose
+run folder is committed is read, not trained again. Every trial is checked before any work; the teacher and its
+labels are computed (or reused) once, by the pipeline's stages, with the job as given.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from matplotlib.figure import Figure
+
+from distkd import config, storage
+from distkd.config import ConfigError
+from distkd.specs import digest
+
+SWEPT = ("student.", "distill.")  # a sweep trains students on one teacher's labels: only their keys may vary
+SEED = "student.train.seed"
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str
+    values: tuple[object, ...]
+
+
+def parse_axes(items: Sequence[str]) -> list[Axis]:
+    """``key=v1,v2`` items as axes; each value is read as YAML (``0.5`` a float, ``true`` a bool)."""
+    axes: list[Axis] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. distill.alpha=0.5,0.9)")
+        if not key.startswith(SWEPT):
+            raise ConfigError(
+                f"--grid {key}: a sweep trains students on one teacher's cached labels, so only keys under "
+                f"{' and '.join(p + '*' for p in SWEPT)} may vary"
+            )
+        if key in (a.key for a in axes):
+            raise ConfigError(f"--grid {key}: given twice")
+        parsed = tuple(yaml.safe_load(v) for v in values.split(","))
+        if len(set(map(repr, parsed))) != len(parsed):
+            raise ConfigError(f"--grid {key}: a value is listed twice ({values})")
+        axes.append(Axis(key, parsed))
+    if not axes:
+        raise ConfigError("distkd sweep needs at least one --grid KEY=V1,V2,...")
+    return axes
+
+
+def combinations(axes: Sequence[Axis], samples: int | None = None, seed: int = 0) -> list[dict[str, object]]:
+    """Every combination of the axes' values (a grid), or ``samples`` distinct ones drawn with ``seed``."""
+    grid = [dict(zip((a.key for a in axes), values)) for values in itertools.product(*(a.values for a in axes))]
+    if samples is None:
+        return grid
+    if samples < 1:
+        raise ConfigError(f"--random {samples}: expected a number of trials >= 1")
+    return random.Random(seed).sample(grid, min(samples, len(grid)))
+
+
+def overridden(raw: dict, overrides: dict[str, object]) -> dict:
+    """A copy of the job's mapping with each dotted key set (missing mappings on the way are created)."""
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--grid {key}: '{part}' is not a mapping in the job")
+        node[leaf] = value
+    return out
+
+
+def trial_config(raw: dict, overrides: dict[str, object], source: str) -> config.JobConfig:
+    """The job with ``overrides``, checked as a job file is (unknown keys and bad values named)."""
+    label = " ".join(f"{k}={v}" for k, v in overrides.items())
+    changed = overridden(raw, overrides)
+    try:
+        return config.parse(changed, f"{source} with {label}")
+    except ConfigError as e:
+        raise ConfigError(f"--grid: {e}") from None
+
+
+@dataclass(frozen=True)
+class Trial:
+    overrides: dict[str, object]
+    run: object  # a distkd.specs.TrainingRun (imported lazily: it pulls in torch)
+
+    @property
+    def role(self) -> str:
+        return self.run.role
+
+
+def plan(path: str, axes: Sequence[Axis], samples: int | None = None, seed: int = 0) -> tuple[object, list]:
+    """The job as given and each trial's job, all checked before any work: (Job, [(overrides, Job)])."""
+    from distkd.job import Job
+
+    base = config.load(path)
+    raw = yaml.safe_load(Path(path).read_text())
+    configs = [(o, trial_config(raw, o, path)) for o in combinations(axes, samples, seed)]
+    return Job.prepare(base, source=path), [(o, Job.prepare(c, source=path)) for o, c in configs]
+
+
+def trials(jobs: list, teacher: str) -> list[Trial]:
+    """The distilled run of each trial's job and, once per distinct run, its from-scratch baseline."""
+    out: dict[str, Trial] = {}
+    for overrides, job in jobs:
+        run = job.distilled_run(job.softlabel_spec(teacher))
+        out.setdefault(run.uri, Trial(overrides, run))
+        if scratch := job.scratch_run():
+            student = {k: v for k, v in overrides.items() if not k.startswith("distill.")}
+            out.setdefault(scratch.uri, Trial(student, scratch))
+    return list(out.values())
+
+
+# A trial's own process only waits on its Ray Train workers, which hold the job's resources themselves; Tune
+# refuses a trial of no resources at all.
+TRIAL_CPU = 0.001
+
+
+def trial_resources(resources: config.ResourcesConfig) -> dict[str, float]:
+    """What one trial holds: its own process, and its Ray Train workers as the job's ``resources`` say."""
+    workers = resources.max_workers
+    return {"CPU": TRIAL_CPU + workers * resources.cpus_per_worker, "GPU": workers * resources.use_gpu}
+
+
+def concurrency(per_trial: dict[str, float], cluster: dict[str, float]) -> int:
+    """How many trials the cluster holds at once (at least one)."""
+    fits = [cluster.get(name, 0) // need for name, need in per_trial.items() if need > 0]
+    return max(1, int(min(fits, default=1)))
+
+
+def _train(config: dict, runs: list) -> None:
+    """A Tune trial: the distill stage's own ``train_run`` on one run; reports when it trained. It runs as a task
+    outside the trial's placement group (which holds only the trial's own share), so that its Ray Data tasks and
+    Ray Train workers are placed as the stage's are outside a sweep."""
+    import ray
+    from ray import tune
+
+    from distkd.distill.stage import train_run
+
+    started = time.time()
+    task = ray.remote(train_run).options(num_cpus=0, scheduling_strategy="DEFAULT")
+    uri = ray.get(task.remote(runs[config["trial"]], "distill", True))
+    tune.report({"uri": uri, "start": started, "end": time.time()})
+
+
+def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, dict]:
+    """Train ``pending`` as Ray Tune trials, as many at once as the cluster's CPUs and GPUs hold:
+    run URI -> {start, end} (wall-clock seconds)."""
+    import ray
+    from ray import tune
+
+    if not pending:
+        return {}
+    runs = [t.run for t in pending]
+    trainable = tune.with_resources(tune.with_parameters(_train, runs=runs), {"CPU": TRIAL_CPU})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(list(range(len(runs))))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(per_trial, ray.cluster_resources())),
+        run_config=tune.RunConfig(
+            name="distkd-sweep", storage_path=tempfile.mkdtemp(prefix="distkd-tune-"), verbose=0
+        ),
+    )
+    results = tuner.fit()
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise failed[0]
+    return {r.metrics["uri"]: {"start": r.metrics["start"], "end": r.metrics["end"]} for r in results}
+
+
+def final_accuracy(run_uri: str) -> float:
+    """The run's validation accuracy after its last epoch (the test split's first ``data.val_limit`` rows)."""
+    return storage.read_json(storage.join(run_uri, "history.json"))[-1]["val_accuracy"]
+
+
+def run(base, jobs: list, keys: list[str]) -> tuple[str, list[dict]]:
+    """The sweep ``plan`` made, on the cluster (joined or started here unless Ray is initialised): the teacher and
+    its labels first (reused when committed), then every trial not committed yet; returns the report folder and
+    one record per trial."""
+    from distkd import pipeline, resources
+
+    pipeline.connect(base.config.ray_address)
+    resources.check(base.config, ["train_teacher", "softlabels", "distill"])
+    teacher = pipeline.run(base, ["train_teacher", "softlabels"])["teacher"]
+    found = trials(jobs, teacher)
+    pending = [t for t in found if not storage.is_committed(t.run.uri)]
+    spans = run_trials(pending, trial_resources(base.config.resources))
+    records = [
+        {
+            "overrides": t.overrides,
+            "role": t.role,
+            "uri": t.run.uri,
+            "accuracy": final_accuracy(t.run.uri),
+            "trained": t.run.uri in spans,
+            **spans.get(t.run.uri, {}),
+        }
+        for t in found
+    ]
+    out = storage.join(base.config.store, "sweeps", digest(sorted(t.run.uri for t in found)))
+    write_report(out, keys, records)
+    return out, records
+
+
+def _mean_spread(values: list[float]) -> str:
+    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.2f}{spread} (n={len(values)})"
+
+
+def grouped(keys: list[str], records: list[dict]) -> dict[tuple, list[dict]]:
+    """Distilled trials grouped by their swept values other than the seed."""
+    settings = [k for k in keys if k != SEED]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["role"] == "student-kd":
+            groups.setdefault(tuple(r["overrides"].get(k) for k in settings), []).append(r)
+    return groups
+
+
+def gains(records: list[dict]) -> dict[str, float]:
+    """Each distilled trial's accuracy minus its baseline's (the scratch run with the same student keys)."""
+    baselines = {digest(r["overrides"]): r["accuracy"] for r in records if r["role"] == "student-scratch"}
+    out = {}
+    for r in records:
+        student = {k: v for k, v in r["overrides"].items() if not k.startswith("distill.")}
+        if r["role"] == "student-kd" and (base := baselines.get(digest(student))) is not None:
+            out[r["uri"]] = r["accuracy"] - base
+    return out
+
+
+def markdown(keys: list[str], records: list[dict]) -> str:
+    """The report: per setting, accuracy over seeds (and the gain over the same seed's scratch run); every trial."""
+    settings = [k for k in keys if k != SEED]
+    gain = gains(records)
+    lines = [
+        "# distkd sweep",
+        "",
+        "Accuracy: each run's validation accuracy after its last epoch (the test split's first `data.val_limit` "
+        "rows), mean ± standard deviation over the trials of a setting (its seeds).",
+        "",
+        f"| {' | '.join(settings)} | accuracy (%) | gain over scratch (points) |",
+        f"|{'---|' * (len(settings) + 2)}",
+    ]
+    for values, group in grouped(keys, records).items():
+        paired = [gain[r["uri"]] for r in group if r["uri"] in gain]
+        cells = [*map(str, values), _mean_spread([r["accuracy"] for r in group])]
+        lines.append(f"| {' | '.join([*cells, _mean_spread(paired) if paired else '-'])} |")
+    scratch = [r["accuracy"] for r in records if r["role"] == "student-scratch"]
+    if scratch:
+        lines += ["", f"From scratch: {_mean_spread(scratch)}."]
+    lines += ["", "![accuracy against each swept key](accuracy.png)", "", "## Trials", ""]
+    lines += ["| run | swept values | accuracy (%) | trained now | seconds |", "|---|---|---|---|---|"]
+    for r in records:
+        seconds = f"{r['end'] - r['start']:.1f}" if r["trained"] else "-"
+        values = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        lines.append(
+            f"| {r['uri'].rsplit('/', 1)[-1]} | {values} | {100 * r['accuracy']:.2f} | "
+            f"{'yes' if r['trained'] else 'no (reused)'} | {seconds} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(keys: list[str], records: list[dict]) -> Figure:
+    """Accuracy against each swept key (mean and standard deviation over every distilled trial with that
+    value), the from-scratch mean as a dashed line."""
+    shown = [k for k in keys if k != SEED] or keys
+    fig = Figure(figsize=(4 * len(shown), 3.5), layout="constrained")
+    axes = fig.subplots(1, len(shown), squeeze=False)[0]
+    distilled = [r for r in records if r["role"] == "student-kd"]
+    scratch = [r["accuracy"] for r in records if r["role"] == "student-scratch"]
+    for ax, key in zip(axes, shown):
+        values = list(dict.fromkeys(r["overrides"][key] for r in distilled))
+        acc = [[100 * r["accuracy"] for r in distilled if r["overrides"][key] == v] for v in values]
+        spread = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in acc]
+        ax.errorbar(range(len(values)), [statistics.mean(a) for a in acc], yerr=spread, marker="o", capsize=4)
+        if scratch:
+            ax.axhline(100 * statistics.mean(scratch), color="grey", linestyle="--", label="from scratch")
+            ax.legend(fontsize=8)
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(key)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def write_report(out: str, keys: list[str], records: list[dict]) -> None:
+    """``report.md``, ``accuracy.png`` and ``sweep.json`` (the records) into the sweep's folder."""
+    png = io.BytesIO()
+    figure(keys, records).savefig(png, format="png", dpi=110)
+    storage.write_bytes(storage.join(out, "accuracy.png"), png.getvalue())
+    storage.write_bytes(storage.join(out, "report.md"), markdown(keys, records).encode())
+    storage.write_json(storage.join(out, "sweep.json"), {"keys": keys, "trials": records})
+
+
+def overlapping(records: list[dict]) -> bool:
+    """Whether any two trained trials ran at the same time."""
+    spans = sorted((r["start"], r["end"]) for r in records if r["trained"])
+    return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+

@@ -1,0 +1,190 @@
+"""Text as an input kind: found from the shards' schema, tokenised by a tokenizer trained once and kept in the
+store, fed to text models that mask padding, and refused before work when rows or settings cannot be used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from distkd import config, storage
+from distkd.config import ConfigError
+from distkd.data import inputs, tokenizer
+from distkd.data.source import DataError, Split
+from distkd.job import Job
+from distkd.models import build_model
+
+WORDS = ["great", "fit", "small", "lovely", "fabric", "returned", "soft", "tight", "color", "perfect"]
+ROWS = 40
+
+
+def review(i: int) -> str:
+    return " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(3 + i % 9))
+
+
+def write(folder: Path, split: str, texts: list, column: str = "text", extra: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(texts)
+    table = pa.table(
+        {
+            "id": pa.array([f"{split}/{i}" for i in range(n)]),
+            column: pa.array(texts, pa.string()),
+            "label": pa.array([i % 3 for i in range(n)], pa.int64()),
+            "department": pa.array(["Tops" if i % 4 else "Dresses" for i in range(n)]),
+            **(extra or {}),
+        }
+    )
+    pq.write_table(table, folder / f"{split}-00000-of-00001.parquet")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    write(tmp_path / "data", "train", [review(i) for i in range(ROWS)])
+    write(tmp_path / "data", "test", [review(i + 1) for i in range(ROWS)])
+    return tmp_path / "data"
+
+
+def job_config(data: Path, store: Path, **changes) -> config.JobConfig:
+    raw = {
+        "name": "text",
+        "store": str(store),
+        "data": {"uri": str(data), "tokenizer": {"name": "wordpiece", "vocab_size": 200, "max_length": 8}},
+        "teacher": {
+            "name": "text_transformer",
+            "kwargs": {"layers": 1, "dim": 16, "heads": 2},
+            "train": {"batch_size": 8, "augment": False},
+        },
+        "student": {
+            "name": "text_cnn",
+            "kwargs": {"dim": 8, "filters": 4},
+            "train": {"batch_size": 8, "augment": False},
+        },
+        "distill": {"alpha": 0.5},
+    }
+    for dotted, value in changes.items():
+        *path, last = dotted.split(".")
+        node = raw
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return config.parse(raw, "job.yaml")
+
+
+def test_the_input_kind_comes_from_the_schema(data: Path, tmp_path: Path) -> None:
+    assert (Split.open(str(data), "train").column, Split.open(str(data), "train").kind) == ("text", "text")
+    write(tmp_path / "other", "train", [review(i) for i in range(4)], column="review")
+    named = Split.open(str(tmp_path / "other"), "train", column="review")
+    assert (named.column, named.kind) == ("review", "text")
+    assert named.identity()["input_column"] == "review"  # another column is other data
+    with pytest.raises(DataError, match="no input column: expected one named 'image' or 'text'"):
+        Split.open(str(tmp_path / "other"), "train")
+    write(tmp_path / "ints", "train", [review(0)], extra={"stars": pa.array([3])})
+    with pytest.raises(DataError, match="input column 'stars' holds int64 values; expected encoded image bytes"):
+        Split.open(str(tmp_path / "ints"), "train", column="stars")
+
+
+def test_an_image_split_keeps_its_identity(tmp_path: Path) -> None:
+    """Image keys (the soft-label cache's, the runs') must not move because text arrived."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pq.write_table(
+        pa.table({"id": ["a"], "image": pa.array([b"x"], pa.binary()), "label": [0]}), folder / "train-0.parquet"
+    )
+    split = Split.open(str(folder), "train")
+    assert split.kind == "image" and set(split.identity()) == {"uri", "split", "fingerprint", "limit"}
+
+
+def test_the_tokenizer_is_trained_once_into_the_store(data: Path, tmp_path: Path) -> None:
+    job = Job.prepare(job_config(data, tmp_path / "store"))
+    kind = job.inputs
+    assert isinstance(kind, inputs.TextInput) and kind.shape == (8,)
+    folder = kind.tokenizer.uri.rsplit("/", 1)[0]
+    assert folder.startswith(str(tmp_path / "store" / "tokenizers")) and not storage.is_committed(folder)
+    kind.ready()
+    assert storage.is_committed(folder)
+    made = Path(kind.tokenizer.uri).stat().st_mtime_ns
+    meta = storage.read_json(storage.join(folder, tokenizer.META))
+    longer = sum(len(review(i).split()) > 8 for i in range(ROWS))  # every word is one token of this vocabulary
+    assert meta["rows"] == ROWS and meta["truncated"] == longer > 0
+    again = Job.prepare(job_config(data, tmp_path / "store")).inputs  # another job, the same data and settings
+    assert again.tokenizer.uri == kind.tokenizer.uri
+    again.ready()
+    assert Path(kind.tokenizer.uri).stat().st_mtime_ns == made  # reused, not trained again
+    other = Job.prepare(job_config(data, tmp_path / "store", **{"data.tokenizer.vocab_size": 300})).inputs
+    assert other.tokenizer.uri != kind.tokenizer.uri
+
+
+def test_text_is_tokenised_to_fixed_length_ids_with_zero_padding(data: Path, tmp_path: Path) -> None:
+    kind = Job.prepare(job_config(data, tmp_path / "store")).inputs
+    kind.ready()
+    texts = [review(0), review(8), "great"]
+    out = kind.prepare({"id": np.array(["a", "b", "c"]), "text": np.array(texts, dtype=object), "label": np.arange(3)})
+    assert out["tokens"].dtype == np.int32 and out["tokens"].shape == (3, 8)
+    assert out["length"].tolist() == [3, 8, 1] and out["truncated"].tolist() == [False, True, False]
+    assert (out["tokens"][2, 1:] == 0).all() and (out["tokens"][:, 0] > 0).all()
+    x = kind.model_input({"tokens": torch.from_numpy(out["tokens"])}, torch.device("cpu"))
+    assert x.dtype == torch.int64
+
+
+@pytest.mark.parametrize("name", ["text_transformer", "text_cnn"])
+def test_text_models_mask_padding(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, 5, 1, 16, vocab_size=30).eval()
+    for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv1d)):
+        conv.bias.data.fill_(10.0)  # a window of padding alone then scores 10: above many real ones, unless masked
+    tokens = torch.randint(1, 30, (2, 16), dtype=torch.int32)
+    tokens[:, 6:] = 0
+    with torch.no_grad():
+        padded, short = model(tokens), model(tokens[:, :6])
+    assert padded.shape == (2, 5)
+    torch.testing.assert_close(padded, short, rtol=1e-4, atol=1e-5)  # padding changes nothing
+
+
+@pytest.mark.parametrize(
+    "texts, found",
+    [
+        ([review(0), "", review(2)], "train-00000-of-00001.parquet: row id 'train/1': an empty text"),
+        ([review(0), review(1), None], "row id 'train/2': no text \\(null\\)"),
+    ],
+)
+def test_rows_without_text_are_refused(tmp_path: Path, texts: list, found: str) -> None:
+    write(tmp_path / "data", "train", texts + [review(i) for i in range(ROWS)])
+    write(tmp_path / "data", "test", [review(i) for i in range(ROWS)])
+    with pytest.raises(ConfigError, match=found):
+        Job.prepare(job_config(tmp_path / "data", tmp_path / "store"))
+
+
+@pytest.mark.parametrize(
+    "change, key", [({"softlabels.views": 2}, "softlabels.views"), ({"teacher.train.augment": True}, "teacher.train")]
+)
+def test_views_of_text_are_refused(data: Path, tmp_path: Path, change: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"key '{key}.*image augmentations; a text input has none"):
+        Job.prepare(job_config(data, tmp_path / "store", **change))
+
+
+def test_a_saved_tokenizer_that_does_not_load_is_refused(data: Path, tmp_path: Path) -> None:
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="key 'data.tokenizer.name': .*tok: no tokenizer that loads"):
+        Job.prepare(job_config(data, tmp_path / "store", **{"data.tokenizer.name": f"hf:{tmp_path / 'tok'}"}))
+
+
+def test_a_saved_tokenizer_is_used_as_it_is(data: Path, tmp_path: Path) -> None:
+    trained = Job.prepare(job_config(data, tmp_path / "store")).inputs
+    trained.ready()
+    saved = Job.prepare(
+        job_config(data, tmp_path / "store", **{"data.tokenizer.name": f"hf:{Path(trained.tokenizer.uri).parent}"})
+    ).inputs
+    # A trained one's models are built for the configured size (known before training), a saved one's for its own.
+    meta = storage.read_json(storage.join(str(Path(trained.tokenizer.uri).parent), tokenizer.META))
+    assert saved.tokenizer.vocab_size == meta["vocab_size"] + 1 <= trained.tokenizer.vocab_size
+    assert saved.identity()["tokenizer"].startswith("sha256:")
+
+
+def test_an_unknown_tokenizer_is_refused_by_the_config(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key 'data.tokenizer.name': unknown tokenizer 'sentencepiece'"):
+        job_config(data, tmp_path / "store", **{"data.tokenizer.name": "sentencepiece"})
