@@ -226,7 +226,7 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
         return 0
     ray_logs = console.RayLogs(verbose)
     try:
-        pipeline.connect(job.config.ray_address, **ray_logs.ray_init_options())
+        pipeline.connect(job.config.ray_address, job.config.code, **ray_logs.ray_init_options())
     except config.ConfigError as e:  # an address that is malformed or where nothing answers
         print(f"distkd: {path}: {e}", file=sys.stderr)
         return 2
@@ -270,7 +270,7 @@ def sweep_command(args: argparse.Namespace) -> int:
 
     ray_logs = console.RayLogs(args.verbose)
     try:
-        pipeline.connect(base.config.ray_address, **ray_logs.ray_init_options())
+        pipeline.connect(base.config.ray_address, base.config.code, **ray_logs.ray_init_options())
         print(f"Ray's logs: {ray_logs.open()}", flush=True)
         out, records = sweep.run(base, jobs, [a.key for a in axes])
     except config.ConfigError as e:

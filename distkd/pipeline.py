@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import ray
@@ -53,11 +54,13 @@ def joinable(address: str, source: str) -> None:
         raise ConfigError(f"{source}: {problem}")
 
 
-def connect(address: str | None, **init_options: object) -> None:
+def connect(address: str | None, code: Sequence[str] = (), **init_options: object) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one that listens on 127.0.0.1 only
-    (``init_options``: more ``ray.init`` arguments)."""
+    (``init_options``: more ``ray.init`` arguments). Joining a cluster ships the job's ``code:`` to every
+    node (``py_modules``, as ``distkd submit`` does); a local instance's workers read it where it is."""
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
+        runtime_env: dict[str, object] = {"env_vars": env} if env else {}
         joined = ray_address.effective(address)
         if ray_address.is_local(joined):
             loopback_only()
@@ -65,7 +68,9 @@ def connect(address: str | None, **init_options: object) -> None:
         else:
             joinable(joined, "key 'ray_address'" if address else "$RAY_ADDRESS")
             where = {"address": joined}
-        ray.init(runtime_env={"env_vars": env} if env else None, **where, **init_options)
+            if code:
+                runtime_env["py_modules"] = list(code)
+        ray.init(runtime_env=runtime_env or None, **where, **init_options)
     # a DataError from a task reaches the driver as itself
     ray.data.DataContext.get_current().raise_original_map_exception = True
 
@@ -74,7 +79,7 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     """Stages up to the last one asked for; returns the URI of each output."""
     stages = stages or job.config.stages
     last = max(STAGES.index(s) for s in stages)
-    connect(job.config.ray_address)
+    connect(job.config.ray_address, job.config.code)
     resources.check(job.config, stages)
     if job.checkpoints:  # an evaluation job: the checkpoints it names, nothing upstream
         return {"report": evaluate(job.eval_spec(job.checkpoints))}

@@ -86,7 +86,7 @@ class ModelSpec:
 
     def identity(self) -> dict:
         out = {
-            "name": self.name,
+            "name": sources.located(self.name),
             "kwargs": self.kwargs,
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),

@@ -171,9 +171,7 @@ def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, d
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(runs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(per_trial, ray.cluster_resources())),
-        run_config=tune.RunConfig(
-            name="distkd-sweep", storage_path=tempfile.mkdtemp(prefix="distkd-tune-"), verbose=0
-        ),
+        run_config=tune.RunConfig(name="distkd-sweep", storage_path=tempfile.mkdtemp(prefix="distkd-tune-"), verbose=0),
     )
     results = tuner.fit()
     failed = [r.error for r in results if r.error]
@@ -193,7 +191,7 @@ def run(base, jobs: list, keys: list[str]) -> tuple[str, list[dict]]:
     one record per trial."""
     from distkd import pipeline, resources
 
-    pipeline.connect(base.config.ray_address)
+    pipeline.connect(base.config.ray_address, base.config.code)
     resources.check(base.config, ["train_teacher", "softlabels", "distill"])
     teacher = pipeline.run(base, ["train_teacher", "softlabels"])["teacher"]
     found = trials(jobs, teacher)
@@ -309,4 +307,3 @@ def overlapping(records: list[dict]) -> bool:
     """Whether any two trained trials ran at the same time."""
     spans = sorted((r["start"], r["end"]) for r in records if r["trained"])
     return any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
-

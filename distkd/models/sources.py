@@ -8,7 +8,7 @@ A model's ``name`` is a built-in name (``resnet9``, ...: ``MODELS``) or ``<sourc
 | ``timm`` | a timm model name | ``timm.create_model(rest, pretrained=False, num_classes=C, in_chans=...)`` |
 | ``hf`` | a ``save_pretrained`` folder (path or URI) | ``AutoModelForImageClassification``; logits from ``.logits`` |
 | ``torchscript`` | a TorchScript file (path or URI) | ``torch.jit.load``: a program, inference only |
-| ``export`` | a ``torch.export.save`` archive (path or URI) | ``torch.export.load(...).module()``: a program, inference only |
+| ``export`` | a ``torch.export.save`` archive (path or URI) | ``torch.export.load(...).module()``: inference only |
 | ``import`` | ``<module>:<callable>`` | the user's class or builder, from the job's ``code:`` paths |
 
 Each source is one ``SOURCES`` entry; adding one is one registered ``Source``. ``identity`` names what
@@ -87,6 +87,13 @@ def absolute(name: str) -> str:
     """``name`` with a local path made absolute (Ray workers do not share the driver's working directory)."""
     kind, rest = split(name)
     return f"{kind}:{storage.absolute(rest)}" if kind in PATH_SOURCES and rest else name
+
+
+def located(name: str) -> str:
+    """``name`` as an identity holds it: a file or folder source without its location (the hash of its bytes,
+    ``identity``, stands for it), so a program moved or copied unchanged keeps its keys."""
+    kind, _ = split(name)
+    return f"{kind}:" if kind in PATH_SOURCES else name
 
 
 def check(name: str, code: Iterable[str] = ()) -> None:

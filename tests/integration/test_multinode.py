@@ -20,15 +20,17 @@ import pytest
 import torch
 import yaml
 
-from distkd import storage
+from distkd import address, storage
 from distkd.data.source import Split
 from distkd.models import build_model, state_dict_bytes
 from distkd.softlabels import cache
 from tests.seaweedfs import free_ports
+from tests.unit.test_sources import user_code
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ["distkd", "pipeline", "job.yaml"]  # the end of the command line of a job `distkd submit` started
+SHIPPED_STUDENT = {"name": "import:shipped_students:Net", "train": {"epochs": 1, "batch_size": 50, "augment": False}}
 NODE_CPUS = 3  # a training worker or a teacher actor takes 2: one of each per node, 1 CPU left for tasks
 
 
@@ -53,8 +55,8 @@ class Cluster:
         )
         return [f"{flag}={port}" for flag, port in zip(flags, free_ports(len(flags)))]
 
-    def start_worker(self) -> bool:
-        out = self.run(
+    def start_worker(self) -> subprocess.CompletedProcess:
+        return self.run(
             str(BIN / "ray"),
             "start",
             f"--address={self.gcs}",
@@ -62,7 +64,16 @@ class Cluster:
             f"--num-cpus={NODE_CPUS}",
             *self.node_ports(),
         )
-        return out.returncode == 0
+
+    def logs(self) -> str:
+        """The tails of the nodes' raylet and GCS logs: why a node did not come up."""
+        logs = sorted(self.temp_dir.glob("session_latest/logs/*"))
+        tails = [
+            f"== {p}\n{p.read_text(errors='replace')[-1500:]}"
+            for p in logs
+            if p.name.startswith(("raylet", "gcs_server")) and p.is_file()
+        ]
+        return "\n".join(tails)
 
     def processes(self) -> list[psutil.Process]:
         """This cluster's processes: those that name its temp folder or its GCS port (``--gcs-address=IP:PORT``,
@@ -83,19 +94,28 @@ class Cluster:
 
     def kill_node(self, raylet: psutil.Process) -> None:
         """The node of ``raylet`` lost as a machine would be: the raylet and every process it started, SIGKILL."""
-        for p in [raylet, *raylet.children(recursive=True)]:
+        for p in [raylet, *_children(raylet)]:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
 
     def stop(self) -> None:
-        """Only this cluster's processes (``ray stop`` would stop every Ray instance on the machine)."""
-        for p in self.processes():
+        """Only this cluster's processes and their children, such as the agents each raylet starts (``ray
+        stop`` would stop every Ray instance on the machine)."""
+        ours = self.processes()
+        for p in [*ours, *(child for parent in ours for child in _children(parent))]:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
+
+
+def _children(process: psutil.Process) -> list[psutil.Process]:
+    try:
+        return process.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 @pytest.fixture(scope="module")
@@ -113,20 +133,29 @@ def cluster(tmp_path_factory):
         "PYTHONPATH": str(ROOT),  # the head's job drivers import this checkout (a real cluster: pip install)
     }
     env.pop("RAY_ADDRESS", None)
-    for attempt in range(2):  # a raylet has 30 s to register with the GCS: a loaded machine may miss it once
+    env.pop(address.CLUSTERS_ENV, None)  # "0" (left by earlier tests' in-process distkd commands) turns nodes off
+    failures = []
+    for attempt in range(3):  # a raylet has 30 s to register with the GCS: a loaded machine may miss it
         port, dashboard, client = free_ports(3)
         c = Cluster(env, f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", folder / f"t{attempt}")
-        out = c.run(
+        head = c.run(
             *(str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}"),
             *(f"--num-cpus={NODE_CPUS}", "--include-dashboard=true", "--dashboard-host=127.0.0.1"),
             *(f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}", f"--temp-dir={c.temp_dir}"),
             *c.node_ports(),
         )
-        if out.returncode == 0 and c.start_worker():
+        worker = c.start_worker() if head.returncode == 0 else None
+        if worker is not None and worker.returncode == 0 and len(c.raylets()) == 2:
             break
+        failures.append(
+            f"attempt {attempt}: head exit {head.returncode}, worker exit {worker and worker.returncode}, "
+            f"raylets {c.raylets()}\n{head.stderr[-1500:]}\n{worker and worker.stdout[-1500:]}"
+            f"\n{worker and worker.stderr[-1500:]}\n{c.logs()}"
+        )
         c.stop()
+    else:
+        pytest.fail("no 2-node cluster came up:\n" + "\n\n".join(failures))
     try:
-        assert out.returncode == 0 and len(c.raylets()) == 2, out.stdout[-3000:] + out.stderr[-3000:]
         yield c
     finally:
         c.stop()
@@ -170,32 +199,35 @@ def actor_nodes(cluster: Cluster, marker: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def submitted(cluster, cifar10, teacher, tmp_path_factory):
-    """Soft labels and the distilled student, submitted with `distkd submit --wait` (the report is the next
-    test's, through `ray job submit`)."""
+    """Soft labels and the distilled student, submitted with `distkd submit` (the report is the next test's,
+    through `ray job submit`). The student is a class of the test's own (``code:``), whose file is removed
+    once the job is submitted: both nodes' training workers build it from the copy `submit` shipped."""
     folder = tmp_path_factory.mktemp("submit")
-    store = folder / "store"
-    out = cluster.run(
-        str(BIN / "distkd"),
-        "submit",
-        str(job_file(folder, cifar10, store, teacher, "two-nodes", stages=["softlabels", "distill"])),
-        "--address",
-        cluster.dashboard,
-        "--wait",
-        timeout=600,
-    )
+    store, code = folder / "store", user_code(folder, "shipped_students")
+    job = job_file(
+        folder, cifar10, store, teacher, "two-nodes", stages=["softlabels", "distill"], code=[str(code)],
+        student=SHIPPED_STUDENT,
+    )  # fmt: skip
+    out = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    return store, out.stdout
+    code.unlink()
+    job_id = out.stdout.split()[1]
+    status = wait_for(cluster, job_id, timeout=600)
+    logs = cluster.run(str(BIN / "distkd"), "jobs", "logs", job_id, "--address", cluster.dashboard).stdout
+    assert status == "SUCCEEDED", logs[-4000:]
+    return store, logs
 
 
 def test_distkd_submit_runs_the_pipeline_across_two_nodes(cluster, submitted):
     store, logs = submitted
-    assert "SUCCEEDED" in logs
+    assert "[student-kd] done" in logs
     assert len(cluster.raylets()) == 2
     softlabels = [p for p in (store / "softlabels").iterdir() if cache.KEY.fullmatch(p.name)]  # not shards/, leases
     assert len(softlabels) == 1 and storage.is_committed(str(softlabels[0]))
     assert cache.manifest(str(softlabels[0])).rows == 200
     runs = list((store / "runs").iterdir())
     assert [p.name.split("-")[1] for p in runs] == ["kd"] and storage.is_committed(str(runs[0]))
+    assert storage.read_json(str(runs[0] / "run.json"))["model"]["name"] == SHIPPED_STUDENT["name"]
     workers = storage.read_json(str(runs[0] / "history.json"))[-1]["workers"]
     assert len({w["node"] for w in workers}) == 2 and sum(w["samples"] for w in workers) == 200
     assert len(actor_nodes(cluster, "ShardWriter")) == 2
@@ -208,7 +240,8 @@ def test_ray_job_submit_runs_a_job_file(cluster, submitted, cifar10, teacher, tm
     holds the package and the job file (here: the whole job, so the soft labels and the student are
     reused and the report is made)."""
     store, _ = submitted
-    job_file(tmp_path, cifar10, store, teacher, "two-nodes")
+    code = user_code(tmp_path, "shipped_students")  # the same class: the same student, reused
+    job_file(tmp_path, cifar10, store, teacher, "two-nodes", code=[code.name], student=SHIPPED_STUDENT)
     (tmp_path / "distkd").symlink_to(ROOT / "distkd")
     out = cluster.run(
         str(BIN / "ray"),
@@ -270,7 +303,7 @@ def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted
     )
     ids = Split.open(str(cifar10), "train", 200).read_table(["id"])["id"].to_pylist()
     assert cache.verify(str(entry), ids).rows == 200  # every id exactly once
-    assert cluster.start_worker()  # for whatever runs after
+    assert cluster.start_worker().returncode == 0  # for whatever runs after
 
 
 def wait_for(cluster: Cluster, job_id: str, timeout: float = 300) -> str:

@@ -185,6 +185,21 @@ def test_safetensors_weights_load_strictly(tmp_path):
         checks.weights("student.weights", LeNet5(CLASSES), str(tmp_path / "bad.safetensors"))
 
 
+def test_a_program_moved_unchanged_keeps_its_identity_and_a_changed_one_does_not(tmp_path):
+    first = scripted(tmp_path)
+    moved = tmp_path / "elsewhere" / "teacher.pt"
+    moved.parent.mkdir()
+    moved.write_bytes(Path(first).read_bytes())
+
+    def spec(path: Path | str) -> ModelSpec:
+        name = f"torchscript:{path}"
+        return ModelSpec(name, {}, CLASSES, SHAPE, source=sources.identity(name))
+
+    assert spec(first).identity() == spec(moved).identity()
+    moved.write_bytes(moved.read_bytes() + b"\0")
+    assert spec(first).identity() != spec(moved).identity()
+
+
 def test_model_identity_has_a_source_only_when_there_is_one(tmp_path):
     assert "source" not in ModelSpec("lenet5", {}, CLASSES, SHAPE).identity()
     spec = ModelSpec("import:m:Net", {}, CLASSES, SHAPE, source="sha256:ab", code=("/x",))

@@ -7,7 +7,7 @@ import os
 import yaml
 
 import distkd
-from distkd import cli, config, submit
+from distkd import cli, config, pipeline, submit
 
 
 def test_working_dir_holds_the_package_and_the_resolved_job(tmp_path, monkeypatch):
@@ -56,3 +56,18 @@ def test_submit_refuses_a_bad_job_file_before_contacting_the_cluster(tmp_path, c
     assert cli.main(["submit", str(job), "--address", "http://127.0.0.1:1"]) == 2
     assert "missing key 'data'" in capsys.readouterr().err
     assert cli.main(["jobs", "status", "--address", "http://127.0.0.1:1"]) == 2
+
+
+def test_a_driver_joining_a_cluster_ships_the_jobs_code_and_a_local_one_reads_it_in_place(monkeypatch):
+    """``ray_address`` without ``submit``: the workers on other nodes get the job's ``code:`` through
+    ``py_modules``; a local instance's workers share the driver's disk."""
+    started = []
+    monkeypatch.setattr(pipeline.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(pipeline.ray, "init", lambda **options: started.append(options))
+    monkeypatch.setattr(pipeline.ray_address, "unreachable", lambda address: None)
+    monkeypatch.setattr(pipeline, "loopback_only", lambda: None)
+    pipeline.connect("10.0.0.1:6379", ("/home/me/own_models.py",))
+    pipeline.connect(None, ("/home/me/own_models.py",))
+    joined, local = started
+    assert joined["address"] == "10.0.0.1:6379" and joined["runtime_env"]["py_modules"] == ["/home/me/own_models.py"]
+    assert local["address"] == "local" and "py_modules" not in (local["runtime_env"] or {})
