@@ -34,7 +34,9 @@ def main(path: str, tag: float, barrier: Path, writers: int) -> None:
     (barrier / f"ready-{tag}").touch()
     while len(list(barrier.iterdir())) < writers:
         time.sleep(0.01)
-    records = [cache.write_shard(spec.uri, cache.shard_file(spec, u), t) for u, t in zip(units, tables)]
+    records = [
+        cache.write_shard(spec.uri, cache.shard_file(spec, u), t, t["id"].to_pylist()) for u, t in zip(units, tables)
+    ]
     manifest = cache.commit(spec, tuple(records), len(units), len(ids), 1.0)
     print(json.dumps({"entry": spec.uri, "shards": [dataclasses.asdict(s) for s in manifest.shards]}))
 

@@ -6,7 +6,7 @@ branching on it:
 
 | | image | text |
 | --- | --- | --- |
-| ``prepare`` (Ray Data CPU tasks) | decode to uint8 [N, C, H, W] ``image`` | tokenise to int32 [N, L] ``tokens`` (+ ``length``, ``truncated``) |
+| ``prepare`` (Ray Data tasks) | decode: uint8 [N, C, H, W] ``image`` | tokenise: int32 [N, L] ``tokens`` |
 | ``shape`` (what models are built for) | (C, H, W) | (L,), with ``vocab_size`` in the model's kwargs |
 | ``model_input`` (on the device) | normalise to float32 | ids as int64; 0 is padding |
 | ``augments`` (views, crop and flip) | yes | no: refused before work |

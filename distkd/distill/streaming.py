@@ -8,7 +8,6 @@ done per unit, with the ids and the shard's checksum checked again in the task t
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -16,12 +15,10 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import ray.data
 import ray.train
 
-from distkd import storage
 from distkd.config import ResourcesConfig
 from distkd.data.source import PATH, READ_ROWS, Split, Unit, decode_batch
 from distkd.softlabels import cache
@@ -99,7 +96,7 @@ def _unit_rows(
     for item in batch.to_pylist():
         unit = Unit(**item["unit"])
         rows = unit.read()
-        labels = _shard_labels(entry, item["shard"], fmt, unit, rows["id"]) if entry else {}
+        labels = _shard_labels(entry, item["shard"], fmt, rows["id"]) if entry else {}
         block = block_rows(shape)
         for start in range(0, len(rows), block):
             part = rows.slice(start, block)
@@ -109,13 +106,7 @@ def _unit_rows(
             yield {name: out[name] for name in columns}
 
 
-def _shard_labels(entry: str, shard: dict, fmt: Format, unit: Unit, ids: pa.ChunkedArray) -> dict[str, np.ndarray]:
-    """The unit's soft labels as training columns, after checking the shard's checksum and ids."""
-    uri = cache.shard_uri(entry, shard["file"])
-    data = storage.read_bytes(uri)
-    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-        raise cache.CacheError(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")
-    table = pq.read_table(pa.BufferReader(data))
-    if table["id"].to_pylist() != ids.to_pylist():
-        raise cache.CacheError(f"{uri}: ids are not those of {unit.file}[{unit.start}:{unit.stop}]")
+def _shard_labels(entry: str, shard: dict, fmt: Format, ids: pa.ChunkedArray) -> dict[str, np.ndarray]:
+    """The unit's soft labels as training columns, once the shard passes the cache's check (checksum, ids)."""
+    table, _ = cache.read_shard(entry, shard["file"], ids.to_pylist(), cache.ShardRecord(**shard))
     return cache.training_columns(table, fmt)

@@ -244,9 +244,7 @@ def gain_text(model: dict) -> str:
         runs = f"one seed each (seed {seeds[0]})"
     else:
         runs = f"one seed each (seeds {seeds[0]} and {seeds[1]})"
-    return (
-        f"{100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, paired, {vs['count']:,} images; {runs})"
-    )
+    return f"{100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, paired, {vs['count']:,} images; {runs})"
 
 
 def slice_stats(

@@ -115,46 +115,84 @@ def errors(uri: str) -> Iterator[None]:
         raise CacheError(message if message.startswith(uri) else f"{uri}: {message}") from e
 
 
-def write_shard(entry: str, file: str, table: pa.Table) -> ShardRecord:
-    """Encode and publish one shard (``file``, relative to ``entry``) under its final name, create-if-absent;
-    returns its record (file, rows, bytes, sha256). Called wherever a shard is computed (the driver or a
-    worker). Readers see a shard whole or not at all, and a shard that another writer (of this entry or of
-    any snapshot with the same rows) published first is kept, not replaced, and its record returned once it
-    proves to hold the same ids, so the checksums any writer's manifest takes stay true. A torn or foreign
-    file in the way is removed and the shard published anew."""
+def write_shard(entry: str, file: str, table: pa.Table, expected_ids: list[str]) -> ShardRecord:
+    """Encode and publish one shard (``file``, relative to ``entry``) under its final name, create-if-absent,
+    once ``table`` proves to hold exactly ``expected_ids`` (its unit's, in order); returns its record (file,
+    rows, bytes, sha256). Called wherever a shard is computed (the driver or a worker). Readers see a shard
+    whole or not at all, and a shard that another writer (of this entry or of any snapshot with the same
+    rows) published first is kept, not replaced, and its record returned once it passes the same check, so
+    the checksums any writer's manifest takes stay true. A torn or foreign file in the way is removed and
+    the shard published anew."""
     uri = shard_uri(entry, file)
+    _check_ids(uri, table["id"].to_pylist(), expected_ids)
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer, compression="zstd")
     data = buffer.getvalue().to_pybytes()
-    ids = table["id"].to_pylist()
     for _ in range(3):
         with errors(uri):
             if storage.publish(uri, data):
-                return _record(file, data, len(ids))
-        existing = trusted_shard(entry, file, ids)
+                return _record(file, data, len(expected_ids))
+        existing = trusted_shard(entry, file, expected_ids)
         if existing is not None:
             return existing
     raise CacheError(f"{uri}: other writers keep publishing shards that do not hold this shard's ids")
 
 
-def trusted_shard(entry: str, file: str, expected_ids: list[str]) -> ShardRecord | None:
-    """The record of shard ``file`` if it is there, reads whole and holds exactly ``expected_ids`` in order.
-    A file under its name that fails this (torn by a crash, or foreign) is removed so that the shard can
-    be published again, and None returned, as for a shard that is not there."""
+class ShardMissing(CacheError):
+    """No file where a shard should be."""
+
+
+class ShardMismatch(CacheError):
+    """A shard file that does not read whole, or is not what its record or its unit says it is."""
+
+
+def read_shard(
+    entry: str,
+    file: str,
+    expected_ids: list[str] | None,
+    record: ShardRecord | None = None,
+    columns: list[str] | None = None,
+) -> tuple[pa.Table, ShardRecord]:
+    """Shard ``file`` (relative to ``entry``) and its record, after the one check every reader of a shard
+    makes: it reads whole, its checksum and rows are ``record``'s when a manifest gave one, and it holds
+    exactly ``expected_ids``, in order, when they are given. Raises ShardMissing or ShardMismatch, naming
+    the shard's URI and what differs."""
     uri = shard_uri(entry, file)
     with errors(uri):
         try:
             data = storage.read_bytes(uri)
         except FileNotFoundError:
-            return None
+            raise ShardMissing(f"{uri}: shard is missing") from None
+    if record is not None and hashlib.sha256(data).hexdigest() != record.sha256:
+        raise ShardMismatch(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")
     try:
-        ids = pq.read_table(pa.BufferReader(data))["id"].to_pylist()
-        problem = None if ids == expected_ids else "its ids are not this shard's"
+        table = pq.read_table(pa.BufferReader(data), columns=columns)
+        ids = table["id"].to_pylist()
     except (pa.ArrowException, KeyError) as e:
-        problem = f"unreadable: {e}"
-    if problem is None:
-        return _record(file, data, len(ids))
-    print(f"[softlabels] {uri}: {problem}; removing it to compute the shard again", flush=True)
+        raise ShardMismatch(f"{uri}: unreadable: {e}") from e
+    if record is not None and len(ids) != record.rows:
+        raise ShardMismatch(f"{uri}: {len(ids)} rows, the manifest says {record.rows}")
+    if expected_ids is not None:
+        _check_ids(uri, ids, expected_ids)
+    return table, _record(file, data, len(ids))
+
+
+def _check_ids(uri: str, ids: list[str], expected_ids: list[str]) -> None:
+    if ids != expected_ids:
+        raise ShardMismatch(f"{uri}: its ids are not this shard's (those of its unit of the dataset, in order)")
+
+
+def trusted_shard(entry: str, file: str, expected_ids: list[str]) -> ShardRecord | None:
+    """The record of shard ``file`` if it is there and passes ``read_shard``'s check. A file under its name
+    that fails it (torn by a crash, or foreign) is removed so that the shard can be published again, and
+    None returned, as for a shard that is not there."""
+    try:
+        return read_shard(entry, file, expected_ids, columns=["id"])[1]
+    except ShardMissing:
+        return None
+    except ShardMismatch as e:
+        print(f"[softlabels] {e}; removing it to compute the shard again", flush=True)
+    uri = shard_uri(entry, file)
     with errors(uri):
         storage.remove(uri)
     return None
@@ -202,22 +240,11 @@ def commit(
 
 
 def check_shards(entry: str, shards: list[ShardRecord] | tuple[ShardRecord, ...], expected_ids: list[str]) -> None:
-    """Every shard's file is there with the record's checksum and rows, and the shards hold each of
+    """Every shard passes ``read_shard``'s check against its record, and the shards together hold each of
     ``expected_ids`` exactly once."""
     counts: Counter[str] = Counter()
     for shard in shards:
-        uri = shard_uri(entry, shard.file)
-        with errors(uri):
-            if not storage.exists(uri):
-                raise CacheError(f"{uri}: shard listed in the manifest is missing")
-            data = storage.read_bytes(uri)
-        if hashlib.sha256(data).hexdigest() != shard.sha256:
-            raise CacheError(f"{uri}: checksum does not match the manifest (shard changed or corrupted)")
-        with errors(uri):
-            ids = pq.read_table(pa.BufferReader(data), columns=["id"])["id"].to_pylist()
-        if len(ids) != shard.rows:
-            raise CacheError(f"{uri}: {len(ids)} rows, the manifest says {shard.rows}")
-        counts.update(ids)
+        counts.update(read_shard(entry, shard.file, None, shard, columns=["id"])[0]["id"].to_pylist())
     duplicated = [i for i, n in counts.items() if n > 1]
     missing = set(expected_ids) - counts.keys()
     extra = counts.keys() - set(expected_ids)

@@ -67,8 +67,7 @@ class ShardWriter:
         rows = rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # named in errors
         batches = [_numpy(rows.slice(i, self.batch_size)) for i in range(0, len(rows), self.batch_size)]
         labels = pa.concat_tables(self.teacher(batch) for batch in self.decoded(batches))
-        self.check(unit, expected, labels["id"].to_pylist())
-        record = cache.write_shard(self.entry, self.files[unit.index], labels)
+        record = cache.write_shard(self.entry, self.files[unit.index], labels, expected)
         return {"index": unit.index, **asdict(record), "labelled": len(rows), "compile_seconds": self.compiled()}
 
     def decoded(self, batches: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray | torch.Tensor]]:
@@ -89,13 +88,6 @@ class ShardWriter:
             return 0.0
         self.compile_reported = True
         return self.teacher.compile_seconds
-
-    def check(self, unit: Unit, expected: list[str], ids: list[str]) -> None:
-        if ids != expected:
-            raise cache.CacheError(
-                f"{self.entry}: shard {unit.index} does not hold exactly the ids of "
-                f"{unit.file}[{unit.start}:{unit.stop}]"
-            )
 
 
 def _numpy(table: pa.Table) -> dict[str, np.ndarray]:

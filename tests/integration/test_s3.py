@@ -197,7 +197,7 @@ def test_s3_errors_on_the_cache_path_are_cache_errors_naming_the_uri(s3_server, 
     shard = cache.shard_uri(entry, file)
     assert shard == f"s3://{BUCKET}/denied/softlabels/{cache.SHARDS}/{'0' * 32}/{'1' * 32}.parquet"
     with pytest.raises(cache.CacheError, match=f"^{shard}: wrong secret key"):
-        cache.write_shard(entry, file, pa.table({"id": ["a"], "logits": pa.array([[0.0, 1.0]])}))
+        cache.write_shard(entry, file, pa.table({"id": ["a"], "logits": pa.array([[0.0, 1.0]])}), ["a"])
 
 
 def write_job(tmp_path: Path, raw: dict) -> Path:

@@ -3,6 +3,7 @@ Shards are written by hand (``tests.shard_writer.table``) through the cache's ow
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -30,8 +31,8 @@ def write_entry(spec: SoftLabelSpec) -> cache.Manifest:
         if unit.index in plan.listed:
             records.append(plan.listed[unit.index][0])
         else:
-            rows = table(ids[unit.offset : unit.offset + unit.rows], 1.0, 10)
-            records.append(cache.write_shard(spec.uri, file, rows))
+            unit_ids = ids[unit.offset : unit.offset + unit.rows]
+            records.append(cache.write_shard(spec.uri, file, table(unit_ids, 1.0, 10), unit_ids))
     return cache.commit(spec, tuple(records), 0, 0, 1.0)
 
 
@@ -89,7 +90,9 @@ def test_a_present_shard_that_no_entry_lists_is_left_to_a_writer_to_check(files,
     spec = spec_for(snapshot(tmp_path / "a", files, "train-0"), store)
     plan = cache.shard_plan(spec)
     ids = spec.data.read_table(["id"])["id"].to_pylist()
-    cache.write_shard(spec.uri, plan.files[1], table(ids[25:50], 1.0, 10))  # as a job that died before committing
+    cache.write_shard(
+        spec.uri, plan.files[1], table(ids[25:50], 1.0, 10), ids[25:50]
+    )  # as a job that died before committing
     plan = cache.shard_plan(spec)
     assert plan.present == {1} and plan.to_label == ROWS - 25 and len(plan.to_write) == 3
 
@@ -139,7 +142,7 @@ def test_gc_refuses_while_a_writer_holds_a_fresh_lease_and_ignores_a_stale_one(f
     plan = cache.shard_plan(spec)
     ids = spec.data.read_table(["id"])["id"].to_pylist()
     orphan = cache.shard_uri(spec.uri, plan.files[0])
-    cache.write_shard(spec.uri, plan.files[0], table(ids[:25], 1.0, 10))  # a writer's, not yet committed
+    cache.write_shard(spec.uri, plan.files[0], table(ids[:25], 1.0, 10), ids[:25])  # a writer's, not yet committed
     age(Path(orphan), 7200)
     with leases.hold(str(store), leases.WRITERS) as lease:
         assert main(["cache", "gc", "--store", str(store)]) == 1
@@ -171,3 +174,29 @@ def test_a_writer_waits_for_a_running_collector(tmp_path, monkeypatch):
         monkeypatch.setattr(time, "sleep", lambda s: age(Path(lease), leases.STALE + 1))  # the collector dies
         leases.wait_for_collectors(store)
         assert time.monotonic() - started < 5
+
+
+def test_every_reader_of_a_shard_makes_the_one_check(tmp_path):
+    """``read_shard`` is the check every reader makes (the writer's reuse, ``cache verify``, streamed
+    training): each way a shard can be wrong is refused with its URI, and ``write_shard`` refuses to publish
+    rows that are not its unit's."""
+    entry, file, ids = str(tmp_path / "softlabels" / ("0" * 32)), f"../{cache.SHARDS}/t/s.parquet", ["a", "b"]
+    uri = cache.shard_uri(entry, file)
+    with pytest.raises(cache.ShardMismatch, match=f"^{uri}: its ids are not this shard's"):
+        cache.write_shard(entry, file, table(["b", "a"], 1.0, 10), ids)
+    with pytest.raises(cache.ShardMissing, match=f"^{uri}: shard is missing"):
+        cache.read_shard(entry, file, ids)
+    record = cache.write_shard(entry, file, table(ids, 1.0, 10), ids)
+    assert cache.read_shard(entry, file, ids, record)[1] == record
+    refusals = [
+        ("its ids are not this shard's", ["a", "c"], record),
+        ("checksum does not match the manifest", ids, dataclasses.replace(record, sha256="0" * 64)),
+        ("2 rows, the manifest says 3", ids, dataclasses.replace(record, rows=3)),
+    ]
+    for problem, expected, claimed in refusals:
+        with pytest.raises(cache.ShardMismatch, match=f"^{uri}: {problem}"):
+            cache.read_shard(entry, file, expected, claimed)
+    Path(uri).write_bytes(b"torn")
+    with pytest.raises(cache.ShardMismatch, match=f"^{uri}: unreadable"):
+        cache.read_shard(entry, file, ids)
+    assert cache.trusted_shard(entry, file, ids) is None and not Path(uri).exists()  # removed to be written again
