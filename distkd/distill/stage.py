@@ -36,13 +36,10 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
         resources, softlabels = run.resources, run.softlabels if run.distill else None
         streamed = streaming.choose(run.feed.cache, run.data, shape) == "stream"
         if streamed:
-            columns = ["id", "image", "label", *(label_columns(cache.manifest(softlabels)) if softlabels else [])]
-            train = streaming.stream(run.data, columns, shape, softlabels)
+            train = streaming.stream(run.data, trained_columns(softlabels), shape, softlabels)
             resources = streaming.reserve_data_cpus(resources)
-        elif softlabels:
-            train = join_softlabels(run.data, softlabels, shape)
         else:
-            train = in_memory(decoded(run.data, shape), ["id", "image", "label"])
+            train = rows_in_memory(run.data, softlabels, shape)
         worker = Worker(run, run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
         fit(worker, train, val, resources)
     return run.uri
@@ -61,17 +58,18 @@ def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
     return ds.select_columns(columns).materialize().randomize_block_order()
 
 
-def label_columns(manifest: cache.Manifest) -> list[str]:
-    """The training columns of a soft-label entry: its format's, and the views' parameters if it has views."""
-    return [*TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
+def trained_columns(entry: str | None) -> list[str]:
+    """The columns a training step reads: the rows', and those of the soft labels of ``entry`` (with the views'
+    parameters where views were recorded)."""
+    if entry is None:
+        return ["id", "image", "label"]
+    manifest = cache.manifest(entry)
+    return ["id", "image", "label", *TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
 
 
-def join_softlabels(split: Split, entry: str, shape: tuple[int, int, int]) -> ray.data.Dataset:
-    """Training rows joined by id to the cached soft labels. The entry is verified first (checksums,
-    and each training id exactly once), so a missing or extra id is an error, never a silent drop."""
-    ids = split.read_table(["id"])["id"].to_pylist()
-    columns = label_columns(cache.verify(entry, ids))
-    joined = decoded(split, shape).join(
-        cache.read(entry), join_type="inner", num_partitions=max(1, len(ids) // 10_000), on=("id",)
-    )
-    return in_memory(joined, ["id", "image", "label", *columns])
+def rows_in_memory(split: Split, entry: str | None, shape: tuple[int, int, int]) -> ray.data.Dataset:
+    """The training rows (with the soft labels of ``entry``) held in the object store, read by the streamed
+    reader once: each unit of the split beside its own shard, both checked (the shard's checksum, its ids
+    those of the unit in order), so every id is labelled exactly once and no join (a shuffle) is needed."""
+    columns = trained_columns(entry)
+    return in_memory(streaming.stream(split, columns, shape, entry), columns)

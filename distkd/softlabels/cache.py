@@ -29,7 +29,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray.data
 
 from distkd import __version__, content, storage
 from distkd.config import ConfigError
@@ -273,16 +272,6 @@ def verify(entry: str, expected_ids: list[str]) -> Manifest:
     info = manifest(entry)
     check_shards(entry, info.shards, expected_ids)
     return info
-
-
-def read(entry: str) -> ray.data.Dataset:
-    """The committed entry's rows as ``id`` + the training columns of its format (+ ``views``)."""
-    fs, _ = storage.resolve(entry)
-    info = manifest(entry)
-    paths = [storage.resolve(shard_uri(entry, s.file))[1] for s in info.shards]
-    return ray.data.read_parquet(paths, filesystem=fs).map_batches(
-        training_columns, fn_kwargs={"fmt": info.format}, batch_format="pyarrow"
-    )
 
 
 def training_columns(batch: pa.Table, fmt: Format) -> dict[str, np.ndarray]:

@@ -20,7 +20,7 @@ import torch
 from distkd import config, storage
 from distkd.data.transforms import PAD
 from distkd.distill.losses import Targets, objective
-from distkd.distill.stage import join_softlabels
+from distkd.distill.stage import rows_in_memory
 from distkd.job import Job
 from distkd.models import load_weights, state_dict_bytes
 from distkd.softlabels import cache, inspect
@@ -228,7 +228,7 @@ def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weig
     with pytest.raises(cache.CacheError, match="checksum does not match"):
         inspect.verify(str(store), key)
     with pytest.raises(cache.CacheError, match=f"{shard.name}: checksum"):
-        join_softlabels(job.train, entry, job.student.input_shape)
+        rows_in_memory(job.train, entry, job.student.input_shape)
 
     from distkd.cli import main
 
