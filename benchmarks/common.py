@@ -34,11 +34,12 @@ from distkd.data.source import Split, decode
 from distkd.distill.loop import loss_of, shown, teacher_targets
 from distkd.distill.optim import RowSchedule, optimizer
 from distkd.job import Job
-from distkd.models import load_weights
+from distkd.models import load_weights, placed
 from distkd.softlabels import cache
 from distkd.softlabels.formats import to_numpy
 from distkd.specs import ModelSpec, TrainingRun
 
+CPU = torch.device("cpu")  # the benchmarks' plain loops run here, as distkd does without a GPU
 QUICKSTART = "jobs/quickstart.yaml"
 TEACHERS = {  # the teachers the benchmarks compare: (registry name, kwargs)
     "resnet9-w16": ("resnet9", {"width": 16}),  # the quick start's
@@ -165,7 +166,7 @@ def plain_training(
     validates on ``val``, as distkd's loop does."""
     torch.set_num_threads(max(1, int(run.resources.cpus_per_worker)))
     torch.manual_seed(run.train.seed)
-    model = run.model.build()
+    model = placed(run.model.build(), CPU)  # the layout distkd's loop trains in
     opt = optimizer(model, run.train)
     scheduler = RowSchedule(opt, run.train, len(labels))
     generator = torch.Generator().manual_seed(run.train.seed * 1000)
@@ -205,7 +206,7 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def loaded(model: ModelSpec, weights: str) -> torch.nn.Module:
-    return load_weights(model.build(), weights).eval()
+    return placed(load_weights(model.build(), weights), CPU).eval()
 
 
 @contextmanager
