@@ -57,7 +57,8 @@ def joinable(address: str, source: str) -> None:
 def connect(address: str | None, code: Sequence[str] = (), **init_options: object) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local one that listens on 127.0.0.1 only
     (``init_options``: more ``ray.init`` arguments). Joining a cluster ships the job's ``code:`` to every
-    node (``py_modules``, as ``distkd submit`` does); a local instance's workers read it where it is."""
+    node (``py_modules``; ``distkd submit`` ships it in the working_dir); a local instance's workers read it
+    where it is."""
     if not ray.is_initialized():
         env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
         runtime_env: dict[str, object] = {"env_vars": env} if env else {}

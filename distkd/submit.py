@@ -71,12 +71,11 @@ def submit(job: JobConfig, address: str, command: str = "pipeline") -> str:
     """Submit ``job`` to the cluster whose dashboard is at ``address``; returns the submission id."""
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="distkd-submit-") as folder:
-        runtime_env = {"working_dir": str(package(job, Path(folder)))}
-        if job.code:  # on every worker's Python path, on every node
-            runtime_env["py_modules"] = job.code
+        # the working_dir reaches every worker of the job on every node, as its current directory: the job
+        # file's code paths (CODE/...) resolve there. (Ray 2.60's job client cannot ship a .py py_module.)
         return client.submit_job(
             entrypoint=entrypoint(command),
-            runtime_env=runtime_env,
+            runtime_env={"working_dir": str(package(job, Path(folder)))},
             metadata={"distkd_job": job.name, "distkd_command": command},
         )
 

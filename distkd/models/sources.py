@@ -286,7 +286,8 @@ def _program_identity(rest: str, code: tuple[str, ...]) -> str:
 
 def on_path(code: Iterable[str]) -> None:
     """Each ``code:`` path importable: a ``.py`` file as a module, a folder as a package (its parent on the path,
-    as Ray's runtime_env ``py_modules`` ships them). Paths absent here (shipped by ``py_modules``) are skipped."""
+    as Ray's runtime_env ``py_modules`` ships them). Paths absent here (shipped by ``py_modules``) are skipped;
+    relative ones (a ``distkd submit`` job's, in its working_dir) are taken from the current directory."""
     for path in map(Path, code):
         parent = str(path.parent)
         if path.exists() and parent not in sys.path:
