@@ -61,7 +61,7 @@ class DataConfig(Strict):
     # Training data: held decoded in the object store (memory), or read and decoded each epoch
     # (stream); auto: memory when the decoded pixels take under 25% of the object store.
     cache: Literal["auto", "memory", "stream"] = "auto"
-    shuffle_buffer: int = Field(default=10_000, gt=0)  # samples each training worker shuffles locally
+    shuffle_buffer: int = Field(default=10_000, gt=0)  # samples a streamed worker shuffles locally (held: all rows)
     input_column: str | None = None  # None: 'image' or 'text', whichever the shards hold
     tokenizer: TokenizerConfig | None = None  # of a text input; None: the TokenizerConfig defaults
 
@@ -98,7 +98,9 @@ class ModelConfig(Strict):
 
 class Entry(Strict):
     """A registry entry picked by name, with its own keyword arguments (their defaults are the entry's own).
-    Validation calls the entry once on tiny inputs, so that it refuses what it cannot take (``momentum: 1.5``)."""
+    Validation calls the entry once on tiny inputs when it is given arguments, so that it refuses what it cannot
+    take (``momentum: 1.5``); an entry's own defaults are not tried, which keeps importing this module light
+    (a first torch optimiser imports torch._dynamo, 2 s in every process)."""
 
     name: str
     kwargs: dict[str, int | float | bool | str] = {}
@@ -112,6 +114,8 @@ class Entry(Strict):
         registry, trial = self.registry()
         if problem := registry.refusal(self.name, self.kwargs, len(trial)):
             raise ValueError(problem)
+        if not self.kwargs:
+            return self
         try:
             registry[self.name](*trial, **self.kwargs)
         except (TypeError, ValueError) as e:

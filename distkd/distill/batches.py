@@ -1,11 +1,12 @@
-"""The training batches of one worker and epoch, behind one iterator (``epoch_batches``), whether the data is
-held in memory (every worker reads every global batch and trains on the rows whose id hashes to its rank) or
-streamed (each worker reads its own share: ``UnequalSplit``)."""
+"""The training batches of one worker, behind one iterator per epoch (``Batches.epoch``), whether the data is
+held in memory (``HeldBatches``: every worker holds every row and trains on the rows whose id hashes to its
+rank) or streamed (``StreamedBatches``: each worker reads its own share, ``UnequalSplit``)."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import ray.data
@@ -17,56 +18,80 @@ from distkd.distill.ddp import all_reduce
 Batch = tuple[np.ndarray, dict[str, torch.Tensor], int]  # this worker's ids, their columns, the step's rows
 
 
-def epoch_batches(
+class Batches(Protocol):
+    def epoch(self, seed: int) -> Iterator[Batch]:
+        """This worker's rows of one epoch, each row once (the last batch may be short): (ids, batch, step
+        rows), the last the rows of this step on all workers together. No ids: this worker has no rows in
+        this step but must take it with the others."""
+        ...
+
+
+def training_batches(
     shard: ray.data.DataIterator,
     batch_size: int,
     shuffle_buffer: int,
-    seed: int,
     split: bool,
     rank: int,
     world: int,
     device: str | torch.device = "cpu",
-) -> Iterator[Batch]:
-    """This worker's rows of one epoch, each row once (the last batch may be short), shuffled within a buffer
-    of ``shuffle_buffer`` samples: (ids, batch, step rows), the last the rows of this step on all workers
-    together. No ids: this worker has no rows in this step but must take it with the others.
-
-    Held in memory, the data is not split: every worker iterates the same global batches of ``batch_size``
-    rows (the same shuffle ``seed``) and trains on the rows whose id hashes to its rank (``worker_rows``), so
-    each id is trained on exactly once whatever the worker count. Streamed (``split``), each worker reads its
-    own share (``UnequalSplit``: every row goes to one worker, the shares may differ) in batches of
-    ``batch_size / world`` rows, and the workers count each step's rows together: they step until every share
-    is used up."""
+) -> Batches:
+    """The strategy for a worker's training shard: streamed (``split``) or held."""
     if split:
-        yield from own_share_batches(shard, max(1, batch_size // world), shuffle_buffer, device)
-        return
-    for full in shard.iter_batches(
-        batch_size=batch_size,
-        batch_format="numpy",
-        local_shuffle_buffer_size=shuffle_buffer,
-        local_shuffle_seed=seed,  # the same order on every worker
-    ):
-        mine = worker_rows(full["id"], rank, world)
-        batch = {k: torch.from_numpy(v[mine]) for k, v in full.items() if k != "id"}
-        yield full["id"][mine], batch, len(mine)
+        return StreamedBatches(shard, max(1, batch_size // world), shuffle_buffer, device)
+    return HeldBatches(shard, batch_size, rank, world)
 
 
-def own_share_batches(
-    shard: ray.data.DataIterator, size: int, shuffle_buffer: int, device: str | torch.device
-) -> Iterator[Batch]:
-    """``epoch_batches`` of a streamed (split) shard: the workers all-reduce each step's row count and step
-    together until every share is used up, a worker whose share is used up with no rows."""
-    batches = iter(shard.iter_batches(batch_size=size, batch_format="numpy", local_shuffle_buffer_size=shuffle_buffer))
-    while True:
-        full = next(batches, None)
-        rows = 0 if full is None else len(full["id"])
-        total = int(all_reduce(torch.tensor(rows, dtype=torch.int64, device=device)))
-        if total == 0:
-            return
-        if full is None:
-            yield np.array([]), {}, total
-        else:
-            yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, total
+class HeldBatches:
+    """The data held in memory, not split: the rows are read from the shard once, into tensors in id order
+    (the same on every worker), and every epoch is a new permutation of all of them, drawn from the epoch's
+    seed alike on every worker. So every worker iterates the same global batches of ``batch_size`` rows and
+    trains on those whose id hashes to its rank (``worker_rows``): each id is trained on exactly once an
+    epoch, whatever the worker count, and the shuffle is over the whole data set, not a buffer."""
+
+    def __init__(self, shard: ray.data.DataIterator, batch_size: int, rank: int, world: int):
+        blocks = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
+        ids = np.concatenate([b["id"] for b in blocks]) if blocks else np.array([])
+        order = np.argsort(ids, kind="stable")
+        self.ids = ids[order]
+        self.columns = {
+            name: torch.from_numpy(np.concatenate([b[name] for b in blocks])[order])
+            for name in (blocks[0] if blocks else {})
+            if name != "id"
+        }
+        self.mine = torch.from_numpy(worker_rows(self.ids, rank, world))
+        self.batch_size = batch_size
+
+    def epoch(self, seed: int) -> Iterator[Batch]:
+        order = torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(seed))
+        for step in order.split(self.batch_size):
+            rows = step[self.mine[step]]
+            yield self.ids[rows.numpy()], {name: values[rows] for name, values in self.columns.items()}, len(step)
+
+
+class StreamedBatches:
+    """Each worker reads its own share of the epoch, shuffled within a buffer of ``shuffle_buffer`` samples:
+    the workers all-reduce each step's row count and step together until every share is used up, a worker
+    whose share is used up with no rows."""
+
+    def __init__(self, shard: ray.data.DataIterator, size: int, shuffle_buffer: int, device: str | torch.device):
+        self.shard, self.size, self.shuffle_buffer, self.device = shard, size, shuffle_buffer, device
+
+    def epoch(self, seed: int) -> Iterator[Batch]:
+        batches = iter(
+            self.shard.iter_batches(
+                batch_size=self.size, batch_format="numpy", local_shuffle_buffer_size=self.shuffle_buffer
+            )
+        )
+        while True:
+            full = next(batches, None)
+            rows = 0 if full is None else len(full["id"])
+            total = int(all_reduce(torch.tensor(rows, dtype=torch.int64, device=self.device)))
+            if total == 0:
+                return
+            if full is None:
+                yield np.array([]), {}, total
+            else:
+                yield full["id"], {k: torch.from_numpy(v) for k, v in full.items() if k != "id"}, total
 
 
 def worker_rows(ids: np.ndarray, rank: int, world: int) -> np.ndarray:
@@ -83,7 +108,7 @@ def id_checksum(ids: np.ndarray) -> int:
 class UnequalSplit(ray.train.DataConfig):
     """Ray Train's dataset config, except that the datasets it splits are cut unequally: its equal split
     leaves out up to ``world - 1`` rows an epoch to even the shares, while here every row goes to exactly one
-    worker (``epoch_batches`` keeps the workers in step; validation only sums at the end)."""
+    worker (``StreamedBatches`` keeps the workers in step; validation only sums at the end)."""
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         named = set(datasets) if self._datasets_to_split == "all" else set(self._datasets_to_split)

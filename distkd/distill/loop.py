@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from distkd.config import DistillConfig
 from distkd.data.transforms import crop_flip, random_crop_flip
-from distkd.distill.batches import epoch_batches, id_checksum
+from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
 from distkd.distill.losses import Targets, objective
 from distkd.distill.optim import RowSchedule, optimizer
@@ -46,7 +46,7 @@ def train_loop(config: dict) -> None:
 
     Every worker takes the same optimisation steps, 1 or N of them: batch size, learning rate and schedule
     are per job, and each step's loss is scaled so that DDP's gradient average is the mean over the whole
-    global batch (``epoch_batches`` says how many rows it has on all workers)."""
+    global batch (``Batches.epoch`` says how many rows it has on all workers)."""
     worker: Worker = config["worker"]
     run, train, kd = worker.run, worker.run.train, worker.run.distill
     torch.set_num_threads(worker.threads)
@@ -64,6 +64,9 @@ def train_loop(config: dict) -> None:
     generator = torch.Generator()
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     curves = RunMetrics(run.uri, run.role, run_params(run), run.tracking.mlflow) if rank == 0 else None
+    batches = training_batches(
+        train_shard, train.batch_size, run.feed.shuffle_buffer, worker.split, rank, world, device
+    )
 
     for epoch in range(start_epoch, train.epochs):
         started = time.perf_counter()
@@ -71,11 +74,7 @@ def train_loop(config: dict) -> None:
         model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, its KD part, samples
         checksum = 0  # of the ids trained on
-        seed = train.seed * 1000 + epoch
-        batches = epoch_batches(
-            train_shard, train.batch_size, run.feed.shuffle_buffer, seed, worker.split, rank, world, device
-        )
-        for ids, batch, step_rows in batches:
+        for ids, batch, step_rows in batches.epoch(train.seed * 1000 + epoch):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if len(ids):
                     images, view = shown(run, batch, generator)

@@ -12,7 +12,7 @@ import torch
 from distkd import config
 from distkd.data.source import Split
 from distkd.distill import streaming
-from distkd.distill.batches import epoch_batches
+from distkd.distill.batches import StreamedBatches
 from distkd.job import Job
 from distkd.models import state_dict_bytes
 from distkd.softlabels import cache
@@ -90,7 +90,7 @@ def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
     epochs = [
         [
             int(r)
-            for _, batch, _ in epoch_batches(iterator, train.batch_size, shuffle, epoch, False, 0, 1)
+            for _, batch, _ in StreamedBatches(iterator, train.batch_size, shuffle, "cpu").epoch(epoch)
             for r in batch["row"]
         ]
         for epoch in range(2)
