@@ -42,9 +42,11 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
         labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
     if config.softlabels.top_k is not None and config.softlabels.top_k > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
-    rows, workers = len(labels[train_key]), config.resources.max_workers
+    rows = len(labels[train_key])
     for key in trained(config):
-        rows_per_worker(f"{key}.train.batch_size", rows, workers, getattr(config, key).train.batch_size)
+        workers = config.training_resources(key).max_workers
+        workers_key = f"{key}.resources.num_workers" if getattr(config, key).resources else "resources.num_workers"
+        rows_per_worker(f"{key}.train.batch_size", rows, workers, workers_key, getattr(config, key).train.batch_size)
     return num_classes
 
 
@@ -155,11 +157,11 @@ def labels_in_range(split: Split, labels: np.ndarray, num_classes: int, inferred
         )
 
 
-def rows_per_worker(key: str, rows: int, workers: int, batch_size: int) -> None:
+def rows_per_worker(key: str, rows: int, workers: int, workers_key: str, batch_size: int) -> None:
     """Each training worker needs one full batch per epoch (partial batches are dropped)."""
     if rows // workers < batch_size:
         raise ConfigError(
-            f"key '{key}': {rows} training rows over {workers} worker(s) ('resources.num_workers') give "
+            f"key '{key}': {rows} training rows over {workers} worker(s) ('{workers_key}') give "
             f"{rows // workers} per worker, fewer than the batch size {batch_size}, so no step would train; "
             f"use a batch size of at most {rows // workers}, fewer workers or more rows"
         )

@@ -154,12 +154,41 @@ class TrainConfig(Strict):
     seed: int = 0
 
 
+class ResourcesConfig(Strict):
+    # Ray Train workers: a count, or [min, max] for elastic training (Ray Train starts with as many as the
+    # cluster can give, at least min, and grows towards max from the latest checkpoint as nodes join).
+    num_workers: int | list[int] = Field(default=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training autocast on a GPU
+    max_failures: int = Field(default=2, ge=-1)  # worker-group restarts from the latest checkpoint; -1: no limit
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, n: int | list[int]) -> int | list[int]:
+        counts = [n, n] if isinstance(n, int) else n
+        if len(counts) != 2 or not 1 <= counts[0] <= counts[1]:
+            raise ValueError("expected a worker count >= 1, or [min, max] with 1 <= min <= max")
+        return n
+
+    @property
+    def workers(self) -> int | tuple[int, int]:
+        """As Ray Train's ``ScalingConfig.num_workers`` takes it."""
+        return self.num_workers if isinstance(self.num_workers, int) else tuple(self.num_workers)
+
+    @property
+    def max_workers(self) -> int:
+        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[-1]
+
+
 class TeacherConfig(ModelConfig):
     train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig | None = None  # of its training runs; None: the job's 'resources'
 
 
 class StudentConfig(ModelConfig):
     train: TrainConfig = TrainConfig()
+    resources: ResourcesConfig | None = None  # of its training runs; None: the job's 'resources'
 
 
 class SoftLabelConfig(Strict):
@@ -212,33 +241,6 @@ class EvaluateConfig(Strict):
     # Checkpoints to evaluate instead of the job's own teacher and students.
     models: list[EvaluatedModel] | None = Field(default=None, min_length=1)
     slices: list[str] = []  # columns of the data: every metric also per value of each
-
-
-class ResourcesConfig(Strict):
-    # Ray Train workers: a count, or [min, max] for elastic training (Ray Train starts with as many as the
-    # cluster can give, at least min, and grows towards max from the latest checkpoint as nodes join).
-    num_workers: int | list[int] = Field(default=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # training autocast on a GPU
-    max_failures: int = Field(default=2, ge=-1)  # worker-group restarts from the latest checkpoint; -1: no limit
-
-    @field_validator("num_workers")
-    @classmethod
-    def _workers(cls, n: int | list[int]) -> int | list[int]:
-        counts = [n, n] if isinstance(n, int) else n
-        if len(counts) != 2 or not 1 <= counts[0] <= counts[1]:
-            raise ValueError("expected a worker count >= 1, or [min, max] with 1 <= min <= max")
-        return n
-
-    @property
-    def workers(self) -> int | tuple[int, int]:
-        """As Ray Train's ``ScalingConfig.num_workers`` takes it."""
-        return self.num_workers if isinstance(self.num_workers, int) else tuple(self.num_workers)
-
-    @property
-    def max_workers(self) -> int:
-        return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[-1]
 
 
 def mlflow_installed() -> bool:
@@ -335,6 +337,10 @@ class JobConfig(Strict):
                 f"'distill.temperature' {distill.temperature}: set both to the same value",
             )
         return self
+
+    def training_resources(self, role: Literal["teacher", "student"]) -> ResourcesConfig:
+        """What the training runs of ``role`` hold: its own 'resources', else the job's."""
+        return getattr(self, role).resources or self.resources
 
 
 def _defined_on_topk(loss: LossConfig) -> bool:

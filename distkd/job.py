@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from distkd import checks, storage
-from distkd.config import ConfigError, JobConfig, ModelConfig, TrainConfig
+from distkd.config import ConfigError, JobConfig, ModelConfig
 from distkd.data import inputs
 from distkd.data.inputs import InputKind
 from distkd.data.source import DataError, Split
@@ -128,14 +129,15 @@ class Job:
     # The specs of the stages. Each takes the upstream outputs it depends on (weights, a cache entry),
     # hashed by content through ``sha256`` (tests may pass a stand-in).
 
-    def _run(self, role: str, model: ModelSpec, train: TrainConfig, **kd: object) -> TrainingRun:
-        c = self.config
-        common = (c.store, c.name, model, train, self.train, self.val, self.normalize, c.resources, c.data, c.tracking)
-        return TrainingRun(role, *common, **kd)
+    def _run(self, role: str, section: Literal["teacher", "student"], **kd: object) -> TrainingRun:
+        c, model = self.config, getattr(self, section)
+        resources = c.training_resources(section)
+        common = (c.store, c.name, model, getattr(c, section).train, self.train, self.val, self.normalize, resources)
+        return TrainingRun(role, *common, c.data, c.tracking, **kd)
 
     def teacher_run(self) -> TrainingRun | None:
         """Stage 0, or None when the job gives the teacher's weights (or names a program, which holds them)."""
-        return None if self.given_teacher_weights() else self._run("teacher", self.teacher, self.config.teacher.train)
+        return None if self.given_teacher_weights() else self._run("teacher", "teacher")
 
     def given_teacher_weights(self) -> str | None:
         return self.config.teacher.weights or sources.own_weights(self.config.teacher.name)
@@ -170,8 +172,7 @@ class Job:
         kd = d.alpha > 0
         return self._run(
             "student-kd",
-            self.student,
-            self.config.student.train,
+            "student",
             distill=d if kd else None,
             softlabels=softlabels.uri if kd else None,
             softlabels_key=softlabels.key if kd else None,
@@ -181,7 +182,7 @@ class Job:
     def scratch_run(self) -> TrainingRun | None:
         """The from-scratch baseline, when the job asks for it."""
         baseline = self.config.distill.baseline
-        return self._run("student-scratch", self.student, self.config.student.train) if baseline else None
+        return self._run("student-scratch", "student") if baseline else None
 
     def eval_spec(self, models: dict[str, tuple[ModelSpec, str]], sha256: Hasher = weights_hash) -> EvalSpec:
         """Stage 3 over role -> (model, weights URI)."""

@@ -6,15 +6,28 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import ray
 
 from distkd import storage
-from distkd.config import ConfigError, JobConfig, Stage
+from distkd.config import ConfigError, JobConfig, ResourcesConfig, Stage
 
 # Folders mounted at the same path on every node (NFS, a cluster file system), separated by os.pathsep:
 # local paths under them are shared, not the driver machine's own.
 SHARED_ENV = "DISTKD_SHARED_PATHS"
+
+
+def training_needs(resources: ResourcesConfig) -> dict[str, float]:
+    """What one training run's Ray Train workers hold at most: CPUs and GPUs."""
+    workers = resources.max_workers
+    return {"CPU": workers * resources.cpus_per_worker, "GPU": workers * resources.use_gpu}
+
+
+def at_once(per_run: dict[str, float], cluster: dict[str, float]) -> int:
+    """How many runs needing ``per_run`` each the cluster holds at once (at least one)."""
+    fits = [cluster.get(name, 0) // need for name, need in per_run.items() if need > 0]
+    return max(1, int(min(fits, default=1)))
 
 
 class ResourceShortage(RuntimeError):
@@ -31,14 +44,19 @@ class Request:
 
 def requests(config: JobConfig, stages: list[Stage]) -> list[Request]:
     """The gangs of workers or actors each asked-for stage needs at once."""
-    res, soft, ev = config.resources, config.softlabels, config.evaluate
-    # Elastic training starts with as many workers as fit, at least its minimum.
-    workers = res.num_workers if isinstance(res.num_workers, int) else res.num_workers[0]
-    training = Request("resources.num_workers", workers, res.cpus_per_worker, 1.0 if res.use_gpu else 0.0)
+    soft, ev = config.softlabels, config.evaluate
+
+    def training(role: Literal["teacher", "student"]) -> Request:
+        res = config.training_resources(role)
+        key = f"{role}.resources" if getattr(config, role).resources else "resources"
+        # Elastic training starts with as many workers as fit, at least its minimum.
+        workers = res.num_workers if isinstance(res.num_workers, int) else res.num_workers[0]
+        return Request(f"{key}.num_workers", workers, res.cpus_per_worker, 1.0 if res.use_gpu else 0.0)
+
     needed = {
-        "train_teacher": [training] if config.teacher.weights is None else [],
+        "train_teacher": [training("teacher")] if config.teacher.weights is None else [],
         "softlabels": [Request("softlabels.actors", soft.actors, soft.cpus_per_actor, soft.gpus_per_actor)],
-        "distill": [training],
+        "distill": [training("student")],
         "evaluate": [Request("evaluate.actors", ev.actors, ev.cpus_per_actor, ev.gpus_per_actor)],
     }
     return [r for stage in stages for r in needed[stage]]

@@ -132,14 +132,10 @@ TRIAL_CPU = 0.001
 
 def trial_resources(resources: config.ResourcesConfig) -> dict[str, float]:
     """What one trial holds: its own process, and its Ray Train workers as the job's ``resources`` say."""
-    workers = resources.max_workers
-    return {"CPU": TRIAL_CPU + workers * resources.cpus_per_worker, "GPU": workers * resources.use_gpu}
+    from distkd.resources import training_needs
 
-
-def concurrency(per_trial: dict[str, float], cluster: dict[str, float]) -> int:
-    """How many trials the cluster holds at once (at least one)."""
-    fits = [cluster.get(name, 0) // need for name, need in per_trial.items() if need > 0]
-    return max(1, int(min(fits, default=1)))
+    needs = training_needs(resources)
+    return {**needs, "CPU": TRIAL_CPU + needs["CPU"]}
 
 
 def _train(config: dict, runs: list) -> None:
@@ -163,6 +159,8 @@ def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, d
     import ray
     from ray import tune
 
+    from distkd.resources import at_once
+
     if not pending:
         return {}
     runs = [t.run for t in pending]
@@ -170,7 +168,7 @@ def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, d
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(runs))))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(per_trial, ray.cluster_resources())),
+        tune_config=tune.TuneConfig(max_concurrent_trials=at_once(per_trial, ray.cluster_resources())),
         run_config=tune.RunConfig(name="distkd-sweep", storage_path=tempfile.mkdtemp(prefix="distkd-tune-"), verbose=0),
     )
     results = tuner.fit()
@@ -196,7 +194,7 @@ def run(base, jobs: list, keys: list[str]) -> tuple[str, list[dict]]:
     teacher = pipeline.run(base, ["train_teacher", "softlabels"])["teacher"]
     found = trials(jobs, teacher)
     pending = [t for t in found if not storage.is_committed(t.run.uri)]
-    spans = run_trials(pending, trial_resources(base.config.resources))
+    spans = run_trials(pending, trial_resources(base.config.training_resources("student")))
     records = [
         {
             "overrides": t.overrides,

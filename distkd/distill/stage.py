@@ -3,6 +3,9 @@ stages 0 and 2 share ``train_run``."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
 import ray.data
 
 from distkd import console, storage
@@ -11,6 +14,7 @@ from distkd.data.source import Split, decode_batch
 from distkd.distill import streaming
 from distkd.distill.fit import fit
 from distkd.distill.loop import Worker
+from distkd.resources import training_needs
 from distkd.softlabels import cache
 from distkd.softlabels.formats import TRAINING_COLUMNS
 from distkd.specs import TrainingRun, plain, require
@@ -46,9 +50,28 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
 
 
 def students(distilled: TrainingRun, scratch: TrainingRun | None, compute: bool = True) -> dict[str, str]:
-    """Stage 2: the distilled student and, if asked, the from-scratch baseline: {"distilled"|"scratch": weights}."""
+    """Stage 2: the distilled student and, if asked, the from-scratch baseline: {"distilled"|"scratch": weights}.
+    The two train at once when the cluster holds both runs' workers and their data is held in memory (a streamed
+    run needs free CPUs for its reads throughout), else one after the other."""
     runs = {"distilled": distilled, **({"scratch": scratch} if scratch else {})}
-    return {role: storage.join(train_run(run, "distill", compute), "model.pt") for role, run in runs.items()}
+
+    def trained(run: TrainingRun) -> str:
+        return storage.join(train_run(run, "distill", compute), "model.pt")
+
+    if len(runs) > 1 and together(list(runs.values())):
+        with ThreadPoolExecutor(len(runs)) as pool:  # each thread's fit() waits on its own Ray Train run
+            return dict(zip(runs, pool.map(trained, runs.values())))
+    return {role: trained(run) for role, run in runs.items()}
+
+
+def together(runs: list[TrainingRun]) -> bool:
+    """Whether ``runs`` can train at once: each still to train, held in memory, all their workers on the cluster."""
+    pending = [run for run in runs if not storage.is_committed(run.uri)]
+    held = all(streaming.choose(run.feed.cache, run.data, run.model.input_shape) == "memory" for run in pending)
+    needs = [training_needs(run.resources) for run in pending]
+    cluster = ray.cluster_resources()
+    fits = all(sum(n.get(k, 0) for n in needs) <= cluster.get(k, 0) for k in ("CPU", "GPU"))
+    return len(pending) > 1 and held and fits
 
 
 def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
@@ -61,10 +84,11 @@ def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
 def trained_columns(entry: str | None) -> list[str]:
     """The columns a training step reads: the rows', and those of the soft labels of ``entry`` (with the views'
     parameters where views were recorded)."""
+    rows = ["id", "image", "label"]
     if entry is None:
-        return ["id", "image", "label"]
+        return rows
     manifest = cache.manifest(entry)
-    return ["id", "image", "label", *TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
+    return [*rows, *TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
 
 
 def rows_in_memory(split: Split, entry: str | None, shape: tuple[int, int, int]) -> ray.data.Dataset:

@@ -5,19 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import yaml
 
 from distkd import storage, sweep
+from distkd.models import state_dict_bytes
+from distkd.models.registry import MODELS
 
 GRID = ["distill.alpha=0.5,0.9", "distill.temperature=2,4", "student.train.seed=0,1"]
 
 
 def job_file(cifar10: Path, tmp_path: Path) -> str:
+    """The sweep's job; its teacher has weights (untrained: what a sweep reuses does not depend on what the
+    teacher learned), so stage 0 trains none, which is the pipeline tests' part."""
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(state_dict_bytes(MODELS["lenet5"](num_classes=10)))
     job = {
         "name": "sweep",
         "store": str(tmp_path / "store"),
         "data": {"uri": str(cifar10), "limit": 200, "val_limit": 100},
-        "teacher": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 50, "augment": False}},
+        "teacher": {"name": "lenet5", "weights": str(teacher)},
         "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 50, "lr": 0.02, "augment": False}},
         "distill": {"baseline": False},
         "softlabels": {"batch_size": 100},
