@@ -18,6 +18,7 @@ import yaml
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from distkd import config, pipeline, storage
+from distkd.catalog import RUN_INFO
 from distkd.data.source import Split, decode
 from distkd.distill.stage import rows_in_memory
 from distkd.job import Job
@@ -107,6 +108,18 @@ def test_every_stage_commits_its_output(run):
         assert storage.is_committed(uri), uri
     history = storage.read_json(storage.join(str(Path(out["distilled"]).parent), "history.json"))
     assert [h["epoch"] for h in history] == [1]
+
+
+def test_the_distilled_student_and_its_baseline_train_at_once(run):
+    """The session's 2 CPUs hold both students' one-CPU workers: each run's span (its run.json, written as it
+    starts, to its model.pt, written as it ends) overlaps the other's."""
+    _, _, out, _ = run
+    spans = [
+        (Path(out[role]).with_name(RUN_INFO).stat().st_mtime, Path(out[role]).stat().st_mtime)
+        for role in ("distilled", "scratch")
+    ]
+    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    assert b_start < a_end, spans
 
 
 def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
