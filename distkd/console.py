@@ -39,12 +39,18 @@ def duration(seconds: float) -> str:
 
 @dataclass
 class Timeline:
-    """Each stage of this run, in order: seconds it took, or None where its output was reused."""
+    """Each stage of this run, in order: seconds it took, or None where its output was reused; and the span from
+    the first computed stage's start to the last one's end (stages may run at once: the students)."""
 
     stages: dict[str, float | None] = field(default_factory=dict)
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
     def clear(self) -> None:
         self.stages.clear()
+        self.spans.clear()
+
+    def wall(self) -> float | None:
+        return max(e for _, e in self.spans) - min(s for s, _ in self.spans) if self.spans else None
 
 
 timeline = Timeline()
@@ -61,7 +67,9 @@ def computing(label: str, what: str, uri: str) -> Iterator[None]:
     print(f"[{label}] {what} -> {uri}", flush=True)
     started = time.perf_counter()
     yield
-    timeline.stages[label] = time.perf_counter() - started
+    ended = time.perf_counter()
+    timeline.stages[label] = ended - started
+    timeline.spans.append((started, ended))
     print(f"[{label}] done in {duration(timeline.stages[label])}", flush=True)
 
 
@@ -91,7 +99,8 @@ def summary(report: str) -> str:
         lines.append(f"{what}: {gain_text(m)}")
     stages = ", ".join(f"{s} {'reused' if t is None else duration(t)}" for s, t in timeline.stages.items())
     if stages:
-        lines.append(f"stages: {stages}")
+        wall = timeline.wall()
+        lines.append(f"stages: {stages}" + (f"; {duration(wall)} in all" if wall else ""))
     lines.append(f"report: {storage.join(report, 'report.html')}")
     return "\n".join(lines)
 

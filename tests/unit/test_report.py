@@ -161,3 +161,14 @@ def test_summary_gives_the_gain_with_its_interval_and_seeds(tmp_path) -> None:
     assert f"tiny distilled vs tiny scratch: {expected}" in lines
     assert f"tiny distilled t8 vs tiny scratch: {expected.replace('(seed 0)', '(seeds 2 and 0)')}" in lines
     assert not any("vs" in line for line in summary_of(tmp_path, make_models()[:2]))
+
+
+def test_summary_gives_each_stage_and_the_time_in_all_when_students_ran_at_once(tmp_path) -> None:
+    console.timeline.clear()
+    console.timeline.stages.update({"teacher": 60.0, "softlabels": None, "student-kd": 30.0, "student-scratch": 30.0})
+    console.timeline.spans.extend([(0.0, 60.0), (60.0, 90.0), (61.0, 91.0)])  # the students side by side
+    try:
+        (line,) = [line for line in summary_of(tmp_path, make_models()) if line.startswith("stages:")]
+    finally:
+        console.timeline.clear()
+    assert line == "stages: teacher 1m00s, softlabels reused, student-kd 30.0s, student-scratch 30.0s; 1m31s in all"
