@@ -8,11 +8,13 @@ plain lines every ``PLAIN_INTERVAL`` seconds.
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -175,6 +177,8 @@ class RayLogs:
             self.terminal.setLevel(logging.WARNING)
         logging.captureWarnings(True)
         self.native = None if verbose else _hold_native_stderr()
+        if not verbose and sys.stdout is sys.__stdout__ and sys.stdout is not None:
+            sys.stdout = RayThreadsToLog(sys.stdout)
         self._redirect()
 
     def ray_init_options(self) -> dict:
@@ -234,6 +238,36 @@ class RayLogs:
         ctx.enable_progress_bars = False
         ctx.enable_operator_progress_bars = False
         ctx.enable_auto_log_stats = False
+
+
+class RayThreadsToLog(io.TextIOBase):
+    """``sys.stdout`` of a quiet console: what Ray's own driver threads print goes to the log, the rest to the
+    terminal. Ray's thread that listens for the raylet's notices prints them to ``sys.stdout`` whatever
+    ``log_to_driver`` says (such as the worker pool's "8 PYTHON worker processes have been started ...", when
+    two training runs start at once)."""
+
+    def __init__(self, terminal: IO[str]) -> None:
+        self.terminal = terminal
+
+    def write(self, text: str) -> int:
+        if not threading.current_thread().name.startswith("ray_"):
+            return self.terminal.write(text)
+        if text.strip():  # print's own newline comes apart from the text
+            logging.getLogger("ray.driver_output").warning(text.rstrip("\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        self.terminal.flush()
+
+    def isatty(self) -> bool:
+        return self.terminal.isatty()
+
+    def fileno(self) -> int:
+        return self.terminal.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return self.terminal.encoding
 
 
 def _hold_native_stderr() -> IO[bytes] | None:

@@ -1,5 +1,8 @@
 import base64
+import io
+import logging
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -172,3 +175,16 @@ def test_summary_gives_each_stage_and_the_time_in_all_when_students_ran_at_once(
     finally:
         console.timeline.clear()
     assert line == "stages: teacher 1m00s, softlabels reused, student-kd 30.0s, student-scratch 30.0s; 1m31s in all"
+
+
+def test_what_rays_driver_threads_print_goes_to_the_log_and_the_rest_to_the_terminal(caplog) -> None:
+    terminal = io.StringIO()
+    out = console.RayThreadsToLog(terminal)
+    notice = "(raylet) WARNING: 8 PYTHON worker processes have been started on node: n"
+    listener = threading.Thread(target=lambda: print(notice, file=out), name="ray_listen_error_messages")
+    with caplog.at_level(logging.WARNING):
+        listener.start()
+        listener.join()
+        print("[student-kd] done in 5m32s", file=out)
+    assert terminal.getvalue() == "[student-kd] done in 5m32s\n"
+    assert [r.getMessage() for r in caplog.records if r.name == "ray.driver_output"] == [notice]
