@@ -254,11 +254,13 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from distkd import address, console, sweep
+    from distkd import address, console
 
     try:
+        address.loopback_only(config.load(args.job).ray_address)  # read as Ray is imported, which sweep does
+        from distkd import sweep
+
         axes = sweep.parse_axes(args.grid)
-        address.loopback_only(config.load(args.job).ray_address)  # read as Ray is imported, which plan does
         base, jobs = sweep.plan(args.job, axes, args.random, args.seed)
     except config.ConfigError as e:
         print(f"distkd: {e}", file=sys.stderr)
