@@ -45,7 +45,7 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     rows = len(labels[train_key])
     for key in trained(config):
         workers = config.training_resources(key).max_workers
-        workers_key = f"{key}.resources.num_workers" if getattr(config, key).resources else "resources.num_workers"
+        workers_key = f"{config.training_resources_key(key)}.num_workers"
         rows_per_worker(f"{key}.train.batch_size", rows, workers, workers_key, getattr(config, key).train.batch_size)
     return num_classes
 

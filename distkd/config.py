@@ -342,6 +342,10 @@ class JobConfig(Strict):
         """What the training runs of ``role`` hold: its own 'resources', else the job's."""
         return getattr(self, role).resources or self.resources
 
+    def training_resources_key(self, role: Literal["teacher", "student"]) -> str:
+        """The job file's key that ``training_resources`` reads, for messages."""
+        return f"{role}.resources" if getattr(self, role).resources else "resources"
+
 
 def _defined_on_topk(loss: LossConfig) -> bool:
     from distkd.distill.losses import defined_on_topk

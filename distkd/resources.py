@@ -48,7 +48,7 @@ def requests(config: JobConfig, stages: list[Stage]) -> list[Request]:
 
     def training(role: Literal["teacher", "student"]) -> Request:
         res = config.training_resources(role)
-        key = f"{role}.resources" if getattr(config, role).resources else "resources"
+        key = config.training_resources_key(role)
         # Elastic training starts with as many workers as fit, at least its minimum.
         workers = res.num_workers if isinstance(res.num_workers, int) else res.num_workers[0]
         return Request(f"{key}.num_workers", workers, res.cpus_per_worker, 1.0 if res.use_gpu else 0.0)
