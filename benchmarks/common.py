@@ -179,7 +179,7 @@ def plain_training(
             idx = order[i : i + size]
             batch = {"image": images[idx], "label": labels[idx], **{k: v[idx] for k, v in (columns or {}).items()}}
             shown_images, view = shown(run, batch, generator)
-            x = run.normalize(shown_images)
+            x = run.inputs.normalize(shown_images)
             if teacher is not None:
                 with torch.no_grad():
                     batch["teacher_logits"] = teacher(x)
@@ -199,7 +199,7 @@ def plain_training(
 def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, run: TrainingRun) -> float:
     model.eval()
     correct = sum(
-        (model(run.normalize(images[i : i + 1000])).argmax(1) == labels[i : i + 1000]).sum().item()
+        (model(run.inputs.normalize(images[i : i + 1000])).argmax(1) == labels[i : i + 1000]).sum().item()
         for i in range(0, len(labels), 1000)
     )
     return correct / len(labels)

@@ -59,7 +59,7 @@ def main() -> None:
             weights = args.teacher
         else:
             _, images, _ = decoded(job.val)
-            weights = synthetic_teacher(job.teacher, job.normalize(images[:256]), 3.0, folder)
+            weights = synthetic_teacher(job.teacher, job.inputs.normalize(images[:256]), 3.0, folder)
         sizes = {}
         for name, settings in formats(args.views, args.top_k).items():
             spec = quickstart_job(merged(base, {"softlabels": settings})).softlabel_spec(weights)

@@ -73,7 +73,7 @@ def main() -> None:
         job = quickstart_job(base)
         ids, images, labels = decoded(job.train)
         _, val_images, val_labels = decoded(job.val)
-        base["teacher"]["weights"] = synthetic_teacher(job.teacher, job.normalize(val_images[:256]), 3.0, folder)
+        base["teacher"]["weights"] = synthetic_teacher(job.teacher, job.inputs.normalize(val_images[:256]), 3.0, folder)
         val = (val_images, val_labels)
 
         scratch = quickstart_job(base).scratch_run()

@@ -64,7 +64,7 @@ def bare_loop(spec: SoftLabelSpec) -> dict[str, float]:
         columns = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
         images = decode_batch(columns, spec.teacher.model.input_shape, pool)["image"]
     seconds["decode images"] = t["seconds"]
-    predictor = TeacherPredictor(spec.teacher, spec.normalize, spec.format, precision=spec.precision)
+    predictor = TeacherPredictor(spec.teacher, spec.inputs, spec.format, precision=spec.precision)
     ids, size = columns["id"], spec.execution.batch_size
     predictor({"id": ids[:size], "image": images[:size]})  # CUDA's and cuDNN's one-time set-up, not timed
     with timed() as t:
@@ -80,15 +80,15 @@ def forward_only(spec: SoftLabelSpec, batches: int = 10) -> float:
     """Images/s of the teacher alone (normalise, forward, logits to the host) on a uint8 batch already on its
     device: the limit a soft-label stage can approach."""
     predictor = TeacherPredictor(
-        spec.teacher, spec.normalize, spec.format, precision=spec.precision, compile=spec.execution.compile
+        spec.teacher, spec.inputs, spec.format, precision=spec.precision, compile=spec.execution.compile
     )
     size = spec.execution.batch_size
     images = torch.randint(0, 256, (size, *spec.teacher.model.input_shape), dtype=torch.uint8)
     images = images.to(predictor.device)
-    predictor.logits(images)  # set-up (and compilation) not timed
+    predictor.logits({"image": images})  # set-up (and compilation) not timed
     with timed() as t:
         for _ in range(batches):
-            predictor.logits(images)  # each ends with the logits on the host: synchronised
+            predictor.logits({"image": images})  # each ends with the logits on the host: synchronised
     return batches * size / t["seconds"]
 
 
@@ -231,7 +231,7 @@ def main() -> None:
             base["softlabels"] = {"precision": "bf16"}
         job = quickstart_job({**base, "store": folder})
         _, images, _ = decoded(job.val)  # the teacher's logits are scaled on other images than it labels
-        weights = synthetic_teacher(job.teacher, job.normalize(images[:256]), 3.0, folder)
+        weights = synthetic_teacher(job.teacher, job.inputs.normalize(images[:256]), 3.0, folder)
         base["teacher"]["weights"] = weights
         if args.command:
             command_against_bare(base, weights, count, args.shard_rows, args.repeats, folder, name)

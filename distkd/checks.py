@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 
@@ -75,6 +76,19 @@ def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None
             )
     for split in splits.values():
         kind.check(split)
+
+
+def slice_columns(columns: list[str], split: Split) -> None:
+    """Each column of ``evaluate.slices`` is in every file of the evaluated split, and is not its input."""
+    if split.column in columns:
+        raise ConfigError(f"key 'evaluate.slices': '{split.column}' is the input column; slice by a column beside it")
+    for uri, _ in split.file_rows():
+        fs, path = storage.resolve(uri)
+        with fs.open_input_file(path) as f:
+            names = pq.read_schema(f).names
+        if missing := [c for c in columns if c not in names]:
+            shown = ", ".join(names[:SHOWN * 4])
+            raise ConfigError(f"key 'evaluate.slices': {uri} has no column '{missing[0]}' (its columns: {shown})")
 
 
 def texts_present(split: Split, column: str) -> None:

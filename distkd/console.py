@@ -79,7 +79,7 @@ def summary(report: str) -> str:
     """The comparison table of the report's models, each distilled student's gain over its baseline
     with its 95% interval, the time each stage took (or "reused") and where the report is."""
     from distkd import storage
-    from distkd.evaluate.metrics import gain_text
+    from distkd.evaluate.metrics import gain_text, worst_slice
 
     models = storage.read_json(storage.join(report, "metrics.json"))["models"]
     header = ("model", "params", "accuracy", "macro F1", "agreement with teacher")
@@ -99,6 +99,8 @@ def summary(report: str) -> str:
     for m in compared:
         what = "distilled student vs from scratch" if len(compared) == 1 else f"{m['name']} vs {m['baseline']['name']}"
         lines.append(f"{what}: {gain_text(m)}")
+        if "slice_gaps" in m:
+            lines.append(f"  {worst_slice(m)}")
     stages = ", ".join(f"{s} {'reused' if t is None else duration(t)}" for s, t in timeline.stages.items())
     if stages:
         wall = timeline.wall()

@@ -16,7 +16,6 @@ from distkd.config import ConfigError, JobConfig, ModelConfig
 from distkd.data import inputs
 from distkd.data.inputs import InputKind
 from distkd.data.source import DataError, Split
-from distkd.data.transforms import Normalize
 from distkd.models import sources, weights_hash
 from distkd.softlabels.formats import Format
 from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, TrainingRun, Weights
@@ -40,7 +39,6 @@ class Job:
     val: Split  # per-epoch validation: the test split's first ``val_limit`` rows
     evaluated: Split  # the split the evaluate stage reports on
     num_classes: int
-    normalize: Normalize
     inputs: InputKind  # what the input column becomes (data/inputs.py)
     teacher: ModelSpec
     student: ModelSpec
@@ -72,6 +70,8 @@ class Job:
             checks.same_input(splits)
             kind = inputs.for_data(train, data, config.store)
             checks.inputs(config, kind, splits)
+            if config.evaluate.slices:
+                checks.slice_columns(config.evaluate.slices, evaluated)
         except (ConfigError, DataError) as e:
             raise ConfigError(f"{source}: {e}") from None
         shape = kind.shape
@@ -120,11 +120,10 @@ class Job:
             raise ConfigError(
                 f"{source}: key 'stages': a job with 'evaluate.models' only evaluates them: use [evaluate]"
             )
-        normalize = Normalize(tuple(data.mean), tuple(data.std))  # the image kind's; the specs still take it
         teacher, student = spec("teacher", config.teacher), spec("student", config.student)
         limits = [n for n in (data.val_limit, test.limit) if n is not None]
         val = dataclasses.replace(test, limit=min(limits, default=None))
-        return cls(config, train, val, evaluated, num_classes, normalize, kind, teacher, student, checkpoints)
+        return cls(config, train, val, evaluated, num_classes, kind, teacher, student, checkpoints)
 
     # The specs of the stages. Each takes the upstream outputs it depends on (weights, a cache entry),
     # hashed by content through ``sha256`` (tests may pass a stand-in).
@@ -132,7 +131,7 @@ class Job:
     def _run(self, role: str, section: Literal["teacher", "student"], **kd: object) -> TrainingRun:
         c, model = self.config, getattr(self, section)
         resources = c.training_resources(section)
-        common = (c.store, c.name, model, getattr(c, section).train, self.train, self.val, self.normalize, resources)
+        common = (c.store, c.name, model, getattr(c, section).train, self.train, self.val, self.inputs, resources)
         return TrainingRun(role, *common, c.data, c.tracking, **kd)
 
     def teacher_run(self) -> TrainingRun | None:
@@ -157,7 +156,7 @@ class Job:
             store=self.config.store,
             teacher=Weights(self.teacher, teacher_weights, sha256(teacher_weights)),
             data=self.train,
-            normalize=self.normalize,
+            inputs=self.inputs,
             format=fmt,
             views=c.views,
             view_seed=c.view_seed,
@@ -192,7 +191,7 @@ class Job:
             job=c.name,
             models={role: Weights(model, uri, sha256(uri)) for role, (model, uri) in models.items()},
             data=self.evaluated,
-            normalize=self.normalize,
+            inputs=self.inputs,
             class_names=tuple(c.data.class_names) if c.data.class_names else None,
             execution=c.evaluate,
         )

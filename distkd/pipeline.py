@@ -16,6 +16,7 @@ import ray
 from distkd import address as ray_address
 from distkd import resources, storage
 from distkd.config import STAGES, ConfigError, Stage
+from distkd.data import inputs
 from distkd.distill.stage import students
 from distkd.distill.teacher import teacher_weights
 from distkd.evaluate.stage import evaluate
@@ -82,6 +83,7 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     last = max(STAGES.index(s) for s in stages)
     connect(job.config.ray_address, job.config.code)
     resources.check(job.config, stages)
+    inputs.make_ready(job.inputs)  # a text input's tokenizer, trained once, before any stage reads the data
     if job.checkpoints:  # an evaluation job: the checkpoints it names, nothing upstream
         return {"report": evaluate(job.eval_spec(job.checkpoints))}
     teacher = job.teacher_run()

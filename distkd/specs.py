@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,9 +28,12 @@ from distkd.config import (
     TrainConfig,
 )
 from distkd.data.source import Split
-from distkd.data.transforms import PAD, Normalize
+from distkd.data.transforms import PAD
 from distkd.models import load_weights, sources
 from distkd.softlabels.formats import Format
+
+if TYPE_CHECKING:
+    from distkd.data.inputs import InputKind  # which imports the checks, which import this module
 
 FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
 
@@ -126,7 +130,7 @@ class TrainingRun:
     train: TrainConfig
     data: Split
     val: Split
-    normalize: Normalize
+    inputs: InputKind  # what the input column becomes (``data/inputs.py``)
     resources: ResourcesConfig
     feed: DataConfig  # how the training data is fed (data.cache, data.shuffle_buffer): not part of the identity
     tracking: TrackingConfig  # where the curves go besides TensorBoard: not part of the identity
@@ -140,7 +144,7 @@ class TrainingRun:
             "model": self.model,
             "train": self.train,
             "data": self.data.identity(),
-            "normalize": self.normalize,
+            self.inputs.identity_key: self.inputs.identity(),
             "num_workers": self.resources.num_workers,
             "precision": self.resources.precision,
         }
@@ -167,7 +171,7 @@ class SoftLabelSpec:
     store: str
     teacher: Weights
     data: Split
-    normalize: Normalize
+    inputs: InputKind  # what the input column becomes (``data/inputs.py``)
     format: Format
     views: int
     view_seed: int
@@ -186,7 +190,7 @@ class SoftLabelSpec:
                 **({"source": self.teacher.model.source} if self.teacher.model.source is not None else {}),
             },
             "data": self.data.identity(),
-            "transform": {"input_shape": list(self.teacher.model.input_shape), "normalize": self.normalize},
+            "transform": {"input_shape": list(self.teacher.model.input_shape), self.inputs.identity_key: self.inputs.identity()},
             "views": {"count": self.views, "seed": self.view_seed, "pad": PAD} if self.views else None,
             "format": self.format,
             "shard_rows": self.shard_rows,
@@ -217,16 +221,18 @@ class EvalSpec:
     job: str  # recorded in the report, not part of its identity
     models: dict[str, Weights]  # role -> weights; "teacher" is the one students are compared with
     data: Split
-    normalize: Normalize
+    inputs: InputKind  # what the input column becomes (``data/inputs.py``)
     class_names: tuple[str, ...] | None
-    execution: EvaluateConfig  # pool and batch sizes: not part of the identity
+    execution: EvaluateConfig  # pool and batch sizes: not part of the identity; its slices are
 
     def identity(self) -> dict:
         return {
             "models": {role: w.identity() for role, w in self.models.items()},
             "data": self.data.identity(),
-            "normalize": self.normalize,
+            self.inputs.identity_key: self.inputs.identity(),
             "class_names": self.class_names,
+            # per-slice metrics add to a report; a report without them keeps its key
+            **({"slices": self.execution.slices} if self.execution.slices else {}),
         }
 
     @property

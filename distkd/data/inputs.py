@@ -7,15 +7,18 @@ branching on it:
 | | image | text |
 | --- | --- | --- |
 | ``prepare`` (Ray Data tasks) | decode: uint8 [N, C, H, W] ``image`` | tokenise: int32 [N, L] ``tokens`` |
+| ``on_device`` (teacher actors) | decode there: batched nvJPEG on a GPU | tokenise, then copy |
 | ``shape`` (what models are built for) | (C, H, W) | (L,), with ``vocab_size`` in the model's kwargs |
 | ``model_input`` (on the device) | normalise to float32 | ids as int64; 0 is padding |
 | ``augments`` (views, crop and flip) | yes | no: refused before work |
+| ``identity_key`` (in every output's identity) | ``normalize`` (image keys as before) | ``inputs`` |
 
 ``INPUTS`` maps a kind's name to the function that builds it for a job's data (``for_data``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -26,8 +29,9 @@ import numpy as np
 import ray
 import torch
 
-from distkd import checks, content
+from distkd import checks, content, storage
 from distkd.config import ConfigError, DataConfig, TokenizerConfig
+from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
 from distkd.data.source import Split, decode_batch, image_shape
 from distkd.data.transforms import Normalize
@@ -39,6 +43,7 @@ class InputKind(Protocol):
     column: str  # the input column of the shards
     columns: ClassVar[tuple[str, ...]]  # what ``prepare`` puts in a batch for the model, beside id and label
     augments: ClassVar[bool]  # whether views and random crops/flips apply
+    identity_key: ClassVar[str]  # the key of ``identity()`` in the identities of the outputs made from the data
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -46,6 +51,9 @@ class InputKind(Protocol):
 
     def prepare(self, batch: dict[str, np.ndarray], pool: Executor | None = None) -> dict[str, np.ndarray]:
         """A Ray Data batch of raw rows -> id, label and ``columns`` (a CPU task or actor)."""
+
+    def on_device(self, batch: dict[str, np.ndarray], device: torch.device, pool: Executor) -> dict[str, torch.Tensor]:
+        """A batch of raw rows -> ``columns`` as tensors on ``device`` (a teacher actor's, decoding there)."""
 
     def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """A batch of ``prepare``'s columns as tensors -> what the model is called with, on ``device``."""
@@ -61,6 +69,9 @@ class InputKind(Protocol):
 
     def identity(self) -> dict:
         """What changes the model inputs beyond the data: part of every output's identity."""
+
+    def pending(self) -> bool:
+        """Whether ``ready`` has something to make."""
 
     def ready(self) -> None:
         """Make the outputs the kind needs before any stage reads the data (text: train the tokenizer)."""
@@ -80,6 +91,7 @@ class ImageInput:
     name: ClassVar[str] = "image"
     columns: ClassVar[tuple[str, ...]] = ("image",)
     augments: ClassVar[bool] = True
+    identity_key: ClassVar[str] = "normalize"
     column: str
     image_shape: tuple[int, int, int]
     normalize: Normalize
@@ -90,6 +102,10 @@ class ImageInput:
 
     def prepare(self, batch: dict[str, np.ndarray], pool: Executor | None = None) -> dict[str, np.ndarray]:
         return decode_batch(batch, self.image_shape, pool, self.column)
+
+    def on_device(self, batch: dict[str, np.ndarray], device: torch.device, pool: Executor) -> dict[str, torch.Tensor]:
+        encoded = {**batch, "image": batch[self.column]}
+        return {"image": gpu_decode.decoder(device)(encoded, self.image_shape, device, pool)}
 
     def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         return self.normalize(batch["image"].to(device, non_blocking=True))
@@ -104,7 +120,10 @@ class ImageInput:
         return {}
 
     def identity(self) -> dict:
-        return self.normalize.identity()
+        return dataclasses.asdict(self.normalize)  # {mean, std}: image keys as before input kinds
+
+    def pending(self) -> bool:
+        return False
 
     def ready(self) -> None:
         pass  # nothing to make
@@ -131,6 +150,7 @@ class TextInput:
     name: ClassVar[str] = "text"
     columns: ClassVar[tuple[str, ...]] = ("tokens",)
     augments: ClassVar[bool] = False
+    identity_key: ClassVar[str] = "inputs"
     column: str
     tokenizer: tokenizers.Tokenizer
     made_of: str  # a trained tokenizer's folder (named by what it is made of), or a saved one's sha256
@@ -144,6 +164,9 @@ class TextInput:
         tokens, lengths, truncated = self.tokenizer.encode([str(t) for t in batch[self.column]])
         out = {"id": batch["id"], "tokens": tokens, "length": lengths, "truncated": truncated}
         return {**out, "label": batch["label"]}
+
+    def on_device(self, batch: dict[str, np.ndarray], device: torch.device, pool: Executor) -> dict[str, torch.Tensor]:
+        return {"tokens": gpu_decode.host_to_device(self.prepare(batch)["tokens"], device)}
 
     def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         return batch["tokens"].to(device, non_blocking=True).long()
@@ -164,6 +187,9 @@ class TextInput:
 
     def check(self, split: Split) -> None:
         checks.texts_present(split, self.column)
+
+    def pending(self) -> bool:
+        return self.training is not None and not storage.is_committed(self.tokenizer.uri.rsplit("/", 1)[0])
 
     def ready(self) -> None:
         if self.training is not None:
@@ -207,5 +233,7 @@ def _ready(kind: InputKind) -> None:
 
 
 def make_ready(kind: InputKind) -> None:
-    """``kind.ready()`` in a Ray task (a tokenizer is trained on a worker, not on the driver)."""
-    ray.get(_ready.remote(kind))
+    """``kind.ready()`` in a Ray task (a tokenizer is trained on a worker, not on the driver), when it has
+    something to make."""
+    if kind.pending():
+        ray.get(_ready.remote(kind))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,6 @@ class Normalize:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         return (images.float() / 255 - mean) / std
-
-    def identity(self) -> dict:
-        return {"normalize": asdict(self)}
 
 
 PAD = 4  # the standard CIFAR augmentation pads by 4 pixels

@@ -77,14 +77,14 @@ def train_loop(config: dict) -> None:
         for ids, batch, step_rows in batches.epoch(train.seed * 1000 + epoch):
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if len(ids):
-                    images, view = shown(run, batch, generator)
-                    x, y = run.normalize(images.to(device)), batch["label"].to(device)
+                    inputs, view = shown(run, batch, generator)
+                    x, y = run.inputs.model_input(inputs, device), batch["label"].to(device)
                     logits = model(x).float()
                     loss = loss_of(kd, logits, y, teacher_targets(batch, view, run.views, device))
                     # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's
                     scaled = loss * len(ids) * world / step_rows
                 else:  # no rows of this step here: join the gradient all-reduce with zeros (BatchNorm untouched)
-                    scaled = idle_step(model, torch.zeros(1, *run.model.input_shape, device=device))
+                    scaled = idle_step(model, run.inputs.model_input(run.inputs.example(1), device))
             opt.zero_grad(set_to_none=True)
             scaler.scale(scaled).backward()
             scaler.step(opt)
@@ -130,17 +130,19 @@ def run_params(run: TrainingRun) -> dict:
     return {"model": run.model.name, **{f"distill.{k}": v for k, v in kd.items()}, **run.train.model_dump()}
 
 
-def shown(run: TrainingRun, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images the model trains on, and which recorded view each one is (0 without views): with views,
-    exactly a view the teacher saw, drawn per sample and epoch; else the configured augmentation."""
-    images, view = batch["image"], torch.zeros(len(batch["image"]), dtype=torch.long)
+def shown(run: TrainingRun, batch: dict, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """The input columns the model trains on, and which recorded view each row is (0 without views): with
+    views, exactly a view the teacher saw, drawn per sample and epoch; else the configured augmentation. Both
+    are image augmentations: asked of another input kind, they are refused before work (``checks.inputs``)."""
+    view = torch.zeros(len(batch["label"]), dtype=torch.long)
     if run.views:
+        images = batch["image"]
         view = torch.randint(0, run.views, (len(images),), generator=generator)
         params = batch["views"].view(len(images), run.views, -1)[torch.arange(len(images)), view]
-        return crop_flip(images, params), view
+        return {"image": crop_flip(images, params)}, view
     if run.train.augment:
-        images = random_crop_flip(images, generator=generator)
-    return images, view
+        return {"image": random_crop_flip(batch["image"], generator=generator)}, view
+    return batch, view
 
 
 def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.device) -> Targets:
@@ -174,7 +176,7 @@ def accuracy(module: torch.nn.Module, shard: ray.data.DataIterator, run: Trainin
     module.eval()
     counts = torch.zeros(2, device=device)  # correct, total
     for batch in shard.iter_torch_batches(batch_size=1024):
-        predicted = module(run.normalize(batch["image"].to(device))).argmax(-1)
+        predicted = module(run.inputs.model_input(batch, device)).argmax(-1)
         counts += torch.stack(
             [(predicted == batch["label"].to(device)).sum(), torch.tensor(len(predicted), device=device)]
         )

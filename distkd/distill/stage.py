@@ -10,7 +10,8 @@ import ray.data
 
 from distkd import console, storage
 from distkd.catalog import RUN_INFO
-from distkd.data.source import Split, decode_batch
+from distkd.data.inputs import InputKind
+from distkd.data.source import Split
 from distkd.distill import streaming
 from distkd.distill.fit import fit
 from distkd.distill.loop import Worker
@@ -20,9 +21,9 @@ from distkd.softlabels.formats import TRAINING_COLUMNS
 from distkd.specs import TrainingRun, plain, require
 
 
-def decoded(split: Split, shape: tuple[int, int, int]) -> ray.data.Dataset:
-    """The split's rows with images decoded to uint8 ``shape`` (C, H, W)."""
-    return split.read().map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
+def decoded(split: Split, inputs: InputKind) -> ray.data.Dataset:
+    """The split's rows with their input prepared (images decoded to uint8, texts tokenised)."""
+    return split.read().map_batches(inputs.prepare, batch_format="numpy")
 
 
 def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
@@ -35,15 +36,15 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     with console.computing(run.role, what, run.uri):
         info = {"job": run.job, "role": run.role, **plain(run.identity())}
         storage.write_json(storage.join(run.uri, RUN_INFO), info)
-        shape = run.model.input_shape
-        val = in_memory(decoded(run.val, shape), ["image", "label"])
+        inputs = run.inputs
+        val = in_memory(decoded(run.val, inputs), [*inputs.columns, "label"])
         resources, softlabels = run.resources, run.softlabels if run.distill else None
-        streamed = streaming.choose(run.feed.cache, run.data, shape) == "stream"
+        streamed = streaming.choose(run.feed.cache, run.data, inputs) == "stream"
         if streamed:
-            train = streaming.stream(run.data, trained_columns(softlabels), shape, softlabels)
+            train = streaming.stream(run.data, trained_columns(inputs, softlabels), inputs, softlabels)
             resources = streaming.reserve_data_cpus(resources)
         else:
-            train = rows_in_memory(run.data, softlabels, shape)
+            train = rows_in_memory(run.data, softlabels, inputs)
         worker = Worker(run, run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
         fit(worker, train, val, resources)
     return run.uri
@@ -67,7 +68,7 @@ def students(distilled: TrainingRun, scratch: TrainingRun | None, compute: bool 
 def together(runs: list[TrainingRun]) -> bool:
     """Whether ``runs`` can train at once: each still to train, held in memory, all their workers on the cluster."""
     pending = [run for run in runs if not storage.is_committed(run.uri)]
-    held = all(streaming.choose(run.feed.cache, run.data, run.model.input_shape) == "memory" for run in pending)
+    held = all(streaming.choose(run.feed.cache, run.data, run.inputs) == "memory" for run in pending)
     needs = [training_needs(run.resources) for run in pending]
     cluster = ray.cluster_resources()
     fits = all(sum(n.get(k, 0) for n in needs) <= cluster.get(k, 0) for k in ("CPU", "GPU"))
@@ -75,25 +76,25 @@ def together(runs: list[TrainingRun]) -> bool:
 
 
 def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
-    """The training columns, materialised (decoded uint8) in the object store: epochs then run no
+    """The training columns, materialised (prepared: decoded uint8, token ids) in the object store: epochs then run no
     Ray Data tasks, so the trainer may hold every CPU of a small machine, and nothing is decoded twice
     (each worker reads them once, ``HeldBatches``)."""
     return ds.select_columns(columns).materialize()
 
 
-def trained_columns(entry: str | None) -> list[str]:
-    """The columns a training step reads: the rows', and those of the soft labels of ``entry`` (with the views'
-    parameters where views were recorded)."""
-    rows = ["id", "image", "label"]
+def trained_columns(inputs: InputKind, entry: str | None) -> list[str]:
+    """The columns a training step reads: the rows' (their input as ``inputs`` prepares it), and those of the
+    soft labels of ``entry`` (with the views' parameters where views were recorded)."""
+    rows = ["id", *inputs.columns, "label"]
     if entry is None:
         return rows
     manifest = cache.manifest(entry)
     return [*rows, *TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
 
 
-def rows_in_memory(split: Split, entry: str | None, shape: tuple[int, int, int]) -> ray.data.Dataset:
+def rows_in_memory(split: Split, entry: str | None, inputs: InputKind) -> ray.data.Dataset:
     """The training rows (with the soft labels of ``entry``) held in the object store, read by the streamed
     reader once: each unit of the split beside its own shard, both checked (the shard's checksum, its ids
     those of the unit in order), so every id is labelled exactly once and no join (a shuffle) is needed."""
-    columns = trained_columns(entry)
-    return in_memory(streaming.stream(split, columns, shape, entry), columns)
+    columns = trained_columns(inputs, entry)
+    return in_memory(streaming.stream(split, columns, inputs, entry), columns)

@@ -1,4 +1,4 @@
-"""Training data as a stream: each epoch, Ray Data CPU tasks read, check and decode the split unit by
+"""Training data as a stream: each epoch, Ray Data CPU tasks read, check and prepare the split unit by
 unit (in a new random unit order), next to the trainer, instead of holding the decoded set in memory.
 
 With soft labels the units are the entry's shards: shard i holds exactly the ids of unit i of
@@ -20,12 +20,13 @@ import ray.data
 import ray.train
 
 from distkd.config import ResourcesConfig
-from distkd.data.source import PATH, READ_ROWS, Split, Unit, decode_batch
+from distkd.data.inputs import InputKind
+from distkd.data.source import PATH, READ_ROWS, Split, Unit
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
 
 MEMORY_FRACTION = 0.25  # auto: hold the decoded training set in memory below this share of the object store
-BLOCK_BYTES = 64 << 20  # decoded bytes per streamed block
+BLOCK_BYTES = 64 << 20  # prepared bytes per streamed block
 DATA_CPUS = 1  # CPUs per node kept free of trainers for the streaming tasks
 # Decoded training data a streamed epoch may hold in the object store, per training worker: the read
 # tasks run this far ahead of the trainers and no further (without it, Ray Data's budget is half the store).
@@ -34,11 +35,11 @@ BUFFER_BYTES_PER_WORKER = 256 << 20
 CacheMode = Literal["auto", "memory", "stream"]
 
 
-def choose(mode: CacheMode, split: Split, image_shape: tuple[int, int, int]) -> Literal["memory", "stream"]:
-    """``auto``: memory when the decoded pixels fit in MEMORY_FRACTION of the object store, else stream."""
+def choose(mode: CacheMode, split: Split, inputs: InputKind) -> Literal["memory", "stream"]:
+    """``auto``: memory when the prepared inputs fit in MEMORY_FRACTION of the object store, else stream."""
     if mode != "auto":
         return mode
-    decoded = split.num_rows() * math.prod(image_shape)
+    decoded = split.num_rows() * inputs.row_bytes()
     return "memory" if decoded <= MEMORY_FRACTION * ray.cluster_resources().get("object_store_memory", 0) else "stream"
 
 
@@ -61,9 +62,9 @@ def ingest_options(workers: int) -> ray.data.ExecutionOptions:
     return options
 
 
-def stream(split: Split, columns: list[str], shape: tuple[int, int, int], entry: str | None = None) -> ray.data.Dataset:
+def stream(split: Split, columns: list[str], inputs: InputKind, entry: str | None = None) -> ray.data.Dataset:
     """``columns`` of the split's rows (joined to the soft labels of ``entry`` when given), read,
-    checked and decoded (to ``shape``) per unit each epoch in blocks of about BLOCK_BYTES, units in a new random
+    checked and prepared (by ``inputs``) per unit each epoch in blocks of about BLOCK_BYTES, units in a new random
     order every epoch."""
     if entry is None:
         units = split.units(READ_ROWS)
@@ -79,29 +80,29 @@ def stream(split: Split, columns: list[str], shape: tuple[int, int, int], entry:
         .randomize_block_order()
         .map_batches(
             _unit_rows,
-            fn_kwargs={"entry": entry, "fmt": fmt, "columns": columns, "shape": shape},
+            fn_kwargs={"entry": entry, "fmt": fmt, "columns": columns, "inputs": inputs},
             batch_size=1,
             batch_format="pyarrow",
         )
     )
 
 
-def block_rows(image_shape: tuple[int, int, int]) -> int:
-    return max(1, BLOCK_BYTES // math.prod(image_shape))
+def block_rows(inputs: InputKind) -> int:
+    return max(1, BLOCK_BYTES // inputs.row_bytes())
 
 
 def _unit_rows(
-    batch: pa.Table, entry: str | None, fmt: Format | None, columns: list[str], shape: tuple[int, int, int]
+    batch: pa.Table, entry: str | None, fmt: Format | None, columns: list[str], inputs: InputKind
 ) -> Iterator[dict[str, np.ndarray]]:
     for item in batch.to_pylist():
         unit = Unit(**item["unit"])
         rows = unit.read()
         labels = _shard_labels(entry, item["shard"], fmt, rows["id"]) if entry else {}
-        block = block_rows(shape)
+        block = block_rows(inputs)
         for start in range(0, len(rows), block):
             part = rows.slice(start, block)
             encoded = {name: part[name].to_numpy(zero_copy_only=False) for name in part.column_names}
-            out = decode_batch({**encoded, PATH: np.array([unit.file] * len(part))}, shape)
+            out = inputs.prepare({**encoded, PATH: np.array([unit.file] * len(part))})
             out.update({name: values[start : start + block] for name, values in labels.items()})
             yield {name: out[name] for name in columns}
 

@@ -28,13 +28,14 @@ def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device
 
 def model_cost(
     model: torch.nn.Module,
-    input_shape: tuple[int, int, int],
+    example: Callable[[int], torch.Tensor],
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
     repeats: int = 20,
 ) -> dict:
-    """Parameters, serialised size, FLOPs per sample, batch-1 latency and batched throughput.
+    """Parameters, serialised size, FLOPs per sample, batch-1 latency and batched throughput, on the model
+    inputs ``example(rows)`` makes (on the CPU; any input kind's: ``InputKind.example``).
 
     Moves ``model`` to ``device`` and puts it in eval mode (and leaves it so). FLOPs are what
     ``FlopCounterMode`` counts: 2 per multiply-add of convolutions and matmuls, nothing for
@@ -45,8 +46,7 @@ def model_cost(
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
 
-    one = torch.randn(1, *input_shape, device=device)
-    batch = torch.randn(batch_size, *input_shape, device=device)
+    one, batch = example(1).to(device), example(batch_size).to(device)
     # Not around the .to() above: parameters copied in inference mode could never be trained again.
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:

@@ -231,7 +231,7 @@ def baselines(models: Mapping[str, object]) -> dict[str, str]:
 
 def gain_text(model: dict) -> str:
     """``model``'s gain over its baseline, as the summary and the report say it:
-    ``+0.99 points (95% CI +0.21 to +1.77, paired, 10,000 images; one seed each)``.
+    ``+0.99 points (95% CI +0.21 to +1.77, paired, 10,000 rows; one seed each)``.
 
     ``model`` is one entry of ``metrics.json``: its ``metrics.vs_baseline``, ``baseline.seed`` and
     ``settings.seed`` (a seed is None for weights that did not come from a run of distkd).
@@ -244,7 +244,7 @@ def gain_text(model: dict) -> str:
         runs = f"one seed each (seed {seeds[0]})"
     else:
         runs = f"one seed each (seeds {seeds[0]} and {seeds[1]})"
-    return f"{100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, paired, {vs['count']:,} images; {runs})"
+    return f"{100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, paired, {vs['count']:,} rows; {runs})"
 
 
 def slice_stats(
@@ -297,3 +297,14 @@ def slice_gaps(model: dict[str, dict], baseline: dict[str, dict], metric: str = 
         for value, m in values.items()
     ]
     return sorted(gaps, key=lambda g: g["gap"])
+
+
+def worst_slice(model: dict) -> str:
+    """The slice where ``model`` falls furthest behind its baseline (macro F1), and on how many it is behind."""
+    gaps = model["slice_gaps"]
+    worst, behind = gaps[0], sum(g["behind"] for g in gaps)
+    value = worst["value"] or "(empty)"
+    return (
+        f"worst slice {worst['column']} = {value} ({worst['count']:,} rows): macro F1 {worst['gap']:+.4f}; "
+        f"behind on {behind} of {len(gaps)} slices"
+    )

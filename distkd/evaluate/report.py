@@ -92,7 +92,7 @@ def _gains(models: list[dict]) -> list[str]:
             vs = m["metrics"]["vs_baseline"]
             lines.append(
                 f"{m['name']} vs {m['baseline']['name']}: {gain_text(m)}; McNemar p = {vs['p_value']:.2g}; "
-                f"{vs['only_model']:,} images right only by {m['name']}, {vs['only_baseline']:,} only by the baseline"
+                f"{vs['only_model']:,} rows right only by {m['name']}, {vs['only_baseline']:,} only by the baseline"
             )
     return lines
 
@@ -104,6 +104,49 @@ def _per_class(models: list[dict]) -> tuple[list[str], list[list[str]]]:
         [c["class"], str(c["support"]), *(f"{col[i]['f1']:.4f}" for col in columns)] for i, c in enumerate(columns[0])
     ]
     return header, rows
+
+
+def _sliced(models: list[dict]) -> list[dict]:
+    """The models evaluated per slice (all of a report's models, or none: ``evaluate.slices``)."""
+    return [m for m in models if "slices" in m]
+
+
+def _per_slice(models: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per slice: its rows, each model's accuracy and macro F1, and each compared model's macro F1
+    gap to its baseline (``behind`` where it falls behind)."""
+    compared = [m for m in models if "slice_gaps" in m]
+    header = ["slice", "rows", *(f"{m['name']} acc / F1" for m in models), *(f"{m['name']} gap" for m in compared)]
+    gaps = [{(g["column"], g["value"]): g for g in m["slice_gaps"]} for m in compared]
+    rows = []
+    for column, values in models[0]["slices"].items():
+        for value, first in values.items():
+            cells = [f"{column} = {value or '(empty)'}", f"{first['count']:,}"]
+            for m in models:
+                metrics = m["slices"][column][value]
+                cells.append(f"{_pct(metrics['accuracy'])} / {metrics['f1_macro']:.4f}")
+            for by_slice in gaps:
+                g = by_slice[(column, value)]
+                cells.append(f"{g['gap']:+.4f}" + (" behind" if g["behind"] else ""))
+            rows.append(cells)
+    return header, rows
+
+
+def _slice_figure(models: list[dict], column: str) -> Figure:
+    values = list(models[0]["slices"][column])
+    x, width = np.arange(len(values)), 0.8 / len(models)
+    fig = Figure(figsize=(min(max(7.0, 0.6 * len(values) * len(models) + 2), 20), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, m in enumerate(models):
+        f1 = [m["slices"][column][v]["f1_macro"] for v in values]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, f1, width, label=m["name"])
+    counts = [models[0]["slices"][column][v]["count"] for v in values]
+    ax.set_xticks(x, [f"{v or '(empty)'}\n{n:,} rows" for v, n in zip(values, counts)], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("macro F1")
+    ax.set_title(f"macro F1 per {column}")
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(len(models), 4), fontsize=9, frameon=False)
+    return fig
 
 
 def _markdown_table(header: list[str], rows: list[list[str]], text_columns: int) -> str:
@@ -231,10 +274,16 @@ def _accuracy_vs_size_figure(models: list[dict]) -> Figure:
 
 
 GAIN_NOTE = (
-    "Paired: both models on the same images. The 95% interval (Wald, for paired proportions) and McNemar's "
-    "test count the images that only one of the two gets right; they cover the choice of test images, not "
+    "Paired: both models on the same rows. The 95% interval (Wald, for paired proportions) and McNemar's "
+    "test count the rows that only one of the two gets right; they cover the choice of test rows, not "
     "training randomness: from one seed each, a gain within the spread between seeds may change sign with "
     "another seed."
+)
+
+SLICE_NOTE = (
+    "Each metric on the rows of one value of a column (evaluate.slices), merged exactly from per-block "
+    "counts. gap: macro F1 minus that of the model's baseline on the same rows; 'behind' where it is "
+    "lower. A slice of few rows has a wide spread: read its count."
 )
 
 TRAINING_NOTE = (
@@ -275,6 +324,10 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
     training = _training(models)
     if training[1]:
         figures["training_curves.png"] = _curves_figure(models)
+    sliced = _sliced(models)
+    slice_plots = [f"slices_{slug(column)}.png" for column in (sliced[0]["slices"] if sliced else {})]
+    for name, column in zip(slice_plots, sliced[0]["slices"] if sliced else {}):
+        figures[name] = _slice_figure(sliced, column)
     paths = {}
     for name, fig in figures.items():
         paths[name] = out / name
@@ -309,6 +362,10 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         "",
     ]
     md += [f"![{name.removesuffix('.png')}]({name})" for name in overview + confusions]
+    if sliced:
+        per_slice = _per_slice(sliced)
+        md += ["", "## Per slice", "", _markdown_table(*per_slice, text_columns=1), "", SLICE_NOTE, ""]
+        md += [f"![{name.removesuffix('.png')}]({name})" for name in slice_plots]
     if training[1]:
         md += ["", "## Training", "", _markdown_table(*training, text_columns=1), "", TRAINING_NOTE, ""]
         md += ["![training_curves](training_curves.png)"]
@@ -324,6 +381,12 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
         + "".join(f"<li>{html.escape(line)}</li>" for line in gains)
         + f'</ul><p class="note">{html.escape(GAIN_NOTE)}</p>'
         if gains
+        else ""
+    )
+    slices_html = (
+        f'<h2>Per slice</h2>{_html_table(*per_slice)}<p class="note">{html.escape(SLICE_NOTE)}</p>'
+        f'<div class="plots">{"".join(img(n) for n in slice_plots)}</div>'
+        if sliced
         else ""
     )
     training_html = (
@@ -345,6 +408,7 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
 <div class="per-class">{_html_table(*per_class)}</div>
 <h2>Confusion matrices</h2>
 <div class="plots">{"".join(img(n) for n in confusions)}</div>
+{slices_html}
 </body></html>
 """
     paths["report.html"] = out / "report.html"

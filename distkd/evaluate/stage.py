@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -12,23 +13,34 @@ import torch
 
 from distkd import console, devices, storage
 from distkd.catalog import run_record
-from distkd.data.source import decode_batch
-from distkd.data.transforms import Normalize
+from distkd.data.inputs import InputKind
 from distkd.evaluate.cost import model_cost
-from distkd.evaluate.metrics import baselines, block_stats, compute_metrics, sum_stats
+from distkd.evaluate.metrics import (
+    baselines,
+    block_stats,
+    compute_metrics,
+    slice_gaps,
+    slice_metrics,
+    slice_stats,
+    sum_slices,
+    sum_stats,
+)
 from distkd.models import placed
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
+SLICES = "slices"  # the column of the evaluators' output that holds a block's per-slice statistics
 
 
 class Evaluator:
     """All models side by side in one actor, so each student is compared with its teacher on the same batch."""
 
-    def __init__(self, models: dict[str, Weights], normalize: Normalize, threads: int = 1) -> None:
+    def __init__(
+        self, models: dict[str, Weights], inputs: InputKind, slices: tuple[str, ...] = (), threads: int = 1
+    ) -> None:
         torch.set_num_threads(threads)
         self.device, self.weights = devices.device(), models
-        self.normalize = normalize
+        self.inputs, self.slices = inputs, slices
         self.baselines = baselines({role: w.model for role, w in models.items()})
 
     @functools.cached_property
@@ -38,14 +50,19 @@ class Evaluator:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = self.normalize(torch.from_numpy(batch["image"]).to(self.device))
+        x = self.inputs.model_input({name: torch.from_numpy(batch[name]) for name in self.inputs.columns}, self.device)
         logits = {role: model(x).float().cpu().numpy() for role, model in self.models.items()}
-        out = {}
+        out, sliced = {}, []
         for i, (role, z) in enumerate(logits.items()):
             teacher = logits.get(TEACHER) if role != TEACHER else None
             baseline = logits.get(self.baselines.get(role))
             stats = block_stats(z, batch["label"], teacher, baseline_logits=baseline)
             out.update({f"m{i}_{key}": v for key, v in stats.items()})
+            if self.slices:
+                values = {column: batch[column] for column in self.slices}
+                sliced.append(slice_stats(values, z, batch["label"], teacher_logits=teacher, baseline_logits=baseline))
+        if self.slices:  # column -> value -> statistics, per model: nested, so one pickled cell per block
+            out[SLICES] = np.array([pickle.dumps(sliced)], dtype=object)
         return out
 
 
@@ -62,15 +79,16 @@ def evaluate(spec: EvalSpec) -> str:
 
 def evaluate_into(folder: str, spec: EvalSpec) -> None:
     cfg = spec.execution
-    shape = next(iter(spec.models.values())).model.input_shape  # the data's: every model takes it
+    slices = tuple(cfg.slices)
     stats = (
-        spec.data.read()
-        .map_batches(decode_batch, fn_kwargs={"shape": shape}, batch_format="numpy")
+        spec.data.read(extra=tuple(c for c in slices if c not in ("id", "label")))
+        .map_batches(prepared, fn_kwargs={"inputs": spec.inputs, "keep": slices}, batch_format="numpy")
         .map_batches(
             Evaluator,
             fn_constructor_kwargs={
                 "models": spec.models,
-                "normalize": spec.normalize,
+                "inputs": spec.inputs,
+                "slices": slices,
                 "threads": max(1, int(cfg.cpus_per_actor)),
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
@@ -85,10 +103,10 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
     blocks = list(console.progress(batches, rows, "evaluate", lambda b: int(b["m0_confusion"].sum())))
     costs = ray.get(
         measure_costs.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor).remote(
-            spec.models, max(1, int(cfg.cpus_per_actor))
+            spec.models, spec.inputs, max(1, int(cfg.cpus_per_actor))
         )
     )
-    results = []
+    results, class_names = [], list(spec.class_names) if spec.class_names else None
     for i, (role, weights) in enumerate(spec.models.items()):
         summed = sum_stats(
             {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
@@ -99,29 +117,43 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
                 "role": role,
                 "weights": weights.uri,
                 "weights_sha256": weights.sha256,
-                "metrics": compute_metrics(summed, list(spec.class_names) if spec.class_names else None),
+                "metrics": compute_metrics(summed, class_names),
                 **costs[role],
                 **run_record(weights.uri),
             }
         )
+        if slices:
+            summed_slices = sum_slices(pickle.loads(b[SLICES][0])[i] for b in blocks)
+            results[-1]["slices"] = slice_metrics(summed_slices, class_names)
     by_role = {r["role"]: r for r in results}
     for role, baseline in baselines({role: w.model for role, w in spec.models.items()}).items():
         b = by_role[baseline]
         by_role[role]["baseline"] = {"role": baseline, "name": b["name"], "seed": b.get("settings", {}).get("seed")}
+        if slices:
+            by_role[role]["slice_gaps"] = slice_gaps(by_role[role]["slices"], b["slices"])
     save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.identity())
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
 
 
-def model_costs(models: dict[str, Weights], threads: int) -> dict[str, dict]:
+def prepared(batch: dict[str, np.ndarray], inputs: InputKind, keep: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The batch's input prepared for the models, with the columns ``keep`` (the slices') beside it."""
+    return {**inputs.prepare(batch), **{column: batch[column] for column in keep}}
+
+
+def model_costs(models: dict[str, Weights], inputs: InputKind, threads: int) -> dict[str, dict]:
     """Each model's ``cost`` (on the CPU) and ``cost_gpu`` (on the GPU Ray assigned, if any)."""
     torch.set_num_threads(threads)
     device, costs = devices.device(), {}
+
+    def example(rows: int) -> torch.Tensor:
+        return inputs.model_input(inputs.example(rows), torch.device("cpu"))
+
     for role, weights in models.items():
         model = weights.load()
-        costs[role] = {"cost": model_cost(model, weights.model.input_shape)}
+        costs[role] = {"cost": model_cost(model, example)}
         if device.type == "cuda":
-            costs[role]["cost_gpu"] = model_cost(model, weights.model.input_shape, device=device)
+            costs[role]["cost_gpu"] = model_cost(model, example, device=device)
     return costs
 
 

@@ -74,7 +74,7 @@ def writer_arguments(spec: SoftLabelSpec, units: list[Unit]) -> dict:
         "entry": spec.uri,
         "files": {u.index: cache.shard_file(spec, u) for u in units},
         "teacher": spec.teacher,
-        "normalize": spec.normalize,
+        "inputs": spec.inputs,
         "fmt": spec.format,
         "views": spec.views,
         "view_seed": spec.view_seed,

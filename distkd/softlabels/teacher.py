@@ -10,7 +10,8 @@ import pyarrow as pa
 import torch
 
 from distkd import devices
-from distkd.data.transforms import PAD, Normalize, crop_flip
+from distkd.data.inputs import InputKind
+from distkd.data.transforms import PAD, crop_flip
 from distkd.models import placed
 from distkd.softlabels.formats import Format, fixed_list
 from distkd.softlabels.views import PARAMS, view_params
@@ -20,13 +21,14 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TeacherPredictor:
-    """Holds one teacher on its device (the GPU Ray assigned the actor, if any); maps decoded batches to
-    the stored columns: the logits of the clean image, or of each of ``views`` recorded views."""
+    """Holds one teacher on its device (the GPU Ray assigned the actor, if any); maps prepared batches to
+    the stored columns: the logits of the clean input, or of each of ``views`` recorded views (images only:
+    views are refused for other inputs before work)."""
 
     def __init__(
         self,
         teacher: Weights,
-        normalize: Normalize,
+        inputs: InputKind,
         fmt: Format,
         views: int = 0,
         view_seed: int = 0,
@@ -35,7 +37,7 @@ class TeacherPredictor:
     ) -> None:
         self.device, self.weights, self.compile = devices.device(), teacher, compile
         self.compile_seconds: float | None = None  # the first batch's forward, which compiles (``compile`` only)
-        self.normalize, self.fmt, self.views, self.view_seed = normalize, fmt, views, view_seed
+        self.inputs, self.fmt, self.views, self.view_seed = inputs, fmt, views, view_seed
         self.amp_dtype = AMP_DTYPES.get(precision) if self.device.type == "cuda" else None
 
     @functools.cached_property
@@ -47,19 +49,23 @@ class TeacherPredictor:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray | torch.Tensor]) -> pa.Table:
-        """``image``: uint8 [N, C, H, W], a NumPy array or a tensor (already on the device, from a GPU decoder)."""
-        images = torch.as_tensor(batch["image"])
+        """``batch``: the ids and the input kind's columns (``prepare``'s), NumPy arrays or tensors (already on
+        the device, from ``on_device``)."""
+        prepared = {name: torch.as_tensor(batch[name]) for name in self.inputs.columns}
+        rows = len(batch["id"])
         columns = {"id": pa.array(batch["id"], pa.string())}
         if self.views:
             params = torch.from_numpy(view_params(list(batch["id"]), self.views, PAD, self.view_seed))
-            logits = torch.stack([self.logits(crop_flip(images, params[:, v])) for v in range(self.views)], dim=1)
-            columns["views"] = fixed_list(params.reshape(len(images), self.views * PARAMS).numpy(), pa.int16())
+            images = prepared["image"]
+            views = [self.logits({"image": crop_flip(images, params[:, v])}) for v in range(self.views)]
+            logits = torch.stack(views, dim=1)
+            columns["views"] = fixed_list(params.reshape(rows, self.views * PARAMS).numpy(), pa.int16())
         else:
-            logits = self.logits(images)[:, None]
+            logits = self.logits(prepared)[:, None]
         return pa.table({**columns, **self.fmt.columns(logits)})
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images.to(self.device, non_blocking=True))
+    def logits(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = self.inputs.model_input(prepared, self.device)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):

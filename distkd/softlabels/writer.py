@@ -14,9 +14,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distkd.data import gpu_decode
 from distkd.data.source import PATH, Unit
-from distkd.data.transforms import Normalize
+from distkd.data.inputs import InputKind
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
@@ -38,7 +37,7 @@ class ShardWriter:
         entry: str,
         files: dict[int, str],  # unit index -> its shard, relative to the entry (cache.shard_file)
         teacher: Weights,
-        normalize: Normalize,
+        inputs: InputKind,
         fmt: Format,
         views: int,
         view_seed: int,
@@ -49,10 +48,9 @@ class ShardWriter:
     ) -> None:
         torch.set_num_threads(threads)
         self.decoders = ThreadPoolExecutor(threads)  # on a GPU, decoding is what the teacher waits for
-        self.entry, self.files, self.batch_size, self.shape = entry, files, batch_size, teacher.model.input_shape
-        self.teacher = TeacherPredictor(teacher, normalize, fmt, views, view_seed, precision, compile)
-        self.decode = gpu_decode.decoder(self.teacher.device)  # nvJPEG on a GPU, Pillow on a CPU
-        self.ahead = ThreadPoolExecutor(1)  # decodes the next batch while the teacher runs this one
+        self.entry, self.files, self.batch_size, self.inputs = entry, files, batch_size, inputs
+        self.teacher = TeacherPredictor(teacher, inputs, fmt, views, view_seed, precision, compile)
+        self.ahead = ThreadPoolExecutor(1)  # prepares the next batch while the teacher runs this one
         self.compile_reported = False
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -71,7 +69,8 @@ class ShardWriter:
         return {"index": unit.index, **asdict(record), "labelled": len(rows), "compile_seconds": self.compiled()}
 
     def decoded(self, batches: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray | torch.Tensor]]:
-        """Each batch with its images decoded onto the teacher's device, the next one decoding meanwhile."""
+        """Each batch with its input prepared on the teacher's device (images decoded: nvJPEG on a GPU, Pillow
+        on a CPU), the next one prepared meanwhile."""
         pending = self.ahead.submit(self.decoded_batch, batches[0]) if batches else None
         for following in batches[1:]:
             current, pending = pending.result(), self.ahead.submit(self.decoded_batch, following)
@@ -80,7 +79,7 @@ class ShardWriter:
             yield pending.result()
 
     def decoded_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | torch.Tensor]:
-        return {**batch, "image": self.decode(batch, self.shape, self.teacher.device, self.decoders)}
+        return {**batch, **self.inputs.on_device(batch, self.teacher.device, self.decoders)}
 
     def compiled(self) -> float:
         """torch.compile's seconds, in the record of the first unit labelled after it (0 in every other)."""

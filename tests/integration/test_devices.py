@@ -8,6 +8,7 @@ import ray
 import torch
 
 from distkd import devices
+from distkd.data.inputs import ImageInput
 from distkd.data.transforms import Normalize
 from distkd.evaluate.stage import Evaluator, model_costs
 from distkd.models import state_dict_bytes, weights_hash
@@ -63,12 +64,12 @@ def test_teacher_evaluator_and_cost_task_take_the_device_ray_assigned(gpus_visib
     path = tmp_path / "lenet5.pt"
     path.write_bytes(state_dict_bytes(model.build()))
     weights = Weights(model, str(path), weights_hash(str(path)))
-    normalize, models = Normalize((0.5,) * 3, (0.25,) * 3), {"student": weights}
+    inputs, models = ImageInput("image", (3, 32, 32), Normalize((0.5,) * 3, (0.25,) * 3)), {"student": weights}
     batch = {"id": np.array(["a", "b"]), "image": np.zeros((2, 3, 32, 32), np.uint8), "label": np.array([0, 1])}
-    teacher, evaluator = TeacherPredictor(weights, normalize, Format("dense", "float16")), Evaluator(models, normalize)
+    teacher, evaluator = TeacherPredictor(weights, inputs, Format("dense", "float16")), Evaluator(models, inputs)
     assert teacher.device == evaluator.device == torch.device("cpu")
     assert len(teacher(batch)) == 2 and evaluator(batch)["m0_confusion"].sum() == 2  # models loaded, on the CPU
-    costs = model_costs(models, threads=1)
+    costs = model_costs(models, inputs, threads=1)
     assert costs["student"]["cost"]["device"] == "cpu" and "cost_gpu" not in costs["student"]
 
 

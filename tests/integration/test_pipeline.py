@@ -134,7 +134,7 @@ def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
 
     teacher = load_weights(job.teacher.build(), out["teacher"]).eval()
     with torch.inference_mode():
-        direct = teacher(job.normalize(torch.from_numpy(expected["image"][:16]))).numpy()
+        direct = teacher(job.inputs.normalize(torch.from_numpy(expected["image"][:16]))).numpy()
     np.testing.assert_allclose(np.stack([stored[i] for i in expected["id"][:16]]), direct, rtol=2e-3, atol=2e-3)
 
 
@@ -160,7 +160,7 @@ def test_aggregated_evaluation_equals_single_process_computation(run):
         with torch.inference_mode():
             predicted = (
                 load_weights(spec.build(), m["weights"])
-                .eval()(job.normalize(torch.from_numpy(test["image"])))
+                .eval()(job.inputs.normalize(torch.from_numpy(test["image"])))
                 .argmax(1)
                 .numpy()
             )
@@ -298,7 +298,7 @@ def test_console_shows_each_stage_once_and_ends_with_the_summary(run):
     summary = printed[printed.index("model  ") :]
     assert all(f"lenet5 {r}" in summary for r in ("distilled", "scratch")) and "resnet9 teacher" in summary
     points = r"[+-]\d+\.\d\d"
-    gain = rf"{points} points \(95% CI {points} to {points}, paired, [\d,]+ images; one seed each \(seed 0\)\)"
+    gain = rf"{points} points \(95% CI {points} to {points}, paired, [\d,]+ rows; one seed each \(seed 0\)\)"
     assert re.search(rf"^distilled student vs from scratch: {gain}$", summary, re.M)
     # the students train side by side: either may end first
     students = r"student-kd \S+, student-scratch \S+|student-scratch \S+, student-kd \S+"

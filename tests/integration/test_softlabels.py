@@ -93,7 +93,8 @@ def test_key_changes_with_every_input_that_changes_the_outputs(data, store, weig
     assert job_for(data, store, views=2).softlabel_spec(weights).uri != key
     assert job_for(data, store, dtype="float32").softlabel_spec(weights).uri != key
     assert job_for(data, store, format="topk", top_k=3).softlabel_spec(weights).uri != key
-    renormalised = dataclasses.replace(job, normalize=dataclasses.replace(job.normalize, mean=(0.5, 0.5, 0.5)))
+    normalize = dataclasses.replace(job.inputs.normalize, mean=(0.5, 0.5, 0.5))
+    renormalised = dataclasses.replace(job, inputs=dataclasses.replace(job.inputs, normalize=normalize))
     assert renormalised.softlabel_spec(weights).uri != key
 
     changed = tmp_path / "data"
@@ -119,7 +120,7 @@ def test_dense_entry_holds_teacher_logits_once_per_id(data, store, weights):
     images = torch.from_numpy(np.stack([decode(b) for b in expected["image"].to_pylist()[:8]]))
     teacher = load_weights(job.teacher.build(), weights).eval()
     with torch.inference_mode():
-        direct = teacher(job.normalize(images)).numpy()
+        direct = teacher(job.inputs.normalize(images)).numpy()
     np.testing.assert_allclose(to_numpy(tables[0]["logits"], np.float32)[:8], direct, rtol=1e-4, atol=1e-4)
     assert "Reusing".lower() in capture_reuse(job, weights)
 
@@ -188,7 +189,7 @@ def test_views_store_the_teachers_logits_on_the_views_pixels(data, store, weight
         crops = [padded[i, :, dy : dy + 32, dx : dx + 32] for i, (dy, dx, _) in enumerate(params[:, v])]
         view = np.stack([c[:, :, ::-1] if flip else c for c, flip in zip(crops, params[:, v, 2])])
         with torch.inference_mode():
-            direct = teacher(job.normalize(torch.from_numpy(view.copy()))).numpy()
+            direct = teacher(job.inputs.normalize(torch.from_numpy(view.copy()))).numpy()
         np.testing.assert_allclose(logits[:, v], direct, rtol=2e-3, atol=2e-3)
 
 
@@ -308,7 +309,7 @@ def test_distillation_moves_the_student_towards_its_teacher(data, store, weights
 
     def logits(spec, uri: str) -> torch.Tensor:
         with torch.inference_mode():
-            return load_weights(spec.build(), uri).eval()(job.normalize(images))
+            return load_weights(spec.build(), uri).eval()(job.inputs.normalize(images))
 
     teacher = logits(job.teacher, weights)
     kd_term = {

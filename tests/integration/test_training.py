@@ -27,6 +27,7 @@ from distkd.job import Job
 from distkd.specs import ModelSpec
 
 ROWS = 200
+TWO_WORKERS = {"num_workers": 2, "max_failures": 0}  # a hang fails the run (``time_limit``) instead of restarting it
 
 
 @pytest.fixture(scope="module")
@@ -140,28 +141,34 @@ def test_two_workers_train_on_every_id_once_and_follow_one_worker(data, tmp_path
     assert curves[2] == pytest.approx(curves[1], rel=1e-3)
 
 
-@pytest.mark.parametrize("streamed", [0, ROWS - 1], ids=["memory", "stream"])
-def test_batchnorm_model_on_two_workers_finishes_with_validation_rows_on_one(data, tmp_path, streamed):
-    # DDP broadcasts BatchNorm's buffers before each forward pass of the wrapped model: validating with it hung
-    # the worker with the only validation block in that broadcast, the other in the accuracy's all-reduce
-    resnet9 = dataclasses.replace(data[0].student, name="resnet9", kwargs={"width": 4})
-    resources = {"num_workers": 2, "max_failures": 0, **({"cpus_per_worker": 0.5} if streamed else {})}
+def resnet9(data) -> ModelSpec:
+    """A BatchNorm model: DDP broadcasts BatchNorm's buffers before each forward pass of the wrapped model, so
+    validating with it hung the worker with the only validation block in that broadcast, the other in the
+    accuracy's all-reduce."""
+    return dataclasses.replace(data[0].student, name="resnet9", kwargs={"width": 4})
+
+
+def test_batchnorm_model_on_two_workers_finishes_with_validation_rows_on_one(data, tmp_path):
     with time_limit(600, "a 2-worker ResNet-9 training"):
-        history = train(data, tmp_path / "run", epochs=1, streamed=streamed, model=resnet9, val_blocks=1, **resources)
+        history = train(data, tmp_path / "run", epochs=1, model=resnet9(data), val_blocks=1, **TWO_WORKERS)
     assert [e["epoch"] for e in history] == [1]
-    # streamed: each worker reads its own share of an odd row count, which Ray Train's equal split would cut
-    # short by a row (half a CPU per worker leaves one for the read tasks)
-    every_id_once(history, streamed or ROWS, 2, data)
+    every_id_once(history, ROWS, 2, data)
     assert all(w["samples"] > 0 for w in history[0]["workers"])
 
 
-def test_streamed_schedule_ends_with_the_last_row_on_uneven_shares(data, tmp_path):
+def test_streamed_batchnorm_model_on_uneven_shares_finishes_and_its_schedule_ends_with_the_last_row(data, tmp_path):
     # 3 blocks of 66-67 rows over 2 workers: shares of 2 blocks and 1 (or 3 and 0), so an epoch takes 9 (or 13)
-    # steps of 16 rows a worker, not the 7 that equal shares would; a schedule on steps reached its floor early
-    lr = 0.05
-    history = train(data, tmp_path / "run", lr=lr, streamed=ROWS - 1, blocks=3, num_workers=2, cpus_per_worker=0.5)
+    # steps of 16 rows a worker, not the 7 that equal shares would; a schedule on steps reached its floor early.
+    # Each worker reads its own share of an odd row count, which Ray Train's equal split would cut short by a row
+    # (half a CPU per worker leaves one for the read tasks).
+    lr, rows = 0.05, ROWS - 1
+    with time_limit(600, "a streamed 2-worker ResNet-9 training"):
+        history = train(
+            data, tmp_path / "run", lr=lr, streamed=rows, blocks=3, model=resnet9(data), val_blocks=1,
+            cpus_per_worker=0.5, **TWO_WORKERS,
+        )
     assert all(len({w["samples"] for w in e["workers"]}) == 2 for e in history)  # unequal shares
-    every_id_once(history, ROWS - 1, 2, data)
+    every_id_once(history, rows, 2, data)
     assert [e["lr"] for e in history] == pytest.approx(
         [lr * SCHEDULES["one_cycle"](0.5), lr * SCHEDULES["one_cycle"](1.0)]
     )

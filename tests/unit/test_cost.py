@@ -10,7 +10,7 @@ def test_tiny_convnet_counts() -> None:
     model = nn.Sequential(nn.Conv2d(cin, cout, k), nn.ReLU(), nn.Flatten(), nn.Linear(cout * oh * ow, classes))
     model.train()
 
-    cost = model_cost(model, (cin, h, w), batch_size=8, repeats=3)
+    cost = model_cost(model, lambda n: torch.randn(n, cin, h, w), batch_size=8, repeats=3)
 
     conv_params, fc_params = cout * (cin * k * k + 1), classes * (cout * oh * ow + 1)
     assert cost["params"] == conv_params + fc_params == 1562
@@ -25,7 +25,7 @@ def test_tiny_convnet_counts() -> None:
 
 def test_flops_scale_with_input() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten())
-    small = model_cost(model, (1, 4, 4), batch_size=2, repeats=1)["flops_per_sample"]
-    big = model_cost(model, (1, 8, 8), batch_size=2, repeats=1)["flops_per_sample"]
+    small = model_cost(model, lambda n: torch.randn(n, 1, 4, 4), batch_size=2, repeats=1)["flops_per_sample"]
+    big = model_cost(model, lambda n: torch.randn(n, 1, 8, 8), batch_size=2, repeats=1)["flops_per_sample"]
     assert small == 2 * 2 * 16 * 9 and big == 4 * small
     assert torch.is_grad_enabled()

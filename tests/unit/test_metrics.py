@@ -221,6 +221,6 @@ def test_gain_text_says_how_many_seeds() -> None:
         "baseline": {"seed": 1},
     }
     # +0.20 points, 95% CI 0.2 -+ 1.959964 * sqrt(40 - 400 / 10000) / 100 = 0.2 -+ 0.1239 = +0.08 to +0.32
-    assert gain_text(model) == "+0.20 points (95% CI +0.08 to +0.32, paired, 10,000 images; one seed each (seed 1))"
+    assert gain_text(model) == "+0.20 points (95% CI +0.08 to +0.32, paired, 10,000 rows; one seed each (seed 1))"
     assert gain_text({**model, "baseline": {"seed": 0}}).endswith("; one seed each (seeds 1 and 0))")
     assert gain_text({**model, "settings": {}}).endswith("; one run each)")

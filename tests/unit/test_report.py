@@ -129,7 +129,7 @@ def test_gain_over_the_baseline_in_markdown_and_html(report) -> None:
     assert vs["gain"] == pytest.approx(models[2]["metrics"]["accuracy"] - models[1]["metrics"]["accuracy"], abs=1e-12)
     line = (
         f"tiny distilled vs tiny scratch: {100 * vs['gain']:+.2f} points (95% CI {low:+.2f} to {high:+.2f}, "
-        f"paired, 500 images; one run each); McNemar p = {vs['p_value']:.2g}; {vs['only_model']:,} images right "
+        f"paired, 500 rows; one run each); McNemar p = {vs['p_value']:.2g}; {vs['only_model']:,} rows right "
         f"only by tiny distilled, {vs['only_baseline']:,} only by the baseline"
     )
     md = paths["report.md"].read_text()
@@ -155,7 +155,7 @@ def test_summary_gives_the_gain_with_its_interval_and_seeds(tmp_path) -> None:
     models[2]["metrics"]["vs_baseline"] = paired_gain(30, 10, 1000)
     models[2]["settings"] = {"seed": 0}
     lines = summary_of(tmp_path, models)
-    expected = "+2.00 points (95% CI +0.77 to +3.23, paired, 1,000 images; one seed each (seed 0))"
+    expected = "+2.00 points (95% CI +0.77 to +3.23, paired, 1,000 rows; one seed each (seed 0))"
     assert f"distilled student vs from scratch: {expected}" in lines
 
     # Two distilled students (evaluate.models), the second's baseline from another seed.

@@ -14,6 +14,7 @@ import torch
 
 from distkd import content
 from distkd.data.source import InputChanged, Split, Unit
+from distkd.data.inputs import ImageInput
 from distkd.data.transforms import Normalize
 from distkd.models import state_dict_bytes, weights_hash
 from distkd.softlabels.formats import Format
@@ -21,6 +22,7 @@ from distkd.softlabels.teacher import TeacherPredictor
 from distkd.specs import ModelSpec, Weights
 
 MODEL = ModelSpec("lenet5", {}, 10, (3, 32, 32))
+IMAGES = ImageInput("image", (3, 32, 32), Normalize((0.5,) * 3, (0.25,) * 3))
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_weights_rewritten_after_hashing_are_refused(weights):
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
     Path(weights.uri).write_bytes(state_dict_bytes(other))  # at the same path, while the job runs
-    teacher = TeacherPredictor(weights, Normalize((0.5,) * 3, (0.25,) * 3), Format("dense", "float16"))
+    teacher = TeacherPredictor(weights, IMAGES, Format("dense", "float16"))
     batch = {"id": np.array(["a"]), "image": np.zeros((1, 3, 32, 32), np.uint8)}
     for load in (weights.load, lambda: teacher(batch)):  # what each actor does: refused there, by URI
         with pytest.raises(InputChanged, match=f"{weights.uri}: weights changed since the job hashed them"):

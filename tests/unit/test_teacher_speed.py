@@ -18,6 +18,7 @@ from PIL import Image
 from distkd import config
 from distkd.data import gpu_decode
 from distkd.data.source import PATH, DataError, decode_batch
+from distkd.data.inputs import ImageInput
 from distkd.data.transforms import Normalize
 from distkd.models import weights_hash
 from distkd.softlabels.formats import Format
@@ -26,6 +27,7 @@ from distkd.softlabels.writer import ShardWriter
 from distkd.specs import ModelSpec, Weights
 
 SHAPE = (3, 16, 16)
+IMAGES = ImageInput("image", (3, 32, 32), Normalize((0.5,) * 3, (0.25,) * 3))
 CPU = torch.device("cpu")
 
 
@@ -102,12 +104,12 @@ def test_nvjpeg_on_the_gpu_is_close_to_pillow():
 def test_the_actor_decodes_the_next_batch_while_the_teacher_runs_this_one():
     started = [threading.Event() for _ in range(3)]
 
-    def decode(rows, *_):
+    def on_device(rows, *_):
         started[int(rows["id"][0])].set()
-        return rows["image"]
+        return {"image": rows["image"]}
 
     writer = object.__new__(ShardWriter)
-    writer.ahead, writer.decode, writer.shape, writer.decoders = ThreadPoolExecutor(1), decode, SHAPE, None
+    writer.ahead, writer.inputs, writer.decoders = ThreadPoolExecutor(1), SimpleNamespace(on_device=on_device), None
     writer.teacher = SimpleNamespace(device=CPU)
     batches = [{"id": np.array([str(i)]), "image": np.full(1, i)} for i in range(3)]
     for i, decoded in enumerate(writer.decoded(batches)):
@@ -129,7 +131,7 @@ def weights(tmp_path) -> Weights:
 def test_compile_wraps_the_teacher_and_times_its_first_batch_once(weights, monkeypatch, compile):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
-    teacher = TeacherPredictor(weights, Normalize((0.5,) * 3, (0.25,) * 3), Format("dense", "float16"), compile=compile)
+    teacher = TeacherPredictor(weights, IMAGES, Format("dense", "float16"), compile=compile)
     rows = {"id": np.array(["a", "b"]), "image": torch.zeros((2, 3, 32, 32), dtype=torch.uint8)}  # a device tensor
     assert len(teacher(rows)) == 2
     first = teacher.compile_seconds
