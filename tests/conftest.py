@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray instance, one real S3 server (SeaweedFS), the real CIFAR-10 shards."""
+"""Shared fixtures: one real local Ray instance, one real S3 server (SeaweedFS), the real CIFAR-10 and review
+shards."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.seaweedfs import SeaweedFS, seaweedfs
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = Path(os.environ.get("DISTKD_CIFAR10", ROOT.parent / "shared" / "datasets" / "cifar10"))
+REVIEWS = Path(os.environ.get("DISTKD_REVIEWS", ROOT.parent / "shared" / "datasets" / "womens-reviews"))
 BUCKET = "distkd-test"
 
 
@@ -26,6 +28,14 @@ def cifar10() -> Path:
     if not (CIFAR10 / "train-00000-of-00005.parquet").exists():
         pytest.fail(f"CIFAR-10 Parquet shards not found at {CIFAR10} (set DISTKD_CIFAR10)")
     return CIFAR10
+
+
+@pytest.fixture(scope="session")
+def reviews() -> Path:
+    """The women's clothing reviews (text, the star rating as the label, the product's department beside)."""
+    if not (REVIEWS / "test-00000-of-00001.parquet").exists():
+        pytest.fail(f"womens-reviews Parquet shards not found at {REVIEWS} (set DISTKD_REVIEWS)")
+    return REVIEWS
 
 
 @pytest.fixture(scope="session")

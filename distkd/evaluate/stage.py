@@ -123,7 +123,8 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
             }
         )
         if slices:
-            summed_slices = sum_slices(pickle.loads(b[SLICES][0])[i] for b in blocks)
+            # a block holds one row per evaluator call, or several
+            summed_slices = sum_slices(pickle.loads(cell)[i] for b in blocks for cell in b[SLICES])
             results[-1]["slices"] = slice_metrics(summed_slices, class_names)
     by_role = {r["role"]: r for r in results}
     for role, baseline in baselines({role: w.model for role, w in spec.models.items()}).items():

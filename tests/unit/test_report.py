@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from distkd import console, storage
-from distkd.evaluate.metrics import block_stats, compute_metrics, paired_gain, sum_stats
+from distkd.evaluate.metrics import (
+    block_stats,
+    compute_metrics,
+    paired_gain,
+    slice_gaps,
+    slice_metrics,
+    slice_stats,
+    sum_slices,
+    sum_stats,
+)
 from distkd.evaluate.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -188,3 +197,38 @@ def test_what_rays_driver_threads_print_goes_to_the_log_and_the_rest_to_the_term
         print("[student-kd] done in 5m32s", file=out)
     assert terminal.getvalue() == "[student-kd] done in 5m32s\n"
     assert [r.getMessage() for r in caplog.records if r.name == "ray.driver_output"] == [notice]
+
+
+def with_slices(models: list[dict]) -> list[dict]:
+    """The report's models evaluated per department: the distilled student behind its twin on 'Dresses'."""
+    rng = np.random.default_rng(1)
+    labels, department = rng.integers(0, len(CLASSES), 200), np.array(["Tops", "Dresses"] * 100)
+    onehot = np.eye(len(CLASSES))[labels]
+    scratch = rng.normal(0, 1, onehot.shape) + 1.0 * onehot
+    distilled = np.where((department == "Dresses")[:, None], -onehot, scratch + 2 * onehot)
+    per_model = {"teacher": 3 * onehot, "scratch": scratch, "distilled": distilled}
+    for m, logits in zip(models, per_model.values()):
+        m["slices"] = slice_metrics(sum_slices([slice_stats({"department": department}, logits, labels)]))
+    models[2]["slice_gaps"] = slice_gaps(models[2]["slices"], models[1]["slices"])
+    return models
+
+
+def test_per_slice_table_plot_and_the_worst_gap_on_the_summary(tmp_path) -> None:
+    models = with_slices(make_models())
+    paths = write_report(tmp_path / "report", models)
+    md = paths["report.md"].read_text()
+    assert "## Per slice" in md and "tiny distilled gap" in md
+    dresses = next(line for line in md.splitlines() if line.startswith("| department = Dresses"))
+    assert dresses.endswith(" behind |") and "| 100 |" in dresses
+    tops = next(line for line in md.splitlines() if line.startswith("| department = Tops"))
+    assert "behind" not in tops
+    assert paths["slices_department.png"].read_bytes().startswith(PNG_MAGIC)
+    assert "Per slice" in paths["report.html"].read_text()
+    worst = models[2]["slice_gaps"][0]
+    line = f"  worst slice department = Dresses (100 rows): macro F1 {worst['gap']:+.4f}; behind on 1 of 2 slices"
+    assert worst["gap"] < 0 and line in summary_of(tmp_path, models)
+
+
+def test_no_slice_section_without_slices(report) -> None:
+    _, paths = report
+    assert "Per slice" not in paths["report.md"].read_text() and not any(p.startswith("slices_") for p in paths)

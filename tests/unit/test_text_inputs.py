@@ -3,6 +3,8 @@ store, fed to text models that mask padding, and refused before work when rows o
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,11 @@ from distkd import config, storage
 from distkd.config import ConfigError
 from distkd.data import inputs, tokenizer
 from distkd.data.source import DataError, Split
+from distkd.distill import streaming
+from distkd.evaluate.stage import SLICES, Evaluator, prepared
 from distkd.job import Job
-from distkd.models import build_model
+from distkd.models import build_model, state_dict_bytes, weights_hash
+from distkd.specs import Weights
 
 WORDS = ["great", "fit", "small", "lovely", "fabric", "returned", "soft", "tight", "color", "perfect"]
 ROWS = 40
@@ -188,3 +193,46 @@ def test_a_saved_tokenizer_is_used_as_it_is(data: Path, tmp_path: Path) -> None:
 def test_an_unknown_tokenizer_is_refused_by_the_config(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="key 'data.tokenizer.name': unknown tokenizer 'sentencepiece'"):
         job_config(data, tmp_path / "store", **{"data.tokenizer.name": "sentencepiece"})
+
+
+def test_a_text_unit_streams_as_token_rows_each_id_once(data: Path, tmp_path: Path) -> None:
+    """The streamed reader's task, called as Ray Data calls it: a unit's rows come out tokenised."""
+    job = Job.prepare(job_config(data, tmp_path / "store"))
+    job.inputs.ready()
+    units = job.train.units(16)
+    items = pa.Table.from_pylist([{"unit": dataclasses.asdict(u), "shard": None} for u in units])
+    columns = ["id", "tokens", "label"]
+    blocks = list(streaming._unit_rows(items, None, None, columns, job.inputs))
+    assert all(set(b) == set(columns) and b["tokens"].shape[1:] == (8,) for b in blocks)
+    ids = [i for b in blocks for i in b["id"]]
+    assert sorted(ids) == sorted(f"train/{i}" for i in range(ROWS))
+    assert streaming.block_rows(job.inputs) == streaming.BLOCK_BYTES // (4 * 8)  # int32 ids, not pixels
+
+
+def test_slices_name_columns_of_the_evaluated_split(data: Path, tmp_path: Path) -> None:
+    assert Job.prepare(job_config(data, tmp_path / "store", **{"evaluate.slices": ["department"]}))
+    with pytest.raises(ConfigError, match=r"key 'evaluate.slices': .*test-00000-of-00001.parquet has no column 'age'"):
+        Job.prepare(job_config(data, tmp_path / "store", **{"evaluate.slices": ["department", "age"]}))
+    with pytest.raises(ConfigError, match="key 'evaluate.slices': 'text' is the input column"):
+        Job.prepare(job_config(data, tmp_path / "store", **{"evaluate.slices": ["text"]}))
+
+
+def test_the_evaluator_counts_each_slice_of_a_text_batch(data: Path, tmp_path: Path) -> None:
+    """Per model, the slices' counts add up to the block's: every row in exactly one slice of each column."""
+    job = Job.prepare(job_config(data, tmp_path / "store", **{"evaluate.slices": ["department"]}))
+    job.inputs.ready()
+    weights = {}
+    for role, spec in (("teacher", job.teacher), ("distilled", job.student), ("scratch", job.student)):
+        path = tmp_path / f"{role}.pt"
+        path.write_bytes(state_dict_bytes(spec.build()))
+        weights[role] = Weights(spec, str(path), weights_hash(str(path)))
+    rows = job.evaluated.read_table(["id", "text", "label", "department"]).to_pydict()
+    batch = prepared({k: np.array(v, dtype=object) for k, v in rows.items()}, job.inputs, ("department",))
+    out = Evaluator(weights, job.inputs, ("department",))(batch)
+    per_model = pickle.loads(out[SLICES][0])
+    assert len(per_model) == 3
+    for i, sliced in enumerate(per_model):
+        assert set(sliced["department"]) == {"Tops", "Dresses"}
+        counts = sum(stats["confusion"].sum() for stats in sliced["department"].values())
+        assert counts == out[f"m{i}_confusion"].sum() == ROWS
+    assert "only_model" in per_model[1]["department"]["Tops"]  # the distilled student is paired with its baseline
