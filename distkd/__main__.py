@@ -1,3 +1,3 @@
-from distkd.cli import main
+from distkd.cli import run
 
-raise SystemExit(main())
+run()
