@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.seaweedfs
 
-from distkd import config, pipeline, storage  # noqa: E402
+from distkd import cluster, config, storage  # noqa: E402
 from distkd.job import Job  # noqa: E402
 from distkd.models import build_model, state_dict_bytes  # noqa: E402
 from distkd.softlabels import cache  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
             teacher = str(scratch / "teacher.pt")
             Path(teacher).write_bytes(state_dict_bytes(build_model("resnet9", 10, 3, 32, **base["teacher"]["kwargs"])))
         base["teacher"]["weights"] = teacher
-        pipeline.connect(None)
+        cluster.connect(None)
         s3_store = f"s3://{args.bucket}/distkd-bench-{uuid.uuid4().hex[:8]}"
         figures = {"local folder": run(base, str(scratch / "store"), teacher), "S3": run(base, s3_store, teacher)}
         if not own_server:

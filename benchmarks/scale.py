@@ -25,7 +25,7 @@ import torch
 from common import write_split
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-from distkd import config, pipeline, storage
+from distkd import cluster, config, storage
 from distkd.distill.stage import students
 from distkd.job import Job
 from distkd.models import build_model
@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     args = p.parse_args()
-    pipeline.connect(None)
+    cluster.connect(None)
     print("| rows | stage 1 s | stage 1 rows/s | stage 2 s | epoch s | epoch rows/s | driver peak MB | store peak MB |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,8 +99,9 @@ class ModelConfig(Strict):
 class Entry(Strict):
     """A registry entry picked by name, with its own keyword arguments (their defaults are the entry's own).
     Validation calls the entry once on tiny inputs when it is given arguments, so that it refuses what it cannot
-    take (``momentum: 1.5``); an entry's own defaults are not tried, which keeps importing this module light
-    (a first torch optimiser imports torch._dynamo, 2 s in every process)."""
+    take (``momentum: 1.5``); an entry's own defaults are not tried, and the defaults of the sections are built
+    unvalidated (``model_construct``: they are the registries' own names), so importing this module imports
+    neither torch nor the registries (2-3 s on 2 cores, in every process, and before the command starts Ray)."""
 
     name: str
     kwargs: dict[str, int | float | bool | str] = {}
@@ -148,8 +149,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.1, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    optimizer: OptimizerConfig = OptimizerConfig()  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
-    schedule: ScheduleConfig = ScheduleConfig()  # of lr over all epochs' rows: one_cycle, cosine
+    optimizer: OptimizerConfig = OptimizerConfig.model_construct()  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
+    schedule: ScheduleConfig = ScheduleConfig.model_construct()  # of lr over all epochs' rows: one_cycle, cosine
     augment: bool = True  # random crop (pad 4) + horizontal flip
     seed: int = 0
 
@@ -223,7 +224,7 @@ class LossConfig(Entry):
 class DistillConfig(Strict):
     alpha: float = Field(default=0.9, ge=0, le=1)  # weight of the KD term; 0 = from scratch
     temperature: float = Field(default=4.0, gt=0)
-    loss: LossConfig = LossConfig()
+    loss: LossConfig = LossConfig.model_construct()
     baseline: bool = True  # also train the student from scratch, for the report
 
 

@@ -187,9 +187,9 @@ def run(base, jobs: list, keys: list[str]) -> tuple[str, list[dict]]:
     """The sweep ``plan`` made, on the cluster (joined or started here unless Ray is initialised): the teacher and
     its labels first (reused when committed), then every trial not committed yet; returns the report folder and
     one record per trial."""
-    from distkd import pipeline, resources
+    from distkd import cluster, pipeline, resources
 
-    pipeline.connect(base.config.ray_address, base.config.code)
+    cluster.connect(base.config.ray_address, base.config.code)
     resources.check(base.config, ["train_teacher", "softlabels", "distill"])
     teacher = pipeline.run(base, ["train_teacher", "softlabels"])["teacher"]
     found = trials(jobs, teacher)

@@ -59,7 +59,7 @@ def ray_cluster(s3_server):
     node's own S3 endpoint and keys), which is how a node gets credentials: never through runtime_env."""
     import ray
 
-    from distkd.pipeline import connect
+    from distkd.cluster import connect
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     connect(None)

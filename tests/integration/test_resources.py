@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distkd import address, cli, config, pipeline, resources
+from distkd import address, cli, cluster, config, resources
 from tests.seaweedfs import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ LISTENING = """
 import json, psutil
 from distkd import address
 address.loopback_only(None)  # as the distkd command does, before Ray is imported
-from distkd.pipeline import connect
+from distkd.cluster import connect
 connect(None)
 ours = psutil.Process().children(recursive=True)
 sockets = [
@@ -59,7 +59,7 @@ def test_a_local_instance_that_would_listen_beyond_loopback_is_refused():
             routed = "127.0.0.1"
     if routed.startswith("127."):
         pytest.skip("this machine has no address but the loopback one")
-    script = "import ray\nfrom distkd.pipeline import connect\nconnect(None)"
+    script = "import ray\nfrom distkd.cluster import connect\nconnect(None)"
     out = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -164,7 +164,7 @@ def test_malformed_ray_addresses_are_refused_in_the_job_file():
         with pytest.raises(config.ConfigError, match=r"key 'ray_address': not a Ray address: expected 'auto'"):
             parsed(ray_address=bad)
     with pytest.raises(config.ConfigError, match=r"\$RAY_ADDRESS: not a Ray address"):
-        pipeline.joinable("head", "$RAY_ADDRESS")
+        cluster.joinable("head", "$RAY_ADDRESS")
 
 
 def test_an_unreachable_ray_address_is_refused_within_seconds(cifar10, tmp_path):

@@ -7,7 +7,7 @@ import os
 import yaml
 
 import distkd
-from distkd import cli, config, pipeline, submit
+from distkd import cli, cluster, config, submit
 
 
 def test_working_dir_holds_the_package_and_the_resolved_job(tmp_path, monkeypatch):
@@ -62,12 +62,12 @@ def test_a_driver_joining_a_cluster_ships_the_jobs_code_and_a_local_one_reads_it
     """``ray_address`` without ``submit``: the workers on other nodes get the job's ``code:`` through
     ``py_modules``; a local instance's workers share the driver's disk."""
     started = []
-    monkeypatch.setattr(pipeline.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(pipeline.ray, "init", lambda **options: started.append(options))
-    monkeypatch.setattr(pipeline.ray_address, "unreachable", lambda address: None)
-    monkeypatch.setattr(pipeline, "loopback_only", lambda: None)
-    pipeline.connect("10.0.0.1:6379", ("/home/me/own_models.py",))
-    pipeline.connect(None, ("/home/me/own_models.py",))
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", lambda **options: started.append(options))
+    monkeypatch.setattr(cluster.ray_address, "unreachable", lambda address: None)
+    monkeypatch.setattr(cluster, "loopback_only", lambda: None)
+    cluster.connect("10.0.0.1:6379", ("/home/me/own_models.py",))
+    cluster.connect(None, ("/home/me/own_models.py",))
     joined, local = started
     assert joined["address"] == "10.0.0.1:6379" and joined["runtime_env"]["py_modules"] == ["/home/me/own_models.py"]
     assert local["address"] == "local" and "py_modules" not in (local["runtime_env"] or {})
