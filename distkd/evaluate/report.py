@@ -335,8 +335,11 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
 
     summary, per_class = _summary(models), _per_class(models)
     devices = ", ".join(sorted({m[key]["device"] for m in models for key in ("cost", "cost_gpu") if key in m}))
+    count = models[0]["metrics"]["count"]
+    truncated = models[0].get("truncated")  # a text input's rows longer than max_length tokens
+    cut = "" if truncated is None else f" {truncated:,} of the {count:,} texts were cut to max_length tokens."
     note = (
-        f"Evaluated on {models[0]['metrics']['count']} samples. ECE: expected calibration error. "
+        f"Evaluated on {count} samples.{cut} ECE: expected calibration error. "
         f"Latency (median, batch 1) and throughput measured on {devices}."
     )
     gains = _gains(models)

@@ -30,6 +30,7 @@ from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
 SLICES = "slices"  # the column of the evaluators' output that holds a block's per-slice statistics
+TRUNCATED = "truncated"  # a text input's: rows longer than max_length tokens (``TextInput.prepare``)
 
 
 class Evaluator:
@@ -63,6 +64,8 @@ class Evaluator:
                 sliced.append(slice_stats(values, z, batch["label"], teacher_logits=teacher, baseline_logits=baseline))
         if self.slices:  # column -> value -> statistics, per model: nested, so one pickled cell per block
             out[SLICES] = np.array([pickle.dumps(sliced)], dtype=object)
+        if TRUNCATED in batch:  # a text input's rows cut to max_length tokens
+            out[TRUNCATED] = np.array([int(batch[TRUNCATED].sum())])
         return out
 
 
@@ -120,6 +123,7 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
                 "metrics": compute_metrics(summed, class_names),
                 **costs[role],
                 **run_record(weights.uri),
+                **({TRUNCATED: sum(int(b[TRUNCATED].sum()) for b in blocks)} if TRUNCATED in blocks[0] else {}),
             }
         )
         if slices:

@@ -62,12 +62,14 @@ def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_
     assert set(models) == {"teacher", "distilled", "scratch"}
     departments = pq.read_table(job.evaluated.file_rows()[0][0], columns=["department"])["department"][:ROWS]
     for m in models.values():
-        assert m["metrics"]["count"] == ROWS and m["cost"]["params"] > 0
+        assert m["metrics"]["count"] == ROWS and m["cost"]["params"] > 0 and 0 < m["truncated"] <= ROWS
         slices = m["slices"]["department"]
         assert set(slices) == {d or "" for d in departments.to_pylist()}
         assert sum(s["count"] for s in slices.values()) == ROWS
     assert len(models["distilled"]["slice_gaps"]) == len(models["distilled"]["slices"]["department"])
     assert "worst slice department = " in console.summary(out["report"])
+    cut = f"{models['teacher']['truncated']:,} of the {ROWS:,} texts were cut to max_length tokens"
+    assert cut in Path(out["report"], "report.md").read_text()
 
     made = (folder / tokenizer.FILE).stat().st_mtime_ns
     again = text_job(reviews, store)  # another job, the same data and settings: every output reused

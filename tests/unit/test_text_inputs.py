@@ -236,3 +236,4 @@ def test_the_evaluator_counts_each_slice_of_a_text_batch(data: Path, tmp_path: P
         counts = sum(stats["confusion"].sum() for stats in sliced["department"].values())
         assert counts == out[f"m{i}_confusion"].sum() == ROWS
     assert "only_model" in per_model[1]["department"]["Tops"]  # the distilled student is paired with its baseline
+    assert out["truncated"].tolist() == [int(batch["truncated"].sum())] and out["truncated"][0] > 0
