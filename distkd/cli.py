@@ -6,15 +6,9 @@ import argparse
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from distkd import config
 from distkd.config import STAGES
-
-if TYPE_CHECKING:
-    from distkd import console
-    from distkd.job import Job
 
 STAGE_COMMANDS = {s.replace("_", "-"): s for s in STAGES}
 
@@ -216,10 +210,11 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     except config.ConfigError as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 2
-    address.loopback_only(loaded.ray_address)  # read as Ray is imported, which distkd.job and distkd.cluster do
-    ray_logs = console.RayLogs(verbose)
+    address.loopback_only(loaded.ray_address)  # read as Ray is imported, which distkd.job does
+    from distkd.job import Job
+
     try:
-        job = checked(loaded, path, command != "plan" and address.is_local(loaded.ray_address), ray_logs)
+        job = Job.prepare(loaded, source=path)
     except config.ConfigError as e:
         print(f"distkd: {e}", file=sys.stderr)
         return 2
@@ -235,6 +230,7 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     if command == "plan":
         print(format_plan(pipeline.plan(job, stages)))
         return 0
+    ray_logs = console.RayLogs(verbose)
     try:
         cluster.connect(job.config.ray_address, job.config.code, **ray_logs.ray_init_options())
     except config.ConfigError as e:  # an address that is malformed or where nothing answers
@@ -261,34 +257,6 @@ def run_job(command: str, path: str, verbose: bool = False) -> int:
     for name, uri in outputs.items():
         print(f"{name:>10}: {uri}")
     return 0
-
-
-def checked(loaded: config.JobConfig, path: str, start_ray: bool, ray_logs: console.RayLogs) -> Job:
-    """``Job.prepare``: the job checked against its data, models and store, on a thread while a local Ray instance
-    starts here when ``start_ray`` (the checks import torch and build every model: seconds on a small machine,
-    as many as Ray's start). A refusal shuts that instance down again: nothing has run on it. A cluster is
-    joined only once the job passed its checks."""
-    import ray
-
-    from distkd import cluster
-
-    started = start_ray and not ray.is_initialized()
-    with ThreadPoolExecutor(1) as thread:
-        job = thread.submit(prepared, loaded, path)
-        if started:
-            cluster.connect(loaded.ray_address, loaded.code, **ray_logs.ray_init_options())
-        try:
-            return job.result()
-        except config.ConfigError:
-            if started:
-                ray.shutdown()
-            raise
-
-
-def prepared(loaded: config.JobConfig, path: str) -> Job:
-    from distkd.job import Job
-
-    return Job.prepare(loaded, source=path)
 
 
 def sweep_command(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from distkd import checks, config, pipeline
+from distkd import checks, cluster, config
 from distkd.cli import main
 from distkd.data.source import decode
 from distkd.job import Job
@@ -85,7 +85,7 @@ def no_cluster(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was asked to start before the job was checked")
 
-    monkeypatch.setattr(pipeline, "connect", refuse)
+    monkeypatch.setattr(cluster, "connect", refuse)
 
 
 def refused(path: Path, capsys) -> str:

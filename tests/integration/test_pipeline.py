@@ -17,7 +17,7 @@ import torch
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from distkd import config, pipeline, storage
+from distkd import cluster, config, pipeline, storage
 from distkd.catalog import RUN_INFO
 from distkd.data.source import Split, decode
 from distkd.distill.stage import rows_in_memory
@@ -260,7 +260,7 @@ def test_plan_shows_every_output_reused_after_a_run(run, monkeypatch):
 def test_plan_command_on_an_empty_store_starts_nothing(cifar10, tmp_path, capsys, monkeypatch):
     from distkd.cli import main
 
-    monkeypatch.setattr(pipeline, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
+    monkeypatch.setattr(cluster, "connect", lambda *a: pytest.fail("plan must start no Ray work"))
     path = tmp_path / "job.yaml"
     store = tmp_path / "store"
     raw = {

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from distkd import config, pipeline, storage
+from distkd import cluster, config, storage
 from distkd.cli import main
 from distkd.job import Job
 from distkd.models import build_model, state_dict_bytes
@@ -227,7 +227,7 @@ def test_unusable_uris_stop_the_job_before_ray_starts(
     def no_cluster_work(*args, **kwargs):
         raise AssertionError("Ray was asked to start before the store was checked")
 
-    monkeypatch.setattr(pipeline, "connect", no_cluster_work)
+    monkeypatch.setattr(cluster, "connect", no_cluster_work)
     raw = job_raw(setting.get("store", f"s3://{BUCKET}/s"), setting.get("data", str(cifar10)))
     raw["teacher"]["weights"] = setting.get("weights")
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
@@ -259,7 +259,7 @@ def test_a_store_without_create_if_absent_stops_the_job_before_ray_starts(
 ):
     monkeypatch.setattr(storage.checks, "_CREATE_IF_ABSENT", {})
     monkeypatch.setattr(storage.checks, "_refuses_second_publish", lambda client, bucket, key: False)
-    monkeypatch.setattr(pipeline, "connect", lambda *args, **kwargs: pytest.fail("Ray was asked to start"))
+    monkeypatch.setattr(cluster, "connect", lambda *args, **kwargs: pytest.fail("Ray was asked to start"))
     path = write_job(tmp_path, job_raw(f"s3://{BUCKET}/s", str(cifar10)))
     assert main(["pipeline", str(path)]) == 2
     err = capsys.readouterr().err

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distkd import config, pipeline
+from distkd import cluster, config
 from distkd.cli import main
 from distkd.job import Job
 
@@ -96,7 +96,7 @@ def test_bad_job_file_names_the_problem(tmp_path, cifar10, capsys, monkeypatch, 
     def no_cluster_work(*args, **kwargs):
         raise AssertionError("Ray was asked to start before the job file was checked")
 
-    monkeypatch.setattr(pipeline, "connect", no_cluster_work)
+    monkeypatch.setattr(cluster, "connect", no_cluster_work)
     path = write_job(tmp_path, cifar10, **change)
     assert main(["pipeline", str(path)]) == 2
     err = capsys.readouterr().err
