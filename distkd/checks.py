@@ -87,7 +87,7 @@ def slice_columns(columns: list[str], split: Split) -> None:
         with fs.open_input_file(path) as f:
             names = pq.read_schema(f).names
         if missing := [c for c in columns if c not in names]:
-            shown = ", ".join(names[:SHOWN * 4])
+            shown = ", ".join(names[: SHOWN * 4])
             raise ConfigError(f"key 'evaluate.slices': {uri} has no column '{missing[0]}' (its columns: {shown})")
 
 

@@ -149,7 +149,9 @@ class TrainConfig(Strict):
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.1, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    optimizer: OptimizerConfig = OptimizerConfig.model_construct()  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
+    optimizer: OptimizerConfig = (
+        OptimizerConfig.model_construct()
+    )  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
     schedule: ScheduleConfig = ScheduleConfig.model_construct()  # of lr over all epochs' rows: one_cycle, cosine
     augment: bool = True  # random crop (pad 4) + horizontal flip
     seed: int = 0

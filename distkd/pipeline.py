@@ -21,6 +21,7 @@ from distkd.softlabels import cache
 from distkd.softlabels.stage import describe, generate
 from distkd.specs import ModelSpec
 
+
 def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     """Stages up to the last one asked for; returns the URI of each output."""
     stages = stages or job.config.stages

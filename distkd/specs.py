@@ -190,7 +190,10 @@ class SoftLabelSpec:
                 **({"source": self.teacher.model.source} if self.teacher.model.source is not None else {}),
             },
             "data": self.data.identity(),
-            "transform": {"input_shape": list(self.teacher.model.input_shape), self.inputs.identity_key: self.inputs.identity()},
+            "transform": {
+                "input_shape": list(self.teacher.model.input_shape),
+                self.inputs.identity_key: self.inputs.identity(),
+            },
             "views": {"count": self.views, "seed": self.view_seed, "pad": PAD} if self.views else None,
             "format": self.format,
             "shard_rows": self.shard_rows,

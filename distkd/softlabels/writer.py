@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distkd.data.source import PATH, Unit
 from distkd.data.inputs import InputKind
+from distkd.data.source import PATH, Unit
 from distkd.softlabels import cache
 from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor

@@ -181,7 +181,7 @@ def test_soft_labels_that_miss_training_ids_are_refused(run):
     job, _, out, _ = run
     more_rows = dataclasses.replace(job.train, limit=ROWS + 10)
     with pytest.raises(cache.CacheError, match="the shards do not line up with the rows of"):
-        rows_in_memory(more_rows, out["softlabels"], job.student.input_shape)
+        rows_in_memory(more_rows, out["softlabels"], job.inputs)
 
 
 def test_a_stage_not_asked_for_needs_its_input_committed(ray_cluster, cifar10, tmp_path):

@@ -229,7 +229,7 @@ def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weig
     with pytest.raises(cache.CacheError, match="checksum does not match"):
         inspect.verify(str(store), key)
     with pytest.raises(cache.CacheError, match=f"{shard.name}: checksum"):
-        rows_in_memory(job.train, entry, job.student.input_shape)
+        rows_in_memory(job.train, entry, job.inputs)
 
     from distkd.cli import main
 

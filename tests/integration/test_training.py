@@ -41,11 +41,10 @@ def data(ray_cluster, cifar10) -> tuple[Job, ray.data.Dataset, ray.data.Dataset]
         "student": {"name": "lenet5", "train": {"augment": False}},
     }
     job = Job.prepare(config.parse(raw, "<train>"))
-    shape = job.student.input_shape
     return (
         job,
-        in_memory(decoded(job.train, shape), ["id", "image", "label"]),
-        in_memory(decoded(job.val, shape), ["image", "label"]),
+        in_memory(decoded(job.train, job.inputs), ["id", "image", "label"]),
+        in_memory(decoded(job.val, job.inputs), ["image", "label"]),
     )
 
 
@@ -68,7 +67,7 @@ def train(
     if streamed:
         split = Split.open(job.config.data.uri, "train", limit=streamed)
         # in 8 blocks by default, so that both workers get some (the stream's blocks are a unit's rows: one here)
-        rows = streaming.stream(split, ["id", "image", "label"], job.student.input_shape).repartition(blocks)
+        rows = streaming.stream(split, ["id", "image", "label"], job.inputs).repartition(blocks)
     if val_blocks:
         val = val.repartition(val_blocks).materialize()
         assert val.num_blocks() == val_blocks
@@ -164,8 +163,15 @@ def test_streamed_batchnorm_model_on_uneven_shares_finishes_and_its_schedule_end
     lr, rows = 0.05, ROWS - 1
     with time_limit(600, "a streamed 2-worker ResNet-9 training"):
         history = train(
-            data, tmp_path / "run", lr=lr, streamed=rows, blocks=3, model=resnet9(data), val_blocks=1,
-            cpus_per_worker=0.5, **TWO_WORKERS,
+            data,
+            tmp_path / "run",
+            lr=lr,
+            streamed=rows,
+            blocks=3,
+            model=resnet9(data),
+            val_blocks=1,
+            cpus_per_worker=0.5,
+            **TWO_WORKERS,
         )
     assert all(len({w["samples"] for w in e["workers"]}) == 2 for e in history)  # unequal shares
     every_id_once(history, rows, 2, data)

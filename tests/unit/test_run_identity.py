@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from distkd import content
-from distkd.data.source import InputChanged, Split, Unit
 from distkd.data.inputs import ImageInput
+from distkd.data.source import InputChanged, Split, Unit
 from distkd.data.transforms import Normalize
 from distkd.models import state_dict_bytes, weights_hash
 from distkd.softlabels.formats import Format

@@ -17,8 +17,8 @@ from PIL import Image
 
 from distkd import config
 from distkd.data import gpu_decode
-from distkd.data.source import PATH, DataError, decode_batch
 from distkd.data.inputs import ImageInput
+from distkd.data.source import PATH, DataError, decode_batch
 from distkd.data.transforms import Normalize
 from distkd.models import weights_hash
 from distkd.softlabels.formats import Format
