@@ -1,6 +1,6 @@
 """Joining a Ray cluster, or starting a local instance that listens on 127.0.0.1 only.
 
-Light to import (Ray, no stage code), so that the command can start Ray while it checks the job.
+Ray and the address rules only, no stage code: the command, the sweep and the tests import it for this alone.
 """
 
 from __future__ import annotations

@@ -188,15 +188,19 @@ class TextInput:
     def check(self, split: Split) -> None:
         checks.texts_present(split, self.column)
 
+    @property
+    def folder(self) -> str:
+        """The tokenizer's folder in the store (a trained one's; a saved one's own folder)."""
+        return self.tokenizer.uri.rsplit("/", 1)[0]
+
     def pending(self) -> bool:
-        return self.training is not None and not storage.is_committed(self.tokenizer.uri.rsplit("/", 1)[0])
+        return self.training is not None and not storage.is_committed(self.folder)
 
     def ready(self) -> None:
         if self.training is not None:
             split, settings = self.training
-            folder = self.tokenizer.uri.rsplit("/", 1)[0]
             texts = _texts_of(split, self.column)
-            tokenizers.train_into(folder, settings.name, settings.vocab_size, settings.max_length, texts)
+            tokenizers.train_into(self.folder, settings.name, settings.vocab_size, settings.max_length, texts)
 
 
 def _texts_of(split: Split, column: str) -> Callable[[], list[list[str]]]:
