@@ -184,7 +184,7 @@ def plain_training(
                 with torch.no_grad():
                     batch["teacher_logits"] = teacher(x)
             targets = teacher_targets(batch, view, run.views, torch.device("cpu"))
-            loss = loss_of(run.distill, model(x), batch["label"], targets)
+            loss = loss_of(run.distill, model(x), batch["label"], targets, scheduler.done / len(labels))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

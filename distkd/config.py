@@ -227,6 +227,8 @@ class DistillConfig(Strict):
     alpha: float = Field(default=0.9, ge=0, le=1)  # weight of the KD term; 0 = from scratch
     temperature: float = Field(default=4.0, gt=0)
     loss: LossConfig = LossConfig.model_construct()
+    # Epochs over which the KD term's weight rises linearly from 0 to alpha (DKD's recipe: 20 of 240); 0: none.
+    warmup_epochs: float = Field(default=0, ge=0)
     baseline: bool = True  # also train the student from scratch, for the report
 
 

@@ -151,6 +151,8 @@ class TrainingRun:
         if self.distill is not None:
             d = self.distill
             kd = {"alpha": d.alpha, "temperature": d.temperature, "loss": d.loss}
+            if d.warmup_epochs:  # in the identity only when set: runs without a warm-up keep their names
+                kd["warmup_epochs"] = d.warmup_epochs
             out["kd"] = {**kd, "softlabels": self.softlabels_key}
         return out
 

@@ -125,17 +125,17 @@ def trials(jobs: list, teacher: str) -> list[Trial]:
     return list(out.values())
 
 
-# A trial's own process only waits on its Ray Train workers, which hold the job's resources themselves; Tune
-# refuses a trial of no resources at all.
-TRIAL_CPU = 0.001
+# What a trial's own process holds: it only waits on its Ray Train workers, which hold the job's resources
+# themselves, so it takes no CPU (a share of one would keep two 1-CPU trials off 2 CPUs); Tune refuses a trial of
+# no resources at all, so it holds one byte of memory instead.
+TRIAL_PROCESS = {"memory": 1}
 
 
 def trial_resources(resources: config.ResourcesConfig) -> dict[str, float]:
-    """What one trial holds: its own process, and its Ray Train workers as the job's ``resources`` say."""
+    """What one trial's Ray Train workers hold, as the job's ``resources`` say (its own process holds no CPU)."""
     from distkd.resources import training_needs
 
-    needs = training_needs(resources)
-    return {**needs, "CPU": TRIAL_CPU + needs["CPU"]}
+    return training_needs(resources)
 
 
 def _train(config: dict, runs: list) -> None:
@@ -164,7 +164,7 @@ def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, d
     if not pending:
         return {}
     runs = [t.run for t in pending]
-    trainable = tune.with_resources(tune.with_parameters(_train, runs=runs), {"CPU": TRIAL_CPU})
+    trainable = tune.with_resources(tune.with_parameters(_train, runs=runs), TRIAL_PROCESS)
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(runs))))},

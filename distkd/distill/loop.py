@@ -20,7 +20,7 @@ from distkd.config import DistillConfig
 from distkd.data.transforms import crop_flip, random_crop_flip
 from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
-from distkd.distill.losses import Targets, objective
+from distkd.distill.losses import Targets, objective, warmup
 from distkd.distill.optim import RowSchedule, optimizer
 from distkd.models import placed
 from distkd.specs import TrainingRun
@@ -80,7 +80,8 @@ def train_loop(config: dict) -> None:
                     inputs, view = shown(run, batch, generator)
                     x, y = run.inputs.model_input(inputs, device), batch["label"].to(device)
                     logits = model(x).float()
-                    loss = loss_of(kd, logits, y, teacher_targets(batch, view, run.views, device))
+                    epochs_done = state.schedule.done / worker.rows_per_epoch  # all workers' rows: the same on each
+                    loss = loss_of(kd, logits, y, teacher_targets(batch, view, run.views, device), epochs_done)
                     # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's
                     scaled = loss * len(ids) * world / step_rows
                 else:  # no rows of this step here: join the gradient all-reduce with zeros (BatchNorm untouched)
@@ -159,12 +160,17 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
     return Targets()
 
 
-def loss_of(kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets) -> torch.Tensor:
-    """Cross-entropy alone for a teacher or a baseline, else the job's KD objective (``distill.loss``)."""
+def loss_of(
+    kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
+) -> torch.Tensor:
+    """Cross-entropy alone for a teacher or a baseline, else the job's KD objective (``distill.loss``), its KD
+    term warmed up over ``distill.warmup_epochs``."""
     if kd is None:
         return F.cross_entropy(logits, labels)
-    loss = kd.loss
-    return objective(loss.name, logits, targets, labels, kd.alpha, kd.temperature, loss.standardize, **loss.kwargs)
+    loss, ramp = kd.loss, warmup(kd.warmup_epochs, epochs_done)
+    return objective(
+        loss.name, logits, targets, labels, kd.alpha, kd.temperature, loss.standardize, ramp, **loss.kwargs
+    )
 
 
 @torch.inference_mode()

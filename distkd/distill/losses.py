@@ -42,16 +42,25 @@ def objective(
     alpha: float,
     temperature: float,
     standardize: bool = False,
+    ramp: float = 1.0,
     **kwargs,
 ) -> torch.Tensor:
-    """``alpha * KD + (1 - alpha) * CE(student, labels)``; alpha 0 is plain cross-entropy. ``standardize``: the
-    KD term sees z-scored logits (Sun et al., CVPR 2024), the cross-entropy the raw ones."""
+    """``ramp * alpha * KD + (1 - alpha) * CE(student, labels)``; alpha 0 is plain cross-entropy. ``standardize``:
+    the KD term sees z-scored logits (Sun et al., CVPR 2024), the cross-entropy the raw ones. ``ramp``: the KD
+    term's share of its weight during a warm-up (``warmup``)."""
     hard = F.cross_entropy(student, labels)
     if alpha == 0:
         return hard
     if standardize:
         student, targets = zscore(student), Targets(logits=zscore(dense(targets, "logit standardisation")))
-    return alpha * LOSSES[name](student, targets, labels, temperature, **kwargs) + (1 - alpha) * hard
+    return ramp * alpha * LOSSES[name](student, targets, labels, temperature, **kwargs) + (1 - alpha) * hard
+
+
+def warmup(epochs: float, epochs_done: float) -> float:
+    """The KD term's share of its weight after ``epochs_done`` (fractional) epochs of a linear warm-up over
+    ``epochs`` (Zhao et al. 2022 warm DKD up over 20 epochs: at full weight from the start it can swamp the
+    cross-entropy while the student's logits are still random)."""
+    return 1.0 if epochs <= 0 else min(1.0, epochs_done / epochs)
 
 
 def defined_on_topk(name: str, kwargs: dict, standardize: bool) -> bool:

@@ -29,7 +29,8 @@ def job_file(cifar10: Path, tmp_path: Path) -> str:
         "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 50, "lr": 0.02, "augment": False}},
         "distill": {"baseline": False},
         "softlabels": {"batch_size": 100},
-        "resources": {"cpus_per_worker": 0.5},  # 4 trials at once on the session's 2 CPUs
+        # One CPU a trial: two at once on the session's 2 CPUs only when a trial's own process holds none
+        "resources": {"cpus_per_worker": 1},
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))

@@ -66,4 +66,15 @@ def test_the_defaults_the_loop_uses_are_the_configs_and_its_entries():
     logits, labels = torch.zeros(2, 3), torch.tensor([0, 1])
     teacher = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
     expected = objective("hinton", logits, Targets(logits=teacher), labels, 0.9, 4.0)
-    assert loss_of(distill, logits, labels, Targets(logits=teacher)).item() == expected.item()
+    assert loss_of(distill, logits, labels, Targets(logits=teacher), epochs_done=0).item() == expected.item()
+
+
+def test_a_kd_warm_up_names_another_run_and_no_warm_up_keeps_the_name(cifar10, tmp_path):
+    job = prepared(cifar10, tmp_path)
+    labels = job.softlabel_spec(str(tmp_path / "teacher.pt"), sha256=lambda uri: "0" * 64)
+    plain = job.distilled_run(labels)
+    assert "warmup_epochs" not in plain.identity()["kd"]  # runs from before the setting keep their names
+    distill = job.config.distill.model_copy(update={"warmup_epochs": 2})
+    warmed = dataclasses.replace(job, config=job.config.model_copy(update={"distill": distill}))
+    assert warmed.distilled_run(labels).uri != plain.uri
+    assert warmed.distilled_run(labels).identity()["kd"]["warmup_epochs"] == 2

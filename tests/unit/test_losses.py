@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distkd.distill.losses import LOSSES, Targets, UndefinedOnTopK, objective
+from distkd.distill.losses import LOSSES, Targets, UndefinedOnTopK, objective, warmup
 
 
 def kd_loss(student, teacher, labels, alpha, temperature):
@@ -181,3 +181,13 @@ def test_a_new_loss_is_one_registry_entry():
     assert got.item() == pytest.approx(
         0.5 * ((s - t) ** 2).mean().item() + 0.5 * F.cross_entropy(s, torch.tensor(Y)).item()
     )
+
+
+def test_a_warm_up_ramps_the_kd_term_alone_linearly():
+    s, t, y = torch.tensor(S), torch.tensor(T_), torch.tensor(Y)
+    ce = F.cross_entropy(s, y).item()
+    kd = objective("dkd", s, Targets(logits=t), y, 1.0, 4.0).item()  # alpha 1: the KD term alone
+    assert [warmup(2.0, done) for done in (0.0, 0.5, 2.0, 7.0)] == [0.0, 0.25, 1.0, 1.0]
+    assert warmup(0.0, 0.0) == 1.0  # no warm-up: full weight from the first step
+    ramped = objective("dkd", s, Targets(logits=t), y, 0.5, 4.0, ramp=warmup(2.0, 0.5)).item()
+    assert ramped == pytest.approx(0.25 * 0.5 * kd + 0.5 * ce, rel=1e-6)  # the cross-entropy keeps its weight

@@ -73,7 +73,7 @@ def test_trial_configs_are_checked_as_job_files():
 
 def test_concurrency_is_what_the_cluster_holds_of_the_jobs_resources():
     assert at_once({"CPU": 0.5, "GPU": 0}, {"CPU": 2.0}) == 4
-    assert at_once({"CPU": 0.501}, {"CPU": 2.0}) == 3  # a trial's own share counts
+    assert at_once({"CPU": 0.501}, {"CPU": 2.0}) == 3  # a share over a fraction of the CPUs counts
     assert at_once({"CPU": 2, "GPU": 1}, {"CPU": 16.0, "GPU": 1.0}) == 1
     assert at_once({"CPU": 4, "GPU": 0}, {"CPU": 2.0}) == 1  # at least one
 
@@ -85,7 +85,7 @@ def test_a_trial_holds_the_students_resources_not_the_teachers():
         "student": {**RAW["student"], "resources": {"cpus_per_worker": 0.5}},
     }
     job = sweep.trial_config(raw, {}, "job.yaml")
-    assert sweep.trial_resources(job.training_resources("student")) == {"CPU": 0.5 + sweep.TRIAL_CPU, "GPU": 0}
+    assert sweep.trial_resources(job.training_resources("student")) == {"CPU": 0.5, "GPU": 0}
     assert job.training_resources("teacher").cpus_per_worker == 2
 
 
