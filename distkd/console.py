@@ -178,6 +178,8 @@ class RayLogs:
         if self.terminal:
             self.terminal.setLevel(logging.WARNING)
         logging.captureWarnings(True)
+        if not verbose:  # Tune's newer console output prints its experiment's box even at verbose 0; the older prints
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # nothing at 0, and ``distkd sweep`` prints its own lines
         self.native = None if verbose else _hold_native_stderr()
         if not verbose and sys.stdout is sys.__stdout__ and sys.stdout is not None:
             sys.stdout = RayThreadsToLog(sys.stdout)

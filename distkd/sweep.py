@@ -153,6 +153,40 @@ def _train(config: dict, runs: list) -> None:
     tune.report({"uri": uri, "start": started, "end": time.time()})
 
 
+def label(trial: Trial) -> str:
+    """How the console names a trial: its role and swept values."""
+    return " ".join([trial.role, *(f"{k}={v}" for k, v in trial.overrides.items())])
+
+
+def trial_lines(pending: list[Trial]) -> object:
+    """A Tune callback printing a line as each trial starts and ends: the sweep's progress on the console."""
+    from ray import tune
+
+    from distkd.console import duration
+
+    class TrialLines(tune.Callback):
+        def __init__(self) -> None:
+            self.started: dict[int, float] = {}
+            self.ended = 0
+
+        def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+            self.started[trial.config["trial"]] = time.time()
+            print(f"[sweep] training {label(pending[trial.config['trial']])}", flush=True)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+            self._ended(trial, "done")
+
+        def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+            self._ended(trial, "failed")
+
+        def _ended(self, trial, how: str) -> None:
+            index, self.ended = trial.config["trial"], self.ended + 1
+            seconds = duration(time.time() - self.started[index])
+            print(f"[sweep] {self.ended}/{len(pending)} {label(pending[index])}: {how} in {seconds}", flush=True)
+
+    return TrialLines()
+
+
 def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, dict]:
     """Train ``pending`` as Ray Tune trials, as many at once as the cluster's CPUs and GPUs hold:
     run URI -> {start, end} (wall-clock seconds)."""
@@ -169,7 +203,12 @@ def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, d
         trainable,
         param_space={"trial": tune.grid_search(list(range(len(runs))))},
         tune_config=tune.TuneConfig(max_concurrent_trials=at_once(per_trial, ray.cluster_resources())),
-        run_config=tune.RunConfig(name="distkd-sweep", storage_path=tempfile.mkdtemp(prefix="distkd-tune-"), verbose=0),
+        run_config=tune.RunConfig(
+            name="distkd-sweep",
+            storage_path=tempfile.mkdtemp(prefix="distkd-tune-"),
+            verbose=0,
+            callbacks=[trial_lines(pending)],
+        ),
     )
     results = tuner.fit()
     failed = [r.error for r in results if r.error]

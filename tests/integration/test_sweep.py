@@ -37,13 +37,14 @@ def job_file(cifar10: Path, tmp_path: Path) -> str:
     return str(path)
 
 
-def test_grid_trains_concurrently_once_and_a_rerun_reuses_every_trial(ray_cluster, cifar10, tmp_path):
+def test_grid_trains_concurrently_once_and_a_rerun_reuses_every_trial(ray_cluster, cifar10, tmp_path, capsys):
     path, axes = job_file(cifar10, tmp_path), sweep.parse_axes(GRID)
     base, jobs = sweep.plan(path, axes)
     out, records = sweep.run(base, jobs, [a.key for a in axes])
     assert len(records) == 4 and all(r["trained"] and r["role"] == "student-kd" for r in records)
     assert len({r["uri"] for r in records}) == 4 and all(storage.is_committed(r["uri"]) for r in records)
     assert sweep.overlapping(records), sorted((r["start"], r["end"]) for r in records)
+    assert "[sweep] 4/4 student-kd" in capsys.readouterr().out  # the sweep's progress on the console
     report = Path(out, "report.md").read_text()
     assert "| 0.5 | 2 |" in report and Path(out, "accuracy.png").stat().st_size > 0
 

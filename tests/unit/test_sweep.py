@@ -113,3 +113,15 @@ def test_overlap_of_trial_spans():
     spans = [{"trained": True, "start": 0, "end": 10}, {"trained": True, "start": 5, "end": 12}]
     assert sweep.overlapping(spans)
     assert not sweep.overlapping([{"trained": True, "start": 0, "end": 4}, {"trained": True, "start": 5, "end": 6}])
+
+
+def test_the_console_gets_a_line_as_each_trial_starts_and_ends(capsys):
+    from types import SimpleNamespace
+
+    pending = [sweep.Trial({"distill.alpha": 0.5}, SimpleNamespace(role="student-kd"))]
+    lines, trial = sweep.trial_lines(pending), SimpleNamespace(config={"trial": 0})
+    lines.on_trial_start(0, [], trial)
+    lines.on_trial_complete(0, [], trial)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[sweep] training student-kd distill.alpha=0.5"
+    assert out[1].startswith("[sweep] 1/1 student-kd distill.alpha=0.5: done in ")
