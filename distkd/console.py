@@ -58,21 +58,32 @@ class Timeline:
 timeline = Timeline()
 
 
+_printing = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One line to stdout in one write: the students' stages run on threads of their own, and ``print`` writes the
+    text and its newline apart, so two lines printed at once could share one."""
+    with _printing:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def reusing(label: str, what: str, uri: str) -> None:
-    print(f"[{label}] reusing {what} {uri}", flush=True)
+    say(f"[{label}] reusing {what} {uri}")
     timeline.stages[label] = None
 
 
 @contextmanager
 def computing(label: str, what: str, uri: str) -> Iterator[None]:
     """One line as the stage starts (``what`` it computes, into ``uri``), one as it ends."""
-    print(f"[{label}] {what} -> {uri}", flush=True)
+    say(f"[{label}] {what} -> {uri}")
     started = time.perf_counter()
     yield
     ended = time.perf_counter()
     timeline.stages[label] = ended - started
     timeline.spans.append((started, ended))
-    print(f"[{label}] done in {duration(timeline.stages[label])}", flush=True)
+    say(f"[{label}] done in {duration(timeline.stages[label])}")
 
 
 def summary(report: str) -> str:

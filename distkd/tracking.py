@@ -17,7 +17,7 @@ from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
 
 from distkd import storage
-from distkd.console import epoch_line
+from distkd.console import epoch_line, say
 
 TENSORBOARD = "tensorboard"
 SCALARS = ("loss", "kd", "ce", "val_accuracy", "samples_per_s", "seconds")
@@ -89,7 +89,7 @@ class EpochPrinter:
                     return
                 continue
             self.latest = metrics
-            print(epoch_line(self.label, self.epochs, metrics), flush=True)
+            say(epoch_line(self.label, self.epochs, metrics))
 
     def __enter__(self) -> EpochPrinter:
         self._thread.start()

@@ -232,3 +232,17 @@ def test_per_slice_table_plot_and_the_worst_gap_on_the_summary(tmp_path) -> None
 def test_no_slice_section_without_slices(report) -> None:
     _, paths = report
     assert "Per slice" not in paths["report.md"].read_text() and not any(p.startswith("slices_") for p in paths)
+
+
+def test_lines_printed_at_once_from_threads_never_share_a_line(capsys):
+    def burst(label: str) -> None:
+        for i in range(300):
+            console.say(f"[{label}] line {i}")
+
+    threads = [threading.Thread(target=burst, args=(name,)) for name in ("student-kd", "student-scratch")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 600 and all(line.count("[") == 1 for line in lines)
