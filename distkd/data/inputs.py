@@ -29,7 +29,7 @@ import numpy as np
 import ray
 import torch
 
-from distkd import checks, content, storage
+from distkd import checks, console, content, storage
 from distkd.config import ConfigError, DataConfig, TokenizerConfig
 from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
@@ -70,8 +70,8 @@ class InputKind(Protocol):
     def identity(self) -> dict:
         """What changes the model inputs beyond the data: part of every output's identity."""
 
-    def pending(self) -> bool:
-        """Whether ``ready`` has something to make."""
+    def pending(self) -> tuple[str, str] | None:
+        """What ``ready`` has to make and where, as the console says it; None when nothing."""
 
     def ready(self) -> None:
         """Make the outputs the kind needs before any stage reads the data (text: train the tokenizer)."""
@@ -122,8 +122,8 @@ class ImageInput:
     def identity(self) -> dict:
         return dataclasses.asdict(self.normalize)  # {mean, std}: image keys as before input kinds
 
-    def pending(self) -> bool:
-        return False
+    def pending(self) -> tuple[str, str] | None:
+        return None
 
     def ready(self) -> None:
         pass  # nothing to make
@@ -193,8 +193,11 @@ class TextInput:
         """The tokenizer's folder in the store (a trained one's; a saved one's own folder)."""
         return self.tokenizer.uri.rsplit("/", 1)[0]
 
-    def pending(self) -> bool:
-        return self.training is not None and not storage.is_committed(self.folder)
+    def pending(self) -> tuple[str, str] | None:
+        if self.training is None or storage.is_committed(self.folder):
+            return None
+        settings = self.training[1]
+        return f"training a {settings.name} tokenizer of {settings.vocab_size:,} ids", self.folder
 
     def ready(self) -> None:
         if self.training is not None:
@@ -239,5 +242,6 @@ def _ready(kind: InputKind) -> None:
 def make_ready(kind: InputKind) -> None:
     """``kind.ready()`` in a Ray task (a tokenizer is trained on a worker, not on the driver), when it has
     something to make."""
-    if kind.pending():
-        ray.get(_ready.remote(kind))
+    if making := kind.pending():
+        with console.computing("inputs", *making):
+            ray.get(_ready.remote(kind))

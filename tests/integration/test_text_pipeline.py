@@ -44,7 +44,9 @@ def text_job(reviews: Path, store: Path) -> Job:
     return Job.prepare(config.parse(raw, "<reviews>"), "<reviews>")
 
 
-def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_resume(ray_cluster, reviews, tmp_path):
+def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_resume(
+    ray_cluster, reviews, tmp_path, capsys
+):
     store = tmp_path / "store"
     job = text_job(reviews, store)
     out = pipeline.run(job)
@@ -52,6 +54,7 @@ def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_
 
     (folder,) = (store / "tokenizers").iterdir()  # one tokenizer, trained once, for every stage
     assert storage.is_committed(str(folder)) and job.inputs.tokenizer.uri == str(folder / tokenizer.FILE)
+    assert f"[inputs] training a wordpiece tokenizer of 500 ids -> {folder}" in capsys.readouterr().out
     meta = storage.read_json(str(folder / tokenizer.META))
     assert meta["rows"] == ROWS and 0 < meta["truncated"] <= ROWS  # reviews run past 32 tokens
 
@@ -75,6 +78,7 @@ def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_
     again = text_job(reviews, store)  # another job, the same data and settings: every output reused
     assert all(step.action == "reuse" for step in pipeline.plan(again))
     assert pipeline.run(again) == out and (folder / tokenizer.FILE).stat().st_mtime_ns == made
+    assert "[inputs]" not in capsys.readouterr().out  # nothing to make
 
     entry, spec = out["softlabels"], again.softlabel_spec(out["teacher"])
     shards = [Path(cache.shard_uri(entry, s.file)) for s in cache.manifest(entry).shards]
