@@ -10,6 +10,7 @@ the test split's rows in use (``--rows`` takes the first N rows of every split).
 
     python benchmarks/quality.py                                # the quick start's sizes: hours on 2 cores
     python benchmarks/quality.py --rows 10000 --epochs 10 --teacher-epochs 8
+    python benchmarks/quality.py --store STORE --variant "cached KD, clean labels" --variant "DIST, warm-up 2"
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def main() -> None:
     p.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: the quick start's)")
     p.add_argument("--alpha", type=float, help="weight of the KD term (default: the quick start's)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--variants", help=f"comma-separated subset of: {', '.join(CACHED)}, {ONLINE}")
+    p.add_argument(
+        "--variant", action="append", choices=[*CACHED, ONLINE], help="run this one (repeatable; default: all)"
+    )
     p.add_argument("--store", default="/tmp/distkd-bench/quality", help="kept between runs: reruns reuse it")
     args = p.parse_args()
     header("Quality: LeNet-5 students of the quick start's teacher")
@@ -55,7 +58,7 @@ def main() -> None:
         base["distill"] = {"alpha": args.alpha}
     if args.teacher_epochs:
         base["teacher"]["train"]["epochs"] = args.teacher_epochs
-    wanted = set(args.variants.split(",")) if args.variants else {*CACHED, ONLINE}
+    wanted = set(args.variant or [*CACHED, ONLINE])  # names hold commas: one option each
     job = quickstart_job(base)
     _, test_images, test_labels = decoded(job.evaluated)
     _, images, labels = decoded(job.train)
