@@ -28,8 +28,11 @@ CACHED = {  # variant -> job changes; each variant's pipeline run also trains (o
     "cached KD, 8 recorded views": {"softlabels": {"views": 8}},
     "cached KD, top-3": {"softlabels": {"format": "topk", "top_k": 3}},
     # The methods of the loss registry on the clean labels, their KD term warmed up over 2 epochs (DKD at its
-    # paper's weights collapsed to chance without it here)
+    # paper's weights collapsed to chance without it here, and with it)
     "DKD, warm-up 2": {"distill": {"loss": {"name": "dkd"}, "warmup_epochs": 2}},
+    "DKD non-target weight 1, warm-up 2": {
+        "distill": {"loss": {"name": "dkd", "kwargs": {"non_target_weight": 1}}, "warmup_epochs": 2}
+    },
     "DIST, warm-up 2": {"distill": {"loss": {"name": "dist"}, "warmup_epochs": 2}},
 }
 SCRATCH = "student from scratch"
