@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import loopback  # noqa: F401  (before Ray is imported: a local instance binds 127.0.0.1)
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
