@@ -162,7 +162,7 @@ def trial_lines(pending: list[Trial]) -> object:
     """A Tune callback printing a line as each trial starts and ends: the sweep's progress on the console."""
     from ray import tune
 
-    from distkd.console import duration
+    from distkd.console import duration, say
 
     class TrialLines(tune.Callback):
         def __init__(self) -> None:
@@ -171,7 +171,7 @@ def trial_lines(pending: list[Trial]) -> object:
 
         def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
             self.started[trial.config["trial"]] = time.time()
-            print(f"[sweep] training {label(pending[trial.config['trial']])}", flush=True)
+            say(f"[sweep] training {label(pending[trial.config['trial']])}")
 
         def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
             self._ended(trial, "done")
@@ -182,7 +182,7 @@ def trial_lines(pending: list[Trial]) -> object:
         def _ended(self, trial, how: str) -> None:
             index, self.ended = trial.config["trial"], self.ended + 1
             seconds = duration(time.time() - self.started[index])
-            print(f"[sweep] {self.ended}/{len(pending)} {label(pending[index])}: {how} in {seconds}", flush=True)
+            say(f"[sweep] {self.ended}/{len(pending)} {label(pending[index])}: {how} in {seconds}")
 
     return TrialLines()
 
