@@ -34,6 +34,7 @@ CACHED = {  # variant -> job changes; each variant's pipeline run also trains (o
         "distill": {"loss": {"name": "dkd", "kwargs": {"non_target_weight": 1}}, "warmup_epochs": 2}
     },
     "DIST, warm-up 2": {"distill": {"loss": {"name": "dist"}, "warmup_epochs": 2}},
+    "Hinton, logit standardisation": {"distill": {"loss": {"standardize": True}}},
 }
 SCRATCH = "student from scratch"
 ONLINE = "online KD, student augmented"
