@@ -43,12 +43,27 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
         labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
     if config.softlabels.top_k is not None and config.softlabels.top_k > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
+    ensemble(config, num_classes)
     rows = len(labels[train_key])
     for key in trained(config):
         workers = config.training_resources(key).max_workers
         workers_key = f"{config.training_resources_key(key)}.num_workers"
-        rows_per_worker(f"{key}.train.batch_size", rows, workers, workers_key, getattr(config, key).train.batch_size)
+        rows_per_worker(f"{key}.train.batch_size", rows, workers, workers_key, config.trainable(key).train.batch_size)
     return num_classes
+
+
+def ensemble(config: JobConfig, num_classes: int) -> None:
+    """An ensemble's teachers combine exactly only where each entry keeps every class: top-k labels of fewer
+    classes lose the logits the combination needs."""
+    labels = config.softlabels
+    kept = labels.top_k or num_classes
+    if len(config.teachers()) > 1 and labels.format == "topk" and kept < num_classes:
+        raise ConfigError(
+            f"keys 'softlabels.format', 'softlabels.top_k' and 'teacher': an ensemble of {len(config.teachers())} "
+            f"teachers combines their outputs on every class, but top-{kept} labels keep {kept} of the "
+            f"{num_classes}: use 'softlabels.format: dense', 'softlabels.top_k: {num_classes}' (or leave it out), "
+            "or one teacher"
+        )
 
 
 def same_input(splits: dict[str, Split]) -> None:
@@ -67,7 +82,7 @@ def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None
     """The job asks nothing of its input kind that the kind cannot do, and the kind can use every row."""
     if not kind.augments:
         asked = ["softlabels.views"] if config.softlabels.views else []
-        asked += [f"{key}.train.augment" for key in trained(config) if getattr(config, key).train.augment]
+        asked += [f"{key}.train.augment" for key in trained(config) if config.trainable(key).train.augment]
         if asked:
             raise ConfigError(
                 f"key '{asked[0]}': views and random crops and flips are image augmentations; a {kind.name} "
@@ -105,14 +120,17 @@ def texts_present(split: Split, column: str) -> None:
 
 
 def trained(config: JobConfig) -> list[str]:
-    """The keys of the models the job trains: the teacher when stage 0 runs (no weights given), the student when
+    """The keys of the models the job trains: each teacher without weights when stage 0 runs, the student when
     distill runs; none in an evaluation job."""
     if config.evaluate.models:
         return []
-    given = config.teacher.weights or sources.own_weights(config.teacher.name)  # a program holds its weights
-    trains = {"teacher": given is None and "train_teacher" in config.stages}
-    trains["student"] = "distill" in config.stages
-    return [key for key, yes in trains.items() if yes]
+    stage0 = "train_teacher" in config.stages
+    teachers = [
+        key
+        for key, teacher in config.teachers().items()
+        if stage0 and not (teacher.weights or sources.own_weights(teacher.name))  # a program holds its weights
+    ]
+    return teachers + (["student"] if "distill" in config.stages else [])
 
 
 def read_labels(key: str, split: Split) -> np.ndarray:

@@ -10,10 +10,19 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from distkd import address as ray_address
@@ -189,6 +198,29 @@ class TeacherConfig(ModelConfig):
     resources: ResourcesConfig | None = None  # of its training runs; None: the job's 'resources'
 
 
+class EnsembleTeacherConfig(TeacherConfig):
+    """One teacher of an ensemble ('teacher' as a list): its weight in the combined target (normalised over the
+    ensemble's teachers to sum to 1)."""
+
+    weight: float = Field(default=1.0, gt=0)
+
+
+def _teacher_form(raw: object) -> str | None:
+    """A mapping is one teacher, a list an ensemble (anything else matches neither: ``TEACHER_FORMS``)."""
+    return "ensemble" if isinstance(raw, list) else "one" if isinstance(raw, dict | BaseModel) else None
+
+
+TEACHER_FORMS = ("one", "ensemble")  # the union's tags: not keys of the job file, left out of its messages
+Teachers = Annotated[
+    Annotated[TeacherConfig, Tag("one")] | Annotated[list[EnsembleTeacherConfig], Tag("ensemble")],
+    Discriminator(
+        _teacher_form,
+        custom_error_type="teacher_form",
+        custom_error_message="expected a mapping (one teacher) or a list of mappings (an ensemble)",
+    ),
+]
+
+
 class StudentConfig(ModelConfig):
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig | None = None  # of its training runs; None: the job's 'resources'
@@ -208,6 +240,9 @@ class SoftLabelConfig(Strict):
     gpus_per_actor: float = Field(default=0.0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on a GPU
     compile: bool = False  # torch.compile the teacher in each actor (its seconds reported apart; not in the key)
+    # An ensemble's target, from its teachers' outputs (softlabels/ensemble.py): the weighted mean of their
+    # probabilities at distill.temperature, or of their logits. Read only with several teachers.
+    combine: Literal["probs", "logits"] = "probs"
 
 
 class LossConfig(Entry):
@@ -269,7 +304,7 @@ class JobConfig(Strict):
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance
     stages: list[Stage] = Field(default=list(STAGES), min_length=1)
     data: DataConfig
-    teacher: TeacherConfig
+    teacher: Teachers  # a mapping: one teacher; a list: an ensemble
     student: StudentConfig
     softlabels: SoftLabelConfig = SoftLabelConfig()
     distill: DistillConfig = DistillConfig()
@@ -287,6 +322,15 @@ class JobConfig(Strict):
         if absent:
             raise ValueError(f"no such file or folder: {', '.join(absent)} (expected .py files or package folders)")
         return [os.path.abspath(p) for p in paths]
+
+    @field_validator("teacher")
+    @classmethod
+    def _ensemble(cls, teacher: TeacherConfig | list[EnsembleTeacherConfig]) -> TeacherConfig | list:
+        if isinstance(teacher, list) and len(teacher) < 2:
+            raise ValueError(
+                f"an ensemble is a list of at least 2 teachers, got {len(teacher)}; give one teacher as a mapping"
+            )
+        return teacher
 
     @field_validator("ray_address")
     @classmethod
@@ -343,13 +387,25 @@ class JobConfig(Strict):
             )
         return self
 
-    def training_resources(self, role: Literal["teacher", "student"]) -> ResourcesConfig:
-        """What the training runs of ``role`` hold: its own 'resources', else the job's."""
-        return getattr(self, role).resources or self.resources
+    def teachers(self) -> dict[str, TeacherConfig]:
+        """Each teacher by the key that names it in messages: 'teacher', or 'teacher.0', 'teacher.1', ... of an
+        ensemble."""
+        if isinstance(self.teacher, list):
+            return {f"teacher.{i}": t for i, t in enumerate(self.teacher)}
+        return {"teacher": self.teacher}
 
-    def training_resources_key(self, role: Literal["teacher", "student"]) -> str:
+    def trainable(self, key: str) -> TeacherConfig | StudentConfig:
+        """The model at ``key``: 'student', or a key of ``teachers``."""
+        return self.student if key == "student" else self.teachers()[key]
+
+    def training_resources(self, key: str) -> ResourcesConfig:
+        """What the training runs of the model at ``key`` ('student', or a teacher's key) hold: its own
+        'resources', else the job's."""
+        return self.trainable(key).resources or self.resources
+
+    def training_resources_key(self, key: str) -> str:
         """The job file's key that ``training_resources`` reads, for messages."""
-        return f"{role}.resources" if getattr(self, role).resources else "resources"
+        return f"{key}.resources" if self.trainable(key).resources else "resources"
 
 
 def _defined_on_topk(loss: LossConfig) -> bool:
@@ -366,7 +422,8 @@ def _refuse(key: str, message: str) -> PydanticCustomError:
 def _describe(error: dict) -> str:
     if error["type"] == "job_rule":
         return f"key '{error['ctx']['key']}': {error['msg']}"
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    loc = [part for part in error["loc"] if part not in TEACHER_FORMS]
+    key = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if error["type"] == "missing":

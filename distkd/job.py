@@ -7,20 +7,40 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from distkd import checks, storage
-from distkd.config import ConfigError, JobConfig, ModelConfig
+from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
 from distkd.data.inputs import InputKind
 from distkd.data.source import DataError, Split
 from distkd.models import sources, weights_hash
+from distkd.softlabels.ensemble import Ensemble
 from distkd.softlabels.formats import Format
-from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, TrainingRun, Weights
+from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, SoftTargets, TrainingRun, Weights
 
 Hasher = Callable[[str], str]  # weights URI -> sha256
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """One teacher of the job (the only one, or one of an ensemble), with its own run, weights and soft labels."""
+
+    key: str  # the job file's: 'teacher', or 'teacher.0', 'teacher.1', ... of an ensemble
+    model: ModelSpec
+    config: TeacherConfig
+    weight: float  # in the ensemble's target, normalised: a job's teachers' weights sum to 1
+
+    @property
+    def role(self) -> str:
+        """Its name in the pipeline's outputs and the report: 'teacher', or 'teacher-0', 'teacher-1', ..."""
+        return self.key.replace(".", "-")
+
+    @property
+    def labels(self) -> str:
+        """The name of its soft labels among the pipeline's outputs: 'softlabels', or 'softlabels-0', ..."""
+        return "softlabels" + self.role.removeprefix("teacher")
 
 
 def reachable(source: str, key: str, uri: str, must_exist: bool, publishes: bool = False) -> None:
@@ -40,7 +60,7 @@ class Job:
     evaluated: Split  # the split the evaluate stage reports on
     num_classes: int
     inputs: InputKind  # what the input column becomes (data/inputs.py)
-    teacher: ModelSpec
+    teachers: tuple[Teacher, ...]  # one, or an ensemble's
     student: ModelSpec
     checkpoints: dict[str, tuple[ModelSpec, str]]  # evaluate.models: role -> (model, weights URI)
 
@@ -120,32 +140,45 @@ class Job:
             raise ConfigError(
                 f"{source}: key 'stages': a job with 'evaluate.models' only evaluates them: use [evaluate]"
             )
-        teacher, student = spec("teacher", config.teacher), spec("student", config.student)
+        given = config.teachers()
+        weights = [getattr(t, "weight", 1.0) for t in given.values()]  # a single teacher has no 'weight'
+        teachers = tuple(Teacher(key, spec(key, t), t, w / sum(weights)) for (key, t), w in zip(given.items(), weights))
+        student = spec("student", config.student)
         limits = [n for n in (data.val_limit, test.limit) if n is not None]
         val = dataclasses.replace(test, limit=min(limits, default=None))
-        return cls(config, train, val, evaluated, num_classes, kind, teacher, student, checkpoints)
+        return cls(config, train, val, evaluated, num_classes, kind, teachers, student, checkpoints)
+
+    @property
+    def teacher(self) -> ModelSpec:
+        """The teacher's model (the first teacher's, in an ensemble)."""
+        return self.teachers[0].model
 
     # The specs of the stages. Each takes the upstream outputs it depends on (weights, a cache entry),
     # hashed by content through ``sha256`` (tests may pass a stand-in).
 
-    def _run(self, role: str, section: Literal["teacher", "student"], **kd: object) -> TrainingRun:
-        c, model = self.config, getattr(self, section)
-        resources = c.training_resources(section)
-        common = (c.store, c.name, model, getattr(c, section).train, self.train, self.val, self.inputs, resources)
+    def _run(self, role: str, key: str, model: ModelSpec, **kd: object) -> TrainingRun:
+        """A training run of the model at ``key`` (a teacher's, or 'student')."""
+        c = self.config
+        resources = c.training_resources(key)
+        common = (c.store, c.name, model, c.trainable(key).train, self.train, self.val, self.inputs, resources)
         return TrainingRun(role, *common, c.data, c.tracking, **kd)
 
-    def teacher_run(self) -> TrainingRun | None:
-        """Stage 0, or None when the job gives the teacher's weights (or names a program, which holds them)."""
-        return None if self.given_teacher_weights() else self._run("teacher", "teacher")
+    def teacher_run(self, i: int = 0) -> TrainingRun | None:
+        """Stage 0 of teacher ``i``, or None when the job gives its weights (or names a program, which holds
+        them). Every teacher's run is a 'teacher' run, so an ensemble's teacher and the same teacher alone meet."""
+        teacher = self.teachers[i]
+        return None if self.given_teacher_weights(i) else self._run("teacher", teacher.key, teacher.model)
 
-    def given_teacher_weights(self) -> str | None:
-        return self.config.teacher.weights or sources.own_weights(self.config.teacher.name)
+    def given_teacher_weights(self, i: int = 0) -> str | None:
+        teacher = self.teachers[i].config
+        return teacher.weights or sources.own_weights(teacher.name)
 
-    def teacher_weights_uri(self) -> str:
-        run = self.teacher_run()
-        return run.weights_uri if run else self.given_teacher_weights()
+    def teacher_weights_uri(self, i: int = 0) -> str:
+        run = self.teacher_run(i)
+        return run.weights_uri if run else self.given_teacher_weights(i)
 
-    def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash) -> SoftLabelSpec:
+    def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash, i: int = 0) -> SoftLabelSpec:
+        """Stage 1 of teacher ``i``: its own entry, whatever other teachers the job has."""
         c = self.config.softlabels
         fmt = (
             Format("dense", c.dtype)
@@ -154,7 +187,7 @@ class Job:
         )
         return SoftLabelSpec(
             store=self.config.store,
-            teacher=Weights(self.teacher, teacher_weights, sha256(teacher_weights)),
+            teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),
             data=self.train,
             inputs=self.inputs,
             format=fmt,
@@ -165,27 +198,39 @@ class Job:
             execution=c,
         )
 
-    def distilled_run(self, softlabels: SoftLabelSpec) -> TrainingRun:
-        """The student trained with the KD loss on ``softlabels`` (on the labels alone when alpha is 0)."""
+    def ensemble(self, members: tuple[str, ...]) -> Ensemble:
+        """How the teachers combine (``softlabels.combine``, at ``distill.temperature``); ``members`` name them."""
+        weights = tuple(t.weight for t in self.teachers)
+        return Ensemble(members, weights, self.config.softlabels.combine, self.config.distill.temperature)
+
+    def distilled_run(self, *softlabels: SoftLabelSpec) -> TrainingRun:
+        """The student trained with the KD loss on the soft labels of each teacher, in order (on the labels alone
+        when alpha is 0)."""
+        if len(softlabels) != len(self.teachers):
+            raise ValueError(f"{len(softlabels)} soft-label specs for {len(self.teachers)} teachers")
         d = self.config.distill
         kd = d.alpha > 0
+        targets = SoftTargets(tuple(s.uri for s in softlabels), self.ensemble(tuple(s.key for s in softlabels)))
         return self._run(
             "student-kd",
             "student",
+            self.student,
             distill=d if kd else None,
-            softlabels=softlabels.uri if kd else None,
-            softlabels_key=softlabels.key if kd else None,
-            views=softlabels.views if kd else 0,
+            softlabels=targets if kd else None,
+            views=softlabels[0].views if kd else 0,
         )
 
     def scratch_run(self) -> TrainingRun | None:
         """The from-scratch baseline, when the job asks for it."""
         baseline = self.config.distill.baseline
-        return self._run("student-scratch", "student") if baseline else None
+        return self._run("student-scratch", "student", self.student) if baseline else None
 
     def eval_spec(self, models: dict[str, tuple[ModelSpec, str]], sha256: Hasher = weights_hash) -> EvalSpec:
-        """Stage 3 over role -> (model, weights URI)."""
+        """Stage 3 over role -> (model, weights URI); with an ensemble's teachers among them, their combination
+        too (role ``ensemble``), as the students' teacher."""
         c = self.config
+        roles = tuple(t.role for t in self.teachers)
+        ensemble = self.ensemble(roles) if len(roles) > 1 and set(roles) <= set(models) else None
         return EvalSpec(
             store=c.store,
             job=c.name,
@@ -194,4 +239,5 @@ class Job:
             inputs=self.inputs,
             class_names=tuple(c.data.class_names) if c.data.class_names else None,
             execution=c.evaluate,
+            ensemble=ensemble,
         )

@@ -31,25 +31,26 @@ def run(job: Job, stages: list[Stage] | None = None) -> dict[str, str]:
     inputs.make_ready(job.inputs)  # a text input's tokenizer, trained once, before any stage reads the data
     if job.checkpoints:  # an evaluation job: the checkpoints it names, nothing upstream
         return {"report": evaluate(job.eval_spec(job.checkpoints))}
-    teacher = job.teacher_run()
-    out = {"teacher": teacher_weights(teacher, "train_teacher" in stages) if teacher else job.teacher_weights_uri()}
+    runs = [job.teacher_run(i) for i in range(len(job.teachers))]
+    weights = [
+        teacher_weights(run, "train_teacher" in stages) if run else job.teacher_weights_uri(i)
+        for i, run in enumerate(runs)
+    ]
+    out = {t.role: uri for t, uri in zip(job.teachers, weights)}
     if last >= STAGES.index("softlabels"):
-        labels = job.softlabel_spec(out["teacher"])
-        out["softlabels"] = generate(labels, compute="softlabels" in stages)
+        labels = [job.softlabel_spec(uri, i=i) for i, uri in enumerate(weights)]  # each teacher's own entry
+        out.update({t.labels: generate(spec, compute="softlabels" in stages) for t, spec in zip(job.teachers, labels)})
     if last >= STAGES.index("distill"):
-        out.update(students(job.distilled_run(labels), job.scratch_run(), compute="distill" in stages))
+        out.update(students(job.distilled_run(*labels), job.scratch_run(), compute="distill" in stages))
     if last >= STAGES.index("evaluate"):
         out["report"] = evaluate(job.eval_spec(evaluated_models(job, out)))
     return out
 
 
 def evaluated_models(job: Job, out: dict[str, str]) -> dict[str, tuple[ModelSpec, str]]:
-    """role -> (model, weights) for the teacher and the students among the outputs."""
-    return {
-        role: (job.teacher if role == "teacher" else job.student, uri)
-        for role, uri in out.items()
-        if role != "softlabels"
-    }
+    """role -> (model, weights) for the teachers and the students among the outputs."""
+    models = {"distilled": job.student, "scratch": job.student, **{t.role: t.model for t in job.teachers}}
+    return {role: (models[role], uri) for role, uri in out.items() if role in models}
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,20 @@ def plan(job: Job, stages: list[Stage] | None = None) -> list[Step]:
 
     if job.checkpoints:
         return [step("evaluate", "report", job.eval_spec(job.checkpoints).uri)]
-    teacher = job.teacher_run()
-    weights = {"teacher": job.teacher_weights_uri()}
-    labels = job.softlabel_spec(weights["teacher"]) if not teacher or storage.is_committed(teacher.uri) else None
-    students = {"distilled": job.distilled_run(labels) if labels else None, "scratch": job.scratch_run()}
-    steps = [step("train_teacher", "teacher", teacher.uri)] if teacher else []
+    teacher_runs = [job.teacher_run(i) for i in range(len(job.teachers))]
+    weights = {t.role: job.teacher_weights_uri(i) for i, t in enumerate(job.teachers)}
+    labels = [
+        job.softlabel_spec(uri, i=i) if not run or storage.is_committed(run.uri) else None
+        for i, (run, uri) in enumerate(zip(teacher_runs, weights.values()))
+    ]
+    students = {"distilled": job.distilled_run(*labels) if all(labels) else None, "scratch": job.scratch_run()}
+    steps = [step("train_teacher", t.role, run.uri) for t, run in zip(job.teachers, teacher_runs) if run]
     if last >= STAGES.index("softlabels"):
-        labelled = step("softlabels", "softlabels", labels.uri if labels else None, "teacher")
-        if labels and labelled.action != "reuse":
-            labelled = dataclasses.replace(labelled, detail=describe(cache.shard_plan(labels)))
-        steps.append(labelled)
+        for t, spec in zip(job.teachers, labels):
+            labelled = step("softlabels", t.labels, spec.uri if spec else None, t.role)
+            if spec and labelled.action != "reuse":
+                labelled = dataclasses.replace(labelled, detail=describe(cache.shard_plan(spec)))
+            steps.append(labelled)
     if last >= STAGES.index("distill"):
         steps.append(step("distill", "distilled", students["distilled"] and students["distilled"].uri, "softlabels"))
         if students["scratch"]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
 
 import ray
 
@@ -46,15 +45,15 @@ def requests(config: JobConfig, stages: list[Stage]) -> list[Request]:
     """The gangs of workers or actors each asked-for stage needs at once."""
     soft, ev = config.softlabels, config.evaluate
 
-    def training(role: Literal["teacher", "student"]) -> Request:
-        res = config.training_resources(role)
-        key = config.training_resources_key(role)
+    def training(model: str) -> Request:
+        res = config.training_resources(model)
+        key = config.training_resources_key(model)
         # Elastic training starts with as many workers as fit, at least its minimum.
         workers = res.num_workers if isinstance(res.num_workers, int) else res.num_workers[0]
         return Request(f"{key}.num_workers", workers, res.cpus_per_worker, 1.0 if res.use_gpu else 0.0)
 
     needed = {
-        "train_teacher": [training("teacher")] if config.teacher.weights is None else [],
+        "train_teacher": [training(key) for key, teacher in config.teachers().items() if teacher.weights is None],
         "softlabels": [Request("softlabels.actors", soft.actors, soft.cpus_per_actor, soft.gpus_per_actor)],
         "distill": [training("student")],
         "evaluate": [Request("evaluate.actors", ev.actors, ev.cpus_per_actor, ev.gpus_per_actor)],
@@ -80,7 +79,8 @@ def shortage(request: Request, nodes: list[dict[str, float]]) -> str | None:
 
 def local_paths(config: JobConfig) -> dict[str, str]:
     """key -> path for each location of the job that is a path on the driver's machine, not a URI."""
-    models = {"teacher.weights": config.teacher.weights, "student.weights": config.student.weights}
+    models = {f"{key}.weights": teacher.weights for key, teacher in config.teachers().items()}
+    models["student.weights"] = config.student.weights
     models.update({f"evaluate.models[{i}].weights": m.weights for i, m in enumerate(config.evaluate.models or [])})
     paths = {"store": config.store, "data.uri": config.data.uri, **models}
     return {key: storage.absolute(p) for key, p in paths.items() if p is not None and not storage.is_remote(p)}

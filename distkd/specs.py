@@ -30,6 +30,7 @@ from distkd.config import (
 from distkd.data.source import Split
 from distkd.data.transforms import PAD
 from distkd.models import load_weights, sources
+from distkd.softlabels.ensemble import Ensemble
 from distkd.softlabels.formats import Format
 
 if TYPE_CHECKING:
@@ -115,6 +116,24 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class SoftTargets:
+    """What a distilled run's KD term reads: one committed soft-label entry per teacher, combined into one target
+    as ``ensemble`` says (its members: the entries' keys) when there are several; a single entry is read as is."""
+
+    entries: tuple[str, ...]  # URIs
+    ensemble: Ensemble
+
+    def identity(self) -> dict:
+        """One teacher: its entry's key alone, as before ensembles (so such a run keeps its URI); an ensemble:
+        each entry's key with its weight, and how they combine."""
+        keys, weights = self.ensemble.members, self.ensemble.weights
+        if len(keys) == 1:
+            return {"softlabels": keys[0]}
+        teachers = [{"softlabels": k, "weight": w} for k, w in zip(keys, weights)]
+        return {"teachers": teachers, "combine": self.ensemble.combine}
+
+
+@dataclass(frozen=True)
 class TrainingRun:
     """A model trained by the Ray Train loop (stage 0 for the teacher, stage 2 for the students).
 
@@ -135,8 +154,7 @@ class TrainingRun:
     feed: DataConfig  # how the training data is fed (data.cache, data.shuffle_buffer): not part of the identity
     tracking: TrackingConfig  # where the curves go besides TensorBoard: not part of the identity
     distill: DistillConfig | None = None  # the KD loss and its weight, against ``softlabels``
-    softlabels: str | None = None  # committed cache entry the KD term reads
-    softlabels_key: str | None = None
+    softlabels: SoftTargets | None = None  # the committed cache entries the KD term reads
     views: int = 0  # recorded views in the soft labels: train on one of them per sample
 
     def identity(self) -> dict:
@@ -153,7 +171,7 @@ class TrainingRun:
             kd = {"alpha": d.alpha, "temperature": d.temperature, "loss": d.loss}
             if d.warmup_epochs:  # in the identity only when set: runs without a warm-up keep their names
                 kd["warmup_epochs"] = d.warmup_epochs
-            out["kd"] = {**kd, "softlabels": self.softlabels_key}
+            out["kd"] = {**kd, **self.softlabels.identity()}
         return out
 
     @property
@@ -229,10 +247,12 @@ class EvalSpec:
     inputs: InputKind  # what the input column becomes (``data/inputs.py``)
     class_names: tuple[str, ...] | None
     execution: EvaluateConfig  # pool and batch sizes: not part of the identity; its slices are
+    ensemble: Ensemble | None = None  # the teachers (by role) combined as the students' teacher, when several
 
     def identity(self) -> dict:
         return {
             "models": {role: w.identity() for role, w in self.models.items()},
+            **({"ensemble": self.ensemble} if self.ensemble else {}),  # a report of one teacher keeps its key
             "data": self.data.identity(),
             self.inputs.identity_key: self.inputs.identity(),
             "class_names": self.class_names,

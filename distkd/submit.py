@@ -40,7 +40,8 @@ def resolved(job: JobConfig) -> dict:
     raw = job.model_dump(mode="json")
     raw["ray_address"] = None
     raw["code"] = [f"{CODE}/{Path(path).name}" for path in job.code]  # copied into the working_dir by ``package``
-    for model in (raw["teacher"], raw["student"], *(raw["evaluate"]["models"] or [])):
+    teachers = raw["teacher"] if isinstance(raw["teacher"], list) else [raw["teacher"]]  # an ensemble, or one
+    for model in (*teachers, raw["student"], *(raw["evaluate"]["models"] or [])):
         model["name"] = sources.absolute(model["name"])
         if model["weights"] is not None:
             model["weights"] = storage.absolute(model["weights"])

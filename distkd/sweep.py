@@ -113,11 +113,12 @@ def plan(path: str, axes: Sequence[Axis], samples: int | None = None, seed: int 
     return Job.prepare(base, source=path), [(o, Job.prepare(c, source=path)) for o, c in configs]
 
 
-def trials(jobs: list, teacher: str) -> list[Trial]:
-    """The distilled run of each trial's job and, once per distinct run, its from-scratch baseline."""
+def trials(jobs: list, teachers: list[str]) -> list[Trial]:
+    """The distilled run of each trial's job (on the labels of the teachers with weights ``teachers``, in order)
+    and, once per distinct run, its from-scratch baseline."""
     out: dict[str, Trial] = {}
     for overrides, job in jobs:
-        run = job.distilled_run(job.softlabel_spec(teacher))
+        run = job.distilled_run(*(job.softlabel_spec(uri, i=i) for i, uri in enumerate(teachers)))
         out.setdefault(run.uri, Trial(overrides, run))
         if scratch := job.scratch_run():
             student = {k: v for k, v in overrides.items() if not k.startswith("distill.")}
@@ -230,8 +231,8 @@ def run(base, jobs: list, keys: list[str]) -> tuple[str, list[dict]]:
 
     cluster.connect(base.config.ray_address, base.config.code)
     resources.check(base.config, ["train_teacher", "softlabels", "distill"])
-    teacher = pipeline.run(base, ["train_teacher", "softlabels"])["teacher"]
-    found = trials(jobs, teacher)
+    labelled = pipeline.run(base, ["train_teacher", "softlabels"])
+    found = trials(jobs, [labelled[t.role] for t in base.teachers])
     pending = [t for t in found if not storage.is_committed(t.run.uri)]
     spans = run_trials(pending, trial_resources(base.config.training_resources("student")))
     records = [

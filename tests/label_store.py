@@ -13,7 +13,8 @@ from distkd import config
 from distkd.job import Job
 from distkd.models import state_dict_bytes
 from distkd.models.students import LeNet5
-from distkd.specs import SoftLabelSpec
+from distkd.softlabels.ensemble import Ensemble
+from distkd.specs import SoftLabelSpec, SoftTargets
 
 ROWS = 60  # per data file
 
@@ -54,6 +55,11 @@ def spec_for(data: Path, store: Path, shard_rows: int = 25) -> SoftLabelSpec:
         weights.write_bytes(state_dict_bytes(LeNet5(10)))
     job = Job.prepare(config.parse(raw, "<test>"))
     return job.softlabel_spec(str(weights))
+
+
+def one_entry(entry: str) -> SoftTargets:
+    """The soft labels of one committed entry, as a distilled run of one teacher reads them."""
+    return SoftTargets((entry,), Ensemble((entry.rstrip("/").rsplit("/", 1)[-1],), (1.0,), "probs", 4.0))
 
 
 def shard_files(store: Path) -> dict[str, int]:

@@ -17,8 +17,9 @@ from distkd.distill.fit import fit
 from distkd.distill.loop import Worker
 from distkd.resources import training_needs
 from distkd.softlabels import cache
+from distkd.softlabels.ensemble import TARGET
 from distkd.softlabels.formats import TRAINING_COLUMNS
-from distkd.specs import TrainingRun, plain, require
+from distkd.specs import SoftTargets, TrainingRun, plain, require
 
 
 def decoded(split: Split, inputs: InputKind) -> ray.data.Dataset:
@@ -82,19 +83,22 @@ def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
     return ds.select_columns(columns).materialize()
 
 
-def trained_columns(inputs: InputKind, entry: str | None) -> list[str]:
+def trained_columns(inputs: InputKind, labels: SoftTargets | None) -> list[str]:
     """The columns a training step reads: the rows' (their input as ``inputs`` prepares it), and those of the
-    soft labels of ``entry`` (with the views' parameters where views were recorded)."""
+    soft labels of ``labels`` (an ensemble's: its combined target; with the views' parameters where views were
+    recorded)."""
     rows = ["id", *inputs.columns, "label"]
-    if entry is None:
+    if labels is None:
         return rows
-    manifest = cache.manifest(entry)
-    return [*rows, *TRAINING_COLUMNS[manifest.format.layout], *(["views"] if manifest.views else [])]
+    manifest = cache.manifest(labels.entries[0])
+    targets = list(TRAINING_COLUMNS[manifest.format.layout]) if len(labels.entries) == 1 else [TARGET]
+    return [*rows, *targets, *(["views"] if manifest.views else [])]
 
 
-def rows_in_memory(split: Split, entry: str | None, inputs: InputKind) -> ray.data.Dataset:
-    """The training rows (with the soft labels of ``entry``) held in the object store, read by the streamed
-    reader once: each unit of the split beside its own shard, both checked (the shard's checksum, its ids
-    those of the unit in order), so every id is labelled exactly once and no join (a shuffle) is needed."""
-    columns = trained_columns(inputs, entry)
-    return in_memory(streaming.stream(split, columns, inputs, entry), columns)
+def rows_in_memory(split: Split, labels: SoftTargets | None, inputs: InputKind) -> ray.data.Dataset:
+    """The training rows (with the soft labels of ``labels``) held in the object store, read by the streamed
+    reader once: each unit of the split beside its own shard (every teacher's), both checked (the shard's
+    checksum, its ids those of the unit in order), so every id is labelled exactly once and no join (a shuffle)
+    is needed."""
+    columns = trained_columns(inputs, labels)
+    return in_memory(streaming.stream(split, columns, inputs, labels), columns)

@@ -61,3 +61,10 @@ def model_cost(
         "throughput": batch_size / batch_time,
         "device": str(device),
     }
+
+
+def summed_cost(costs: list[dict]) -> dict:
+    """What models run one after the other cost together (an ensemble's teachers): their parameters, sizes,
+    FLOPs and batch-1 latencies add up, and so do the seconds per sample that their throughputs give."""
+    added = {key: sum(c[key] for c in costs) for key in ("params", "size_bytes", "flops_per_sample", "latency_ms")}
+    return {**added, "throughput": 1 / sum(1 / c["throughput"] for c in costs), "device": costs[0]["device"]}

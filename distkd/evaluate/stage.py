@@ -14,7 +14,7 @@ import torch
 from distkd import console, devices, storage
 from distkd.catalog import run_record
 from distkd.data.inputs import InputKind
-from distkd.evaluate.cost import model_cost
+from distkd.evaluate.cost import model_cost, summed_cost
 from distkd.evaluate.metrics import (
     baselines,
     block_stats,
@@ -26,22 +26,31 @@ from distkd.evaluate.metrics import (
     sum_stats,
 )
 from distkd.models import placed
+from distkd.softlabels.ensemble import Ensemble
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
+ENSEMBLE = "ensemble"  # an ensemble's combined outputs: the students' teacher where there is one
 SLICES = "slices"  # the column of the evaluators' output that holds a block's per-slice statistics
 TRUNCATED = "truncated"  # a text input's: rows longer than max_length tokens (``TextInput.prepare``)
 
 
 class Evaluator:
-    """All models side by side in one actor, so each student is compared with its teacher on the same batch."""
+    """All models side by side in one actor, so each student is compared with its teacher on the same batch. With
+    an ``ensemble``, its teachers' outputs are combined as the students distil from them (``Ensemble``) and are
+    the students' teacher."""
 
     def __init__(
-        self, models: dict[str, Weights], inputs: InputKind, slices: tuple[str, ...] = (), threads: int = 1
+        self,
+        models: dict[str, Weights],
+        inputs: InputKind,
+        slices: tuple[str, ...] = (),
+        threads: int = 1,
+        ensemble: Ensemble | None = None,
     ) -> None:
         torch.set_num_threads(threads)
         self.device, self.weights = devices.device(), models
-        self.inputs, self.slices = inputs, slices
+        self.inputs, self.slices, self.ensemble = inputs, slices, ensemble
         self.baselines = baselines({role: w.model for role, w in models.items()})
 
     @functools.cached_property
@@ -53,9 +62,12 @@ class Evaluator:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = self.inputs.model_input({name: torch.from_numpy(batch[name]) for name in self.inputs.columns}, self.device)
         logits = {role: model(x).float().cpu().numpy() for role, model in self.models.items()}
+        if self.ensemble:
+            logits[ENSEMBLE] = self.ensemble.predictions([logits[role] for role in self.ensemble.members])
+        reference, teachers = (ENSEMBLE, {ENSEMBLE, *self.ensemble.members}) if self.ensemble else (TEACHER, {TEACHER})
         out, sliced = {}, []
         for i, (role, z) in enumerate(logits.items()):
-            teacher = logits.get(TEACHER) if role != TEACHER else None
+            teacher = logits.get(reference) if role not in teachers else None
             baseline = logits.get(self.baselines.get(role))
             stats = block_stats(z, batch["label"], teacher, baseline_logits=baseline)
             out.update({f"m{i}_{key}": v for key, v in stats.items()})
@@ -93,6 +105,7 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
                 "inputs": spec.inputs,
                 "slices": slices,
                 "threads": max(1, int(cfg.cpus_per_actor)),
+                "ensemble": spec.ensemble,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,
@@ -110,19 +123,14 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
         )
     )
     results, class_names = [], list(spec.class_names) if spec.class_names else None
-    for i, (role, weights) in enumerate(spec.models.items()):
+    for i, about in enumerate(described(spec, costs).values()):
         summed = sum_stats(
             {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
         )
         results.append(
             {
-                "name": f"{weights.model.name} {role}",
-                "role": role,
-                "weights": weights.uri,
-                "weights_sha256": weights.sha256,
+                **about,
                 "metrics": compute_metrics(summed, class_names),
-                **costs[role],
-                **run_record(weights.uri),
                 **({TRUNCATED: sum(int(b[TRUNCATED].sum()) for b in blocks)} if TRUNCATED in blocks[0] else {}),
             }
         )
@@ -139,6 +147,32 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
     save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.identity())
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
+
+
+def described(spec: EvalSpec, costs: dict[str, dict]) -> dict[str, dict]:
+    """Role -> what the report says of each model besides its metrics, in the evaluators' order (the models, then
+    the ensemble of the teachers where there is one: its members and weights, its cost that of all of them)."""
+    out = {
+        role: {
+            "name": f"{weights.model.name} {role}",
+            "role": role,
+            "weights": weights.uri,
+            "weights_sha256": weights.sha256,
+            **costs[role],
+            **run_record(weights.uri),
+        }
+        for role, weights in spec.models.items()
+    }
+    if ensemble := spec.ensemble:
+        members = [costs[role] for role in ensemble.members]
+        out[ENSEMBLE] = {
+            "name": f"ensemble of {len(members)} teachers",
+            "role": ENSEMBLE,
+            "members": dict(zip(ensemble.members, ensemble.weights)),
+            "combine": ensemble.combine,
+            **{key: summed_cost([m[key] for m in members]) for key in ("cost", "cost_gpu") if key in members[0]},
+        }
+    return out
 
 
 def prepared(batch: dict[str, np.ndarray], inputs: InputKind, keep: tuple[str, ...]) -> dict[str, np.ndarray]:

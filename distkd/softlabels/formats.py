@@ -47,6 +47,19 @@ class Format:
         """Stored columns -> what the training loop reads (float32 logits or index + log-prob)."""
         return {name: to_numpy(table[stored], dtype) for name, (stored, dtype) in TRAINING_COLUMNS[self.layout].items()}
 
+    def logits(self, columns: dict[str, np.ndarray], views: int) -> np.ndarray:
+        """Training columns -> the teacher's logits [N, V, C], up to a constant per row and view: top-k labels as
+        their log-probabilities times the stored temperature, which takes labels that keep every class (C = k)."""
+        if self.layout == "dense":
+            (logits,) = (columns[name] for name in TRAINING_COLUMNS["dense"])
+            return logits.reshape(len(logits), views, -1)
+        index, logprob = (columns[name].reshape(len(columns[name]), views, -1) for name in TRAINING_COLUMNS["topk"])
+        if not (np.sort(index, axis=-1) == np.arange(index.shape[-1])).all():
+            raise ValueError(f"top-{self.top_k} labels do not keep every class: their logits are not known")
+        dense = np.empty_like(logprob)
+        np.put_along_axis(dense, index, logprob, axis=-1)
+        return self.temperature * dense
+
 
 def fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
     """A 2-D array -> a fixed-size-list column of ``dtype``."""

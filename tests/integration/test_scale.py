@@ -18,6 +18,7 @@ from distkd.models import state_dict_bytes
 from distkd.softlabels import cache
 from distkd.softlabels.stage import generate, label_units
 from distkd.softlabels.writer import RECORD
+from tests.label_store import one_entry
 
 ROWS = 1000
 
@@ -79,7 +80,7 @@ def test_driver_receives_one_small_record_per_shard_and_no_labels(labelled):
 
 def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
     job, weights, entry = labelled
-    ds = streaming.stream(job.train, ["id", "label", "teacher_logits"], job.inputs, entry=entry)
+    ds = streaming.stream(job.train, ["id", "label", "teacher_logits"], job.inputs, one_entry(entry))
     position = {i: n for n, i in enumerate(job.train.read_table(["id"])["id"].to_pylist())}
     rows = ds.map_batches(
         lambda b: {"id": b["id"], "row": [position[i] for i in b["id"]], "logits": b["teacher_logits"]},
@@ -109,4 +110,4 @@ def test_stream_rejects_a_shard_that_does_not_match(labelled, tmp_path):
     assert shard.is_relative_to(softlabels)  # the copy's shard, not the original
     shard.write_bytes(shard.read_bytes()[:-50])
     with pytest.raises(Exception, match="checksum does not match"):
-        streaming.stream(job.train, ["image", "label"], job.inputs, entry=str(copy)).take_all()
+        streaming.stream(job.train, ["image", "label"], job.inputs, one_entry(str(copy))).take_all()

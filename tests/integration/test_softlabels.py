@@ -27,6 +27,7 @@ from distkd.softlabels import cache, inspect
 from distkd.softlabels.formats import to_numpy
 from distkd.softlabels.stage import generate
 from distkd.softlabels.views import view_params
+from tests.label_store import one_entry
 
 ROWS = 400
 
@@ -229,7 +230,7 @@ def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weig
     with pytest.raises(cache.CacheError, match="checksum does not match"):
         inspect.verify(str(store), key)
     with pytest.raises(cache.CacheError, match=f"{shard.name}: checksum"):
-        rows_in_memory(job.train, entry, job.inputs)
+        rows_in_memory(job.train, one_entry(entry), job.inputs)
 
     from distkd.cli import main
 

@@ -47,7 +47,7 @@ def test_nothing_between_the_config_and_the_loop_declares_a_setting_default():
     defaulted = {
         f.name for cls in (TrainingRun, Worker) for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
     }
-    assert defaulted == {"distill", "softlabels", "softlabels_key", "views"}
+    assert defaulted == {"distill", "softlabels", "views"}
 
 
 def test_the_defaults_the_loop_uses_are_the_configs_and_its_entries():
