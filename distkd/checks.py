@@ -128,7 +128,7 @@ def trained(config: JobConfig) -> list[str]:
     teachers = [
         key
         for key, teacher in config.teachers().items()
-        if stage0 and not (teacher.weights or sources.own_weights(teacher.name))  # a program holds its weights
+        if stage0 and not sources.given_weights(teacher.weights, teacher.name)
     ]
     return teachers + (["student"] if "distill" in config.stages else [])
 

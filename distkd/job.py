@@ -171,7 +171,7 @@ class Job:
 
     def given_teacher_weights(self, i: int = 0) -> str | None:
         teacher = self.teachers[i].config
-        return teacher.weights or sources.own_weights(teacher.name)
+        return sources.given_weights(teacher.weights, teacher.name)
 
     def teacher_weights_uri(self, i: int = 0) -> str:
         run = self.teacher_run(i)

@@ -120,6 +120,11 @@ def own_weights(name: str) -> str | None:
     return rest if kind in SOURCES and not SOURCES[kind].trainable else None
 
 
+def given_weights(weights: str | None, name: str) -> str | None:
+    """A model's weights as its job gives them: ``weights``, else a program's own; None: it is to be trained."""
+    return weights or own_weights(name)
+
+
 def identity(name: str, code: Iterable[str] = ()) -> str | None:
     """What defines ``name`` beyond the name: ``sha256:<hex>`` of its files, ``<package> <version>``, or None."""
     source, rest = _source(name)
