@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
@@ -191,6 +192,11 @@ def _timm(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs
 # --- files: Hugging Face folders, programs, the user's code, hashed by their bytes
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -241,7 +247,12 @@ class HFClassifier(nn.Module):
 
 def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:
     transformers = _extra("transformers", "hf")
-    model = transformers.AutoModelForImageClassification.from_pretrained(_hf_local(rest), **kwargs)
+    local = _hf_local(rest)
+    try:  # the folder's own config, before the kwargs are applied: whether the folder is a model at all
+        transformers.AutoConfig.from_pretrained(local)
+    except Exception as e:  # noqa: BLE001 - a bad config.json raises what its contents make it raise
+        raise SourceError(f"{rest}: not a save_pretrained model folder that loads: {_first_line(e)}") from None
+    model = transformers.AutoModelForImageClassification.from_pretrained(local, **kwargs)
     return HFClassifier(model)
 
 
@@ -266,22 +277,26 @@ class Program(nn.Module):
 
 
 def _program_check(rest: str, code: tuple[str, ...]) -> None:
-    if not storage.exists(rest):
+    fs, path = storage.resolve(rest)
+    found = fs.get_file_info(path).type
+    if found == pafs.FileType.NotFound:
         raise SourceError(f"{rest}: no such program file")
+    if found != pafs.FileType.File:
+        raise SourceError(f"{rest}: a folder, expected a program file (torch.jit.save or torch.export.save)")
 
 
 def _torchscript(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
     try:
         return Program(torch.jit.load(io.BytesIO(storage.read_bytes(rest)), map_location="cpu"), rest)
-    except RuntimeError as e:
-        raise SourceError(f"{rest}: not a TorchScript file (torch.jit.save): {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - torch.jit.load raises many kinds on a file of another kind
+        raise SourceError(f"{rest}: not a TorchScript file (torch.jit.save): {_first_line(e)}") from None
 
 
 def _exported(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
     try:
         program = torch.export.load(io.BytesIO(storage.read_bytes(rest)))
     except Exception as e:  # noqa: BLE001 - torch.export.load raises many kinds on a file of another kind
-        raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): {e}") from None
+        raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): {_first_line(e)}") from None
     return Program(program.module(), rest)
 
 
@@ -313,6 +328,8 @@ def _callable(rest: str, code: tuple[str, ...]) -> Callable[..., nn.Module]:
             f"'import:{rest}': no module '{module}' on the Python path or in the job's 'code:' "
             f"({', '.join(code) or 'empty'})"
         ) from None
+    except SystemExit as e:  # the module ends the process when imported: it is not model code to import
+        raise SourceError(f"'import:{rest}': importing '{module}' called sys.exit({e.code!r})") from None
     except Exception as e:  # noqa: BLE001 - the user's module raised while importing
         raise SourceError(f"'import:{rest}': importing '{module}' failed: {type(e).__name__}: {e}") from None
     target = getattr(loaded, attribute, None)

@@ -31,6 +31,7 @@ from distkd.storage.uris import (
     redact,
     resolve,
     validate,
+    validate_named,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "resolve",
     "temporary_name",
     "validate",
+    "validate_named",
     "write_bytes",
     "write_json",
 ]

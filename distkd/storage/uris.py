@@ -41,6 +41,14 @@ def validate(uri: str) -> str:
     return uri
 
 
+def validate_named(name: str) -> str:
+    """``name`` unchanged if the URI in it, if any (a model or tokenizer name such as ``hf:s3://bucket/model``),
+    passes ``validate``."""
+    if found := re.search(r"[A-Za-z][A-Za-z0-9+.-]*://", name):
+        validate(name[found.start() :])
+    return name
+
+
 def redact(text: str) -> str:
     """``text`` with the credentials of any URI in it (user and password, key parameters) replaced by ``***``."""
     text = re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1***@", text)
