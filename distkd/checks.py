@@ -9,27 +9,88 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from distkd import storage
-from distkd.config import ConfigError, JobConfig
+from distkd.config import MAX_CLASSES, ConfigError, Entry, JobConfig, LossConfig, OptimizerConfig, ScheduleConfig
+from distkd.data import tokenizer as tokenizers
+from distkd.data.inputs import InputKind
+from distkd.data.places import place, row
 from distkd.data.source import DataError, Split
-
-if TYPE_CHECKING:
-    from distkd.data.inputs import InputKind  # which imports this module
+from distkd.distill.losses import LOSSES, Targets, defined_on_topk
+from distkd.distill.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
 from distkd.models.registry import read_state_dict
+from distkd.registry import Registry
 from distkd.specs import ModelSpec
 
 SHOWN = 5  # classes, keys or rows named in one message before "..."
+MAX_SLICES = 100  # values of one 'evaluate.slices' column: each is a slice of every metric in metrics.json
+
+# The registry each kind of entry is named in, and positional arguments for one trial call of an entry (built
+# when called: torch tensors).
+ENTRIES: dict[type[Entry], tuple[Registry, Callable[[], tuple]]] = {
+    OptimizerConfig: (OPTIMIZERS, lambda: ([nn.Parameter(torch.zeros(1))], 0.1, 0.0)),  # parameters, lr, weight_decay
+    ScheduleConfig: (SCHEDULES, lambda: (0.5,)),  # training progress
+    # student logits, teacher targets, labels, temperature
+    LossConfig: (
+        LOSSES,
+        lambda: (torch.zeros(1, 2), Targets(logits=torch.zeros(1, 2)), torch.zeros(1, dtype=torch.long), 1.0),
+    ),
+}
+
+
+def settings(config: JobConfig) -> None:
+    """The names the job picks from registries exist and take the arguments given, and the rules across keys that
+    need a registry hold: what the config's schema cannot know."""
+    for key, entry in job_entries(config).items():
+        known(key, entry)
+    if config.data.tokenizer is not None:
+        try:
+            tokenizers.check_name(config.data.tokenizer.name)
+        except ValueError as e:
+            raise ConfigError(f"key 'data.tokenizer.name': {e} (got {config.data.tokenizer.name!r})") from None
+    loss, labels = config.distill.loss, config.softlabels
+    kd = config.distill.alpha > 0 and not config.evaluate.models
+    if kd and labels.format == "topk" and not defined_on_topk(loss.name, loss.kwargs, loss.standardize):
+        raise ConfigError(
+            f"key 'distill.loss': the '{loss.name}' loss{' with standardize' if loss.standardize else ''} needs the "
+            "teacher's logits on every class, which top-k soft labels do not keep: use 'softlabels.format: "
+            "dense', or the 'hinton' loss without 'standardize'"
+        )
+
+
+def job_entries(config: JobConfig) -> dict[str, Entry]:
+    """Every registry entry of the job by its key: each trainable model's optimizer and schedule, the KD loss."""
+    models = {**config.teachers(), "student": config.student}
+    found: dict[str, Entry] = {"distill.loss": config.distill.loss}
+    for key, model in models.items():
+        found |= {f"{key}.train.optimizer": model.train.optimizer, f"{key}.train.schedule": model.train.schedule}
+    return found
+
+
+def known(key: str, entry: Entry) -> None:
+    """``entry`` names an entry of its registry that takes its kwargs: called once on tiny inputs when it is given
+    any, so that it refuses what it cannot take (``momentum: 1.5``); its own defaults are not tried."""
+    registry, trial = ENTRIES[type(entry)]
+    arguments = trial()
+    if problem := registry.refusal(entry.name, entry.kwargs, len(arguments)):
+        raise ConfigError(f"key '{key}': {problem}")
+    if not entry.kwargs:
+        return
+    try:
+        registry[entry.name](*arguments, **entry.kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"key '{key}': {entry.name} refuses {entry.kwargs}: {e}") from None
 
 
 def data(config: JobConfig, splits: dict[str, Split]) -> int:
@@ -41,7 +102,7 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     for key, split in splits.items():
         unique_ids(split)
         labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
-    if config.softlabels.top_k is not None and config.softlabels.top_k > num_classes:
+    if config.softlabels.kept(num_classes) > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
     ensemble(config, num_classes)
     rows = len(labels[train_key])
@@ -56,7 +117,7 @@ def ensemble(config: JobConfig, num_classes: int) -> None:
     """An ensemble's teachers combine exactly only where each entry keeps every class: top-k labels of fewer
     classes lose the logits the combination needs."""
     labels = config.softlabels
-    kept = labels.top_k or num_classes
+    kept = labels.kept(num_classes)
     if len(config.teachers()) > 1 and labels.format == "topk" and kept < num_classes:
         raise ConfigError(
             f"keys 'softlabels.format', 'softlabels.top_k' and 'teacher': an ensemble of {len(config.teachers())} "
@@ -94,29 +155,33 @@ def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None
 
 
 def slice_columns(columns: list[str], split: Split) -> None:
-    """Each column of ``evaluate.slices`` is in every file of the evaluated split, and is not its input."""
+    """Each column of ``evaluate.slices`` is in every file of the evaluated split, is not its input, holds integers,
+    strings or booleans (values to group by, not measurements), and at most ``MAX_SLICES`` of them in the rows in
+    use."""
     if split.column in columns:
         raise ConfigError(f"key 'evaluate.slices': '{split.column}' is the input column; slice by a column beside it")
     for uri, _ in split.file_rows():
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:
-            names = pq.read_schema(f).names
-        if missing := [c for c in columns if c not in names]:
-            shown = ", ".join(names[: SHOWN * 4])
+            schema = pq.read_schema(f)
+        if missing := [c for c in columns if c not in schema.names]:
+            shown = ", ".join(schema.names[: SHOWN * 4])
             raise ConfigError(f"key 'evaluate.slices': {uri} has no column '{missing[0]}' (its columns: {shown})")
-
-
-def texts_present(split: Split, column: str) -> None:
-    """Every row in use has a text that is not empty (an empty one would tokenise to nothing but padding)."""
-    texts = split.read_table([column])[column]
-    missing = pc.or_kleene(texts.is_null(), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
-    bad = np.flatnonzero(missing.fill_null(True).to_numpy(zero_copy_only=False))
-    if len(bad):
-        what = "no text (null)" if texts[int(bad[0])].as_py() is None else "an empty text"
-        raise ConfigError(
-            f"{row(split, int(bad[0]))}: {what} in column '{column}' ({len(bad)} row(s) of split '{split.name}' "
-            "have none); drop those rows or fill them in"
-        )
+        for column in columns:
+            kind = schema.field(column).type
+            if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_boolean(kind)):
+                raise ConfigError(
+                    f"key 'evaluate.slices': column '{column}' of {uri} holds {kind} values; slices are made per "
+                    "value of a column of integers, strings or booleans (a category)"
+                )
+    for column in columns:
+        values = len(pc.unique(split.read_table([column])[column]))
+        if values > MAX_SLICES:
+            raise ConfigError(
+                f"key 'evaluate.slices': column '{column}' of split '{split.name}' has {values:,} values, more than "
+                f"the {MAX_SLICES} slices allowed per column (each value is a slice of every metric); slice by a "
+                "coarser column"
+            )
 
 
 def trained(config: JobConfig) -> list[str]:
@@ -162,8 +227,14 @@ def unique_ids(split: Split) -> None:
 
 def class_count(split: Split, labels: np.ndarray) -> int:
     """1 + the largest label, when every class from 0 to it occurs: labels that start at 1 (or skip a class)
-    would otherwise add classes that no row has."""
+    would otherwise add classes that no row has. At most ``MAX_CLASSES``: models are built with an output per
+    class."""
     largest = int(labels.max())
+    if largest >= MAX_CLASSES:
+        raise ConfigError(
+            f"{row(split, int(labels.argmax()))}: label {largest} would make {largest + 1} classes (1 + the largest "
+            f"label), more than the {MAX_CLASSES:,} distkd builds models for; labels are class indices 0..C-1"
+        )
     if largest < 1:
         raise ConfigError(
             f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has no label above {largest}; "
@@ -199,10 +270,21 @@ def rows_per_worker(key: str, rows: int, workers: int, workers_key: str, batch_s
         )
 
 
+def identity(key: str, name: str, code: tuple[str, ...]) -> str | None:
+    """``sources.identity`` of the model at ``key``: the hash of a program's or folder's bytes, which reads them."""
+    try:
+        return sources.identity(name, code)
+    except (sources.SourceError, OSError) as e:
+        raise ConfigError(f"key '{key}.name': {storage.redact(_first_line(e))}") from None
+
+
 def build(key: str, model: ModelSpec) -> nn.Module:
-    """The model, built: any error from its constructor means the same, kwargs that cannot make it."""
+    """The model, built: a ``SourceError`` is the name's fault (a program or folder that does not load), any other
+    error from its constructor means kwargs that cannot make it."""
     try:
         return model.build()
+    except sources.SourceError as e:
+        raise ConfigError(f"key '{key}.name': {e}") from None
     except Exception as e:  # noqa: BLE001 - a constructor raises what its arguments make it raise
         raise ConfigError(
             f"key '{key}.kwargs': cannot build '{model.name}' with {model.kwargs}: {_first_line(e)}"
@@ -290,27 +372,6 @@ def local_store(uri: str) -> None:
         for folder in created:
             with suppress(OSError):  # not empty: another writer has started using it
                 folder.rmdir()
-
-
-def row(split: Split, index: int) -> str:
-    """``<file>: row id '<id>'`` for the ``index``-th row in use of ``split``."""
-    id_ = split.read_table(["id"])["id"][index].as_py()
-    return f"{locate(split, index)[0]}: row id '{id_}'"
-
-
-def place(split: Split, index: int) -> str:
-    """``<file> row <n>`` (counted from 0 in the file) for the ``index``-th row in use of ``split``."""
-    file, n = locate(split, index)
-    return f"{file} row {n}"
-
-
-def locate(split: Split, index: int) -> tuple[str, int]:
-    """The file that holds the ``index``-th row in use of ``split``, and the row's index in that file."""
-    for file, rows in split.file_rows():
-        if index < rows:
-            return file, index
-        index -= rows
-    raise IndexError(index)
 
 
 def data_error(error: BaseException) -> DataError | None:

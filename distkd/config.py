@@ -27,7 +27,6 @@ from pydantic_core import PydanticCustomError
 
 from distkd import address as ray_address
 from distkd import storage
-from distkd.registry import Registry
 
 Stage = Literal["train_teacher", "softlabels", "distill", "evaluate"]
 STAGES: tuple[Stage, ...] = ("train_teacher", "softlabels", "distill", "evaluate")
@@ -41,19 +40,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# Bounds of the numbers that size memory before anything reads the data: a model's output layer, a text model's
+# embedding and every batch of token ids are allocated from them.
+MAX_CLASSES = 100_000
+MAX_VOCAB_SIZE = 1_000_000
+MAX_LENGTH = 8192  # tokens per row
+
+
 class TokenizerConfig(Strict):
-    """A text split's tokenizer: trained on the training split once (wordpiece, bpe), or hf:<folder>."""
+    """A text split's tokenizer: trained on the training split once (wordpiece, bpe), or hf:<folder>. Whether the
+    name is a trainer's is checked with the data (``checks.tokenizer``)."""
 
     name: str = "wordpiece"
-    vocab_size: int = Field(default=8000, gt=2)  # of a trained one
-    max_length: int = Field(default=128, gt=0)  # tokens per row: longer texts are cut (and counted)
+    vocab_size: int = Field(default=8000, gt=2, le=MAX_VOCAB_SIZE)  # of a trained one
+    max_length: int = Field(default=128, gt=0, le=MAX_LENGTH)  # tokens per row: longer texts are cut (and counted)
 
     @field_validator("name")
     @classmethod
-    def _known(cls, name: str) -> str:
-        from distkd.data.tokenizer import check_name  # the tokenizer module imports the store, as this one
-
-        return check_name(name)
+    def _valid_uri(cls, name: str) -> str:
+        return storage.validate_named(name)
 
 
 class DataConfig(Strict):
@@ -62,7 +67,7 @@ class DataConfig(Strict):
     test_split: str = "test"
     limit: int | None = Field(default=None, gt=0)  # first N rows of each split
     val_limit: int | None = Field(default=2000, gt=0)  # first N test rows for per-epoch accuracy
-    num_classes: int | None = Field(default=None, gt=1)  # None: 1 + the largest label
+    num_classes: int | None = Field(default=None, gt=1, le=MAX_CLASSES)  # None: 1 + the largest label
     class_names: list[str] | None = None  # for the report; None: the class indices
     channels: Literal[1, 3] | None = None  # None: as the first image (grayscale 1, else 3); 1 or 3 converts all
     mean: list[float] = Field(default=[0.4914, 0.4822, 0.4465], min_length=1)  # per channel
@@ -99,6 +104,11 @@ class ModelConfig(Strict):
     kwargs: dict[str, int | float | bool | str] = {}
     weights: str | None = None  # a state_dict file (path or URI); teacher: None trains one
 
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        return storage.validate_named(name)
+
     @field_validator("weights")
     @classmethod
     def _valid_uri(cls, uri: str | None) -> str | None:
@@ -107,50 +117,19 @@ class ModelConfig(Strict):
 
 class Entry(Strict):
     """A registry entry picked by name, with its own keyword arguments (their defaults are the entry's own).
-    Validation calls the entry once on tiny inputs when it is given arguments, so that it refuses what it cannot
-    take (``momentum: 1.5``); an entry's own defaults are not tried, and the defaults of the sections are built
-    unvalidated (``model_construct``: they are the registries' own names), so importing this module imports
-    neither torch nor the registries (2-3 s on 2 cores, in every process, and before the command starts Ray)."""
+    Whether the name is registered and takes the arguments is checked against its registry before work
+    (``checks.entries``); the schema holds only the names."""
 
     name: str
     kwargs: dict[str, int | float | bool | str] = {}
 
-    def registry(self) -> tuple[Registry, tuple]:
-        """The registry the name is looked up in, and positional arguments for one trial call of an entry."""
-        raise NotImplementedError
-
-    @model_validator(mode="after")
-    def _known(self) -> Entry:
-        registry, trial = self.registry()
-        if problem := registry.refusal(self.name, self.kwargs, len(trial)):
-            raise ValueError(problem)
-        if not self.kwargs:
-            return self
-        try:
-            registry[self.name](*trial, **self.kwargs)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{self.name} refuses {self.kwargs}: {e}") from None
-        return self
-
 
 class OptimizerConfig(Entry):
-    name: str = "sgd"
-
-    def registry(self) -> tuple[Registry, tuple]:
-        import torch
-
-        from distkd.distill.optim import OPTIMIZERS
-
-        return OPTIMIZERS, ([torch.nn.Parameter(torch.zeros(1))], 0.1, 0.0)  # parameters, lr, weight_decay
+    name: str = "sgd"  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
 
 
 class ScheduleConfig(Entry):
-    name: str = "one_cycle"
-
-    def registry(self) -> tuple[Registry, tuple]:
-        from distkd.distill.optim import SCHEDULES
-
-        return SCHEDULES, (0.5,)  # training progress
+    name: str = "one_cycle"  # of lr over all epochs' rows: one_cycle, cosine
 
 
 class TrainConfig(Strict):
@@ -158,10 +137,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(default=128, gt=0)
     lr: float = Field(default=0.1, gt=0)
     weight_decay: float = Field(default=5e-4, ge=0)
-    optimizer: OptimizerConfig = (
-        OptimizerConfig.model_construct()
-    )  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
-    schedule: ScheduleConfig = ScheduleConfig.model_construct()  # of lr over all epochs' rows: one_cycle, cosine
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     augment: bool = True  # random crop (pad 4) + horizontal flip
     seed: int = 0
 
@@ -193,16 +170,29 @@ class ResourcesConfig(Strict):
         return self.num_workers if isinstance(self.num_workers, int) else self.num_workers[-1]
 
 
-class TeacherConfig(ModelConfig):
+class TrainableConfig(ModelConfig):
+    """A model the job may train: a teacher or the student."""
+
     train: TrainConfig = TrainConfig()
     resources: ResourcesConfig | None = None  # of its training runs; None: the job's 'resources'
+
+
+class TeacherConfig(TrainableConfig):
+    pass
+
+
+class StudentConfig(TrainableConfig):
+    pass
+
+
+WEIGHT = 1.0  # a teacher's weight in the combined target: a single teacher's, and an ensemble's teacher's default
 
 
 class EnsembleTeacherConfig(TeacherConfig):
     """One teacher of an ensemble ('teacher' as a list): its weight in the combined target (normalised over the
     ensemble's teachers to sum to 1)."""
 
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=WEIGHT, gt=0, allow_inf_nan=False)
 
 
 def _teacher_form(raw: object) -> str | None:
@@ -221,16 +211,10 @@ Teachers = Annotated[
 ]
 
 
-class StudentConfig(ModelConfig):
-    train: TrainConfig = TrainConfig()
-    resources: ResourcesConfig | None = None  # of its training runs; None: the job's 'resources'
-
-
 class SoftLabelConfig(Strict):
     format: Literal["dense", "topk"] = "dense"
     dtype: Literal["float16", "float32"] = "float16"
-    top_k: int | None = Field(default=None, gt=0)  # classes kept per row with format: topk
-    temperature: float = Field(default=4.0, gt=0)  # of the stored top-k log-probabilities
+    top_k: int | None = Field(default=None, gt=0)  # classes kept per row with format: topk (None: every class)
     views: int = Field(default=0, ge=0)  # augmented views recorded per image (0: the clean image)
     view_seed: int = 0
     shard_rows: int = Field(default=10_000, gt=0)  # rows per shard; each shard commits on its own
@@ -244,24 +228,33 @@ class SoftLabelConfig(Strict):
     # probabilities at distill.temperature, or of their logits. Read only with several teachers.
     combine: Literal["probs", "logits"] = "probs"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, raw: object) -> object:
+        if isinstance(raw, dict) and "temperature" in raw:
+            raise _refuse(
+                "softlabels.temperature",
+                "removed: top-k labels are stored at 'distill.temperature', the one temperature of a job; "
+                f"remove this key and write 'distill.temperature: {raw['temperature']}' instead",
+            )
+        return raw
+
+    def kept(self, num_classes: int) -> int:
+        """Classes kept per row of top-k labels: ``top_k``, else every class."""
+        return self.top_k or num_classes
+
 
 class LossConfig(Entry):
     name: str = "hinton"  # distill/losses.py: hinton, dkd, dist
     standardize: bool = False  # z-score both sides' logits in the KD term (Sun et al., CVPR 2024)
 
-    def registry(self) -> tuple[Registry, tuple]:
-        import torch
-
-        from distkd.distill.losses import LOSSES, Targets
-
-        # student logits, teacher targets, labels, temperature
-        return LOSSES, (torch.zeros(1, 2), Targets(logits=torch.zeros(1, 2)), torch.zeros(1, dtype=torch.long), 1.0)
-
 
 class DistillConfig(Strict):
     alpha: float = Field(default=0.9, ge=0, le=1)  # weight of the KD term; 0 = from scratch
+    # Of the KD term, and of the stored top-k labels' log-probabilities (so that they are distilled at the
+    # temperature they were softened at).
     temperature: float = Field(default=4.0, gt=0)
-    loss: LossConfig = LossConfig.model_construct()
+    loss: LossConfig = LossConfig()
     # Epochs over which the KD term's weight rises linearly from 0 to alpha (DKD's recipe: 20 of 240); 0: none.
     warmup_epochs: float = Field(default=0, ge=0)
     baseline: bool = True  # also train the student from scratch, for the report
@@ -326,10 +319,26 @@ class JobConfig(Strict):
     @field_validator("teacher")
     @classmethod
     def _ensemble(cls, teacher: TeacherConfig | list[EnsembleTeacherConfig]) -> TeacherConfig | list:
-        if isinstance(teacher, list) and len(teacher) < 2:
+        if not isinstance(teacher, list):
+            return teacher
+        if len(teacher) < 2:
             raise ValueError(
                 f"an ensemble is a list of at least 2 teachers, got {len(teacher)}; give one teacher as a mapping"
             )
+        if not math.isfinite(total := sum(t.weight for t in teacher)):
+            raise ValueError(
+                f"the teachers' weights sum to {total}, which is not a finite number; they are normalised to sum "
+                "to 1, so only their ratios count: use smaller weights"
+            )
+        seen: dict[str, int] = {}
+        for i, t in enumerate(teacher):
+            same = t.model_dump_json(exclude={"weight"})
+            if same in seen:
+                raise ValueError(
+                    f"'teacher.{seen[same]}' and 'teacher.{i}' are the same teacher (one run, one set of soft "
+                    "labels): give it once, with the sum of their weights"
+                )
+            seen[same] = i
         return teacher
 
     @field_validator("ray_address")
@@ -372,19 +381,6 @@ class JobConfig(Strict):
                 "images: set 'softlabels.views: N' (N augmented views, each with its own label) or "
                 "'student.train.augment: false'",
             )
-        if distill.alpha > 0 and labels.format == "topk" and not _defined_on_topk(distill.loss):
-            raise _refuse(
-                "distill.loss",
-                f"the '{distill.loss.name}' loss{' with standardize' if distill.loss.standardize else ''} needs the "
-                "teacher's logits on every class, which top-k soft labels do not keep: use 'softlabels.format: "
-                "dense', or the 'hinton' loss without 'standardize'",
-            )
-        if distill.alpha > 0 and labels.format == "topk" and labels.temperature != distill.temperature:
-            raise _refuse(
-                "softlabels.temperature",
-                f"top-k labels stored at temperature {labels.temperature} cannot be distilled at "
-                f"'distill.temperature' {distill.temperature}: set both to the same value",
-            )
         return self
 
     def teachers(self) -> dict[str, TeacherConfig]:
@@ -394,7 +390,11 @@ class JobConfig(Strict):
             return {f"teacher.{i}": t for i, t in enumerate(self.teacher)}
         return {"teacher": self.teacher}
 
-    def trainable(self, key: str) -> TeacherConfig | StudentConfig:
+    def weights(self) -> dict[str, float]:
+        """Each teacher's weight in the combined target, as given (a single teacher's: ``WEIGHT``), by its key."""
+        return {key: getattr(t, "weight", WEIGHT) for key, t in self.teachers().items()}
+
+    def trainable(self, key: str) -> TrainableConfig:
         """The model at ``key``: 'student', or a key of ``teachers``."""
         return self.student if key == "student" else self.teachers()[key]
 
@@ -406,12 +406,6 @@ class JobConfig(Strict):
     def training_resources_key(self, key: str) -> str:
         """The job file's key that ``training_resources`` reads, for messages."""
         return f"{key}.resources" if self.trainable(key).resources else "resources"
-
-
-def _defined_on_topk(loss: LossConfig) -> bool:
-    from distkd.distill.losses import defined_on_topk
-
-    return defined_on_topk(loss.name, loss.kwargs, loss.standardize)
 
 
 def _refuse(key: str, message: str) -> PydanticCustomError:
@@ -449,7 +443,9 @@ def load(path: str | Path) -> JobConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: job file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start} is {e.object[e.start]:#04x})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return parse(raw, str(path))

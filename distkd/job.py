@@ -68,6 +68,10 @@ class Job:
     def prepare(cls, config: JobConfig, source: str = "job") -> Job:
         """Check what can be checked without a cluster; errors name the key or the URI."""
         data = config.data
+        try:
+            checks.settings(config)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         reachable(source, "store", config.store, must_exist=False, publishes=True)
         if not storage.is_remote(config.store):
             try:
@@ -118,9 +122,9 @@ class Job:
             code = tuple(config.code)
             name = sources.absolute(model.name)
             kwargs = {**model.kwargs, **kind.model_kwargs()}
-            built = ModelSpec(name, kwargs, num_classes, shape, sources.identity(name, code), code)
             cpu = torch.device("cpu")
             try:
+                built = ModelSpec(name, kwargs, num_classes, shape, checks.identity(key, name, code), code)
                 network = checks.build(key, built)
                 checks.forward(key, network, shape, num_classes, kind.model_input(kind.example(2), cpu))
                 if key in trained:
@@ -140,9 +144,9 @@ class Job:
             raise ConfigError(
                 f"{source}: key 'stages': a job with 'evaluate.models' only evaluates them: use [evaluate]"
             )
-        given = config.teachers()
-        weights = [getattr(t, "weight", 1.0) for t in given.values()]  # a single teacher has no 'weight'
-        teachers = tuple(Teacher(key, spec(key, t), t, w / sum(weights)) for (key, t), w in zip(given.items(), weights))
+        weights = config.weights()
+        total = sum(weights.values())
+        teachers = tuple(Teacher(key, spec(key, t), t, weights[key] / total) for key, t in config.teachers().items())
         student = spec("student", config.student)
         limits = [n for n in (data.val_limit, test.limit) if n is not None]
         val = dataclasses.replace(test, limit=min(limits, default=None))
@@ -183,7 +187,7 @@ class Job:
         fmt = (
             Format("dense", c.dtype)
             if c.format == "dense"
-            else Format("topk", c.dtype, c.top_k or self.num_classes, c.temperature)
+            else Format("topk", c.dtype, c.kept(self.num_classes), self.config.distill.temperature)
         )
         return SoftLabelSpec(
             store=self.config.store,

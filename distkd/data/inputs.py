@@ -26,13 +26,16 @@ from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
 
-from distkd import checks, console, content, storage
+from distkd import console, content, storage
 from distkd.config import ConfigError, DataConfig, TokenizerConfig
 from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
+from distkd.data.places import row
 from distkd.data.source import Split, decode_batch, image_shape
 from distkd.data.transforms import Normalize
 from distkd.registry import Registry
@@ -186,7 +189,37 @@ class TextInput:
         return {"tokenizer": self.made_of, "max_length": self.tokenizer.max_length}
 
     def check(self, split: Split) -> None:
-        checks.texts_present(split, self.column)
+        """Every row in use has a text of valid UTF-8 that is not empty (an empty one would tokenise to nothing but
+        padding)."""
+        texts = split.read_table([self.column])[self.column]
+        if (bad := _invalid_utf8(texts)) is not None:
+            raise ConfigError(
+                f"{row(split, bad)}: the text in column '{self.column}' is not valid UTF-8; re-encode the file's "
+                "texts as UTF-8 (or drop the row)"
+            )
+        missing = pc.or_kleene(texts.is_null(), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0))
+        empty = np.flatnonzero(missing.fill_null(True).to_numpy(zero_copy_only=False))
+        if len(empty):
+            what = "no text (null)" if texts[int(empty[0])].as_py() is None else "an empty text"
+            raise ConfigError(
+                f"{row(split, int(empty[0]))}: {what} in column '{self.column}' ({len(empty)} row(s) of split "
+                f"'{split.name}' have none); drop those rows or fill them in"
+            )
+        if self.training is not None and split == self.training[0]:
+            self._fits_alphabet(split, texts.to_pylist(), self.training[1])
+
+    @staticmethod
+    def _fits_alphabet(split: Split, texts: list[str], settings: TokenizerConfig) -> None:
+        """A tokenizer to train holds its alphabet whatever its ``vocab_size``: one smaller than that would give ids
+        beyond the models' embedding."""
+        smallest = tokenizers.smallest(settings.name, texts)
+        if settings.vocab_size < smallest:
+            raise ConfigError(
+                f"key 'data.tokenizer.vocab_size': a {settings.name} tokenizer trained on split '{split.name}' holds "
+                f"at least {smallest} tokens (its special tokens and its alphabet), more than the "
+                f"{settings.vocab_size} the models would be built for: set 'data.tokenizer.vocab_size' to "
+                f"{smallest} or more"
+            )
 
     @property
     def folder(self) -> str:
@@ -204,6 +237,23 @@ class TextInput:
             split, settings = self.training
             texts = _texts_of(split, self.column)
             tokenizers.train_into(self.folder, settings.name, settings.vocab_size, settings.max_length, texts)
+
+
+def _invalid_utf8(texts: pa.ChunkedArray) -> int | None:
+    """The index of the first text that is not valid UTF-8 (Arrow reads such strings from Parquet unchecked), or
+    None."""
+    offset = 0
+    for chunk in texts.chunks:
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            for i, value in enumerate(chunk.view(pa.binary()).to_pylist()):
+                try:
+                    value is None or value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return offset + i
+        offset += len(chunk)
+    return None
 
 
 def _texts_of(split: Split, column: str) -> Callable[[], list[list[str]]]:

@@ -61,12 +61,31 @@ def bpe(vocab_size: int):
 
 
 def check_name(name: str) -> str:
-    """``name`` if it is a trainer's name or ``hf:<folder>``, else the reason (for the config's validator)."""
+    """``name`` if it is a trainer's name or ``hf:<folder>``, else a ``ValueError`` saying why."""
     if name.startswith(HF) and len(name) > len(HF):
         return name
     if name not in TRAINERS:
         raise ValueError(f"unknown tokenizer '{name}'; known: {', '.join(TRAINERS)}, or hf:<folder>")
     return name
+
+
+def smallest(name: str, texts: list[str]) -> int:
+    """The fewest tokens a ``name`` tokenizer trained on ``texts`` holds, whatever its ``vocab_size``: its special
+    tokens and its alphabet (the trainer's initial one, byte-level BPE's 256 bytes, and every character of the
+    pre-tokenized words, again with the continuing-subword prefix, WordPiece's '##', where it continues a word).
+    Normalised and pre-tokenized once per distinct whitespace-separated token, not per text."""
+    tok, trainer = TRAINERS[name](len(SPECIALS))
+    text = " ".join(set(" ".join(texts).split()))
+    if tok.normalizer is not None:
+        text = tok.normalizer.normalize_str(text)
+    first, rest = set(), set()
+    for word, _ in tok.pre_tokenizer.pre_tokenize_str(text):
+        first.add(word[0])
+        rest.update(word[1:])
+    alphabet = set(trainer.initial_alphabet) | first | rest
+    prefix = trainer.continuing_subword_prefix
+    continuing = {prefix + c for c in rest} if prefix else set()
+    return len(SPECIALS) + len(alphabet) + len(continuing - alphabet)
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,8 @@ def write_job(tmp_path: Path, cifar10: Path, **changes) -> Path:
         ({"student__train": {"batch_size": 50}}, "key 'student.train.augment': the distilled student would train"),
         (
             {"softlabels__format": "topk", "softlabels__temperature": 2.0},
-            "key 'softlabels.temperature': top-k labels stored at temperature 2.0 cannot be distilled at "
-            "'distill.temperature' 4.0",
+            "key 'softlabels.temperature': removed: top-k labels are stored at 'distill.temperature', the one "
+            "temperature of a job; remove this key and write 'distill.temperature: 2.0' instead",
         ),
         # Checks against the data (100 rows of CIFAR-10: 10 classes, 3x32x32).
         ({"softlabels__format": "topk", "softlabels__top_k": 20}, "key 'softlabels.top_k': 20 is more than the 10"),
