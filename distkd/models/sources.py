@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import logging
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -293,10 +294,15 @@ def _torchscript(rest: str, num_classes: int, in_channels: int, image_size: int,
 
 
 def _exported(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+    logger = logging.getLogger("torch.export")  # which logs a file it cannot read with a traceback, then raises
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         program = torch.export.load(io.BytesIO(storage.read_bytes(rest)))
     except Exception as e:  # noqa: BLE001 - torch.export.load raises many kinds on a file of another kind
         raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): {_first_line(e)}") from None
+    finally:
+        logger.setLevel(level)
     return Program(program.module(), rest)
 
 
