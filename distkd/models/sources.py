@@ -23,9 +23,11 @@ import importlib
 import importlib.util
 import inspect
 import io
+import json
 import logging
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,8 +233,13 @@ def _hf_local(uri: str) -> str:
 
 def _hf_check(rest: str, code: tuple[str, ...]) -> None:
     _extra("transformers", "hf")
-    if not storage.exists(storage.join(rest, "config.json")):
+    config = storage.join(rest, "config.json")
+    if not storage.exists(config):
         raise SourceError(f"{rest}: no config.json (expected a folder written by save_pretrained)")
+    try:
+        json.loads(storage.read_bytes(config))
+    except ValueError as e:
+        raise SourceError(f"{config}: not JSON ({e}); expected a folder written by save_pretrained") from None
 
 
 class HFClassifier(nn.Module):
@@ -294,11 +301,14 @@ def _torchscript(rest: str, num_classes: int, in_channels: int, image_size: int,
 
 
 def _exported(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+    data = storage.read_bytes(rest)
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # before torch.export's imports, seconds on 2 cores
+        raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): not a zip archive")
     logger = logging.getLogger("torch.export")  # which logs a file it cannot read with a traceback, then raises
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        program = torch.export.load(io.BytesIO(storage.read_bytes(rest)))
+        program = torch.export.load(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - torch.export.load raises many kinds on a file of another kind
         raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): {_first_line(e)}") from None
     finally:

@@ -93,10 +93,13 @@ def garbage_file(source: str) -> Callable[[Path], dict]:
     return make
 
 
-def garbage_hf_folder(tmp_path: Path) -> dict:
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text("{not json")
-    return {"teacher.name": f"hf:{tmp_path / 'hf'}"}
+def hf_folder(config: str) -> Callable[[Path], dict]:
+    def make(tmp_path: Path) -> dict:
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf" / "config.json").write_text(config)
+        return {"teacher.name": f"hf:{tmp_path / 'hf'}"}
+
+    return make
 
 
 def exiting_module(code: int) -> Callable[[Path], dict]:
@@ -156,7 +159,7 @@ class Refusal:
 
     id: str
     changes: dict | Callable[[Path], dict]
-    expected: str  # a phrase of the message
+    expected: str  # a phrase of the message; {tmp} stands for the test's folder
     data: str = "image"  # or "text": the job it changes
     extra: dict = field(default_factory=dict)  # more changes, beside a callable's
 
@@ -199,11 +202,16 @@ REFUSALS = [
     Refusal("same-teacher-twice", {"teacher": [{"name": "lenet5", "weight": 1.0}, {"name": "lenet5", "weight": 2.0}]},
             "'teacher.0' and 'teacher.1' are the same teacher"),
     # Issue 34: model files that do not load, named by 'teacher.name'.
-    Refusal("torchscript-folder", program_folder("torchscript"), "program: a folder, expected a program file"),
-    Refusal("export-folder", program_folder("export"), "program: a folder, expected a program file"),
-    Refusal("garbage-torchscript", garbage_file("torchscript"), "key 'teacher.name': "),
-    Refusal("garbage-export", garbage_file("export"), "model.pt: not a torch.export archive"),
-    Refusal("garbage-hf", garbage_hf_folder, "key 'teacher.name': "),
+    Refusal("torchscript-folder", program_folder("torchscript"), "key 'teacher.name': {tmp}/program: a folder, "
+            "expected a program file"),
+    Refusal("export-folder", program_folder("export"), "key 'teacher.name': {tmp}/program: a folder"),
+    Refusal("garbage-torchscript", garbage_file("torchscript"), "key 'teacher.name': {tmp}/model.pt: not a "
+            "TorchScript file"),
+    Refusal("garbage-export", garbage_file("export"), "key 'teacher.name': {tmp}/model.pt: not a torch.export "
+            "archive"),
+    Refusal("garbage-hf", hf_folder("{not json"), "key 'teacher.name': {tmp}/hf/config.json: not JSON"),
+    Refusal("unknown-hf-model", hf_folder('{"model_type": "nonsense"}'), "key 'teacher.name': {tmp}/hf: not a "
+            "save_pretrained model folder that loads"),
     Refusal("import-exits-0", exiting_module(0), "key 'teacher.name': 'import:exits:Net': importing 'exits' called "
             "sys.exit(0)"),
     Refusal("import-exits-3", exiting_module(3), "importing 'exits' called sys.exit(3)"),
@@ -318,7 +326,7 @@ def refused(argv: list[str], capsys) -> str:
 def test_a_bad_job_input_is_refused_before_ray_starts(tmp_path, capsys, refusal):
     path = job_file(tmp_path, refusal)
     printed = refused(["plan", str(path)], capsys)
-    assert refusal.expected in printed
+    assert refusal.expected.replace("{tmp}", str(tmp_path)) in printed
     assert str(path) in printed  # the message names the job file
     assert SECRET not in printed
     assert not (tmp_path / "store").exists()
