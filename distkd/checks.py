@@ -30,6 +30,7 @@ from distkd.distill.losses import LOSSES, Targets, defined_on_topk
 from distkd.distill.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
 from distkd.models.registry import read_state_dict
+from distkd.models.sources import first_line as _first_line
 from distkd.registry import Registry
 from distkd.specs import ModelSpec
 
@@ -395,7 +396,3 @@ def data_error(error: BaseException) -> DataError | None:
 def _few(items: list) -> str:
     return ", ".join(map(str, items[:SHOWN])) + (f", ... ({len(items)} in all)" if len(items) > SHOWN else "")
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__

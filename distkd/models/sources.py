@@ -195,7 +195,8 @@ def _timm(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs
 # --- files: Hugging Face folders, programs, the user's code, hashed by their bytes
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """``<type>: <first line of the message>``: an error as one line of a message."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
@@ -259,7 +260,7 @@ def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: 
     try:  # the folder's own config, before the kwargs are applied: whether the folder is a model at all
         transformers.AutoConfig.from_pretrained(local)
     except Exception as e:  # noqa: BLE001 - a bad config.json raises what its contents make it raise
-        raise SourceError(f"{rest}: not a save_pretrained model folder that loads: {_first_line(e)}") from None
+        raise SourceError(f"{rest}: not a save_pretrained model folder that loads: {first_line(e)}") from None
     model = transformers.AutoModelForImageClassification.from_pretrained(local, **kwargs)
     return HFClassifier(model)
 
@@ -297,7 +298,7 @@ def _torchscript(rest: str, num_classes: int, in_channels: int, image_size: int,
     try:
         return Program(torch.jit.load(io.BytesIO(storage.read_bytes(rest)), map_location="cpu"), rest)
     except Exception as e:  # noqa: BLE001 - torch.jit.load raises many kinds on a file of another kind
-        raise SourceError(f"{rest}: not a TorchScript file (torch.jit.save): {_first_line(e)}") from None
+        raise SourceError(f"{rest}: not a TorchScript file (torch.jit.save): {first_line(e)}") from None
 
 
 def _exported(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
@@ -310,7 +311,7 @@ def _exported(rest: str, num_classes: int, in_channels: int, image_size: int, kw
     try:
         program = torch.export.load(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - torch.export.load raises many kinds on a file of another kind
-        raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): {_first_line(e)}") from None
+        raise SourceError(f"{rest}: not a torch.export archive (torch.export.save): {first_line(e)}") from None
     finally:
         logger.setLevel(level)
     return Program(program.module(), rest)

@@ -130,3 +130,24 @@ def test_the_sample_jobs_pass_the_config_rules_and_the_quick_start_its_data_chec
     monkeypatch.chdir(root)  # the quick start's paths are relative to the repository root
     job = Job.prepare(config.load("jobs/quickstart.yaml"))
     assert (job.num_classes, job.student.input_shape) == (10, (3, 32, 32))
+
+
+def test_the_config_is_a_pure_schema():
+    """config.py imports no data, model, distill or evaluate module, not even inside a function or behind
+    TYPE_CHECKING; and no input kind imports the checks (which import the input kinds)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "distkd"
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((package / module).read_text())
+        names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        names |= {
+            f"{node.module}.{a.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for a in node.names
+        }
+        return names
+
+    upward = ("distkd.data", "distkd.models", "distkd.distill", "distkd.evaluate")
+    assert not [name for name in imported("config.py") if name.startswith(upward)]
+    assert not [name for name in imported("data/inputs.py") if name.startswith("distkd.checks")]

@@ -190,9 +190,9 @@ def test_a_saved_tokenizer_is_used_as_it_is(data: Path, tmp_path: Path) -> None:
     assert saved.identity()["tokenizer"].startswith("sha256:")
 
 
-def test_an_unknown_tokenizer_is_refused_by_the_config(data: Path, tmp_path: Path) -> None:
+def test_an_unknown_tokenizer_is_refused_before_work(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="key 'data.tokenizer.name': unknown tokenizer 'sentencepiece'"):
-        job_config(data, tmp_path / "store", **{"data.tokenizer.name": "sentencepiece"})
+        Job.prepare(job_config(data, tmp_path / "store", **{"data.tokenizer.name": "sentencepiece"}))
 
 
 def test_a_text_unit_streams_as_token_rows_each_id_once(data: Path, tmp_path: Path) -> None:
@@ -237,3 +237,12 @@ def test_the_evaluator_counts_each_slice_of_a_text_batch(data: Path, tmp_path: P
         assert counts == out[f"m{i}_confusion"].sum() == ROWS
     assert "only_model" in per_model[1]["department"]["Tops"]  # the distilled student is paired with its baseline
     assert out["truncated"].tolist() == [int(batch["truncated"].sum())] and out["truncated"][0] > 0
+
+
+@pytest.mark.parametrize("name", ["wordpiece", "bpe"])
+def test_the_smallest_tokenizer_is_what_training_keeps_at_any_vocab_size(name: str) -> None:
+    """``tokenizer.smallest`` counts exactly what the trainer keeps when asked for fewer tokens than its alphabet."""
+    texts = [review(i) for i in range(ROWS)] + ["Ünïcode café, naïve—déjà vu!", "UPPER lower 123 #tags"]
+    tok, trainer = tokenizer.TRAINERS[name](len(tokenizer.SPECIALS))
+    tok.train_from_iterator(texts, trainer=trainer)
+    assert tokenizer.smallest(name, texts) == tok.get_vocab_size()
