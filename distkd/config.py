@@ -49,7 +49,7 @@ MAX_LENGTH = 8192  # tokens per row
 
 class TokenizerConfig(Strict):
     """A text split's tokenizer: trained on the training split once (wordpiece, bpe), or hf:<folder>. Whether the
-    name is a trainer's is checked with the data (``checks.tokenizer``)."""
+    name is a trainer's is checked before work (``checks.settings``)."""
 
     name: str = "wordpiece"
     vocab_size: int = Field(default=8000, gt=2, le=MAX_VOCAB_SIZE)  # of a trained one
@@ -118,7 +118,7 @@ class ModelConfig(Strict):
 class Entry(Strict):
     """A registry entry picked by name, with its own keyword arguments (their defaults are the entry's own).
     Whether the name is registered and takes the arguments is checked against its registry before work
-    (``checks.entries``); the schema holds only the names."""
+    (``checks.settings``); the schema holds only the names."""
 
     name: str
     kwargs: dict[str, int | float | bool | str] = {}
@@ -178,11 +178,11 @@ class TrainableConfig(ModelConfig):
 
 
 class TeacherConfig(TrainableConfig):
-    pass
+    """The teacher ('teacher' as a mapping), or one of an ensemble's: trained in stage 0 unless it has weights."""
 
 
 class StudentConfig(TrainableConfig):
-    pass
+    """The student: distilled in stage 2, and trained from scratch beside it for the report."""
 
 
 WEIGHT = 1.0  # a teacher's weight in the combined target: a single teacher's, and an ensemble's teacher's default
