@@ -170,7 +170,7 @@ def slice_columns(columns: list[str], split: Split) -> None:
             raise ConfigError(f"key 'evaluate.slices': {uri} has no column '{missing[0]}' (its columns: {shown})")
         for column in columns:
             kind = schema.field(column).type
-            if not (pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_boolean(kind)):
+            if not _category(kind.value_type if pa.types.is_dictionary(kind) else kind):
                 raise ConfigError(
                     f"key 'evaluate.slices': column '{column}' of {uri} holds {kind} values; slices are made per "
                     "value of a column of integers, strings or booleans (a category)"
@@ -393,6 +393,12 @@ def data_error(error: BaseException) -> DataError | None:
     return None
 
 
+def _category(kind: pa.DataType) -> bool:
+    """Whether values of ``kind`` name categories: integers, strings or booleans."""
+    return any(
+        is_(kind) for is_ in (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string, pa.types.is_boolean)
+    )
+
+
 def _few(items: list) -> str:
     return ", ".join(map(str, items[:SHOWN])) + (f", ... ({len(items)} in all)" if len(items) > SHOWN else "")
-

@@ -32,8 +32,8 @@ def first_rows(source: Path, split: str, rows: int) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    """CIFAR-10's first rows (labels 0..9 in the 8 training rows' classes: 10 classes, set in the job), with columns
-    to slice by: a category, a float, a list and one of a value per row."""
+    """CIFAR-10's first rows (10 classes, set in the job: 8 training rows need not hold each), with columns to slice
+    by: a category, a float, a list, one of a value per row and a dictionary-encoded category."""
     folder = tmp_path_factory.mktemp("images")
     for split, rows in (("train", TRAIN), ("test", TEST)):
         table = first_rows(CIFAR10, split, rows)
@@ -41,6 +41,7 @@ def images(tmp_path_factory) -> Path:
         table = table.append_column("score", pa.array([i / 7 for i in range(rows)]))
         table = table.append_column("tags", pa.array([[i % 2] for i in range(rows)]))
         table = table.append_column("serial", pa.array([f"s{i}" for i in range(rows)]))
+        table = table.append_column("grade", pa.array([f"g{i % 2}" for i in range(rows)]).dictionary_encode())
         pq.write_table(table, folder / f"{split}-0.parquet")
     return folder
 
@@ -166,64 +167,134 @@ class Refusal:
 
 REFUSALS = [
     # Issue 34: credentials in any URI, refused in one place (storage.validate) and never printed.
-    Refusal("store-credentials", {"store": f"s3://{CREDENTIALS}bucket/store"}, "key 'store': s3://***@bucket/store: "
-            "credentials in a URI are refused"),
+    Refusal(
+        "store-credentials",
+        {"store": f"s3://{CREDENTIALS}bucket/store"},
+        "key 'store': s3://***@bucket/store: credentials in a URI are refused",
+    ),
     Refusal("data-credentials", {"data.uri": f"s3://{CREDENTIALS}bucket/data"}, "key 'data.uri': s3://***@bucket"),
-    Refusal("weights-credentials", {"teacher.weights": f"s3://{CREDENTIALS}bucket/t.pt"}, "key 'teacher.weights': "
-            "s3://***@bucket/t.pt: credentials in a URI are refused"),
-    Refusal("hf-credentials", {"teacher.name": f"hf:s3://{CREDENTIALS}bucket/m"}, "key 'teacher.name': "
-            "s3://***@bucket/m: credentials in a URI are refused"),
-    Refusal("torchscript-credentials", {"teacher.name": f"torchscript:s3://{CREDENTIALS}b/m.pt"}, "key "
-            "'teacher.name': s3://***@b/m.pt: credentials"),
-    Refusal("export-credentials", {"student.name": f"export:s3://{CREDENTIALS}b/m.pt2"}, "key 'student.name': "
-            "s3://***@b/m.pt2: credentials"),
+    Refusal(
+        "weights-credentials",
+        {"teacher.weights": f"s3://{CREDENTIALS}bucket/t.pt"},
+        "key 'teacher.weights': s3://***@bucket/t.pt: credentials in a URI are refused",
+    ),
+    Refusal(
+        "hf-credentials",
+        {"teacher.name": f"hf:s3://{CREDENTIALS}bucket/m"},
+        "key 'teacher.name': s3://***@bucket/m: credentials in a URI are refused",
+    ),
+    Refusal(
+        "torchscript-credentials",
+        {"teacher.name": f"torchscript:s3://{CREDENTIALS}b/m.pt"},
+        "key 'teacher.name': s3://***@b/m.pt: credentials",
+    ),
+    Refusal(
+        "export-credentials",
+        {"student.name": f"export:s3://{CREDENTIALS}b/m.pt2"},
+        "key 'student.name': s3://***@b/m.pt2: credentials",
+    ),
     Refusal("query-credentials", {"data.uri": f"s3://bucket/data?secret_key={SECRET}"}, "secret_key=***"),
-    Refusal("tokenizer-credentials", {"data.tokenizer.name": f"hf:s3://{CREDENTIALS}bucket/tok"}, "key "
-            "'data.tokenizer.name': s3://***@bucket/tok: credentials in a URI are refused", "text"),
+    Refusal(
+        "tokenizer-credentials",
+        {"data.tokenizer.name": f"hf:s3://{CREDENTIALS}bucket/tok"},
+        "key 'data.tokenizer.name': s3://***@bucket/tok: credentials in a URI are refused",
+        "text",
+    ),
     # Issue 34: numbers that size memory, bounded and named by their own key.
-    Refusal("bpe-below-alphabet", {"data.tokenizer.name": "bpe", "data.tokenizer.vocab_size": 50}, "key "
-            "'data.tokenizer.vocab_size': a bpe tokenizer trained on split 'train' holds at least 258 tokens", "text"),
-    Refusal("wordpiece-below-alphabet", {"data.tokenizer.vocab_size": 50}, "key 'data.tokenizer.vocab_size': a "
-            "wordpiece tokenizer trained on split 'train' holds at least", "text"),
-    Refusal("huge-max-length", {"data.tokenizer.max_length": 1_000_000_000}, "key 'data.tokenizer.max_length': "
-            "Input should be less than or equal to 8192", "text"),
-    Refusal("huge-vocab", {"data.tokenizer.vocab_size": 10**10}, "key 'data.tokenizer.vocab_size': Input should be "
-            "less than or equal to 1000000", "text"),
-    Refusal("huge-num-classes", {"data.num_classes": 10**9}, "key 'data.num_classes': Input should be less than or "
-            "equal to 100000"),
-    Refusal("huge-label", changed_split("image", "train", label=train_rows([0, 1, 2, 2**40, 4, 5, 6, 7], pa.int64())),
-            "train-0.parquet: row id 'train/3': label 1099511627776 would make 1099511627777 classes",
-            extra={"data.num_classes": None}),
+    Refusal(
+        "bpe-below-alphabet",
+        {"data.tokenizer.name": "bpe", "data.tokenizer.vocab_size": 50},
+        "key 'data.tokenizer.vocab_size': a bpe tokenizer trained on split 'train' holds at least 258 tokens",
+        "text",
+    ),
+    Refusal(
+        "wordpiece-below-alphabet",
+        {"data.tokenizer.vocab_size": 50},
+        "key 'data.tokenizer.vocab_size': a wordpiece tokenizer trained on split 'train' holds at least",
+        "text",
+    ),
+    Refusal(
+        "huge-max-length",
+        {"data.tokenizer.max_length": 1_000_000_000},
+        "key 'data.tokenizer.max_length': Input should be less than or equal to 8192",
+        "text",
+    ),
+    Refusal(
+        "huge-vocab",
+        {"data.tokenizer.vocab_size": 10**10},
+        "key 'data.tokenizer.vocab_size': Input should be less than or equal to 1000000",
+        "text",
+    ),
+    Refusal(
+        "huge-num-classes",
+        {"data.num_classes": 10**9},
+        "key 'data.num_classes': Input should be less than or equal to 100000",
+    ),
+    Refusal(
+        "huge-label",
+        changed_split("image", "train", label=train_rows([0, 1, 2, 2**40, 4, 5, 6, 7], pa.int64())),
+        "train-0.parquet: row id 'train/3': label 1099511627776 would make 1099511627777 classes",
+        extra={"data.num_classes": None},
+    ),
     # Issue 34: ensembles.
-    Refusal("infinite-weight", {"teacher": [{"name": "lenet5", "weight": float("inf")}, {"name": "lenet5"}]},
-            "key 'teacher.0.weight': Input should be a finite number"),
-    Refusal("weights-sum-infinite", {"teacher": [{"name": "lenet5", "weight": 1e308}, {"name": "resnet9",
-            "weight": 1e308}]}, "key 'teacher': the teachers' weights sum to inf"),
-    Refusal("same-teacher-twice", {"teacher": [{"name": "lenet5", "weight": 1.0}, {"name": "lenet5", "weight": 2.0}]},
-            "'teacher.0' and 'teacher.1' are the same teacher"),
+    Refusal(
+        "infinite-weight",
+        {"teacher": [{"name": "lenet5", "weight": float("inf")}, {"name": "lenet5"}]},
+        "key 'teacher.0.weight': Input should be a finite number",
+    ),
+    Refusal(
+        "weights-sum-infinite",
+        {"teacher": [{"name": "lenet5", "weight": 1e308}, {"name": "resnet9", "weight": 1e308}]},
+        "key 'teacher': the teachers' weights sum to inf",
+    ),
+    Refusal(
+        "same-teacher-twice",
+        {"teacher": [{"name": "lenet5", "weight": 1.0}, {"name": "lenet5", "weight": 2.0}]},
+        "'teacher.0' and 'teacher.1' are the same teacher",
+    ),
     # Issue 34: model files that do not load, named by 'teacher.name'.
-    Refusal("torchscript-folder", program_folder("torchscript"), "key 'teacher.name': {tmp}/program: a folder, "
-            "expected a program file"),
+    Refusal(
+        "torchscript-folder",
+        program_folder("torchscript"),
+        "key 'teacher.name': {tmp}/program: a folder, expected a program file",
+    ),
     Refusal("export-folder", program_folder("export"), "key 'teacher.name': {tmp}/program: a folder"),
-    Refusal("garbage-torchscript", garbage_file("torchscript"), "key 'teacher.name': {tmp}/model.pt: not a "
-            "TorchScript file"),
-    Refusal("garbage-export", garbage_file("export"), "key 'teacher.name': {tmp}/model.pt: not a torch.export "
-            "archive"),
+    Refusal(
+        "garbage-torchscript", garbage_file("torchscript"), "key 'teacher.name': {tmp}/model.pt: not a TorchScript file"
+    ),
+    Refusal("garbage-export", garbage_file("export"), "key 'teacher.name': {tmp}/model.pt: not a torch.export archive"),
     Refusal("garbage-hf", hf_folder("{not json"), "key 'teacher.name': {tmp}/hf/config.json: not JSON"),
-    Refusal("unknown-hf-model", hf_folder('{"model_type": "nonsense"}'), "key 'teacher.name': {tmp}/hf: not a "
-            "save_pretrained model folder that loads"),
-    Refusal("import-exits-0", exiting_module(0), "key 'teacher.name': 'import:exits:Net': importing 'exits' called "
-            "sys.exit(0)"),
+    Refusal(
+        "unknown-hf-model",
+        hf_folder('{"model_type": "nonsense"}'),
+        "key 'teacher.name': {tmp}/hf: not a save_pretrained model folder that loads",
+    ),
+    Refusal(
+        "import-exits-0",
+        exiting_module(0),
+        "key 'teacher.name': 'import:exits:Net': importing 'exits' called sys.exit(0)",
+    ),
     Refusal("import-exits-3", exiting_module(3), "importing 'exits' called sys.exit(3)"),
     # Issue 34: data.
-    Refusal("invalid-utf8", changed_split("text", "train", text=INVALID_UTF8), "train-0.parquet: row id "
-            "'train/2': the text in column 'text' is not valid UTF-8", "text"),
+    Refusal(
+        "invalid-utf8",
+        changed_split("text", "train", text=INVALID_UTF8),
+        "train-0.parquet: row id 'train/2': the text in column 'text' is not valid UTF-8",
+        "text",
+    ),
     Refusal("slice-float", {"evaluate.slices": ["score"]}, "key 'evaluate.slices': column 'score' of "),
     Refusal("slice-list", {"evaluate.slices": ["tags"]}, "column 'tags' of "),
-    Refusal("slice-many-values", {"evaluate.slices": ["serial"]}, "key 'evaluate.slices': column 'serial' of split "
-            "'test' has 120 values, more than the 100 slices allowed per column"),
-    Refusal("removed-temperature", {"softlabels.temperature": 2.0}, "key 'softlabels.temperature': removed: top-k "
-            "labels are stored at 'distill.temperature'"),
+    Refusal(
+        "slice-many-values",
+        {"evaluate.slices": ["serial"]},
+        "key 'evaluate.slices': column 'serial' of split "
+        "'test' has 120 values, more than the 100 slices allowed per column",
+    ),
+    Refusal(
+        "removed-temperature",
+        {"softlabels.temperature": 2.0},
+        "key 'softlabels.temperature': removed: top-k labels are stored at 'distill.temperature'",
+    ),
     # Last rounds' (issue 16 and before): keys and types.
     Refusal("unknown-key", {"epochs": 3}, "unknown key 'epochs'"),
     Refusal("wrong-type", {"teacher.train.epochs": "ten"}, "key 'teacher.train.epochs'"),
@@ -237,58 +308,122 @@ REFUSALS = [
     Refusal("store-a-file", a_file, "a-file is a file; expected a folder"),
     Refusal("ensemble-of-one", {"teacher": [{"name": "lenet5"}]}, "an ensemble is a list of at least 2 teachers"),
     # Registry entries and the rules that need a registry, checked before work (checks.settings).
-    Refusal("momentum", {"teacher.train.optimizer": {"kwargs": {"momentum": 1.0}}}, "key 'teacher.train.optimizer': "
-            "sgd refuses {'momentum': 1.0}: momentum must be in [0, 1), got 1.0"),
-    Refusal("unknown-optimizer", {"student.train.optimizer": {"name": "adam"}}, "key 'student.train.optimizer': "
-            "unknown optimizer 'adam'; known: adamw, sgd"),
-    Refusal("schedule-argument", {"teacher.train.schedule": {"name": "cosine", "kwargs": {"gamma": 2}}}, "key "
-            "'teacher.train.schedule': unknown argument(s) gamma; cosine takes warmup, floor"),
-    Refusal("loss-argument", {"distill.loss": {"name": "dkd", "kwargs": {"beta": 8}}}, "key 'distill.loss': "
-            "unknown argument(s) beta; dkd takes target_weight"),
-    Refusal("topk-loss", {"softlabels.format": "topk", "distill.loss": {"name": "dkd"}}, "key 'distill.loss': the "
-            "'dkd' loss needs the teacher's logits on every class"),
-    Refusal("unknown-tokenizer", {"data.tokenizer.name": "sentencepiece"}, "key 'data.tokenizer.name': unknown "
-            "tokenizer 'sentencepiece'; known: bpe, wordpiece, or hf:<folder>", "text"),
-    Refusal("topk-dense", {"softlabels.top_k": 3}, "key 'softlabels.top_k': only used with 'softlabels.format: "
-            "topk'"),
-    Refusal("views-without-kd", {"distill.alpha": 0.0, "softlabels.views": 2}, "key 'softlabels.views': views are "
-            "soft labels for"),
-    Refusal("augment-without-views", {"student.train.augment": True}, "key 'student.train.augment': the distilled "
-            "student would train"),
+    Refusal(
+        "momentum",
+        {"teacher.train.optimizer": {"kwargs": {"momentum": 1.0}}},
+        "key 'teacher.train.optimizer': sgd refuses {'momentum': 1.0}: momentum must be in [0, 1), got 1.0",
+    ),
+    Refusal(
+        "unknown-optimizer",
+        {"student.train.optimizer": {"name": "adam"}},
+        "key 'student.train.optimizer': unknown optimizer 'adam'; known: adamw, sgd",
+    ),
+    Refusal(
+        "schedule-argument",
+        {"teacher.train.schedule": {"name": "cosine", "kwargs": {"gamma": 2}}},
+        "key 'teacher.train.schedule': unknown argument(s) gamma; cosine takes warmup, floor",
+    ),
+    Refusal(
+        "loss-argument",
+        {"distill.loss": {"name": "dkd", "kwargs": {"beta": 8}}},
+        "key 'distill.loss': unknown argument(s) beta; dkd takes target_weight",
+    ),
+    Refusal(
+        "topk-loss",
+        {"softlabels.format": "topk", "distill.loss": {"name": "dkd"}},
+        "key 'distill.loss': the 'dkd' loss needs the teacher's logits on every class",
+    ),
+    Refusal(
+        "unknown-tokenizer",
+        {"data.tokenizer.name": "sentencepiece"},
+        "key 'data.tokenizer.name': unknown tokenizer 'sentencepiece'; known: bpe, wordpiece, or hf:<folder>",
+        "text",
+    ),
+    Refusal("topk-dense", {"softlabels.top_k": 3}, "key 'softlabels.top_k': only used with 'softlabels.format: topk'"),
+    Refusal(
+        "views-without-kd",
+        {"distill.alpha": 0.0, "softlabels.views": 2},
+        "key 'softlabels.views': views are soft labels for",
+    ),
+    Refusal(
+        "augment-without-views",
+        {"student.train.augment": True},
+        "key 'student.train.augment': the distilled student would train",
+    ),
     # ... and against the data and the models.
     Refusal("unknown-model", {"student.name": "lenet6"}, "key 'student.name': unknown model 'lenet6'"),
-    Refusal("no-data", {"data.uri": "/nonexistent/cifar"}, "key 'data.uri': /nonexistent/cifar: no Parquet shards "
-            "for split 'train'"),
+    Refusal(
+        "no-data",
+        {"data.uri": "/nonexistent/cifar"},
+        "key 'data.uri': /nonexistent/cifar: no Parquet shards for split 'train'",
+    ),
     Refusal("no-split", {"data.train_split": "training"}, "no Parquet shards for split 'training'"),
-    Refusal("missing-weights", {"teacher.weights": "/nonexistent/teacher.pt"}, "key 'teacher.weights': "
-            "/nonexistent/teacher.pt: not found"),
+    Refusal(
+        "missing-weights",
+        {"teacher.weights": "/nonexistent/teacher.pt"},
+        "key 'teacher.weights': /nonexistent/teacher.pt: not found",
+    ),
     Refusal("garbage-weights", garbage_weights, "not a PyTorch state_dict file (UnpicklingError"),
     Refusal("other-weights", other_weights, "holds weights of another architecture or size: missing"),
-    Refusal("unbuildable", {"teacher.kwargs": {"width": -1}}, "key 'teacher.kwargs': cannot build 'resnet9' with "
-            "{'width': -1}"),
+    Refusal(
+        "unbuildable",
+        {"teacher.kwargs": {"width": -1}},
+        "key 'teacher.kwargs': cannot build 'resnet9' with {'width': -1}",
+    ),
     Refusal("unknown-kwarg", {"teacher.kwargs": {"depth": 3}}, "key 'teacher.kwargs': cannot build 'resnet9'"),
-    Refusal("fails-forward", {"teacher.kwargs": {"width": 0}}, "keys 'teacher.name', 'teacher.kwargs': the model "
-            "fails on a batch of the data's shape [3, 32, 32]"),
+    Refusal(
+        "fails-forward",
+        {"teacher.kwargs": {"width": 0}},
+        "keys 'teacher.name', 'teacher.kwargs': the model fails on a batch of the data's shape [3, 32, 32]",
+    ),
     Refusal("class-names", {"data.class_names": ["a", "b"]}, "key 'data.class_names': 2 names for 10 classes"),
-    Refusal("top-k-above-classes", {"softlabels.format": "topk", "softlabels.top_k": 20}, "key 'softlabels.top_k': "
-            "20 is more than the 10"),
-    Refusal("batch-above-rows", {"student.train.batch_size": 9}, "key 'student.train.batch_size': 8 training rows "
-            "over 1 worker(s) ('resources.num_workers') give 8 per worker, fewer than the batch size 9"),
+    Refusal(
+        "top-k-above-classes",
+        {"softlabels.format": "topk", "softlabels.top_k": 20},
+        "key 'softlabels.top_k': 20 is more than the 10",
+    ),
+    Refusal(
+        "batch-above-rows",
+        {"student.train.batch_size": 9},
+        "key 'student.train.batch_size': 8 training rows "
+        "over 1 worker(s) ('resources.num_workers') give 8 per worker, fewer than the batch size 9",
+    ),
     Refusal("label-above-classes", {"data.num_classes": 5}, "label 5 is outside [0, 5)"),
-    Refusal("mean-per-channel", {"data.mean": [0.5], "data.std": [0.25]}, "keys 'data.mean' and 'data.std' need 3 "
-            "values"),
-    Refusal("string-labels", changed_split("image", "train", label=train_rows(list("abcdefgh"), pa.string())),
-            "train-0.parquet: column 'label' holds string values; expected integer class indices"),
-    Refusal("duplicate-ids", changed_split("image", "train", id=train_rows(list("abcdbefa"), pa.string())),
-            "train-0.parquet row 4: id 'b' is also the id of "),
-    Refusal("null-id", changed_split("image", "train", id=train_rows(list("abc") + [None] + list("defg"),
-            pa.string())), "train-0.parquet row 3: no id"),
-    Refusal("labels-from-one", changed_split("image", "train", label=train_rows(list(range(1, 9)), pa.int64())),
-            "class(es) 0 never occur", extra={"data.num_classes": None}),
-    Refusal("bad-image", changed_split("image", "train", image=train_rows([b"not an image"] * TRAIN, pa.binary())),
-            "train-0.parquet: row id "),
-    Refusal("empty-text", changed_split("text", "train", text=train_rows(["fine", "", *["more"] * 6], pa.string())),
-            "train-0.parquet: row id ", "text"),
+    Refusal(
+        "mean-per-channel", {"data.mean": [0.5], "data.std": [0.25]}, "keys 'data.mean' and 'data.std' need 3 values"
+    ),
+    Refusal(
+        "string-labels",
+        changed_split("image", "train", label=train_rows(list("abcdefgh"), pa.string())),
+        "train-0.parquet: column 'label' holds string values; expected integer class indices",
+    ),
+    Refusal(
+        "duplicate-ids",
+        changed_split("image", "train", id=train_rows(list("abcdbefa"), pa.string())),
+        "train-0.parquet row 4: id 'b' is also the id of ",
+    ),
+    Refusal(
+        "null-id",
+        changed_split("image", "train", id=train_rows(list("abc") + [None] + list("defg"), pa.string())),
+        "train-0.parquet row 3: no id",
+    ),
+    Refusal(
+        "labels-from-one",
+        changed_split("image", "train", label=train_rows(list(range(1, 9)), pa.int64())),
+        "class(es) 0 never occur",
+        extra={"data.num_classes": None},
+    ),
+    Refusal(
+        "bad-image",
+        changed_split("image", "train", image=train_rows([b"not an image"] * TRAIN, pa.binary())),
+        "train-0.parquet: row id ",
+    ),
+    Refusal(
+        "empty-text",
+        changed_split("text", "train", text=train_rows(["fine", "", *["more"] * 6], pa.string())),
+        "train-0.parquet: row id ",
+        "text",
+    ),
 ]
 
 
@@ -340,7 +475,9 @@ def test_a_job_file_that_is_not_utf8_is_named(tmp_path, capsys):
 
 @pytest.mark.parametrize("data", ["image", "text"])
 def test_the_jobs_the_rows_change_are_valid(tmp_path, capsys, data):
-    """Each row's phrase comes from its change: the job it changes is planned without complaint."""
-    path = job_file(tmp_path, Refusal("valid", {}, "", data))
+    """Each row's phrase comes from its change: the job it changes is planned without complaint (with slices by a
+    string and a dictionary-encoded column, of few values, for the image job)."""
+    slices = {"evaluate.slices": ["group", "grade"]} if data == "image" else {}
+    path = job_file(tmp_path, Refusal("valid", slices, "", data))
     assert main(["plan", str(path)]) == 0, capsys.readouterr()
     assert not ray.is_initialized()
