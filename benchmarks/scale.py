@@ -28,7 +28,7 @@ from ray._private.internal_api import get_memory_info_reply, get_state_from_addr
 from distkd import cluster, config, storage
 from distkd.distill.stage import students
 from distkd.job import Job
-from distkd.models import build_model
+from distkd.models import sources
 from distkd.softlabels.stage import generate
 
 
@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         teacher = str(Path(tmp, "teacher.pt"))  # untrained: its outputs' values do not change the cost
         torch.manual_seed(0)
-        torch.save(build_model("lenet5", args.classes, 3, args.side).state_dict(), teacher)
+        torch.save(sources.build("lenet5", args.classes, 3, args.side).state_dict(), teacher)
         for rows in (int(s) for s in args.sizes.split(",")):
             data, store = Path(tmp, f"data{rows}"), Path(tmp, f"store{rows}")
             data.mkdir()

@@ -15,9 +15,9 @@ from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
 from distkd.data.inputs import InputKind
 from distkd.data.source import DataError, Split
+from distkd.labels.ensemble import Ensemble
+from distkd.labels.formats import FORMATS
 from distkd.models import sources, weights_hash
-from distkd.softlabels.ensemble import Ensemble
-from distkd.softlabels.formats import Format
 from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, SoftTargets, TrainingRun, Weights
 
 Hasher = Callable[[str], str]  # weights URI -> sha256
@@ -180,11 +180,7 @@ class Job:
     def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash, i: int = 0) -> SoftLabelSpec:
         """Stage 1 of teacher ``i``: its own entry, whatever other teachers the job has."""
         c = self.config.softlabels
-        fmt = (
-            Format("dense", c.dtype)
-            if c.format == "dense"
-            else Format("topk", c.dtype, c.top_k or self.num_classes, c.temperature)
-        )
+        fmt = FORMATS[c.format].format(c.dtype, c.top_k or self.num_classes, c.temperature)
         return SoftLabelSpec(
             store=self.config.store,
             teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),

@@ -68,6 +68,6 @@ def fit(worker: Worker, train: ray.data.Dataset, val: ray.data.Dataset, resource
     buffer = io.BytesIO()
     torch.save(state["model"], buffer)
     storage.write_bytes(run.weights_uri, buffer.getvalue())
-    storage.write_json(storage.join(run.uri, "history.json"), state["history"])
+    storage.write_json(run.history_uri, state["history"])
     storage.commit(run.uri)
     return state["history"]

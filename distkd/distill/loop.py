@@ -22,6 +22,7 @@ from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
 from distkd.distill.losses import Targets, objective, warmup
 from distkd.distill.optim import RowSchedule, optimizer
+from distkd.labels.formats import TARGET_PREFIX
 from distkd.models import placed
 from distkd.specs import TrainingRun
 from distkd.tracking import RunMetrics
@@ -153,11 +154,8 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
         values = batch[column]
         return values.view(len(values), max(views, 1), -1)[torch.arange(len(values)), view].to(device)
 
-    if "teacher_logits" in batch:
-        return Targets(logits=of_view("teacher_logits"))
-    if "teacher_index" in batch:
-        return Targets(index=of_view("teacher_index"), logprob=of_view("teacher_logprob"))
-    return Targets()
+    teacher = [name for name in batch if name.startswith(TARGET_PREFIX)]
+    return Targets(**{name.removeprefix(TARGET_PREFIX): of_view(name) for name in teacher})
 
 
 def loss_of(

@@ -5,7 +5,7 @@ With soft labels the units are the entry's shards: shard i holds exactly the ids
 the split, in order (its writer checked them), so the join by id is a zip of two aligned reads
 done per unit, with the ids and the shard's checksum checked again in the task that reads it.
 An ensemble's teachers each have their entry: the task reads shard i of every one, checked alike,
-and combines them into one target there (``softlabels/ensemble.py``).
+and combines them into one target there (``labels/ensemble.py``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import ray
 import ray.data
 import ray.train
 
+from distkd import labelstore
 from distkd.config import ResourcesConfig
 from distkd.data.inputs import InputKind
 from distkd.data.source import PATH, READ_ROWS, Split, Unit
-from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
+from distkd.labels.formats import Format
 from distkd.specs import SoftTargets
 
 MEMORY_FRACTION = 0.25  # auto: hold the decoded training set in memory below this share of the object store
@@ -73,16 +73,16 @@ def stream(split: Split, columns: list[str], inputs: InputKind, labels: SoftTarg
         units = split.units(READ_ROWS)
         shards, fmt, views = [None] * len(units), None, 0
     else:
-        infos = [cache.manifest(entry) for entry in labels.entries]
+        infos = [labelstore.manifest(entry) for entry in labels.entries]
         fmt, views, shard_rows = infos[0].format, infos[0].views, infos[0].inputs["shard_rows"]
         if any((i.format, i.views, i.inputs["shard_rows"]) != (fmt, views, shard_rows) for i in infos[1:]):
-            raise cache.CacheError(
+            raise labelstore.CacheError(
                 f"{', '.join(labels.entries)}: an ensemble's entries need the same format, views and shard rows"
             )
         units = split.units(shard_rows)
         for entry, info in zip(labels.entries, infos):
             if len(units) != len(info.shards) or any(u.rows != s.rows for u, s in zip(units, info.shards)):
-                raise cache.CacheError(
+                raise labelstore.CacheError(
                     f"{entry}: the shards do not line up with the rows of {split.uri} ({split.name})"
                 )
         shards = [[asdict(info.shards[u.index]) for info in infos] for u in units]
@@ -131,12 +131,12 @@ def _shard_labels(
     the unit's ids in order); an ensemble's combined into one target, from shards that record the same views."""
     expected = ids.to_pylist()
     teachers = [
-        cache.training_columns(cache.read_shard(entry, s["file"], expected, cache.ShardRecord(**s))[0], fmt)
+        labelstore.training_columns(labelstore.read_shard(entry, s["file"], expected, labelstore.ShardRecord(**s))[0], fmt)
         for entry, s in zip(labels.entries, shards)
     ]
     if len(teachers) == 1:
         return teachers[0]
     if views and any(not np.array_equal(t["views"], teachers[0]["views"]) for t in teachers[1:]):
-        uris = ", ".join(cache.shard_uri(entry, s["file"]) for entry, s in zip(labels.entries, shards))
-        raise cache.CacheError(f"{uris}: the teachers' shards of one unit record different views")
+        uris = ", ".join(labelstore.shard_uri(entry, s["file"]) for entry, s in zip(labels.entries, shards))
+        raise labelstore.CacheError(f"{uris}: the teachers' shards of one unit record different views")
     return labels.ensemble.training_columns(teachers, fmt, views)

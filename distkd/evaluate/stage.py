@@ -25,8 +25,8 @@ from distkd.evaluate.metrics import (
     sum_slices,
     sum_stats,
 )
+from distkd.labels.ensemble import Ensemble
 from distkd.models import placed
-from distkd.softlabels.ensemble import Ensemble
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"

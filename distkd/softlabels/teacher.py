@@ -12,9 +12,9 @@ import torch
 from distkd import devices
 from distkd.data.inputs import InputKind
 from distkd.data.transforms import PAD, crop_flip
+from distkd.labels.formats import Format, fixed_list
+from distkd.labels.views import PARAMS, view_params
 from distkd.models import placed
-from distkd.softlabels.formats import Format, fixed_list
-from distkd.softlabels.views import PARAMS, view_params
 from distkd.specs import Weights
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

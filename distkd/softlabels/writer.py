@@ -16,8 +16,8 @@ import torch
 
 from distkd.data.inputs import InputKind
 from distkd.data.source import PATH, Unit
+from distkd.labels.formats import Format
 from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
 from distkd.specs import Weights
 

@@ -16,8 +16,8 @@ from distkd import config
 from distkd.config import ConfigError
 from distkd.distill.losses import LOSSES, Targets
 from distkd.job import Job
-from distkd.softlabels.ensemble import COMBINATIONS, TARGET, Ensemble
-from distkd.softlabels.formats import Format
+from distkd.labels.ensemble import COMBINATIONS, TARGET, Ensemble
+from distkd.labels.formats import Format
 
 T = 2.0
 # at T = 2 the teachers' probabilities are [1/4, 3/4] and [3/4, 1/4]
@@ -117,12 +117,11 @@ def raw_job(tmp_path: Path, cifar10: Path, teacher: object, **softlabels) -> dic
 
 
 def weights_file(tmp_path: Path, seed: int) -> str:
-    from distkd.models import state_dict_bytes
     from distkd.models.students import LeNet5
 
     torch.manual_seed(seed)
     path = tmp_path / f"teacher-{seed}.pt"
-    path.write_bytes(state_dict_bytes(LeNet5(10)))
+    torch.save(LeNet5(10).state_dict(), path)
     return str(path)
 
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distkd.labels.formats import FORMATS, Format
 from distkd.registry import Registry
-from distkd.softlabels.formats import TRAINING_COLUMNS, Format
 
 Combination = Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (logits [M, ..., C], weights [M], T)
 COMBINATIONS: Registry[Combination] = Registry("soft-label combination")
-(TARGET,) = TRAINING_COLUMNS["dense"]  # a combined target's training column: dense logits, whatever the entries' format
+(TARGET,) = FORMATS["dense"].training  # a combined target's training column: dense logits, whatever the entries' format
 
 
 @COMBINATIONS.register("probs")
@@ -69,7 +69,7 @@ class Ensemble:
         return combined / self.temperature if self.combine == "probs" else combined
 
     def training_columns(self, teachers: Sequence[dict[str, np.ndarray]], fmt: Format, views: int) -> dict:
-        """One unit's training columns of each member (``cache.training_columns``: the unit's ids, views alike)
+        """One unit's training columns of each member (``labelstore.training_columns``: the unit's ids, views alike)
         -> one target: the combined logits per recorded view, [N, V * C], beside the ids and views' parameters."""
         first = teachers[0]
         combined = self([fmt.logits(t, max(views, 1)) for t in teachers])
