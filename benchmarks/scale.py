@@ -23,7 +23,6 @@ import psutil
 import ray
 import torch
 from common import write_split
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 from distkd import cluster, config, storage
 from distkd.distill.stage import students
@@ -37,7 +36,7 @@ class Peaks:
 
     def __init__(self, interval: float = 0.2) -> None:
         self.process, self.interval = psutil.Process(), interval
-        self.state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        self.capacity = ray.cluster_resources()["object_store_memory"]
         self.base_rss = self.process.memory_info().rss
         self.rss = self.store = 0
         self.running = True
@@ -47,7 +46,8 @@ class Peaks:
     def sample(self) -> None:
         while self.running:
             self.rss = max(self.rss, self.process.memory_info().rss)
-            self.store = max(self.store, get_memory_info_reply(self.state).store_stats.object_store_bytes_used)
+            in_use = self.capacity - ray.available_resources().get("object_store_memory", 0)  # Ray's public view
+            self.store = max(self.store, in_use)
             time.sleep(self.interval)
 
     def stop(self) -> tuple[float, float]:
