@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from distkd.config import DistillConfig
 from distkd.data.transforms import crop_flip, random_crop_flip
+from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
 from distkd.distill.losses import Targets, objective, warmup
@@ -28,7 +29,6 @@ from distkd.specs import TrainingRun
 from distkd.tracking import RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def train_loop(config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(train.seed)
     device = ray.train.torch.get_device()
-    amp_dtype = AMP_DTYPES.get(run.resources.precision) if device.type == "cuda" else None
+    amp_dtype = autocast_dtype(run.resources.precision, device)
     module = placed(run.model.build(), device)  # placed first: the optimiser's restored state follows it
     opt = optimizer(module, train)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
