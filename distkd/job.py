@@ -195,9 +195,8 @@ class Job:
         )
 
     def ensemble(self, members: tuple[str, ...]) -> Ensemble:
-        """How the teachers combine (``softlabels.combine``, at ``distill.temperature``); ``members`` name them."""
-        weights = tuple(t.weight for t in self.teachers)
-        return Ensemble(members, weights, self.config.softlabels.combine, self.config.distill.temperature)
+        """How the teachers combine (``softlabels.combine``); ``members`` name them."""
+        return Ensemble(members, tuple(t.weight for t in self.teachers), self.config.softlabels.combine)
 
     def distilled_run(self, *softlabels: SoftLabelSpec) -> TrainingRun:
         """The student trained with the KD loss on the soft labels of each teacher, in order (on the labels alone
@@ -236,4 +235,5 @@ class Job:
             class_names=tuple(c.data.class_names) if c.data.class_names else None,
             execution=c.evaluate,
             ensemble=ensemble,
+            distill=c.distill,
         )

@@ -26,7 +26,7 @@ from distkd.config import (
 )
 from distkd.data.source import Split
 from distkd.data.transforms import PAD
-from distkd.hashing import digest
+from distkd.hashing import digest, plain
 from distkd.labels.ensemble import Ensemble
 from distkd.labels.formats import Format
 from distkd.models import load_weights, sources
@@ -239,11 +239,14 @@ class EvalSpec:
     class_names: tuple[str, ...] | None
     execution: EvaluateConfig  # pool and batch sizes: not part of the identity; its slices are
     ensemble: Ensemble | None = None  # the teachers (by role) combined as the students' teacher, when several
+    distill: DistillConfig | None = None  # an ensemble's teachers combine at its temperature
 
     def identity(self) -> dict:
+        # a report of one teacher keeps its key; an ensemble's holds how its teachers combine, at which temperature
+        ensemble = {**plain(self.ensemble), "temperature": self.distill.temperature} if self.ensemble else None
         return {
             "models": {role: w.identity() for role, w in self.models.items()},
-            **({"ensemble": self.ensemble} if self.ensemble else {}),  # a report of one teacher keeps its key
+            **({"ensemble": ensemble} if ensemble else {}),
             "data": self.data.identity(),
             self.inputs.identity_key: self.inputs.identity(),
             "class_names": self.class_names,

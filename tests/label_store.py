@@ -58,7 +58,7 @@ def spec_for(data: Path, store: Path, shard_rows: int = 25) -> SoftLabelSpec:
 
 def one_entry(entry: str) -> SoftTargets:
     """The soft labels of one committed entry, as a distilled run of one teacher reads them."""
-    return SoftTargets((entry,), Ensemble((entry.rstrip("/").rsplit("/", 1)[-1],), (1.0,), "probs", 4.0))
+    return SoftTargets((entry,), Ensemble((entry.rstrip("/").rsplit("/", 1)[-1],), (1.0,), "probs"))
 
 
 def shard_files(store: Path) -> dict[str, int]:

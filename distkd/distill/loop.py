@@ -1,6 +1,7 @@
 """The training loop every Ray Train worker runs: cross-entropy for teachers and baselines, KD for students.
 
-Its settings are the job's own config sections, unchanged (``Worker.run``); ``fit.py`` is the driver's side.
+Its settings are the job's own config sections, unchanged, on the run (``config["run"]``, a ``TrainingRun``), each
+read where it is used; ``fit.py`` is the driver's side.
 """
 
 from __future__ import annotations
@@ -33,23 +34,23 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 @dataclass(frozen=True)
 class Worker:
-    """What each training worker is given: the run, whose config sections carry every setting, and what the
+    """What each training worker is given beside the run (whose config sections carry every setting): what the
     driver found out about the data and the cluster."""
 
-    run: TrainingRun
     rows_per_epoch: int  # every training row once: the schedule runs on rows (``RowSchedule``)
     split: bool  # streamed: each worker reads its own share of the training data, else all of it
     threads: int  # torch threads: the CPUs the worker holds
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker; ``config["worker"]`` is the ``Worker``.
+    """Runs on every Ray Train worker; ``config["run"]`` is the ``TrainingRun``, ``config["worker"]`` the ``Worker``.
 
     Every worker takes the same optimisation steps, 1 or N of them: batch size, learning rate and schedule
     are per job, and each step's loss is scaled so that DDP's gradient average is the mean over the whole
     global batch (``Batches.epoch`` says how many rows it has on all workers)."""
+    run: TrainingRun = config["run"]
     worker: Worker = config["worker"]
-    run, train, kd = worker.run, worker.run.train, worker.run.distill
+    train, kd = run.train, run.distill
     torch.set_num_threads(worker.threads)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

@@ -9,6 +9,7 @@ import ray
 import ray.data
 
 from distkd import console, labelstore, storage
+from distkd.config import DistillConfig
 from distkd.data.inputs import InputKind
 from distkd.data.source import Split
 from distkd.distill import streaming
@@ -40,12 +41,12 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
         resources, softlabels = run.resources, run.softlabels if run.distill else None
         streamed = streaming.choose(run.feed.cache, run.data, inputs) == "stream"
         if streamed:
-            train = streaming.stream(run.data, trained_columns(inputs, softlabels), inputs, softlabels)
+            train = streaming.stream(run.data, trained_columns(inputs, softlabels), inputs, softlabels, run.distill)
             resources = streaming.reserve_data_cpus(resources)
         else:
-            train = rows_in_memory(run.data, softlabels, inputs)
-        worker = Worker(run, run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
-        fit(worker, train, val, resources)
+            train = rows_in_memory(run.data, softlabels, inputs, run.distill)
+        worker = Worker(run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
+        fit(run, worker, train, val, resources)
     return run.uri
 
 
@@ -94,10 +95,12 @@ def trained_columns(inputs: InputKind, labels: SoftTargets | None) -> list[str]:
     return [*rows, *targets, *(["views"] if manifest.views else [])]
 
 
-def rows_in_memory(split: Split, labels: SoftTargets | None, inputs: InputKind) -> ray.data.Dataset:
+def rows_in_memory(
+    split: Split, labels: SoftTargets | None, inputs: InputKind, distill: DistillConfig | None = None
+) -> ray.data.Dataset:
     """The training rows (with the soft labels of ``labels``) held in the object store, read by the streamed
     reader once: each unit of the split beside its own shard (every teacher's), both checked (the shard's
     checksum, its ids those of the unit in order), so every id is labelled exactly once and no join (a shuffle)
     is needed."""
     columns = trained_columns(inputs, labels)
-    return in_memory(streaming.stream(split, columns, inputs, labels), columns)
+    return in_memory(streaming.stream(split, columns, inputs, labels, distill), columns)

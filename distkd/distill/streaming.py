@@ -22,7 +22,7 @@ import ray.data
 import ray.train
 
 from distkd import labelstore
-from distkd.config import ResourcesConfig
+from distkd.config import DistillConfig, ResourcesConfig
 from distkd.data.inputs import InputKind
 from distkd.data.source import PATH, READ_ROWS, Split, Unit
 from distkd.labels.formats import Format
@@ -65,10 +65,16 @@ def ingest_options(workers: int) -> ray.data.ExecutionOptions:
     return options
 
 
-def stream(split: Split, columns: list[str], inputs: InputKind, labels: SoftTargets | None = None) -> ray.data.Dataset:
-    """``columns`` of the split's rows (joined to the soft labels of ``labels`` when given), read,
-    checked and prepared (by ``inputs``) per unit each epoch in blocks of about BLOCK_BYTES, units in a new random
-    order every epoch."""
+def stream(
+    split: Split,
+    columns: list[str],
+    inputs: InputKind,
+    labels: SoftTargets | None = None,
+    distill: DistillConfig | None = None,
+) -> ray.data.Dataset:
+    """``columns`` of the split's rows (joined to the soft labels of ``labels`` when given, an ensemble's combined
+    at ``distill.temperature``), read, checked and prepared (by ``inputs``) per unit each epoch in blocks of about
+    BLOCK_BYTES, units in a new random order every epoch."""
     if labels is None:
         units = split.units(READ_ROWS)
         shards, fmt, views = [None] * len(units), None, 0
@@ -92,7 +98,14 @@ def stream(split: Split, columns: list[str], inputs: InputKind, labels: SoftTarg
         .randomize_block_order()
         .map_batches(
             _unit_rows,
-            fn_kwargs={"labels": labels, "fmt": fmt, "views": views, "columns": columns, "inputs": inputs},
+            fn_kwargs={
+                "labels": labels,
+                "distill": distill,
+                "fmt": fmt,
+                "views": views,
+                "columns": columns,
+                "inputs": inputs,
+            },
             batch_size=1,
             batch_format="pyarrow",
         )
@@ -106,6 +119,7 @@ def block_rows(inputs: InputKind) -> int:
 def _unit_rows(
     batch: pa.Table,
     labels: SoftTargets | None,
+    distill: DistillConfig | None,
     fmt: Format | None,
     views: int,
     columns: list[str],
@@ -114,7 +128,7 @@ def _unit_rows(
     for item in batch.to_pylist():
         unit = Unit(**item["unit"])
         rows = unit.read()
-        targets = _shard_labels(labels, item["shards"], fmt, views, rows["id"]) if labels else {}
+        targets = _shard_labels(labels, distill, item["shards"], fmt, views, rows["id"]) if labels else {}
         block = block_rows(inputs)
         for start in range(0, len(rows), block):
             part = rows.slice(start, block)
@@ -125,7 +139,7 @@ def _unit_rows(
 
 
 def _shard_labels(
-    labels: SoftTargets, shards: list[dict], fmt: Format, views: int, ids: pa.ChunkedArray
+    labels: SoftTargets, distill: DistillConfig, shards: list[dict], fmt: Format, views: int, ids: pa.ChunkedArray
 ) -> dict[str, np.ndarray]:
     """The unit's soft labels as training columns, once each teacher's shard passes the cache's check (checksum,
     the unit's ids in order); an ensemble's combined into one target, from shards that record the same views."""
@@ -139,4 +153,4 @@ def _shard_labels(
     if views and any(not np.array_equal(t["views"], teachers[0]["views"]) for t in teachers[1:]):
         uris = ", ".join(labelstore.shard_uri(entry, s["file"]) for entry, s in zip(labels.entries, shards))
         raise labelstore.CacheError(f"{uris}: the teachers' shards of one unit record different views")
-    return labels.ensemble.training_columns(teachers, fmt, views)
+    return labels.ensemble.training_columns(teachers, fmt, views, distill.temperature)

@@ -202,7 +202,7 @@ def test_a_text_unit_streams_as_token_rows_each_id_once(data: Path, tmp_path: Pa
     units = job.train.units(16)
     items = pa.Table.from_pylist([{"unit": dataclasses.asdict(u), "shards": None} for u in units])
     columns = ["id", "tokens", "label"]
-    blocks = list(streaming._unit_rows(items, None, None, 0, columns, job.inputs))
+    blocks = list(streaming._unit_rows(items, None, None, None, 0, columns, job.inputs))
     assert all(set(b) == set(columns) and b["tokens"].shape[1:] == (8,) for b in blocks)
     ids = [i for b in blocks for i in b["id"]]
     assert sorted(ids) == sorted(f"train/{i}" for i in range(ROWS))
