@@ -13,7 +13,7 @@ import torch
 from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.source import DataError, Split
 from distkd.labels.ensemble import Ensemble
 from distkd.labels.formats import FORMATS

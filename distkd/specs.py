@@ -10,7 +10,7 @@ here and in the store. This module imports no stage code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -24,15 +24,13 @@ from distkd.config import (
     TrackingConfig,
     TrainConfig,
 )
+from distkd.data.kinds import InputKind
 from distkd.data.source import Split
 from distkd.data.transforms import PAD
 from distkd.hashing import digest, plain
 from distkd.labels.ensemble import Ensemble
 from distkd.labels.formats import Format
 from distkd.models import load_weights, sources
-
-if TYPE_CHECKING:
-    from distkd.data.inputs import InputKind  # which imports the checks, which import this module
 
 FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
 

@@ -10,7 +10,7 @@ import ray.data
 
 from distkd import console, labelstore, storage
 from distkd.config import DistillConfig
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.source import Split
 from distkd.distill import streaming
 from distkd.distill.fit import fit

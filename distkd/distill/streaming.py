@@ -23,7 +23,7 @@ import ray.train
 
 from distkd import labelstore
 from distkd.config import DistillConfig, ResourcesConfig
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.source import PATH, READ_ROWS, Split, Unit
 from distkd.labels.formats import Format
 from distkd.specs import SoftTargets

@@ -14,7 +14,7 @@ import torch
 from distkd import console, devices, storage
 from distkd.catalog import run_record
 from distkd.config import DistillConfig
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.evaluate.cost import model_cost, summed_cost
 from distkd.evaluate.metrics import (
     baselines,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from distkd import devices
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.transforms import PAD, crop_flip
 from distkd.labels.formats import Format, fixed_list
 from distkd.labels.views import PARAMS, view_params

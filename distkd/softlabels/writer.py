@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.source import PATH, Unit
 from distkd.labels.formats import Format
 from distkd.softlabels import cache
