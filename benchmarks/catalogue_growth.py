@@ -19,9 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 from common import header, quickstart_job, scratch_folder, start_ray, table, timed
-
-from distkd.models import state_dict_bytes
-from distkd.softlabels import cache
+from distkd import labelstore
 from distkd.softlabels.stage import generate
 
 CIFAR10 = Path("../shared/datasets/cifar10")
@@ -57,7 +55,7 @@ def label(data: str, store: str, weights: str) -> list[object]:
     with timed() as t:
         entry = generate(spec)
     written = sum(size for path, size in files_under(store).items() if path not in before)
-    m = cache.manifest(entry)
+    m = labelstore.manifest(entry)
     return [round(t["seconds"], 1), m.teacher_seconds, m.teacher_rows, m.rows, written]
 
 
@@ -72,7 +70,7 @@ def main() -> None:
     store, fresh = scratch_folder("store"), scratch_folder("store")
     torch.manual_seed(0)
     weights = Path(store).parent / f"{Path(store).name}-teacher.pt"
-    weights.write_bytes(state_dict_bytes(quickstart_job({"store": store}).teacher.build()))
+    torch.save(quickstart_job({"store": store}).teacher.build().state_dict(), weights)
     first = label(snapshot(packed, args.files), store, str(weights))
     grown = snapshot(packed, args.files + 1)
     reused, again = label(grown, store, str(weights)), label(grown, fresh, str(weights))

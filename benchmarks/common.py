@@ -30,14 +30,13 @@ import torch
 import yaml
 from PIL import Image
 
-from distkd import config, storage
+from distkd import config, labelstore, storage
 from distkd.data.source import Split, decode
 from distkd.distill.loop import loss_of, shown, teacher_targets
 from distkd.distill.optim import RowSchedule, optimizer
 from distkd.job import Job
+from distkd.labels.formats import to_numpy
 from distkd.models import load_weights, placed
-from distkd.softlabels import cache
-from distkd.softlabels.formats import to_numpy
 from distkd.specs import ModelSpec, TrainingRun
 
 CPU = torch.device("cpu")  # the benchmarks' plain loops run here, as distkd does without a GPU
@@ -80,8 +79,8 @@ def decoded(split: Split) -> tuple[list[str], torch.Tensor, torch.Tensor]:
 
 def cached_columns(entry: str, ids: list[str]) -> dict[str, torch.Tensor]:
     """A committed soft-label entry's training columns (as distkd's loop reads them), in the order of ``ids``."""
-    info = cache.manifest(entry)
-    table = pq.read_table([storage.resolve(cache.shard_uri(entry, s.file))[1] for s in info.shards])
+    info = labelstore.manifest(entry)
+    table = pq.read_table([storage.resolve(labelstore.shard_uri(entry, s.file))[1] for s in info.shards])
     position = {sample: i for i, sample in enumerate(table["id"].to_pylist())}
     order = np.array([position[sample] for sample in ids])
     columns = info.format.training_columns(table)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import machine, table
-from distkd.models import build_model
+from distkd.models import sources
 
 MODELS = {  # name: (registry name, kwargs, batch size as the quick start trains it)
     "resnet9-w8 (quick start teacher)": ("resnet9", {"width": 8}, 256),
@@ -39,7 +39,7 @@ def rate(step: Callable[[], None], rows: int, seconds: float) -> float:
 def rates(name: str, kwargs: dict, batch: int, layout: torch.memory_format, seconds: float) -> tuple[float, float]:
     """Images/s of a training step (SGD) and of inference, weights in ``layout``, inputs as decoded (NCHW)."""
     torch.manual_seed(0)
-    model = build_model(name, 10, 3, 32, **kwargs).to(memory_format=layout)
+    model = sources.build(name, 10, 3, 32, **kwargs).to(memory_format=layout)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
 

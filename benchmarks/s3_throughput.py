@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.seaweedfs
 
 from distkd import cluster, config, storage  # noqa: E402
+from distkd import labelstore  # noqa: E402
 from distkd.job import Job  # noqa: E402
-from distkd.models import build_model, state_dict_bytes  # noqa: E402
-from distkd.softlabels import cache  # noqa: E402
+from distkd.models import sources  # noqa: E402
 from distkd.softlabels.stage import generate  # noqa: E402
 from tests.seaweedfs import seaweedfs  # noqa: E402
 
@@ -38,7 +38,7 @@ from tests.seaweedfs import seaweedfs  # noqa: E402
 def run(base: dict, store: str, teacher: str) -> dict[str, float]:
     job = Job.prepare(config.parse({**base, "store": store}, store))
     started = time.perf_counter()
-    manifest = cache.manifest(generate(job.softlabel_spec(teacher)))
+    manifest = labelstore.manifest(generate(job.softlabel_spec(teacher)))
     seconds = time.perf_counter() - started
     return {"teacher rows/s": manifest.rows_per_second, "stage rows/s": manifest.rows / seconds}
 
@@ -64,7 +64,7 @@ def main() -> None:
         if teacher is None:
             torch.manual_seed(0)
             teacher = str(scratch / "teacher.pt")
-            Path(teacher).write_bytes(state_dict_bytes(build_model("resnet9", 10, 3, 32, **base["teacher"]["kwargs"])))
+            torch.save(sources.build("resnet9", 10, 3, 32, **base["teacher"]["kwargs"]).state_dict(), Path(teacher))
         base["teacher"]["weights"] = teacher
         cluster.connect(None)
         s3_store = f"s3://{args.bucket}/distkd-bench-{uuid.uuid4().hex[:8]}"

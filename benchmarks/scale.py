@@ -23,12 +23,11 @@ import psutil
 import ray
 import torch
 from common import write_split
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 from distkd import cluster, config, storage
 from distkd.distill.stage import students
 from distkd.job import Job
-from distkd.models import build_model
+from distkd.models import sources
 from distkd.softlabels.stage import generate
 
 
@@ -37,7 +36,7 @@ class Peaks:
 
     def __init__(self, interval: float = 0.2) -> None:
         self.process, self.interval = psutil.Process(), interval
-        self.state = get_state_from_address(ray.get_runtime_context().gcs_address)
+        self.capacity = ray.cluster_resources()["object_store_memory"]
         self.base_rss = self.process.memory_info().rss
         self.rss = self.store = 0
         self.running = True
@@ -47,7 +46,8 @@ class Peaks:
     def sample(self) -> None:
         while self.running:
             self.rss = max(self.rss, self.process.memory_info().rss)
-            self.store = max(self.store, get_memory_info_reply(self.state).store_stats.object_store_bytes_used)
+            in_use = self.capacity - ray.available_resources().get("object_store_memory", 0)  # Ray's public view
+            self.store = max(self.store, in_use)
             time.sleep(self.interval)
 
     def stop(self) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         teacher = str(Path(tmp, "teacher.pt"))  # untrained: its outputs' values do not change the cost
         torch.manual_seed(0)
-        torch.save(build_model("lenet5", args.classes, 3, args.side).state_dict(), teacher)
+        torch.save(sources.build("lenet5", args.classes, 3, args.side).state_dict(), teacher)
         for rows in (int(s) for s in args.sizes.split(",")):
             data, store = Path(tmp, f"data{rows}"), Path(tmp, f"store{rows}")
             data.mkdir()

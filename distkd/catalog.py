@@ -8,11 +8,9 @@ import json
 
 import pyarrow.fs as pafs
 
-from distkd import storage
-from distkd.softlabels import cache
+from distkd import labelstore, storage
+from distkd.specs import TrainingRun
 
-RUN_INFO = "run.json"  # written by the distill stage into each run folder: what made the run
-HISTORY = "history.json"
 
 
 def run_record(weights: str) -> dict:
@@ -21,11 +19,11 @@ def run_record(weights: str) -> dict:
     labels' format, views and the rows/s the teacher made them at)."""
     folder = weights.rsplit("/", 1)[0]
     record = {}
-    if storage.exists(storage.join(folder, HISTORY)):
-        record["history"] = storage.read_json(storage.join(folder, HISTORY))
-    if not storage.exists(storage.join(folder, RUN_INFO)):
+    if storage.exists(storage.join(folder, TrainingRun.HISTORY)):
+        record["history"] = storage.read_json(storage.join(folder, TrainingRun.HISTORY))
+    if not storage.exists(storage.join(folder, TrainingRun.INFO)):
         return record
-    run = storage.read_json(storage.join(folder, RUN_INFO))
+    run = storage.read_json(storage.join(folder, TrainingRun.INFO))
     kd = run.get("kd") or {}
     settings = {
         "job": run["job"],
@@ -38,7 +36,7 @@ def run_record(weights: str) -> dict:
     }
     entry = storage.join(folder.rsplit("/", 2)[0], "softlabels", kd["softlabels"]) if kd.get("softlabels") else None
     if entry and storage.is_committed(entry):
-        m = cache.manifest(entry)
+        m = labelstore.manifest(entry)
         fmt = m.format
         settings["labels"] = f"{fmt.layout}{'-' + str(fmt.top_k) if fmt.top_k else ''} {fmt.dtype}"
         settings["views"] = m.views
@@ -63,7 +61,7 @@ def _runs(store: str) -> list[dict]:
     for folder in storage.list_folders(storage.join(store, "runs")):
         if not storage.is_committed(folder):
             continue
-        record = run_record(storage.join(folder, "model.pt"))
+        record = run_record(storage.join(folder, TrainingRun.WEIGHTS))
         info, history = record.get("settings", {}), record.get("history", [])
         size, created = _size_and_created(folder)
         name = folder.rsplit("/", 1)[-1]
@@ -85,8 +83,8 @@ def _runs(store: str) -> list[dict]:
 
 def _softlabels(store: str) -> list[dict]:
     rows = []
-    for entry in cache.entries(store):
-        m = cache.manifest(entry)
+    for entry in labelstore.entries(store):
+        m = labelstore.manifest(entry)
         views = f" x{m.views} views" if m.views else ""
         rows.append(
             {

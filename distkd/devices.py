@@ -32,3 +32,12 @@ def device() -> torch.device:
         return torch.device("cpu")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return torch.device("cuda", visible.split(",").index(ids[0]) if visible else int(ids[0]))
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the 'precision' settings that autocast
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """What ``precision`` (fp32, bf16, fp16) autocasts to on ``device``: bf16 or fp16 on a GPU, else None
+    (float32: training and labelling on a CPU stay in full precision)."""
+    return AMP_DTYPES.get(precision) if device.type == "cuda" else None

@@ -19,13 +19,12 @@ import torch
 from torch import nn
 
 from distkd import storage
-from distkd.catalog import RUN_INFO
 from distkd.config import ConfigError
 from distkd.data.source import Split, decode_batch
 from distkd.data.transforms import Normalize
 from distkd.models import load_weights
 from distkd.registry import Registry
-from distkd.specs import ModelSpec
+from distkd.specs import ModelSpec, TrainingRun
 
 TOLERANCE = 1e-4
 ROWS = 64  # rows of the run's data the program is checked on
@@ -106,12 +105,12 @@ FORMATS.register("onnx")(Format("model.onnx", _write_onnx, _load_onnx, needs="on
 
 def trained_model(run: str, code: tuple[str, ...] = ()) -> tuple[nn.Module, dict]:
     """The committed run's module with its weights, and its ``run.json``."""
-    if not storage.is_committed(run) or not storage.exists(storage.join(run, "model.pt")):
-        raise ConfigError(f"{run}: not a committed run folder (expected model.pt, {RUN_INFO} and the commit marker)")
-    info = storage.read_json(storage.join(run, RUN_INFO))
+    if not storage.is_committed(run) or not storage.exists(storage.join(run, TrainingRun.WEIGHTS)):
+        raise ConfigError(f"{run}: not a committed run folder (expected {TrainingRun.WEIGHTS}, {TrainingRun.INFO} and the commit marker)")
+    info = storage.read_json(storage.join(run, TrainingRun.INFO))
     m = info["model"]
     spec = ModelSpec(m["name"], m["kwargs"], m["num_classes"], tuple(m["input_shape"]), code=code)
-    return load_weights(spec.build(), storage.join(run, "model.pt")).eval(), info
+    return load_weights(spec.build(), storage.join(run, TrainingRun.WEIGHTS)).eval(), info
 
 
 def batch(info: dict, rows: int = ROWS) -> torch.Tensor:

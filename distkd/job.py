@@ -13,11 +13,11 @@ import torch
 from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.source import DataError, Split
+from distkd.labels.ensemble import Ensemble
+from distkd.labels.formats import FORMATS
 from distkd.models import sources, weights_hash
-from distkd.softlabels.ensemble import Ensemble
-from distkd.softlabels.formats import Format
 from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, SoftTargets, TrainingRun, Weights
 
 Hasher = Callable[[str], str]  # weights URI -> sha256
@@ -184,11 +184,7 @@ class Job:
     def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash, i: int = 0) -> SoftLabelSpec:
         """Stage 1 of teacher ``i``: its own entry, whatever other teachers the job has."""
         c = self.config.softlabels
-        fmt = (
-            Format("dense", c.dtype)
-            if c.format == "dense"
-            else Format("topk", c.dtype, c.kept(self.num_classes), self.config.distill.temperature)
-        )
+        fmt = FORMATS[c.format].format(c.dtype, c.kept(self.num_classes), self.config.distill.temperature)
         return SoftLabelSpec(
             store=self.config.store,
             teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),
@@ -203,9 +199,8 @@ class Job:
         )
 
     def ensemble(self, members: tuple[str, ...]) -> Ensemble:
-        """How the teachers combine (``softlabels.combine``, at ``distill.temperature``); ``members`` name them."""
-        weights = tuple(t.weight for t in self.teachers)
-        return Ensemble(members, weights, self.config.softlabels.combine, self.config.distill.temperature)
+        """How the teachers combine (``softlabels.combine``); ``members`` name them."""
+        return Ensemble(members, tuple(t.weight for t in self.teachers), self.config.softlabels.combine)
 
     def distilled_run(self, *softlabels: SoftLabelSpec) -> TrainingRun:
         """The student trained with the KD loss on the soft labels of each teacher, in order (on the labels alone
@@ -244,4 +239,5 @@ class Job:
             class_names=tuple(c.data.class_names) if c.data.class_names else None,
             execution=c.evaluate,
             ensemble=ensemble,
+            distill=c.distill,
         )

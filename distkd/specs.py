@@ -9,11 +9,8 @@ here and in the store. This module imports no stage code.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import torch
 
@@ -27,36 +24,15 @@ from distkd.config import (
     TrackingConfig,
     TrainConfig,
 )
+from distkd.data.kinds import InputKind
 from distkd.data.source import Split
 from distkd.data.transforms import PAD
+from distkd.hashing import digest, plain
+from distkd.labels.ensemble import Ensemble
+from distkd.labels.formats import Format
 from distkd.models import load_weights, sources
-from distkd.softlabels.ensemble import Ensemble
-from distkd.softlabels.formats import Format
-
-if TYPE_CHECKING:
-    from distkd.data.inputs import InputKind  # which imports the checks, which import this module
 
 FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
-
-
-def _jsonable(obj: object) -> object:
-    if isinstance(obj, ModelSpec):
-        return obj.identity()
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "model_dump"):  # pydantic configs
-        return obj.model_dump()
-    raise TypeError(f"cannot hash a {type(obj).__name__}")
-
-
-def plain(obj: object) -> object:
-    """``obj`` as plain JSON data (dataclasses and configs as dicts), as manifests record it."""
-    return json.loads(json.dumps(obj, default=_jsonable))
-
-
-def digest(obj: object, length: int = 16) -> str:
-    """A short, stable hash of JSON-able data, dataclasses and configs."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_jsonable).encode()).hexdigest()[:length]
 
 
 class MissingOutput(RuntimeError):
@@ -157,6 +133,11 @@ class TrainingRun:
     softlabels: SoftTargets | None = None  # the committed cache entries the KD term reads
     views: int = 0  # recorded views in the soft labels: train on one of them per sample
 
+    # The run folder's files: read by the catalog, the report, export and sweeps from any run folder.
+    WEIGHTS: ClassVar[str] = "model.pt"  # the trained weights, written last before the commit marker
+    INFO: ClassVar[str] = "run.json"  # what made the run: the job, the role and the identity
+    HISTORY: ClassVar[str] = "history.json"  # the metrics of each epoch
+
     def identity(self) -> dict:
         out = {
             "model": self.model,
@@ -181,7 +162,15 @@ class TrainingRun:
 
     @property
     def weights_uri(self) -> str:
-        return storage.join(self.uri, "model.pt")
+        return storage.join(self.uri, self.WEIGHTS)
+
+    @property
+    def info_uri(self) -> str:
+        return storage.join(self.uri, self.INFO)
+
+    @property
+    def history_uri(self) -> str:
+        return storage.join(self.uri, self.HISTORY)
 
 
 @dataclass(frozen=True)
@@ -248,11 +237,14 @@ class EvalSpec:
     class_names: tuple[str, ...] | None
     execution: EvaluateConfig  # pool and batch sizes: not part of the identity; its slices are
     ensemble: Ensemble | None = None  # the teachers (by role) combined as the students' teacher, when several
+    distill: DistillConfig | None = None  # an ensemble's teachers combine at its temperature
 
     def identity(self) -> dict:
+        # a report of one teacher keeps its key; an ensemble's holds how its teachers combine, at which temperature
+        ensemble = {**plain(self.ensemble), "temperature": self.distill.temperature} if self.ensemble else None
         return {
             "models": {role: w.identity() for role, w in self.models.items()},
-            **({"ensemble": self.ensemble} if self.ensemble else {}),  # a report of one teacher keeps its key
+            **({"ensemble": ensemble} if ensemble else {}),
             "data": self.data.identity(),
             self.inputs.identity_key: self.inputs.identity(),
             "class_names": self.class_names,

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from distkd import config, storage
 from distkd.config import ConfigError
-from distkd.specs import digest
+from distkd.hashing import digest
 
 SWEPT = ("student.", "distill.")  # a sweep trains students on one teacher's labels: only their keys may vary
 SEED = "student.train.seed"
@@ -220,7 +220,9 @@ def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, d
 
 def final_accuracy(run_uri: str) -> float:
     """The run's validation accuracy after its last epoch (the test split's first ``data.val_limit`` rows)."""
-    return storage.read_json(storage.join(run_uri, "history.json"))[-1]["val_accuracy"]
+    from distkd.specs import TrainingRun
+
+    return storage.read_json(storage.join(run_uri, TrainingRun.HISTORY))[-1]["val_accuracy"]
 
 
 def run(base, jobs: list, keys: list[str]) -> tuple[str, list[dict]]:

@@ -11,9 +11,8 @@ import torch
 
 from distkd import config
 from distkd.job import Job
-from distkd.models import state_dict_bytes
+from distkd.labels.ensemble import Ensemble
 from distkd.models.students import LeNet5
-from distkd.softlabels.ensemble import Ensemble
 from distkd.specs import SoftLabelSpec, SoftTargets
 
 ROWS = 60  # per data file
@@ -52,14 +51,14 @@ def spec_for(data: Path, store: Path, shard_rows: int = 25) -> SoftLabelSpec:
     }
     if not weights.exists():
         torch.manual_seed(0)
-        weights.write_bytes(state_dict_bytes(LeNet5(10)))
+        torch.save(LeNet5(10).state_dict(), weights)
     job = Job.prepare(config.parse(raw, "<test>"))
     return job.softlabel_spec(str(weights))
 
 
 def one_entry(entry: str) -> SoftTargets:
     """The soft labels of one committed entry, as a distilled run of one teacher reads them."""
-    return SoftTargets((entry,), Ensemble((entry.rstrip("/").rsplit("/", 1)[-1],), (1.0,), "probs", 4.0))
+    return SoftTargets((entry,), Ensemble((entry.rstrip("/").rsplit("/", 1)[-1],), (1.0,), "probs"))
 
 
 def shard_files(store: Path) -> dict[str, int]:

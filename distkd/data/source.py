@@ -18,12 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 from PIL import Image, UnidentifiedImageError
-from ray.exceptions import UserCodeException
 
 from distkd import content, storage
+from distkd.data.errors import DataError, InputChanged
 
 KEYS = ("id", "label")  # the columns every split has beside its input column
-COLUMNS = ("id", "image", "label")  # an image split's
 READ_ROWS = 10_000  # rows per read task of ``Split.read``
 PATH = "path"  # the file a row was read from, where the reader knows it (for error messages)
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes decoded as one channel
@@ -43,20 +42,6 @@ INPUT_TYPES: dict[str, tuple[tuple[Callable[[pa.DataType], bool], ...], str]] = 
     "image": ((pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view), "encoded image bytes"),
     "text": ((pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view), "strings"),
 }
-
-
-class DataError(ValueError, UserCodeException):
-    """Data that does not match the layout: names the URI (and the row) and what was expected. Raised in a
-    Ray Data task it is the user's error, not Ray's: Ray Data then logs no stack trace of its own."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message  # as written: Ray Data appends retry advice to ``args`` of errors in its tasks
-
-
-class InputChanged(DataError):
-    """An input file (a data shard, a weights file) that is not what the job opened or hashed: it changed while
-    the job ran, and an output made of it would carry the key of the other version."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distkd import storage
+from distkd.hashing import digest
 from distkd.registry import Registry
 
 HF = "hf:"  # a saved tokenizer: hf:<folder holding tokenizer.json>
@@ -131,8 +132,6 @@ def saved(folder: str, max_length: int) -> Tokenizer:
 
 def location(store: str, identity: dict) -> str:
     """``<store>/tokenizers/<hash of the data's identity, the column and the settings>``."""
-    from distkd.specs import digest  # specs imports the data modules
-
     return storage.join(store, "tokenizers", digest(identity, length=32))
 
 

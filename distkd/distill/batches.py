@@ -4,6 +4,7 @@ rank) or streamed (``StreamedBatches``: each worker reads its own share, ``Unequ
 
 from __future__ import annotations
 
+import copy
 import zlib
 from collections.abc import Iterator
 from typing import Protocol
@@ -12,6 +13,7 @@ import numpy as np
 import ray.data
 import ray.train
 import torch
+from ray.data import ExecutionOptions
 
 from distkd.distill.ddp import all_reduce
 
@@ -108,17 +110,22 @@ def id_checksum(ids: np.ndarray) -> int:
 class UnequalSplit(ray.train.DataConfig):
     """Ray Train's dataset config, except that the datasets it splits are cut unequally: its equal split
     leaves out up to ``world - 1`` rows an epoch to even the shares, while here every row goes to exactly one
-    worker (``StreamedBatches`` keeps the workers in step; validation only sums at the end)."""
+    worker (``StreamedBatches`` keeps the workers in step; validation only sums at the end). It keeps its own
+    copy of what it splits and with which options: Ray's are private attributes."""
+
+    def __init__(self, datasets_to_split: list[str], execution_options: dict[str, ExecutionOptions] | None = None):
+        super().__init__(datasets_to_split=datasets_to_split, execution_options=execution_options)
+        self.split = frozenset(datasets_to_split)
+        self.options = execution_options or {}
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        named = set(datasets) if self._datasets_to_split == "all" else set(self._datasets_to_split)
-        split = named & set(datasets)  # Ray Train V2 configures one dataset at a time
+        split = self.split & set(datasets)  # Ray Train V2 configures one dataset at a time
         whole = {name: ds for name, ds in datasets.items() if name not in split}
         output = super().configure(whole, world_size, worker_handles, worker_node_ids, **kwargs)
         for name in split:
             ds = datasets[name].copy(datasets[name])
             ds.set_name(name)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            ds.context.execution_options = copy.deepcopy(self.options.get(name) or self.default_ingest_options())
             shards = ds.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)
             for shard, iterator in zip(output, shards):
                 shard[name] = iterator

@@ -18,6 +18,7 @@ from distkd.config import ResourcesConfig
 from distkd.distill import streaming
 from distkd.distill.batches import UnequalSplit
 from distkd.distill.loop import CHECKPOINT_FILE, Worker, train_loop
+from distkd.specs import TrainingRun
 from distkd.tracking import EpochPrinter
 
 
@@ -25,16 +26,17 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite: the run stops with what it had, uncommitted."""
 
 
-def fit(worker: Worker, train: ray.data.Dataset, val: ray.data.Dataset, resources: ResourcesConfig) -> list[dict]:
+def fit(
+    run: TrainingRun, worker: Worker, train: ray.data.Dataset, val: ray.data.Dataset, resources: ResourcesConfig
+) -> list[dict]:
     """Train on Ray Train workers placed with ``resources``; write ``model.pt`` and ``history.json`` to the run's
     folder and commit it. The driver prints a line per epoch; rank 0 writes the curves."""
-    run = worker.run
     fs, path = storage.resolve(run.uri)
     parent, name = path.rsplit("/", 1)
     epoch_lines = EpochPrinter(run.role, run.train.epochs)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"worker": worker},
+        train_loop_config={"run": run, "worker": worker},
         datasets={"train": train, "val": val},
         # in memory every worker reads every global batch and trains on its rows; streamed, each its own share
         dataset_config=UnequalSplit(
@@ -68,6 +70,6 @@ def fit(worker: Worker, train: ray.data.Dataset, val: ray.data.Dataset, resource
     buffer = io.BytesIO()
     torch.save(state["model"], buffer)
     storage.write_bytes(run.weights_uri, buffer.getvalue())
-    storage.write_json(storage.join(run.uri, "history.json"), state["history"])
+    storage.write_json(run.history_uri, state["history"])
     storage.commit(run.uri)
     return state["history"]

@@ -1,6 +1,7 @@
 """The training loop every Ray Train worker runs: cross-entropy for teachers and baselines, KD for students.
 
-Its settings are the job's own config sections, unchanged (``Worker.run``); ``fit.py`` is the driver's side.
+Its settings are the job's own config sections, unchanged, on the run (``config["run"]``, a ``TrainingRun``), each
+read where it is used; ``fit.py`` is the driver's side.
 """
 
 from __future__ import annotations
@@ -18,43 +19,44 @@ import torch.nn.functional as F
 
 from distkd.config import DistillConfig
 from distkd.data.transforms import crop_flip, random_crop_flip
+from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
 from distkd.distill.losses import Targets, objective, warmup
 from distkd.distill.optim import RowSchedule, optimizer
+from distkd.labels.formats import TARGET_PREFIX
 from distkd.models import placed
 from distkd.specs import TrainingRun
 from distkd.tracking import RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class Worker:
-    """What each training worker is given: the run, whose config sections carry every setting, and what the
+    """What each training worker is given beside the run (whose config sections carry every setting): what the
     driver found out about the data and the cluster."""
 
-    run: TrainingRun
     rows_per_epoch: int  # every training row once: the schedule runs on rows (``RowSchedule``)
     split: bool  # streamed: each worker reads its own share of the training data, else all of it
     threads: int  # torch threads: the CPUs the worker holds
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker; ``config["worker"]`` is the ``Worker``.
+    """Runs on every Ray Train worker; ``config["run"]`` is the ``TrainingRun``, ``config["worker"]`` the ``Worker``.
 
     Every worker takes the same optimisation steps, 1 or N of them: batch size, learning rate and schedule
     are per job, and each step's loss is scaled so that DDP's gradient average is the mean over the whole
     global batch (``Batches.epoch`` says how many rows it has on all workers)."""
+    run: TrainingRun = config["run"]
     worker: Worker = config["worker"]
-    run, train, kd = worker.run, worker.run.train, worker.run.distill
+    train, kd = run.train, run.distill
     torch.set_num_threads(worker.threads)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(train.seed)
     device = ray.train.torch.get_device()
-    amp_dtype = AMP_DTYPES.get(run.resources.precision) if device.type == "cuda" else None
+    amp_dtype = autocast_dtype(run.resources.precision, device)
     module = placed(run.model.build(), device)  # placed first: the optimiser's restored state follows it
     opt = optimizer(module, train)
     scaler = torch.amp.GradScaler(enabled=amp_dtype == torch.float16)
@@ -153,11 +155,8 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
         values = batch[column]
         return values.view(len(values), max(views, 1), -1)[torch.arange(len(values)), view].to(device)
 
-    if "teacher_logits" in batch:
-        return Targets(logits=of_view("teacher_logits"))
-    if "teacher_index" in batch:
-        return Targets(index=of_view("teacher_index"), logprob=of_view("teacher_logprob"))
-    return Targets()
+    teacher = [name for name in batch if name.startswith(TARGET_PREFIX)]
+    return Targets(**{name.removeprefix(TARGET_PREFIX): of_view(name) for name in teacher})
 
 
 def loss_of(

@@ -8,18 +8,17 @@ from concurrent.futures import ThreadPoolExecutor
 import ray
 import ray.data
 
-from distkd import console, storage
-from distkd.catalog import RUN_INFO
-from distkd.data.inputs import InputKind
+from distkd import console, labelstore, storage
+from distkd.config import DistillConfig
+from distkd.data.kinds import InputKind
 from distkd.data.source import Split
 from distkd.distill import streaming
 from distkd.distill.fit import fit
 from distkd.distill.loop import Worker
+from distkd.hashing import plain
+from distkd.labels.ensemble import TARGET
 from distkd.resources import training_needs
-from distkd.softlabels import cache
-from distkd.softlabels.ensemble import TARGET
-from distkd.softlabels.formats import TRAINING_COLUMNS
-from distkd.specs import SoftTargets, TrainingRun, plain, require
+from distkd.specs import SoftTargets, TrainingRun, require
 
 
 def decoded(split: Split, inputs: InputKind) -> ray.data.Dataset:
@@ -36,18 +35,18 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.distill else "")
     with console.computing(run.role, what, run.uri):
         info = {"job": run.job, "role": run.role, **plain(run.identity())}
-        storage.write_json(storage.join(run.uri, RUN_INFO), info)
+        storage.write_json(run.info_uri, info)
         inputs = run.inputs
         val = in_memory(decoded(run.val, inputs), [*inputs.columns, "label"])
         resources, softlabels = run.resources, run.softlabels if run.distill else None
         streamed = streaming.choose(run.feed.cache, run.data, inputs) == "stream"
         if streamed:
-            train = streaming.stream(run.data, trained_columns(inputs, softlabels), inputs, softlabels)
+            train = streaming.stream(run.data, trained_columns(inputs, softlabels), inputs, softlabels, run.distill)
             resources = streaming.reserve_data_cpus(resources)
         else:
-            train = rows_in_memory(run.data, softlabels, inputs)
-        worker = Worker(run, run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
-        fit(worker, train, val, resources)
+            train = rows_in_memory(run.data, softlabels, inputs, run.distill)
+        worker = Worker(run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
+        fit(run, worker, train, val, resources)
     return run.uri
 
 
@@ -58,7 +57,8 @@ def students(distilled: TrainingRun, scratch: TrainingRun | None, compute: bool 
     runs = {"distilled": distilled, **({"scratch": scratch} if scratch else {})}
 
     def trained(run: TrainingRun) -> str:
-        return storage.join(train_run(run, "distill", compute), "model.pt")
+        train_run(run, "distill", compute)
+        return run.weights_uri
 
     if len(runs) > 1 and together(list(runs.values())):
         with ThreadPoolExecutor(len(runs)) as pool:  # each thread's fit() waits on its own Ray Train run
@@ -90,15 +90,17 @@ def trained_columns(inputs: InputKind, labels: SoftTargets | None) -> list[str]:
     rows = ["id", *inputs.columns, "label"]
     if labels is None:
         return rows
-    manifest = cache.manifest(labels.entries[0])
-    targets = list(TRAINING_COLUMNS[manifest.format.layout]) if len(labels.entries) == 1 else [TARGET]
+    manifest = labelstore.manifest(labels.entries[0])
+    targets = manifest.format.training_names if len(labels.entries) == 1 else [TARGET]
     return [*rows, *targets, *(["views"] if manifest.views else [])]
 
 
-def rows_in_memory(split: Split, labels: SoftTargets | None, inputs: InputKind) -> ray.data.Dataset:
+def rows_in_memory(
+    split: Split, labels: SoftTargets | None, inputs: InputKind, distill: DistillConfig | None = None
+) -> ray.data.Dataset:
     """The training rows (with the soft labels of ``labels``) held in the object store, read by the streamed
     reader once: each unit of the split beside its own shard (every teacher's), both checked (the shard's
     checksum, its ids those of the unit in order), so every id is labelled exactly once and no join (a shuffle)
     is needed."""
     columns = trained_columns(inputs, labels)
-    return in_memory(streaming.stream(split, columns, inputs, labels), columns)
+    return in_memory(streaming.stream(split, columns, inputs, labels, distill), columns)

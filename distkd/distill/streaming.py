@@ -5,7 +5,7 @@ With soft labels the units are the entry's shards: shard i holds exactly the ids
 the split, in order (its writer checked them), so the join by id is a zip of two aligned reads
 done per unit, with the ids and the shard's checksum checked again in the task that reads it.
 An ensemble's teachers each have their entry: the task reads shard i of every one, checked alike,
-and combines them into one target there (``softlabels/ensemble.py``).
+and combines them into one target there (``labels/ensemble.py``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import ray
 import ray.data
 import ray.train
 
-from distkd.config import ResourcesConfig
-from distkd.data.inputs import InputKind
+from distkd import labelstore
+from distkd.config import DistillConfig, ResourcesConfig
+from distkd.data.kinds import InputKind
 from distkd.data.source import PATH, READ_ROWS, Split, Unit
-from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
+from distkd.labels.formats import Format
 from distkd.specs import SoftTargets
 
 MEMORY_FRACTION = 0.25  # auto: hold the decoded training set in memory below this share of the object store
@@ -65,24 +65,30 @@ def ingest_options(workers: int) -> ray.data.ExecutionOptions:
     return options
 
 
-def stream(split: Split, columns: list[str], inputs: InputKind, labels: SoftTargets | None = None) -> ray.data.Dataset:
-    """``columns`` of the split's rows (joined to the soft labels of ``labels`` when given), read,
-    checked and prepared (by ``inputs``) per unit each epoch in blocks of about BLOCK_BYTES, units in a new random
-    order every epoch."""
+def stream(
+    split: Split,
+    columns: list[str],
+    inputs: InputKind,
+    labels: SoftTargets | None = None,
+    distill: DistillConfig | None = None,
+) -> ray.data.Dataset:
+    """``columns`` of the split's rows (joined to the soft labels of ``labels`` when given, an ensemble's combined
+    at ``distill.temperature``), read, checked and prepared (by ``inputs``) per unit each epoch in blocks of about
+    BLOCK_BYTES, units in a new random order every epoch."""
     if labels is None:
         units = split.units(READ_ROWS)
         shards, fmt, views = [None] * len(units), None, 0
     else:
-        infos = [cache.manifest(entry) for entry in labels.entries]
+        infos = [labelstore.manifest(entry) for entry in labels.entries]
         fmt, views, shard_rows = infos[0].format, infos[0].views, infos[0].inputs["shard_rows"]
         if any((i.format, i.views, i.inputs["shard_rows"]) != (fmt, views, shard_rows) for i in infos[1:]):
-            raise cache.CacheError(
+            raise labelstore.CacheError(
                 f"{', '.join(labels.entries)}: an ensemble's entries need the same format, views and shard rows"
             )
         units = split.units(shard_rows)
         for entry, info in zip(labels.entries, infos):
             if len(units) != len(info.shards) or any(u.rows != s.rows for u, s in zip(units, info.shards)):
-                raise cache.CacheError(
+                raise labelstore.CacheError(
                     f"{entry}: the shards do not line up with the rows of {split.uri} ({split.name})"
                 )
         shards = [[asdict(info.shards[u.index]) for info in infos] for u in units]
@@ -92,7 +98,14 @@ def stream(split: Split, columns: list[str], inputs: InputKind, labels: SoftTarg
         .randomize_block_order()
         .map_batches(
             _unit_rows,
-            fn_kwargs={"labels": labels, "fmt": fmt, "views": views, "columns": columns, "inputs": inputs},
+            fn_kwargs={
+                "labels": labels,
+                "distill": distill,
+                "fmt": fmt,
+                "views": views,
+                "columns": columns,
+                "inputs": inputs,
+            },
             batch_size=1,
             batch_format="pyarrow",
         )
@@ -106,6 +119,7 @@ def block_rows(inputs: InputKind) -> int:
 def _unit_rows(
     batch: pa.Table,
     labels: SoftTargets | None,
+    distill: DistillConfig | None,
     fmt: Format | None,
     views: int,
     columns: list[str],
@@ -114,7 +128,7 @@ def _unit_rows(
     for item in batch.to_pylist():
         unit = Unit(**item["unit"])
         rows = unit.read()
-        targets = _shard_labels(labels, item["shards"], fmt, views, rows["id"]) if labels else {}
+        targets = _shard_labels(labels, distill, item["shards"], fmt, views, rows["id"]) if labels else {}
         block = block_rows(inputs)
         for start in range(0, len(rows), block):
             part = rows.slice(start, block)
@@ -125,18 +139,18 @@ def _unit_rows(
 
 
 def _shard_labels(
-    labels: SoftTargets, shards: list[dict], fmt: Format, views: int, ids: pa.ChunkedArray
+    labels: SoftTargets, distill: DistillConfig, shards: list[dict], fmt: Format, views: int, ids: pa.ChunkedArray
 ) -> dict[str, np.ndarray]:
     """The unit's soft labels as training columns, once each teacher's shard passes the cache's check (checksum,
     the unit's ids in order); an ensemble's combined into one target, from shards that record the same views."""
     expected = ids.to_pylist()
     teachers = [
-        cache.training_columns(cache.read_shard(entry, s["file"], expected, cache.ShardRecord(**s))[0], fmt)
+        labelstore.training_columns(labelstore.read_shard(entry, s["file"], expected, labelstore.ShardRecord(**s))[0], fmt)
         for entry, s in zip(labels.entries, shards)
     ]
     if len(teachers) == 1:
         return teachers[0]
     if views and any(not np.array_equal(t["views"], teachers[0]["views"]) for t in teachers[1:]):
-        uris = ", ".join(cache.shard_uri(entry, s["file"]) for entry, s in zip(labels.entries, shards))
-        raise cache.CacheError(f"{uris}: the teachers' shards of one unit record different views")
-    return labels.ensemble.training_columns(teachers, fmt, views)
+        uris = ", ".join(labelstore.shard_uri(entry, s["file"]) for entry, s in zip(labels.entries, shards))
+        raise labelstore.CacheError(f"{uris}: the teachers' shards of one unit record different views")
+    return labels.ensemble.training_columns(teachers, fmt, views, distill.temperature)

@@ -13,7 +13,8 @@ import torch
 
 from distkd import console, devices, storage
 from distkd.catalog import run_record
-from distkd.data.inputs import InputKind
+from distkd.config import DistillConfig
+from distkd.data.kinds import InputKind
 from distkd.evaluate.cost import model_cost, summed_cost
 from distkd.evaluate.metrics import (
     baselines,
@@ -25,8 +26,8 @@ from distkd.evaluate.metrics import (
     sum_slices,
     sum_stats,
 )
+from distkd.labels.ensemble import Ensemble
 from distkd.models import placed
-from distkd.softlabels.ensemble import Ensemble
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
@@ -47,10 +48,11 @@ class Evaluator:
         slices: tuple[str, ...] = (),
         threads: int = 1,
         ensemble: Ensemble | None = None,
+        distill: DistillConfig | None = None,
     ) -> None:
         torch.set_num_threads(threads)
         self.device, self.weights = devices.device(), models
-        self.inputs, self.slices, self.ensemble = inputs, slices, ensemble
+        self.inputs, self.slices, self.ensemble, self.distill = inputs, slices, ensemble, distill
         self.baselines = baselines({role: w.model for role, w in models.items()})
 
     @functools.cached_property
@@ -63,7 +65,8 @@ class Evaluator:
         x = self.inputs.model_input({name: torch.from_numpy(batch[name]) for name in self.inputs.columns}, self.device)
         logits = {role: model(x).float().cpu().numpy() for role, model in self.models.items()}
         if self.ensemble:
-            logits[ENSEMBLE] = self.ensemble.predictions([logits[role] for role in self.ensemble.members])
+            members = [logits[role] for role in self.ensemble.members]
+            logits[ENSEMBLE] = self.ensemble.predictions(members, self.distill.temperature)
         reference, teachers = (ENSEMBLE, {ENSEMBLE, *self.ensemble.members}) if self.ensemble else (TEACHER, {TEACHER})
         out, sliced = {}, []
         for i, (role, z) in enumerate(logits.items()):
@@ -106,6 +109,7 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
                 "slices": slices,
                 "threads": max(1, int(cfg.cpus_per_actor)),
                 "ensemble": spec.ensemble,
+                "distill": spec.distill,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,

@@ -1,5 +1,5 @@
-"""Model registry: torchvision classifiers and small students."""
+"""Models: the built-in ones (``MODELS``), their sources (``sources.py``) and their weights."""
 
-from distkd.models.registry import MODELS, build_model, load_weights, placed, state_dict_bytes, weights_hash
+from distkd.models.registry import MODELS, load_weights, placed, weights_hash
 
-__all__ = ["MODELS", "build_model", "load_weights", "placed", "state_dict_bytes", "weights_hash"]
+__all__ = ["MODELS", "load_weights", "placed", "weights_hash"]

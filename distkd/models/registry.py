@@ -1,4 +1,7 @@
-"""Models by name: torchvision classifiers and the small students, built for the data's shape."""
+"""Models by name: torchvision classifiers and the small students, built for the data's shape; their weights.
+
+A built-in model is one class (or builder) taking ``num_classes``, ``in_channels``, ``image_size`` and its own
+keyword arguments, and one line registering it in ``MODELS``."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import torch
 from torch import nn
 
 from distkd import storage
-from distkd.data.source import InputChanged
+from distkd.data.errors import InputChanged
 from distkd.models.students import LeNet5, ResNet9
 from distkd.models.text import TextCNN, TextTransformer
+from distkd.registry import Registry
 
 
 def _torchvision(name: str) -> Callable[..., nn.Module]:
@@ -37,25 +41,13 @@ def _cifar_stem(model: nn.Module, in_channels: int) -> None:
         model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 1, 1, bias=False)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet5": LeNet5,
-    "resnet9": ResNet9,
-    "text_transformer": TextTransformer,
-    "text_cnn": TextCNN,
-    **{n: _torchvision(n) for n in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")},
-}
-
-
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    if name not in MODELS:
-        raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
-
-
-def state_dict_bytes(model: nn.Module) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getvalue()
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")  # (num_classes, in_channels, image_size, **kwargs)
+MODELS.register("lenet5")(LeNet5)
+MODELS.register("resnet9")(ResNet9)
+MODELS.register("text_transformer")(TextTransformer)
+MODELS.register("text_cnn")(TextCNN)
+for _name in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large"):
+    MODELS.register(_name)(_torchvision(_name))
 
 
 def weights_hash(uri: str) -> str:

@@ -20,7 +20,8 @@ class TextTransformer(nn.Module):
         num_classes: int,
         in_channels: int = 1,
         image_size: int = 128,
-        vocab_size: int = 8001,
+        *,
+        vocab_size: int,  # the tokenizer's ids and padding: the input kind gives it (TextInput.model_kwargs)
         layers: int = 2,
         dim: int = 128,
         heads: int = 4,
@@ -65,7 +66,8 @@ class TextCNN(nn.Module):
         num_classes: int,
         in_channels: int = 1,
         image_size: int = 128,
-        vocab_size: int = 8001,
+        *,
+        vocab_size: int,  # the tokenizer's ids and padding: the input kind gives it (TextInput.model_kwargs)
         dim: int = 128,
         filters: int = 100,
         widths: str = "3,4,5",

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-from distkd import storage
+from distkd import labelstore, storage
 from distkd.data.source import Split
 from distkd.softlabels import cache
 
 
 def listing(store: str) -> list[dict]:
     rows = []
-    for entry in cache.entries(store):
-        m = cache.manifest(entry)
+    for entry in labelstore.entries(store):
+        m = labelstore.manifest(entry)
         fmt = m.format
         rows.append(
             {
@@ -62,16 +62,16 @@ def collect_garbage(store: str, older_than: float, dry_run: bool = False) -> str
 
 
 def show(store: str, key: str) -> str:
-    return json.dumps(cache.manifest(cache.entry_folder(store, key)).to_json(), indent=2)
+    return json.dumps(labelstore.manifest(cache.entry_folder(store, key)).to_json(), indent=2)
 
 
 def verify(store: str, key: str) -> str:
     """Rows, checksums, and ids unique and complete against the dataset the entry was made from."""
     entry = cache.entry_folder(store, key)
-    data = cache.manifest(entry).inputs["data"]
+    data = labelstore.manifest(entry).inputs["data"]
     split = Split.open(data["uri"], data["split"], data["limit"])
     if split.fingerprint() != data["fingerprint"]:
-        raise cache.CacheError(f"{entry}: the dataset at {data['uri']} changed since this entry was made")
+        raise labelstore.CacheError(f"{entry}: the dataset at {data['uri']} changed since this entry was made")
     info = cache.verify(entry, split.read_table(["id"])["id"].to_pylist())
     return f"{key}: ok ({info.rows} rows in {len(info.shards)} shards, checksums match, every id exactly once)"
 

@@ -18,7 +18,7 @@ from dataclasses import asdict
 
 import ray.data
 
-from distkd import console
+from distkd import console, labelstore
 from distkd.data.source import Unit
 from distkd.softlabels import cache, leases
 from distkd.softlabels.writer import RECORD, ShardWriter
@@ -28,7 +28,7 @@ from distkd.specs import SoftLabelSpec, require
 def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     """The committed cache entry for this teacher, data and format, computing only missing shards."""
     entry = spec.uri
-    if cache.is_committed(entry):
+    if labelstore.is_committed(entry):
         console.reusing("softlabels", "cached soft labels", entry)
         return entry
     require(compute, entry, "softlabels")
@@ -40,7 +40,7 @@ def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
             started = time.perf_counter()
             written = {r["index"]: r for r in label_units(spec, plan.to_write)}
             shards = tuple(
-                cache.ShardRecord(**{k: written[u.index][k] for k in ("file", "rows", "bytes", "sha256")})
+                labelstore.ShardRecord(**{k: written[u.index][k] for k in ("file", "rows", "bytes", "sha256")})
                 if u.index in written
                 else plan.listed[u.index][0]
                 for u in plan.units
@@ -105,5 +105,5 @@ def label_units(spec: SoftLabelSpec, units: list[Unit]) -> list[dict]:
     by_unit = {r["index"]: {k: r[k] for k in RECORD} for r in records}
     wrong = [u.index for u in units if u.index not in by_unit or by_unit[u.index]["rows"] != u.rows]
     if wrong or len(records) != len(units):
-        raise cache.CacheError(f"{entry}: teacher actors did not return one whole shard per unit (e.g. {wrong[:3]})")
+        raise labelstore.CacheError(f"{entry}: teacher actors did not return one whole shard per unit (e.g. {wrong[:3]})")
     return [by_unit[u.index] for u in units]

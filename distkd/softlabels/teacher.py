@@ -10,14 +10,12 @@ import pyarrow as pa
 import torch
 
 from distkd import devices
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.transforms import PAD, crop_flip
+from distkd.labels.formats import Format, fixed_list
+from distkd.labels.views import PARAMS, view_params
 from distkd.models import placed
-from distkd.softlabels.formats import Format, fixed_list
-from distkd.softlabels.views import PARAMS, view_params
 from distkd.specs import Weights
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TeacherPredictor:
@@ -38,7 +36,7 @@ class TeacherPredictor:
         self.device, self.weights, self.compile = devices.device(), teacher, compile
         self.compile_seconds: float | None = None  # the first batch's forward, which compiles (``compile`` only)
         self.inputs, self.fmt, self.views, self.view_seed = inputs, fmt, views, view_seed
-        self.amp_dtype = AMP_DTYPES.get(precision) if self.device.type == "cuda" else None
+        self.amp_dtype = devices.autocast_dtype(precision, self.device)
 
     @functools.cached_property
     def model(self) -> torch.nn.Module:

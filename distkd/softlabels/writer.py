@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from distkd.data.inputs import InputKind
+from distkd.data.kinds import InputKind
 from distkd.data.source import PATH, Unit
+from distkd.labels.formats import Format
 from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
 from distkd.specs import Weights
 

@@ -19,7 +19,7 @@ from distkd import checks, cluster, config
 from distkd.cli import main
 from distkd.data.source import decode
 from distkd.job import Job
-from distkd.models import build_model
+from distkd.models import sources
 
 CLASSES = 4
 
@@ -240,12 +240,12 @@ def test_an_evaluated_split_with_a_label_out_of_range_is_named(tmp_path, capsys,
 @pytest.mark.parametrize(
     ("weights", "expected"),
     [
-        (lambda: build_model("lenet5", CLASSES, 3, 32), "holds weights of another architecture or size: missing"),
+        (lambda: sources.build("lenet5", CLASSES, 3, 32), "holds weights of another architecture or size: missing"),
         (
-            lambda: build_model("resnet9", CLASSES, 3, 32, width=8),
+            lambda: sources.build("resnet9", CLASSES, 3, 32, width=8),
             "other shapes: net.0.0.weight [8, 3, 3, 3] (model [4, 3, 3, 3])",
         ),
-        (lambda: build_model("resnet9", 10, 3, 32, width=4), "net.8.weight [10, 32] (model [4, 32])"),
+        (lambda: sources.build("resnet9", 10, 3, 32, width=4), "net.8.weight [10, 32] (model [4, 32])"),
         (lambda: b"garbage", "not a PyTorch state_dict file (UnpicklingError"),
     ],
 )
@@ -295,7 +295,7 @@ def test_a_bad_image_mid_split_stops_the_job_with_one_message(
     images[row] = bad
     data = dataset(tmp_path / "data", **{split: {"images": images}})
     if "stages" in changes:  # start from given teacher weights: the stage under test is the first to run
-        torch.save(build_model("resnet9", CLASSES, 3, 32, width=4).state_dict(), tmp_path / "teacher.pt")
+        torch.save(sources.build("resnet9", CLASSES, 3, 32, width=4).state_dict(), tmp_path / "teacher.pt")
         changes = {**changes, "teacher__weights": str(tmp_path / "teacher.pt")}
     if changes.get("stages") == ["evaluate"]:
         model = {"role": "teacher", "name": "resnet9", "kwargs": {"width": 4}, "weights": str(tmp_path / "teacher.pt")}
@@ -307,7 +307,7 @@ def test_a_bad_image_mid_split_stops_the_job_with_one_message(
 
 
 def test_the_one_row_check_trains_a_copy_and_only_the_models_that_train(tmp_path):
-    model = build_model("resnet9", CLASSES, 3, 32, width=4).eval()
+    model = sources.build("resnet9", CLASSES, 3, 32, width=4).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     checks.trains_on_one_row("teacher", model, (3, 32, 32))
     assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

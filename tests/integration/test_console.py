@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from distkd import config, console
 from distkd.evaluate.report import write_report
-from distkd.models import build_model, state_dict_bytes
+from distkd.models import sources
 from tests.unit.test_report import make_models
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def test_a_fresh_local_run_prints_only_distkd_lines(cifar10, tmp_path):
     """A command that starts its own local Ray instance (Ray's token-auth notice at ray.init, the C++ core's
     ``core_worker.cc`` line as Ray Data starts an actor pool): every line it prints is distkd's, on stdout."""
     weights = tmp_path / "lenet5.pt"
-    weights.write_bytes(state_dict_bytes(build_model("lenet5", 10, 3, 32)))
+    torch.save(sources.build("lenet5", 10, 3, 32).state_dict(), weights)
     job = {
         "name": "quiet",
         "store": str(tmp_path / "store"),

@@ -11,8 +11,8 @@ from distkd import devices
 from distkd.data.inputs import ImageInput
 from distkd.data.transforms import Normalize
 from distkd.evaluate.stage import Evaluator, model_costs
-from distkd.models import state_dict_bytes, weights_hash
-from distkd.softlabels.formats import Format
+from distkd.labels.formats import Format
+from distkd.models import weights_hash
 from distkd.softlabels.teacher import TeacherPredictor
 from distkd.specs import ModelSpec, Weights
 
@@ -62,7 +62,7 @@ def test_teacher_evaluator_and_cost_task_take_the_device_ray_assigned(gpus_visib
     gpus_visible([], visible="0")
     model = ModelSpec("lenet5", {}, 10, (3, 32, 32))
     path = tmp_path / "lenet5.pt"
-    path.write_bytes(state_dict_bytes(model.build()))
+    torch.save(model.build().state_dict(), path)
     weights = Weights(model, str(path), weights_hash(str(path)))
     inputs, models = ImageInput("image", (3, 32, 32), Normalize((0.5,) * 3, (0.25,) * 3)), {"student": weights}
     batch = {"id": np.array(["a", "b"]), "image": np.zeros((2, 3, 32, 32), np.uint8), "label": np.array([0, 1])}

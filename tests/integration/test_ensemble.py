@@ -11,13 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distkd import config, pipeline, storage
+from distkd import config, labelstore, pipeline, storage
 from distkd.data.source import decode
 from distkd.distill.stage import rows_in_memory
 from distkd.job import Job
-from distkd.models import load_weights, state_dict_bytes
+from distkd.models import load_weights
 from distkd.models.students import LeNet5
-from distkd.softlabels import cache
 from tests.label_store import shard_files
 
 ROWS, SHARD_ROWS, T = 120, 40, 4.0
@@ -33,7 +32,7 @@ def folder(tmp_path_factory, cifar10) -> Path:
         pq.write_table(pq.read_table(cifar10 / f"{name}.parquet").slice(0, rows), root / "data" / f"{name}.parquet")
     for seed in range(3):
         torch.manual_seed(seed)
-        (root / f"teacher-{seed}.pt").write_bytes(state_dict_bytes(LeNet5(10)))
+        torch.save(LeNet5(10).state_dict(), (root / f"teacher-{seed}.pt"))
     return root
 
 
@@ -57,11 +56,11 @@ def ensemble_job(folder: Path, teachers: int, **stages) -> Job:
 
 def stored_logits(entry: str) -> dict[str, np.ndarray]:
     """id -> the teacher's stored logits, read from each shard the entry lists through the cache's own check."""
-    info = cache.manifest(entry)
+    info = labelstore.manifest(entry)
     out = {}
     for record in info.shards:
-        table, _ = cache.read_shard(entry, record.file, None, record)
-        columns = cache.training_columns(table, info.format)
+        table, _ = labelstore.read_shard(entry, record.file, None, record)
+        columns = labelstore.training_columns(table, info.format)
         out.update(zip(columns["id"], columns["teacher_logits"]))
     return out
 
@@ -83,7 +82,7 @@ def test_the_student_distils_from_exactly_the_weighted_mean_of_its_teachers_stor
     assert recorded["teachers"] == [{"softlabels": s.key, "weight": w} for s, w in zip(specs, (0.75, 0.25))]
 
     # what the distill stage's reader hands the loop (held in memory or streamed: the same reader)
-    given = {r["id"]: r["teacher_logits"] for r in rows_in_memory(job.train, run.softlabels, job.inputs).take_all()}
+    given = {r["id"]: r["teacher_logits"] for r in rows_in_memory(job.train, run.softlabels, job.inputs, run.distill).take_all()}
     teachers = [stored_logits(s.uri) for s in specs]
     assert sorted(given) == sorted(teachers[0]) == sorted(teachers[1]) and len(given) == ROWS
     ids = sorted(given)
@@ -128,9 +127,9 @@ def test_an_ensemble_that_adds_a_teacher_labels_with_the_new_teacher_only(first,
     assert [labelled[f"softlabels-{i}"] for i in range(2)] == [out["softlabels-0"], out["softlabels-1"]]
     after = {path: (mtime, Path(path).stat().st_size) for path, mtime in shard_files(store).items()}
     assert {path: after[path] for path in before} == before  # the first two teachers' shards: untouched
-    third = cache.manifest(labelled["softlabels-2"])
+    third = labelstore.manifest(labelled["softlabels-2"])
     assert (third.teacher_rows, third.computed_shards, third.rows) == (ROWS, ROWS // SHARD_ROWS, ROWS)
     new = set(after) - set(before)
     spec = bigger.softlabel_spec(str(folder / "teacher-2.pt"), i=2)
     assert len(new) == ROWS // SHARD_ROWS and all(f"/{spec.teacher_key}/" in path for path in new)
-    assert [cache.manifest(labelled[f"softlabels-{i}"]).teacher_rows for i in range(2)] == [ROWS, ROWS]  # as made
+    assert [labelstore.manifest(labelled[f"softlabels-{i}"]).teacher_rows for i in range(2)] == [ROWS, ROWS]  # as made

@@ -15,7 +15,6 @@ import torch
 from distkd import config, content
 from distkd.data.source import Split
 from distkd.job import Job
-from distkd.models import state_dict_bytes
 
 OUTPUTS = ("teacher", "softlabels", "distilled", "scratch", "report")
 
@@ -144,12 +143,12 @@ def test_report_is_keyed_by_the_weights_content_not_their_path(cifar10, tmp_path
     job = Job.prepare(config.parse(base_job(cifar10), "<identity>"))
     weights = tmp_path / "student.pt"
     model = job.student.build()
-    weights.write_bytes(state_dict_bytes(model))
+    torch.save(model.state_dict(), weights)
     first = job.eval_spec({"student": (job.student, str(weights))}).uri
     assert job.eval_spec({"student": (job.student, str(weights))}).uri == first
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    weights.write_bytes(state_dict_bytes(model))  # overwritten at the same path
+    torch.save(model.state_dict(), weights)  # overwritten at the same path
     assert job.eval_spec({"student": (job.student, str(weights))}).uri != first
 
 

@@ -10,6 +10,7 @@ import threading
 import pyarrow.parquet as pq
 import pytest
 
+from distkd import labelstore
 from distkd.softlabels import cache, inspect
 from distkd.softlabels.stage import generate
 from tests.label_store import ROWS, catalogue, shard_files, snapshot, spec_for
@@ -17,10 +18,10 @@ from tests.label_store import ROWS, catalogue, shard_files, snapshot, spec_for
 files = pytest.fixture(scope="module")(catalogue)
 
 
-def entry_of(spec) -> cache.Manifest:
+def entry_of(spec) -> labelstore.Manifest:
     entry = generate(spec)
     assert "every id exactly once" in inspect.verify(str(spec.store), spec.key)
-    return cache.manifest(entry)
+    return labelstore.manifest(entry)
 
 
 def test_a_grown_snapshot_labels_exactly_the_new_file_and_leaves_every_earlier_shard(ray_cluster, files, tmp_path):
@@ -34,7 +35,7 @@ def test_a_grown_snapshot_labels_exactly_the_new_file_and_leaves_every_earlier_s
     after = shard_files(store)
     assert {k: after[k] for k in before} == before and len(after) == 9
     entry = str(store / "softlabels" / grown.key)
-    ids = [i for s in grown.shards[6:] for i in pq.read_table(cache.shard_uri(entry, s.file))["id"].to_pylist()]
+    ids = [i for s in grown.shards[6:] for i in pq.read_table(labelstore.shard_uri(entry, s.file))["id"].to_pylist()]
     assert ids == pq.read_table(files["train-2"])["id"].to_pylist()
 
 

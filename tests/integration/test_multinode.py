@@ -20,9 +20,9 @@ import pytest
 import torch
 import yaml
 
-from distkd import address, storage
+from distkd import address, labelstore, storage
 from distkd.data.source import Split
-from distkd.models import build_model, state_dict_bytes
+from distkd.models import sources
 from distkd.softlabels import cache
 from tests.seaweedfs import free_ports
 from tests.unit.test_sources import user_code
@@ -166,7 +166,7 @@ def teacher(tmp_path_factory) -> Path:
     """Untrained ResNet-9 weights: the teacher's outputs need not be good to be cached and distilled."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "resnet9-w4.pt"
-    path.write_bytes(state_dict_bytes(build_model("resnet9", 10, 3, 32, width=4)))
+    torch.save(sources.build("resnet9", 10, 3, 32, width=4).state_dict(), path)
     return path
 
 
@@ -224,7 +224,7 @@ def test_distkd_submit_runs_the_pipeline_across_two_nodes(cluster, submitted):
     assert len(cluster.raylets()) == 2
     softlabels = [p for p in (store / "softlabels").iterdir() if cache.KEY.fullmatch(p.name)]  # not shards/, leases
     assert len(softlabels) == 1 and storage.is_committed(str(softlabels[0]))
-    assert cache.manifest(str(softlabels[0])).rows == 200
+    assert labelstore.manifest(str(softlabels[0])).rows == 200
     runs = list((store / "runs").iterdir())
     assert [p.name.split("-")[1] for p in runs] == ["kd"] and storage.is_committed(str(runs[0]))
     assert storage.read_json(str(runs[0] / "run.json"))["model"]["name"] == SHIPPED_STUDENT["name"]
@@ -322,7 +322,7 @@ def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted
         tmp_path, cifar10, store, teacher, "killed-driver", stages=["softlabels"],
         softlabels={"batch_size": 10, "shard_rows": 10, "actors": 1, "cpus_per_actor": 1, "view_seed": 7, "views": 2},
     )  # fmt: skip
-    committed = set(cache.entries(str(store)))
+    committed = set(labelstore.entries(str(store)))
     first = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
     deadline, drivers, shards = time.time() + 300, [], []
     while time.time() < deadline and not shards:  # the driver, then its first shard: 20 shards to write
@@ -336,10 +336,10 @@ def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted
     assert len(drivers) == 1 and shards, (drivers, shards, wait_for(cluster, first, timeout=1))
     drivers[0].send_signal(signal.SIGKILL)
     assert wait_for(cluster, first) == "FAILED"
-    assert set(cache.entries(str(store))) == committed  # the killed driver committed no entry
+    assert set(labelstore.entries(str(store))) == committed  # the killed driver committed no entry
     before = len([p for p in shards[0].parent.glob("*.parquet") if p.stat().st_mtime > job.stat().st_mtime])
     second = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
     assert wait_for(cluster, second) == "SUCCEEDED"
-    (entry,) = set(cache.entries(str(store))) - committed  # the same job's entry, committed by the rerun
-    manifest = cache.manifest(entry)
+    (entry,) = set(labelstore.entries(str(store))) - committed  # the same job's entry, committed by the rerun
+    manifest = labelstore.manifest(entry)
     assert manifest.computed_shards == 20 - before < 20 and manifest.rows == 200

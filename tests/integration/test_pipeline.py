@@ -17,14 +17,14 @@ import torch
 import yaml
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from distkd import cluster, config, pipeline, storage
-from distkd.catalog import RUN_INFO
+from distkd import cluster, config, labelstore, pipeline, storage
 from distkd.data.source import Split, decode
 from distkd.distill.stage import rows_in_memory
 from distkd.job import Job
+from distkd.labels.formats import to_numpy
 from distkd.models import load_weights
 from distkd.softlabels import cache
-from distkd.softlabels.formats import to_numpy
+from distkd.specs import TrainingRun
 from tests.label_store import one_entry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,7 +116,7 @@ def test_the_distilled_student_and_its_baseline_train_at_once(run):
     starts, to its model.pt, written as it ends) overlaps the other's."""
     _, _, out, _ = run
     spans = [
-        (Path(out[role]).with_name(RUN_INFO).stat().st_mtime, Path(out[role]).stat().st_mtime)
+        (Path(out[role]).with_name(TrainingRun.INFO).stat().st_mtime, Path(out[role]).stat().st_mtime)
         for role in ("distilled", "scratch")
     ]
     (a_start, a_end), (b_start, b_end) = sorted(spans)
@@ -125,8 +125,8 @@ def test_the_distilled_student_and_its_baseline_train_at_once(run):
 
 def test_soft_labels_hold_one_row_per_id_with_the_teachers_logits(run):
     job, _, out, _ = run
-    manifest = cache.manifest(out["softlabels"])
-    tables = [pq.read_table(cache.shard_uri(out["softlabels"], s.file)) for s in manifest.shards]
+    manifest = labelstore.manifest(out["softlabels"])
+    tables = [pq.read_table(labelstore.shard_uri(out["softlabels"], s.file)) for s in manifest.shards]
     ids = [i for t in tables for i in t["id"].to_pylist()]
     expected = first_rows(job.train)
     assert sorted(ids) == sorted(expected["id"]) and len(set(ids)) == ROWS == manifest.rows
@@ -181,7 +181,7 @@ def test_aggregated_evaluation_equals_single_process_computation(run):
 def test_soft_labels_that_miss_training_ids_are_refused(run):
     job, _, out, _ = run
     more_rows = dataclasses.replace(job.train, limit=ROWS + 10)
-    with pytest.raises(cache.CacheError, match="the shards do not line up with the rows of"):
+    with pytest.raises(labelstore.CacheError, match="the shards do not line up with the rows of"):
         rows_in_memory(more_rows, one_entry(out["softlabels"]), job.inputs)
 
 

@@ -21,12 +21,12 @@ import pytest
 import torch
 import yaml
 
-from distkd import cluster, config, storage
+from distkd import cluster, config, labelstore, storage
 from distkd.cli import main
 from distkd.job import Job
-from distkd.models import build_model, state_dict_bytes
+from distkd.labels.formats import Format
+from distkd.models import sources
 from distkd.softlabels import cache
-from distkd.softlabels.formats import Format
 from distkd.softlabels.stage import generate
 from distkd.specs import FORMAT_VERSION
 from tests.conftest import BUCKET, ROOT
@@ -72,7 +72,9 @@ def s3_weights(s3_server) -> str:
     """Untrained ResNet-9 weights on S3: the teacher's outputs need not be good to be cached."""
     torch.manual_seed(0)
     uri = f"s3://{BUCKET}/weights/resnet9-w4.pt"
-    storage.write_bytes(uri, state_dict_bytes(build_model("resnet9", 10, 3, 32, width=4)))
+    buffer = io.BytesIO()
+    torch.save(sources.build("resnet9", 10, 3, 32, width=4).state_dict(), buffer)
+    storage.write_bytes(uri, buffer.getvalue())
     return uri
 
 
@@ -99,12 +101,12 @@ def test_two_writer_processes_of_one_key_never_replace_each_others_shards(s3_ser
     assert [w.returncode for w in writers] == [0, 0], [err[-2000:] for _, err in outputs]
     reports = [json.loads(out) for out, _ in outputs]
     entry = reports[0]["entry"]
-    manifest = cache.manifest(entry)
+    manifest = labelstore.manifest(entry)
     published = [dataclasses.asdict(s) for s in manifest.shards]
     assert [r["shards"] for r in reports] == [published] * 2  # the loser adopted the winner's shards
     assert len(published) == 8
     for shard in manifest.shards:
-        data = storage.read_bytes(cache.shard_uri(entry, shard.file))
+        data = storage.read_bytes(labelstore.shard_uri(entry, shard.file))
         assert hashlib.sha256(data).hexdigest() == shard.sha256 and len(data) == shard.bytes
     assert cache.leftovers(raw["store"]) == []  # the entry and the shards it lists (<store>/softlabels/shards)
 
@@ -113,11 +115,11 @@ def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_se
     job = Job.prepare(config.parse(job_raw(f"s3://{BUCKET}/torn", str(cifar10)), "<torn>"))
     spec = job.softlabel_spec(s3_weights)
     entry = generate(spec)
-    first = cache.manifest(entry)
+    first = labelstore.manifest(entry)
     assert first.computed_shards == 4
     key = storage.bucket_key(entry)[1]
     client = s3_server.client()
-    uris = [cache.shard_uri(entry, s.file) for s in first.shards]  # in unit order
+    uris = [labelstore.shard_uri(entry, s.file) for s in first.shards]  # in unit order
     shard = [storage.bucket_key(uri)[1] for uri in uris]
     torn = objects(s3_server, shard[1])[shard[1]][:-50]  # as a writer that died mid-file would leave it
     foreign = objects(s3_server, shard[3])[shard[3]]  # a readable shard, with another shard's ids
@@ -131,7 +133,7 @@ def test_torn_and_foreign_shards_are_computed_again_on_resume(ray_cluster, s3_se
     printed = capsys.readouterr().out
     assert f"{uris[1]}: unreadable" in printed
     assert f"{uris[2]}: its ids are not this shard's" in printed
-    again = cache.manifest(entry)
+    again = labelstore.manifest(entry)
     assert (again.computed_shards, again.teacher_rows) == (2, 100)
     assert [again.shards[i] for i in (0, 3)] == [first.shards[i] for i in (0, 3)]  # the sound ones kept
     cache.verify(entry, job.train.read_table(["id"])["id"].to_pylist())
@@ -142,8 +144,8 @@ def test_leftovers_are_listed_by_cache_ls_and_removed_by_cache_gc(s3_server, cap
     teacher, entry = "1" * 32, storage.join(store, "softlabels", "0" * 32)
     shards = storage.join(store, "softlabels", cache.SHARDS, teacher)
     file = f"../{cache.SHARDS}/{teacher}/{'2' * 32}.parquet"
-    kept = cache.ShardRecord(file, 1, 4, hashlib.sha256(b"kept").hexdigest())
-    storage.publish(cache.shard_uri(entry, kept.file), b"kept")
+    kept = labelstore.ShardRecord(file, 1, 4, hashlib.sha256(b"kept").hexdigest())
+    storage.publish(labelstore.shard_uri(entry, kept.file), b"kept")
     commit_entry(entry, kept)  # a committed entry lists the kept shard: gc keeps it
     temporary = storage.join(shards, storage.temporary_name(f"{'3' * 32}.parquet"))
     storage.write_bytes(temporary, b"half a shard")
@@ -160,12 +162,12 @@ def test_leftovers_are_listed_by_cache_ls_and_removed_by_cache_gc(s3_server, cap
     assert "2 removed" in capsys.readouterr().out
     assert cache.leftovers(store) == []
     assert s3_server.client().list_multipart_uploads(Bucket=BUCKET, Prefix="gc/").get("Uploads", []) == []
-    assert storage.list_files(shards) == [cache.shard_uri(entry, kept.file)]
+    assert storage.list_files(shards) == [labelstore.shard_uri(entry, kept.file)]
 
 
-def commit_entry(entry: str, shard: cache.ShardRecord) -> None:
+def commit_entry(entry: str, shard: labelstore.ShardRecord) -> None:
     """A committed entry whose manifest lists ``shard`` alone (made by hand: no teacher runs)."""
-    manifest = cache.Manifest(
+    manifest = labelstore.Manifest(
         key=entry.rsplit("/", 1)[1],
         format_version=FORMAT_VERSION,
         inputs={
@@ -184,19 +186,19 @@ def commit_entry(entry: str, shard: cache.ShardRecord) -> None:
         distkd_version="test",
         created="2024-01-01T00:00:00Z",
     )
-    assert storage.publish(storage.join(entry, cache.MANIFEST), storage.encode_json(manifest.to_json()))
+    assert storage.publish(storage.join(entry, labelstore.MANIFEST), storage.encode_json(manifest.to_json()))
     storage.commit(entry)
 
 
 def test_s3_errors_on_the_cache_path_are_cache_errors_naming_the_uri(s3_server, monkeypatch):
     entry = f"s3://{BUCKET}/denied/softlabels/k"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    with pytest.raises(cache.CacheError, match=f"^{entry}: .*(ACCESS_DENIED|access denied|Forbidden)"):
-        cache.manifest(entry)
+    with pytest.raises(labelstore.CacheError, match=f"^{entry}: .*(ACCESS_DENIED|access denied|Forbidden)"):
+        labelstore.manifest(entry)
     file = f"../{cache.SHARDS}/{'0' * 32}/{'1' * 32}.parquet"
-    shard = cache.shard_uri(entry, file)
+    shard = labelstore.shard_uri(entry, file)
     assert shard == f"s3://{BUCKET}/denied/softlabels/{cache.SHARDS}/{'0' * 32}/{'1' * 32}.parquet"
-    with pytest.raises(cache.CacheError, match=f"^{shard}: wrong secret key"):
+    with pytest.raises(labelstore.CacheError, match=f"^{shard}: wrong secret key"):
         cache.write_shard(entry, file, pa.table({"id": ["a"], "logits": pa.array([[0.0, 1.0]])}), ["a"])
 
 

@@ -9,13 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distkd import config
+from distkd import config, labelstore
 from distkd.data.source import Split
 from distkd.distill import streaming
 from distkd.distill.batches import StreamedBatches
 from distkd.job import Job
-from distkd.models import state_dict_bytes
-from distkd.softlabels import cache
 from distkd.softlabels.stage import generate, label_units
 from distkd.softlabels.writer import RECORD
 from tests.label_store import one_entry
@@ -52,7 +50,7 @@ def labelled(ray_cluster, data, tmp_path_factory) -> tuple[Job, str, str]:
     job = job_for(data, store)
     torch.manual_seed(0)
     weights = store / "teacher.pt"  # untrained: its outputs need not be good to be cached and streamed
-    weights.write_bytes(state_dict_bytes(job.teacher.build()))
+    torch.save(job.teacher.build().state_dict(), weights)
     return job, str(weights), generate(job.softlabel_spec(str(weights)))
 
 
@@ -74,7 +72,7 @@ def test_driver_receives_one_small_record_per_shard_and_no_labels(labelled):
     assert [r["index"] for r in records] == [u.index for u in units]
     assert [r["rows"] for r in records] == [u.rows for u in units] and sum(u.rows for u in units) == ROWS
     assert all(r["labelled"] == 0 for r in records)  # nothing recomputed
-    manifest = cache.manifest(entry)
+    manifest = labelstore.manifest(entry)
     assert [s.sha256 for s in manifest.shards] == [r["sha256"] for r in records]
 
 
@@ -106,7 +104,7 @@ def test_stream_rejects_a_shard_that_does_not_match(labelled, tmp_path):
     softlabels = tmp_path / "softlabels"  # the entry and the shards its manifest lists (../shards/...)
     shutil.copytree(Path(entry).parent, softlabels)
     copy = softlabels / Path(entry).name
-    shard = Path(cache.shard_uri(str(copy), cache.manifest(entry).shards[2].file))
+    shard = Path(labelstore.shard_uri(str(copy), labelstore.manifest(entry).shards[2].file))
     assert shard.is_relative_to(softlabels)  # the copy's shard, not the original
     shard.write_bytes(shard.read_bytes()[:-50])
     with pytest.raises(Exception, match="checksum does not match"):

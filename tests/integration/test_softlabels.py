@@ -17,16 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distkd import config, storage
+from distkd import config, labelstore, storage
 from distkd.data.transforms import PAD
 from distkd.distill.losses import Targets, objective
 from distkd.distill.stage import rows_in_memory
 from distkd.job import Job
-from distkd.models import load_weights, state_dict_bytes
+from distkd.labels.formats import to_numpy
+from distkd.labels.views import view_params
+from distkd.models import load_weights
 from distkd.softlabels import cache, inspect
-from distkd.softlabels.formats import to_numpy
 from distkd.softlabels.stage import generate
-from distkd.softlabels.views import view_params
 from tests.label_store import one_entry
 
 ROWS = 400
@@ -64,12 +64,12 @@ def weights(ray_cluster, data, store) -> str:
     (training one is the pipeline tests' part)."""
     torch.manual_seed(0)
     path = store / "teacher.pt"
-    path.write_bytes(state_dict_bytes(job_for(data, store).teacher.build()))
+    torch.save(job_for(data, store).teacher.build().state_dict(), path)
     return str(path)
 
 
 def shard_paths(entry: str) -> list[Path]:
-    return [Path(cache.shard_uri(entry, s.file)) for s in cache.manifest(entry).shards]
+    return [Path(labelstore.shard_uri(entry, s.file)) for s in labelstore.manifest(entry).shards]
 
 
 def shards(entry: str) -> list[pq.Table]:
@@ -205,7 +205,7 @@ def test_view_params_are_a_big_endian_hash_of_seed_id_and_view():
 def test_resume_recomputes_only_missing_shards(data, store, weights):
     job = job_for(data, store, view_seed=1, views=1)
     entry = generate(job.softlabel_spec(weights))
-    assert (cache.manifest(entry).computed_shards, cache.manifest(entry).teacher_rows) == (4, ROWS)
+    assert (labelstore.manifest(entry).computed_shards, labelstore.manifest(entry).teacher_rows) == (4, ROWS)
     paths = shard_paths(entry)
     kept = paths[0]
     before = kept.stat().st_mtime_ns
@@ -213,7 +213,7 @@ def test_resume_recomputes_only_missing_shards(data, store, weights):
         path.unlink()  # as if the job had died after two shards
     assert not storage.is_committed(entry)
     generate(job.softlabel_spec(weights))
-    manifest = cache.manifest(entry)
+    manifest = labelstore.manifest(entry)
     assert manifest.computed_shards == 2
     assert manifest.teacher_rows == 200  # the teacher ran on the 2 missing shards only
     assert kept.stat().st_mtime_ns == before
@@ -223,13 +223,13 @@ def test_resume_recomputes_only_missing_shards(data, store, weights):
 def test_corrupted_or_truncated_shard_fails_verify_and_distill(data, store, weights, capsys):
     job = job_for(data, store, view_seed=2, views=1)
     entry = generate(job.softlabel_spec(weights))
-    key = cache.manifest(entry).key
+    key = labelstore.manifest(entry).key
     assert "ok (400 rows in 4 shards" in inspect.verify(str(store), key)
     shard = shard_paths(entry)[2]
     shard.write_bytes(shard.read_bytes()[:-100])
-    with pytest.raises(cache.CacheError, match="checksum does not match"):
+    with pytest.raises(labelstore.CacheError, match="checksum does not match"):
         inspect.verify(str(store), key)
-    with pytest.raises(cache.CacheError, match=f"{shard.name}: checksum"):
+    with pytest.raises(labelstore.CacheError, match=f"{shard.name}: checksum"):
         rows_in_memory(job.train, one_entry(entry), job.inputs)
 
     from distkd.cli import main
@@ -263,7 +263,7 @@ def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, wei
     generate(job.softlabel_spec(weights))
     killer.join()
     assert killed, "the teacher actor finished before it could be killed"
-    manifest = cache.manifest(entry)
+    manifest = labelstore.manifest(entry)
     assert manifest.rows == ROWS
     ids = [i for t in shards(entry) for i in t["id"].to_pylist()]
     assert sorted(ids) == sorted(job.train.read_table(["id"])["id"].to_pylist()) and len(set(ids)) == ROWS
@@ -285,7 +285,7 @@ def test_two_jobs_writing_the_same_key_at_once_end_with_one_valid_entry(data, st
     for w in writers:
         w.join()
     assert not errors and len(results) == 2 and results[0] == results[1]
-    manifest = inspect.verify(str(store), cache.manifest(results[0]).key)
+    manifest = inspect.verify(str(store), labelstore.manifest(results[0]).key)
     assert "ok (400 rows in 4 shards" in manifest
     folder = shard_paths(results[0])[0].parent
     assert sorted(folder.iterdir()) == sorted(shard_paths(results[0]))  # one file a shard, no temporary files left

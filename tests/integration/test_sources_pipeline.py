@@ -10,7 +10,7 @@ import torch
 
 from distkd import config, export, pipeline, storage
 from distkd.job import Job
-from distkd.models import sources, state_dict_bytes
+from distkd.models import sources
 from tests.unit.test_sources import CLASSES, exported, hf_folder, user_code
 
 ROWS = 200
@@ -59,7 +59,7 @@ def test_hugging_face_and_timm_models_are_evaluated(ray_cluster, cifar10, tmp_pa
     weights = {}
     for role, name in (("teacher", f"hf:{folder}"), ("timm", "timm:mobilenetv3_small_050")):
         weights[role] = tmp_path / f"{role}.pt"
-        weights[role].write_bytes(state_dict_bytes(sources.build(name, CLASSES, 3, 32)))
+        torch.save(sources.build(name, CLASSES, 3, 32).state_dict(), weights[role])
     job = prepare(
         {
             "name": "evaluated",

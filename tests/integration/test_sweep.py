@@ -9,7 +9,6 @@ import torch
 import yaml
 
 from distkd import storage, sweep
-from distkd.models import state_dict_bytes
 from distkd.models.registry import MODELS
 
 GRID = ["distill.alpha=0.5,0.9", "distill.temperature=2,4"]  # the product of more axes: the unit tests
@@ -20,7 +19,7 @@ def job_file(cifar10: Path, tmp_path: Path) -> str:
     teacher learned), so stage 0 trains none, which is the pipeline tests' part."""
     torch.manual_seed(0)
     teacher = tmp_path / "teacher.pt"
-    teacher.write_bytes(state_dict_bytes(MODELS["lenet5"](num_classes=10)))
+    torch.save(MODELS["lenet5"](num_classes=10).state_dict(), teacher)
     job = {
         "name": "sweep",
         "store": str(tmp_path / "store"),

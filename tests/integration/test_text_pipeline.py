@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from distkd import config, console, pipeline, storage
+from distkd import config, console, labelstore, pipeline, storage
 from distkd.data import tokenizer
 from distkd.job import Job
 from distkd.softlabels import cache
@@ -81,11 +81,11 @@ def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_
     assert "[inputs]" not in capsys.readouterr().out  # nothing to make
 
     entry, spec = out["softlabels"], again.softlabel_spec(out["teacher"])
-    shards = [Path(cache.shard_uri(entry, s.file)) for s in cache.manifest(entry).shards]
+    shards = [Path(labelstore.shard_uri(entry, s.file)) for s in labelstore.manifest(entry).shards]
     assert len(shards) == ROWS // SHARD_ROWS
     labelled = shards[1].read_bytes()
     for path in (Path(entry, "_COMMITTED"), Path(entry, "manifest.json"), shards[1]):
         path.unlink()  # as if the job had died after its first shard
     assert cache.shard_plan(spec).to_label == SHARD_ROWS
-    assert generate(spec) == entry and cache.manifest(entry).teacher_rows == SHARD_ROWS
+    assert generate(spec) == entry and labelstore.manifest(entry).teacher_rows == SHARD_ROWS
     assert shards[1].read_bytes() == labelled  # the teacher's tokens and logits again, to the byte

@@ -81,8 +81,8 @@ def train(
         train=settings,
         resources=resources,
     )
-    worker = Worker(training, rows_per_epoch=streamed or ROWS, split=bool(streamed), threads=1)
-    return fit(worker, rows, val, resources)
+    worker = Worker(rows_per_epoch=streamed or ROWS, split=bool(streamed), threads=1)
+    return fit(training, worker, rows, val, resources)
 
 
 def kill_training_workers() -> list[int]:

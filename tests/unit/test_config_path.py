@@ -34,16 +34,15 @@ def test_the_workers_read_the_job_files_own_config_objects(cifar10, tmp_path):
         (job.distilled_run(labels), job.config.student.train),
         (job.teacher_run(), job.config.teacher.train),
     ):
-        worker = Worker(run, rows_per_epoch=100, split=False, threads=1)
-        assert worker.run.train is train
-        assert worker.run.feed is job.config.data and worker.run.resources is job.config.resources
-        assert worker.run.tracking is job.config.tracking
+        assert run.train is train
+        assert run.feed is job.config.data and run.resources is job.config.resources
+        assert run.tracking is job.config.tracking
     assert job.distilled_run(labels).distill is job.config.distill
     assert job.scratch_run().distill is None
 
 
 def test_nothing_between_the_config_and_the_loop_declares_a_setting_default():
-    """A TrainingRun's and a Worker's fields with defaults are only the optional links to soft labels."""
+    """A TrainingRun's fields with defaults are only the optional links to soft labels; a Worker has none."""
     defaulted = {
         f.name for cls in (TrainingRun, Worker) for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
     }

@@ -16,8 +16,8 @@ from distkd import config
 from distkd.config import ConfigError
 from distkd.distill.losses import LOSSES, Targets
 from distkd.job import Job
-from distkd.softlabels.ensemble import COMBINATIONS, TARGET, Ensemble
-from distkd.softlabels.formats import Format
+from distkd.labels.ensemble import COMBINATIONS, TARGET, Ensemble
+from distkd.labels.formats import Format
 
 T = 2.0
 # at T = 2 the teachers' probabilities are [1/4, 3/4] and [3/4, 1/4]
@@ -34,9 +34,9 @@ def test_probs_is_the_weighted_mean_of_the_teachers_probabilities_at_the_kd_temp
 
 def test_the_reports_ensemble_is_its_distribution_itself_not_the_target_sharpened_by_t():
     mean = [0.375, 0.625]  # the mixture at T, as above
-    probs = Ensemble(("a", "b"), tuple(WEIGHTS), "probs", T).predictions(list(LOGITS))
+    probs = Ensemble(("a", "b"), tuple(WEIGHTS), "probs").predictions(list(LOGITS), T)
     np.testing.assert_allclose(torch.softmax(torch.from_numpy(probs).double(), -1).numpy(), [mean], rtol=1e-6)
-    logits = Ensemble(("a", "b"), tuple(WEIGHTS), "logits", T).predictions(list(LOGITS))
+    logits = Ensemble(("a", "b"), tuple(WEIGHTS), "logits").predictions(list(LOGITS), T)
     np.testing.assert_allclose(logits, COMBINATIONS["logits"](LOGITS, WEIGHTS, T), rtol=1e-6)
 
 
@@ -56,8 +56,8 @@ def test_equal_weights_and_a_shift_of_one_teachers_logits_change_nothing_that_a_
 
 def test_every_kd_loss_on_the_combined_target_is_its_value_on_the_mixture():
     """Hinton's term against the combined logits is T^2 * KL(mixture || student), computed by hand."""
-    ensemble = Ensemble(("a", "b"), (0.75, 0.25), "probs", T)
-    teacher = torch.from_numpy(ensemble([LOGITS[0], LOGITS[1]]))
+    ensemble = Ensemble(("a", "b"), (0.75, 0.25), "probs")
+    teacher = torch.from_numpy(ensemble([LOGITS[0], LOGITS[1]], T))
     student = torch.tensor([[0.3, -0.2]])
     p = torch.tensor([[0.375, 0.625]], dtype=torch.float32)
     q = torch.softmax(student / T, -1)
@@ -75,12 +75,12 @@ def test_the_combined_target_is_per_view_and_topk_labels_of_every_class_combine_
     params = rng.integers(0, 9, size=(n, views * 3))
     ids = np.array([f"train/{i}" for i in range(n)])
     dense = [{"id": ids, TARGET: z.reshape(n, -1), "views": params} for z in logits]
-    ensemble = Ensemble(("a", "b"), (0.5, 0.5), "probs", 4.0)
-    out = ensemble.training_columns(dense, Format("dense", "float32"), views)
+    ensemble = Ensemble(("a", "b"), (0.5, 0.5), "probs")
+    out = ensemble.training_columns(dense, Format("dense", "float32"), views, 4.0)
     assert set(out) == {"id", TARGET, "views"} and out[TARGET].shape == (n, views * c)
     for v in range(views):
         np.testing.assert_allclose(
-            out[TARGET].reshape(n, views, c)[:, v], ensemble([z[:, v] for z in logits]), rtol=1e-6
+            out[TARGET].reshape(n, views, c)[:, v], ensemble([z[:, v] for z in logits], 4.0), rtol=1e-6
         )
 
     fmt = Format("topk", "float32", c, 4.0)
@@ -90,7 +90,7 @@ def test_the_combined_target_is_per_view_and_topk_labels_of_every_class_combine_
         top = logprob.topk(c, dim=-1)  # every class, most probable first
         topk.append({"id": ids, "teacher_index": top.indices.reshape(n, -1).numpy(), "views": params})
         topk[-1]["teacher_logprob"] = top.values.reshape(n, -1).numpy()
-    from_topk = ensemble.training_columns(topk, fmt, views)
+    from_topk = ensemble.training_columns(topk, fmt, views, 4.0)
     logits_out = torch.from_numpy(from_topk[TARGET].reshape(n, views, c))
     torch.testing.assert_close(
         torch.softmax(logits_out / 4, -1), torch.softmax(torch.from_numpy(out[TARGET].reshape(n, views, c)) / 4, -1)
@@ -117,12 +117,11 @@ def raw_job(tmp_path: Path, cifar10: Path, teacher: object, **softlabels) -> dic
 
 
 def weights_file(tmp_path: Path, seed: int) -> str:
-    from distkd.models import state_dict_bytes
     from distkd.models.students import LeNet5
 
     torch.manual_seed(seed)
     path = tmp_path / f"teacher-{seed}.pt"
-    path.write_bytes(state_dict_bytes(LeNet5(10)))
+    torch.save(LeNet5(10).state_dict(), path)
     return str(path)
 
 
@@ -200,8 +199,10 @@ def test_the_report_of_an_ensemble_combines_its_teachers_and_one_teachers_keeps_
     teachers = [{"name": "lenet5", "weights": p} for p in paths]
     job = Job.prepare(config.parse(raw_job(tmp_path, cifar10, teachers, combine="logits"), "<t>"))
     spec = job.eval_spec({t.role: (t.model, p) for t, p in zip(job.teachers, paths)}, sha256=lambda uri: uri)
-    assert spec.ensemble == Ensemble(("teacher-0", "teacher-1"), (0.5, 0.5), "logits", 4.0)
-    assert spec.identity()["ensemble"] == spec.ensemble
+    assert spec.ensemble == Ensemble(("teacher-0", "teacher-1"), (0.5, 0.5), "logits")
+    # as the report's key held it when the ensemble carried the temperature: ensemble reports keep their keys
+    expected = {"members": ["teacher-0", "teacher-1"], "weights": [0.5, 0.5], "combine": "logits", "temperature": 4.0}
+    assert spec.identity()["ensemble"] == expected
     one = Job.prepare(config.parse(raw_job(tmp_path, cifar10, teachers[0]), "<t>"))
     assert one.eval_spec({"teacher": (one.teacher, paths[0])}).ensemble is None
     assert "ensemble" not in one.eval_spec({"teacher": (one.teacher, paths[0])}).identity()

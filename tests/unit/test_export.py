@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from distkd import cli, export, storage
-from distkd.catalog import RUN_INFO
 from distkd.config import ConfigError
-from distkd.models import state_dict_bytes
 from distkd.models.students import LeNet5
+from distkd.specs import TrainingRun
 
 MODEL = {"name": "lenet5", "kwargs": {}, "num_classes": 10, "input_shape": [3, 32, 32]}
 NORMALIZE = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
@@ -23,10 +22,11 @@ def run_folder(root: Path, cifar10: Path) -> tuple[str, LeNet5]:
     """A committed run folder as the distill stage leaves it: model.pt, run.json, the marker."""
     run = str(root / "runs" / "student-kd-0123")
     model = LeNet5(10).eval()
-    storage.write_bytes(storage.join(run, "model.pt"), state_dict_bytes(model))
+    Path(run).mkdir(parents=True)
+    torch.save(model.state_dict(), storage.join(run, TrainingRun.WEIGHTS))
     data = {"uri": str(cifar10), "split": "train", "fingerprint": "f", "limit": 100}
     info = {"job": "j", "role": "student-kd", "model": MODEL, "data": data, "normalize": NORMALIZE}
-    storage.write_json(storage.join(run, RUN_INFO), info)
+    storage.write_json(storage.join(run, TrainingRun.INFO), info)
     storage.commit(run)
     return run, model
 

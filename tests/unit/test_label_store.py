@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from distkd import labelstore
 from distkd.cli import format_plan, main
 from distkd.pipeline import Step
 from distkd.softlabels import cache, leases
@@ -22,7 +23,7 @@ from tests.shard_writer import table
 files = pytest.fixture(scope="module")(catalogue)
 
 
-def write_entry(spec: SoftLabelSpec) -> cache.Manifest:
+def write_entry(spec: SoftLabelSpec) -> labelstore.Manifest:
     """Every shard the plan does not list, written by hand; then the manifest and marker."""
     plan = cache.shard_plan(spec)
     ids = spec.data.read_table(["id"])["id"].to_pylist()
@@ -50,9 +51,9 @@ def test_a_shard_is_named_by_its_teacher_file_bytes_and_rows_not_by_its_place(fi
 
 def test_shard_uri_resolves_the_entry_relative_name_for_object_stores_too():
     assert (
-        cache.shard_uri("s3://b/st/softlabels/k", "../shards/t/h.parquet") == "s3://b/st/softlabels/shards/t/h.parquet"
+        labelstore.shard_uri("s3://b/st/softlabels/k", "../shards/t/h.parquet") == "s3://b/st/softlabels/shards/t/h.parquet"
     )
-    assert cache.shard_uri("/st/softlabels/k", "shards/part-0.parquet") == "/st/softlabels/k/shards/part-0.parquet"
+    assert labelstore.shard_uri("/st/softlabels/k", "shards/part-0.parquet") == "/st/softlabels/k/shards/part-0.parquet"
 
 
 def test_a_grown_snapshot_labels_only_its_new_file_and_names_the_entry_it_reuses(files, tmp_path):
@@ -111,7 +112,7 @@ def test_gc_removes_only_unlisted_shards_past_the_grace_period_and_dry_run_remov
     assert main(["cache", "rm", gone.key, "--store", str(store)]) == 0  # its own shards stay: shared, maybe
     only_gone = [s for s in gone.shards if s.file not in {k.file for k in kept.shards}]
     assert len(only_gone) == 3 and len(shard_files(store)) == 9
-    young = Path(cache.shard_uri(str(store / "softlabels" / kept.key), kept.shards[0].file)).with_name("new.parquet")
+    young = Path(labelstore.shard_uri(str(store / "softlabels" / kept.key), kept.shards[0].file)).with_name("new.parquet")
     young.write_bytes(b"written a moment ago")
     capsys.readouterr()
 
@@ -120,12 +121,12 @@ def test_gc_removes_only_unlisted_shards_past_the_grace_period_and_dry_run_remov
     printed = capsys.readouterr().out
     freed = sum(s.bytes for s in only_gone)
     assert f"3 would be removed (3 unlisted shards, {freed} bytes freed), 1 younger than 3600 s kept" in printed
-    assert all(cache.shard_uri(str(store / "softlabels" / gone.key), s.file) in printed for s in only_gone)
+    assert all(labelstore.shard_uri(str(store / "softlabels" / gone.key), s.file) in printed for s in only_gone)
     assert shard_files(store) == before
 
     assert main(["cache", "gc", "--store", str(store)]) == 0
     assert set(shard_files(store)) == set(before) - {
-        cache.shard_uri(str(store / "softlabels" / gone.key), s.file) for s in only_gone
+        labelstore.shard_uri(str(store / "softlabels" / gone.key), s.file) for s in only_gone
     }
     assert young.exists()
     assert "ok (120 rows in 6 shards" in main_out(["cache", "verify", kept.key, "--store", str(store)], capsys)
@@ -141,7 +142,7 @@ def test_gc_refuses_while_a_writer_holds_a_fresh_lease_and_ignores_a_stale_one(f
     spec = spec_for(snapshot(tmp_path / "a", files, "train-0"), store)
     plan = cache.shard_plan(spec)
     ids = spec.data.read_table(["id"])["id"].to_pylist()
-    orphan = cache.shard_uri(spec.uri, plan.files[0])
+    orphan = labelstore.shard_uri(spec.uri, plan.files[0])
     cache.write_shard(spec.uri, plan.files[0], table(ids[:25], 1.0, 10), ids[:25])  # a writer's, not yet committed
     age(Path(orphan), 7200)
     with leases.hold(str(store), leases.WRITERS) as lease:
@@ -181,22 +182,22 @@ def test_every_reader_of_a_shard_makes_the_one_check(tmp_path):
     training): each way a shard can be wrong is refused with its URI, and ``write_shard`` refuses to publish
     rows that are not its unit's."""
     entry, file, ids = str(tmp_path / "softlabels" / ("0" * 32)), f"../{cache.SHARDS}/t/s.parquet", ["a", "b"]
-    uri = cache.shard_uri(entry, file)
-    with pytest.raises(cache.ShardMismatch, match=f"^{uri}: its ids are not this shard's"):
+    uri = labelstore.shard_uri(entry, file)
+    with pytest.raises(labelstore.ShardMismatch, match=f"^{uri}: its ids are not this shard's"):
         cache.write_shard(entry, file, table(["b", "a"], 1.0, 10), ids)
-    with pytest.raises(cache.ShardMissing, match=f"^{uri}: shard is missing"):
-        cache.read_shard(entry, file, ids)
+    with pytest.raises(labelstore.ShardMissing, match=f"^{uri}: shard is missing"):
+        labelstore.read_shard(entry, file, ids)
     record = cache.write_shard(entry, file, table(ids, 1.0, 10), ids)
-    assert cache.read_shard(entry, file, ids, record)[1] == record
+    assert labelstore.read_shard(entry, file, ids, record)[1] == record
     refusals = [
         ("its ids are not this shard's", ["a", "c"], record),
         ("checksum does not match the manifest", ids, dataclasses.replace(record, sha256="0" * 64)),
         ("2 rows, the manifest says 3", ids, dataclasses.replace(record, rows=3)),
     ]
     for problem, expected, claimed in refusals:
-        with pytest.raises(cache.ShardMismatch, match=f"^{uri}: {problem}"):
-            cache.read_shard(entry, file, expected, claimed)
+        with pytest.raises(labelstore.ShardMismatch, match=f"^{uri}: {problem}"):
+            labelstore.read_shard(entry, file, expected, claimed)
     Path(uri).write_bytes(b"torn")
-    with pytest.raises(cache.ShardMismatch, match=f"^{uri}: unreadable"):
-        cache.read_shard(entry, file, ids)
+    with pytest.raises(labelstore.ShardMismatch, match=f"^{uri}: unreadable"):
+        labelstore.read_shard(entry, file, ids)
     assert cache.trusted_shard(entry, file, ids) is None and not Path(uri).exists()  # removed to be written again

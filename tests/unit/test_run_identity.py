@@ -16,8 +16,8 @@ from distkd import content
 from distkd.data.inputs import ImageInput
 from distkd.data.source import InputChanged, Split, Unit
 from distkd.data.transforms import Normalize
-from distkd.models import state_dict_bytes, weights_hash
-from distkd.softlabels.formats import Format
+from distkd.labels.formats import Format
+from distkd.models import weights_hash
 from distkd.softlabels.teacher import TeacherPredictor
 from distkd.specs import ModelSpec, Weights
 
@@ -29,7 +29,7 @@ IMAGES = ImageInput("image", (3, 32, 32), Normalize((0.5,) * 3, (0.25,) * 3))
 def weights(tmp_path) -> Weights:
     """LeNet-5 weights as the job hashes them on the driver."""
     path = tmp_path / "teacher.pt"
-    path.write_bytes(state_dict_bytes(MODEL.build()))
+    torch.save(MODEL.build().state_dict(), path)
     return Weights(MODEL, str(path), weights_hash(str(path)))
 
 
@@ -43,7 +43,7 @@ def test_weights_rewritten_after_hashing_are_refused(weights):
     other = MODEL.build()
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
-    Path(weights.uri).write_bytes(state_dict_bytes(other))  # at the same path, while the job runs
+    torch.save(other.state_dict(), Path(weights.uri))  # at the same path, while the job runs
     teacher = TeacherPredictor(weights, IMAGES, Format("dense", "float16"))
     batch = {"id": np.array(["a"]), "image": np.zeros((1, 3, 32, 32), np.uint8)}
     for load in (weights.load, lambda: teacher(batch)):  # what each actor does: refused there, by URI

@@ -20,8 +20,8 @@ from distkd.data import gpu_decode
 from distkd.data.inputs import ImageInput
 from distkd.data.source import PATH, DataError, decode_batch
 from distkd.data.transforms import Normalize
+from distkd.labels.formats import Format
 from distkd.models import weights_hash
-from distkd.softlabels.formats import Format
 from distkd.softlabels.teacher import TeacherPredictor
 from distkd.softlabels.writer import ShardWriter
 from distkd.specs import ModelSpec, Weights

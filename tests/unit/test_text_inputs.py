@@ -20,7 +20,7 @@ from distkd.data.source import DataError, Split
 from distkd.distill import streaming
 from distkd.evaluate.stage import SLICES, Evaluator, prepared
 from distkd.job import Job
-from distkd.models import build_model, state_dict_bytes, weights_hash
+from distkd.models import sources, weights_hash
 from distkd.specs import Weights
 
 WORDS = ["great", "fit", "small", "lovely", "fabric", "returned", "soft", "tight", "color", "perfect"]
@@ -138,7 +138,7 @@ def test_text_is_tokenised_to_fixed_length_ids_with_zero_padding(data: Path, tmp
 @pytest.mark.parametrize("name", ["text_transformer", "text_cnn"])
 def test_text_models_mask_padding(name: str) -> None:
     torch.manual_seed(0)
-    model = build_model(name, 5, 1, 16, vocab_size=30).eval()
+    model = sources.build(name, 5, 1, 16, vocab_size=30).eval()
     for conv in (m for m in model.modules() if isinstance(m, torch.nn.Conv1d)):
         conv.bias.data.fill_(10.0)  # a window of padding alone then scores 10: above many real ones, unless masked
     tokens = torch.randint(1, 30, (2, 16), dtype=torch.int32)
@@ -202,7 +202,7 @@ def test_a_text_unit_streams_as_token_rows_each_id_once(data: Path, tmp_path: Pa
     units = job.train.units(16)
     items = pa.Table.from_pylist([{"unit": dataclasses.asdict(u), "shards": None} for u in units])
     columns = ["id", "tokens", "label"]
-    blocks = list(streaming._unit_rows(items, None, None, 0, columns, job.inputs))
+    blocks = list(streaming._unit_rows(items, None, None, None, 0, columns, job.inputs))
     assert all(set(b) == set(columns) and b["tokens"].shape[1:] == (8,) for b in blocks)
     ids = [i for b in blocks for i in b["id"]]
     assert sorted(ids) == sorted(f"train/{i}" for i in range(ROWS))
@@ -224,7 +224,7 @@ def test_the_evaluator_counts_each_slice_of_a_text_batch(data: Path, tmp_path: P
     weights = {}
     for role, spec in (("teacher", job.teacher), ("distilled", job.student), ("scratch", job.student)):
         path = tmp_path / f"{role}.pt"
-        path.write_bytes(state_dict_bytes(spec.build()))
+        torch.save(spec.build().state_dict(), path)
         weights[role] = Weights(spec, str(path), weights_hash(str(path)))
     rows = job.evaluated.read_table(["id", "text", "label", "department"]).to_pydict()
     batch = prepared({k: np.array(v, dtype=object) for k, v in rows.items()}, job.inputs, ("department",))

@@ -3,7 +3,7 @@
 Each teacher keeps its own soft-label entry; a student combines them as it reads them (``distill/streaming.py``)
 and the evaluation combines the teachers' outputs on the test split alike, with this one function. An entry of
 ``COMBINATIONS`` takes the teachers' logits stacked [M, ..., C], their weights [M] (summing to 1) and the KD
-temperature, and returns logits [..., C] that every KD loss takes as a teacher's:
+temperature (``distill.temperature``, read where the combination is called), and returns logits [..., C] that every KD loss takes as a teacher's:
 
 - ``probs``: ``T * log(sum_i w_i softmax(z_i / T))``, whose softmax at T is exactly the weighted mean of the
   teachers' probabilities at T;
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distkd.labels.formats import FORMATS, Format
 from distkd.registry import Registry
-from distkd.softlabels.formats import TRAINING_COLUMNS, Format
 
 Combination = Callable[[np.ndarray, np.ndarray, float], np.ndarray]  # (logits [M, ..., C], weights [M], T)
 COMBINATIONS: Registry[Combination] = Registry("soft-label combination")
-(TARGET,) = TRAINING_COLUMNS["dense"]  # a combined target's training column: dense logits, whatever the entries' format
+(TARGET,) = FORMATS["dense"].training  # a combined target's training column: dense logits, whatever the entries' format
 
 
 @COMBINATIONS.register("probs")
@@ -47,31 +47,32 @@ def mean_logits(logits: np.ndarray, weights: np.ndarray, temperature: float) -> 
 @dataclass(frozen=True)
 class Ensemble:
     """Several teachers combined: ``members`` names what each weight is of (the teachers' soft-label keys in a
-    run, their roles in a report), ``weights`` sum to 1, ``combine`` is an entry of ``COMBINATIONS`` and
-    ``temperature`` the KD temperature (``distill.temperature``)."""
+    run, their roles in a report), ``weights`` sum to 1, ``combine`` is an entry of ``COMBINATIONS``. The KD
+    temperature the combination takes is the caller's ``distill.temperature``."""
 
     members: tuple[str, ...]
     weights: tuple[float, ...]
     combine: str
-    temperature: float
 
-    def __call__(self, logits: Sequence[np.ndarray]) -> np.ndarray:
+    def __call__(self, logits: Sequence[np.ndarray], temperature: float) -> np.ndarray:
         """Each member's logits [..., C], in ``members`` order -> the ensemble's [..., C] (float32)."""
         stacked = np.stack([np.asarray(z) for z in logits])
-        combined = COMBINATIONS[self.combine](stacked, np.asarray(self.weights, dtype=np.float64), self.temperature)
+        combined = COMBINATIONS[self.combine](stacked, np.asarray(self.weights, dtype=np.float64), temperature)
         return combined.astype(np.float32)
 
-    def predictions(self, logits: Sequence[np.ndarray]) -> np.ndarray:
+    def predictions(self, logits: Sequence[np.ndarray], temperature: float) -> np.ndarray:
         """The ensemble's own outputs for the report: logits whose softmax at 1 is its distribution (for ``probs``
         the mixture at T itself, ``log p``; for ``logits`` the weighted mean), so its NLL and calibration are its
         own, not those of the target sharpened by T."""
-        combined = self(logits)
-        return combined / self.temperature if self.combine == "probs" else combined
+        combined = self(logits, temperature)
+        return combined / temperature if self.combine == "probs" else combined
 
-    def training_columns(self, teachers: Sequence[dict[str, np.ndarray]], fmt: Format, views: int) -> dict:
-        """One unit's training columns of each member (``cache.training_columns``: the unit's ids, views alike)
+    def training_columns(
+        self, teachers: Sequence[dict[str, np.ndarray]], fmt: Format, views: int, temperature: float
+    ) -> dict:
+        """One unit's training columns of each member (``labelstore.training_columns``: the unit's ids, views alike)
         -> one target: the combined logits per recorded view, [N, V * C], beside the ids and views' parameters."""
         first = teachers[0]
-        combined = self([fmt.logits(t, max(views, 1)) for t in teachers])
+        combined = self([fmt.logits(t, max(views, 1)) for t in teachers], temperature)
         out = {"id": first["id"], TARGET: combined.reshape(len(combined), -1)}
         return {**out, "views": first["views"]} if views else out
