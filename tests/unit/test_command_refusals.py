@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from distkd import cli, storage
-from tests.unit.test_cache_commands import KEY, TEACHER
+from tests.unit.test_cache_commands import KEY, TEACHER, hand_made_store
+from tests.unit.test_config import write_job
 
 SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
 
@@ -95,50 +95,31 @@ def places(tmp_path_factory, cifar10) -> dict[str, str]:
     for name, metrics in {"broken": b'{"models": [', "empty": b"{}"}.items():
         (root / name).mkdir()
         (root / name / "metrics.json").write_bytes(metrics)
-    job = {
-        "name": "refusals",
-        "store": str(root / "empty-store"),
-        "data": {"uri": str(cifar10), "limit": 100},
-        "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"batch_size": 50}},
-        "student": {"name": "lenet5", "train": {"batch_size": 50, "augment": False}},
-    }
-    (root / "job.yaml").write_text(yaml.safe_dump(job))
+    job = write_job(root, cifar10, store=str(root / "empty-store"))
     return {
         "store": str(store),
         "store0": str(root / "empty-store"),
-        "report": str(store / "reports" / "abc"),
+        "report": str(store / "reports" / "def"),
         "file": str(root / "notes.txt"),
         "code": str(code),
         "nowhere": str(root / "nowhere"),
-        "job": str(root / "job.yaml"),
+        "job": str(job),
         "broken": str(root / "broken"),
         "empty": str(root / "empty"),
     }
 
 
 def made_store(root: Path) -> Path:
-    """A store by hand: a committed soft-label entry and its shard, a committed run, a committed report, and an
-    entry folder that is a link to a folder outside the store."""
-    manifest = {
-        "key": KEY,
-        "format_version": 3,
-        "inputs": {},
-        "shards": [{"file": f"../shards/{TEACHER}/{'1' * 32}.parquet", "rows": 1, "bytes": 5, "sha256": "0" * 64}],
-        **dict.fromkeys(["rows", "bytes", "computed_shards", "teacher_rows", "teacher_seconds"], 1),
-        "rows_per_second": None,
-        "distkd_version": "0",
-        "created": "2026-12-01T00:00:00Z",
-    }
+    """The cache commands' store by hand (a committed soft-label entry and its shard, an uncommitted one, a run),
+    with a committed run and a committed report, and an entry folder that is a link out of the store."""
+    hand_made_store(root)
     metrics = {"title": "t", "models": [{"name": "lenet5 distilled", "role": "distilled"}]}
     files = {
-        f"softlabels/shards/{TEACHER}/{'1' * 32}.parquet": b"shard",
-        f"softlabels/{KEY}/manifest.json": json.dumps(manifest).encode(),
-        f"softlabels/{KEY}/{storage.COMMIT_MARKER}": b"",
         "runs/student-kd-0123/model.pt": b"weights",
         f"runs/student-kd-0123/{storage.COMMIT_MARKER}": b"",
-        "reports/abc/metrics.json": json.dumps(metrics).encode(),
-        "reports/abc/report.md": b"# the committed report\n",
-        f"reports/abc/{storage.COMMIT_MARKER}": b"",
+        "reports/def/metrics.json": json.dumps(metrics).encode(),
+        "reports/def/report.md": b"# the committed report\n",
+        f"reports/def/{storage.COMMIT_MARKER}": b"",
     }
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +203,6 @@ def test_report_never_rewrites_a_committed_report(places, capsys):
     report = Path(places["report"])
     before = digests(report.parent)
     assert cli.main(["report", str(report), "--out", str(report)]) == 2
-    assert cli.main(["report", str(report), "--out", str(report / ".." / "abc")]) == 2
+    assert cli.main(["report", str(report), "--out", str(report / ".." / "def")]) == 2
     assert digests(report.parent) == before
     assert capsys.readouterr().err.count("a committed report is there") == 2
