@@ -218,7 +218,8 @@ def save_report(folder: str, models: list[dict], title: str, **about: object) ->
 def combine(folders: list[str], out: str) -> str:
     """One report from the models of several evaluated reports (``distkd report``); with several,
     each model's name starts with its report folder's name. ``out`` is refused where writing would replace what
-    is there: a file, a committed report (the evaluate stage's, never rewritten) or one of ``folders``."""
+    is there: a file, a committed report (the evaluate stage's, never rewritten) or one of ``folders`` (or a folder
+    in one)."""
     folders = list(dict.fromkeys(f.rstrip("/") for f in folders))
     evaluated = {folder: summary.models(folder) for folder in folders}  # each refused, named, unless a report's
     fs, path = storage.resolve(out)
@@ -226,8 +227,8 @@ def combine(folders: list[str], out: str) -> str:
         raise ConfigError(f"--out {out}: a file is there; expected a folder for the combined report")
     if storage.is_committed(out):
         raise ConfigError(f"--out {out}: a committed report is there, and a committed output is never rewritten")
-    if any(_same(out, folder) for folder in folders):
-        raise ConfigError(f"--out {out}: one of the reports it combines; choose another folder")
+    if any(_under(out, folder) for folder in folders):
+        raise ConfigError(f"--out {out}: in one of the reports it combines; choose another folder")
     models = []
     for folder, found in evaluated.items():
         for model in found:
@@ -237,8 +238,10 @@ def combine(folders: list[str], out: str) -> str:
     return out
 
 
-def _same(a: str, b: str) -> bool:
-    """Whether two locations name one folder (local ones with their links resolved)."""
+def _under(a: str, b: str) -> bool:
+    """Whether location ``a`` is folder ``b`` or lies in it (local ones with their links resolved)."""
     if storage.is_remote(a) or storage.is_remote(b):
-        return a.rstrip("/") == b.rstrip("/")
-    return os.path.realpath(a) == os.path.realpath(b)
+        a, b = a.rstrip("/"), b.rstrip("/")
+    else:
+        a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + "/")

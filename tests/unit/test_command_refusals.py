@@ -51,6 +51,8 @@ ROWS = [
     # -- distkd report: a committed output is never rewritten; reports that are not reports
     (["report", "{report}", "--out", "{report}"], 2, "--out {report}: a committed report is there"),
     (["report", "{report}", "--out", "{file}"], 2, "--out {file}: a file is there"),
+    (["report", "{broken}", "{report}", "--out", "{report}/combined"], 2, "{broken}/metrics.json: not JSON"),
+    (["report", "{report}", "--out", "{report}/combined"], 2, "--out {report}/combined: in one of the reports it"),
     (["report", "{broken}"], 2, "{broken}/metrics.json: not JSON"),
     (["report", "{empty}"], 2, "{empty}/metrics.json: no evaluated models in it"),
     (["report", "{nowhere}"], 2, "{nowhere}: no metrics.json (expected a report folder"),
