@@ -9,8 +9,27 @@ import json
 import pyarrow.fs as pafs
 
 from distkd import labelstore, storage
+from distkd.config import ConfigError
 from distkd.specs import TrainingRun
 
+FOLDERS = ("runs", "softlabels", "reports", "tokenizers", "sweeps")  # what the stages make in a store
+
+
+def check_store(store: str, argument: str = "--store") -> str:
+    """``store`` when it is a store (a folder holding one of ``FOLDERS``); else a ``ConfigError`` naming the
+    ``argument`` and saying what is there instead, so that a command that lists or cleans a store never reports
+    "nothing" of a mistyped path, a file or a code folder."""
+    fs, path = storage.resolve(store)
+    found = fs.get_file_info(path).type
+    if found == pafs.FileType.NotFound:
+        raise ConfigError(f"{argument} {store}: no such folder (expected a store, as a job's 'store' names it)")
+    if found != pafs.FileType.Directory:
+        raise ConfigError(f"{argument} {store}: a file, not a store folder")
+    if not any(i.type == pafs.FileType.Directory for i in fs.get_file_info([f"{path}/{f}" for f in FOLDERS])):
+        raise ConfigError(
+            f"{argument} {store}: not a distkd store (it holds none of {', '.join(f + '/' for f in FOLDERS)})"
+        )
+    return store
 
 
 def run_record(weights: str) -> dict:

@@ -1,8 +1,7 @@
 """Checks of a job against its data and its models, run on the driver before any Ray work starts.
 
 Each check raises a ``ConfigError`` whose message names the key, the file or the row at fault and
-says what to change; ``Job.prepare`` adds the job file's name. ``data_error`` finds the ``DataError``
-behind a failure that surfaced from a Ray task or a Ray Train worker, for the command line to print.
+says what to change; ``Job.prepare`` adds the job file's name.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from distkd.config import MAX_CLASSES, ConfigError, Entry, JobConfig, LossConfig
 from distkd.data import tokenizer as tokenizers
 from distkd.data.inputs import InputKind
 from distkd.data.places import place, row
-from distkd.data.source import DataError, Split
+from distkd.data.source import Split
 from distkd.distill.losses import LOSSES, Targets, defined_on_topk
 from distkd.distill.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
@@ -373,24 +372,6 @@ def local_store(uri: str) -> None:
         for folder in created:
             with suppress(OSError):  # not empty: another writer has started using it
                 folder.rmdir()
-
-
-def data_error(error: BaseException) -> DataError | None:
-    """The DataError behind ``error``: raised here, or in a Ray task (``RayTaskError.cause``) or a Ray Train
-    worker (``worker_failures``) that wrapped it."""
-    pending, seen = [error], set()
-    while pending:
-        e = pending.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        inner = getattr(e, "cause", None)  # a RayTaskError(DataError) is a DataError too: prefer what it wraps
-        if isinstance(e, DataError):
-            return inner if isinstance(inner, DataError) else e
-        wrapped = [inner, e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
-        wrapped += list(getattr(e, "worker_failures", {}).values())
-        pending += [w for w in wrapped if isinstance(w, BaseException)]
-    return None
 
 
 def _category(kind: pa.DataType) -> bool:

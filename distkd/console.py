@@ -1,4 +1,4 @@
-"""What ``distkd`` prints: a line when a stage starts and ends, progress bars, one line per epoch, a summary.
+"""What ``distkd`` prints: a line when a stage starts and ends, progress bars, one line per epoch, the stages' times.
 
 Everything is printed by the driver, once. Ray's own logs and warnings (its loggers, Python
 warnings, and what workers print) go to ``distkd.log`` in the Ray session's log folder instead
@@ -54,6 +54,14 @@ class Timeline:
     def wall(self) -> float | None:
         return max(e for _, e in self.spans) - min(s for s, _ in self.spans) if self.spans else None
 
+    def line(self) -> str:
+        """``stages: teacher 5m13s, softlabels reused, ...; 11m49s in all``, or "" before any stage."""
+        if not self.stages:
+            return ""
+        stages = ", ".join(f"{s} {'reused' if t is None else duration(t)}" for s, t in self.stages.items())
+        wall = self.wall()
+        return f"stages: {stages}" + (f"; {duration(wall)} in all" if wall else "")
+
 
 timeline = Timeline()
 
@@ -84,40 +92,6 @@ def computing(label: str, what: str, uri: str) -> Iterator[None]:
     timeline.stages[label] = ended - started
     timeline.spans.append((started, ended))
     say(f"[{label}] done in {duration(timeline.stages[label])}")
-
-
-def summary(report: str) -> str:
-    """The comparison table of the report's models, each distilled student's gain over its baseline
-    with its 95% interval, the time each stage took (or "reused") and where the report is."""
-    from distkd import storage
-    from distkd.evaluate.metrics import gain_text, worst_slice
-
-    models = storage.read_json(storage.join(report, "metrics.json"))["models"]
-    header = ("model", "params", "accuracy", "macro F1", "agreement with teacher")
-    rows = [header] + [
-        (
-            m["name"],
-            f"{m['cost']['params']:,}",
-            f"{100 * m['metrics']['accuracy']:.2f}%",
-            f"{m['metrics']['f1_macro']:.4f}",
-            "" if m["metrics"].get("teacher_agreement") is None else f"{100 * m['metrics']['teacher_agreement']:.2f}%",
-        )
-        for m in models
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    compared = [m for m in models if "baseline" in m]
-    for m in compared:
-        what = "distilled student vs from scratch" if len(compared) == 1 else f"{m['name']} vs {m['baseline']['name']}"
-        lines.append(f"{what}: {gain_text(m)}")
-        if "slice_gaps" in m:
-            lines.append(f"  {worst_slice(m)}")
-    stages = ", ".join(f"{s} {'reused' if t is None else duration(t)}" for s, t in timeline.stages.items())
-    if stages:
-        wall = timeline.wall()
-        lines.append(f"stages: {stages}" + (f"; {duration(wall)} in all" if wall else ""))
-    lines.append(f"report: {storage.join(report, 'report.html')}")
-    return "\n".join(lines)
 
 
 # -- progress -----------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """``distkd export RUN --format export|torchscript|onnx``: a committed run's model as a program.
 
-The program takes what the model takes (float images normalised with the run's mean and std, recorded
-beside it) and needs no distkd code to run: ``torch.export.load``, ``torch.jit.load`` or an ONNX runtime.
-Before it is written into the run's folder its outputs on a batch of the run's own data are compared with
-the trained module's; above ``tolerance`` (max absolute difference of the logits) it is refused.
+The program takes what the model takes (float images normalised with the run's mean and std, or int64 token
+ids of the run's tokenizer, recorded beside it) and needs no distkd code to run: ``torch.export.load``,
+``torch.jit.load`` or an ONNX runtime. Before it is written into the run's folder its outputs on a batch of the
+run's own data, prepared by the run's input kind, are compared with the trained module's; above ``tolerance``
+(max absolute difference of the logits) it is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from torch import nn
 
 from distkd import storage
 from distkd.config import ConfigError
-from distkd.data.source import Split, decode_batch
+from distkd.data import tokenizer as tokenizers
+from distkd.data.inputs import ImageInput, InputKind, TextInput
+from distkd.data.source import Split
 from distkd.data.transforms import Normalize
 from distkd.models import load_weights
 from distkd.registry import Registry
@@ -113,14 +116,40 @@ def trained_model(run: str, code: tuple[str, ...] = ()) -> tuple[nn.Module, dict
     return load_weights(spec.build(), storage.join(run, TrainingRun.WEIGHTS)).eval(), info
 
 
-def batch(info: dict, rows: int = ROWS) -> torch.Tensor:
-    """The first ``rows`` rows of the run's training data, decoded and normalised as the run trained on them."""
-    data, shape = info["data"], tuple(info["model"]["input_shape"])
+# The run's input kind, rebuilt from its run.json (the identity it was trained with), by the kind of its data.
+RECORDED: Registry[Callable[[Split, dict], InputKind]] = Registry("input kind")
+
+
+@RECORDED.register("image")
+def _images(split: Split, info: dict) -> InputKind:
+    norm = info[ImageInput.identity_key]
+    shape = tuple(info["model"]["input_shape"])
+    return ImageInput(split.column, shape, Normalize(tuple(norm["mean"]), tuple(norm["std"])))
+
+
+@RECORDED.register("text")
+def _texts(split: Split, info: dict) -> InputKind:
+    made_of, max_length = info[TextInput.identity_key]["tokenizer"], info[TextInput.identity_key]["max_length"]
+    if not storage.is_committed(made_of):  # a saved tokenizer is recorded by its sha256 alone
+        raise ConfigError(
+            f"the run's tokenizer ({made_of}) is not a tokenizer folder of the store: export needs a run whose "
+            "tokenizer distkd trained"
+        )
+    tokenizer = tokenizers.Tokenizer(
+        storage.join(made_of, tokenizers.FILE), max_length, info["model"]["kwargs"]["vocab_size"]
+    )
+    return TextInput(split.column, tokenizer, made_of)
+
+
+def batch(info: dict, rows: int = ROWS) -> tuple[torch.Tensor, InputKind]:
+    """The first ``rows`` rows of the run's training data as the model took them (prepared: decoded or tokenised,
+    and put in the model's form by the run's input kind), and that kind."""
+    data = info["data"]
     split = Split.open(data["uri"], data["split"], min(rows, data["limit"] or rows))
-    table = split.read_table(["id", "image", "label"]).to_pydict()
-    images = decode_batch({k: np.array(v, dtype=object) for k, v in table.items()}, shape)["image"]
-    norm = info["normalize"]
-    return Normalize(tuple(norm["mean"]), tuple(norm["std"]))(torch.from_numpy(images))
+    kind = RECORDED[split.kind](split, info)
+    table = split.read_table(["id", split.column, "label"]).to_pydict()
+    prepared = kind.prepare({k: np.array(v, dtype=object) for k, v in table.items()})
+    return kind.model_input({c: torch.from_numpy(prepared[c]) for c in kind.columns}, torch.device("cpu")), kind
 
 
 def export(run: str, fmt: str, tolerance: float = TOLERANCE, code: tuple[str, ...] = ()) -> dict:
@@ -133,14 +162,20 @@ def export(run: str, fmt: str, tolerance: float = TOLERANCE, code: tuple[str, ..
         raise ConfigError(f"--format {fmt}: needs the '{target.needs}' package: pip install 'distkd[{target.needs}]'")
     run = storage.absolute(run.rstrip("/"))
     model, info = trained_model(run, code)
-    x = batch(info)
+    x, kind = batch(info)
     with torch.no_grad():
         expected = model(x).numpy()
     with tempfile.TemporaryDirectory(prefix="distkd-export-") as folder:
         path = Path(folder) / target.file
-        with torch.no_grad():
-            target(model, x[:2], path)
-        difference = float(np.abs(target.load(path)(x) - expected).max())
+        try:
+            with torch.no_grad():
+                target(model, x[:2], path)
+            difference = float(np.abs(target.load(path)(x) - expected).max())
+        except Exception as e:  # noqa: BLE001 - what the tracer or exporter refuses in the model, whatever it is
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ExportError(
+                f"{run}: the model does not export as a {fmt} program ({type(e).__name__}: {first})"
+            ) from e
         if not difference <= tolerance:
             raise ExportError(
                 f"{run}: the {fmt} program's logits differ from the trained model's by up to {difference:.3g} on "
@@ -151,7 +186,11 @@ def export(run: str, fmt: str, tolerance: float = TOLERANCE, code: tuple[str, ..
         "format": fmt,
         "file": storage.join(run, target.file),
         "model": info["model"],
-        "input": {"dtype": "float32", "shape": ["N", *info["model"]["input_shape"]], "normalize": info["normalize"]},
+        "input": {
+            "dtype": str(x.dtype).removeprefix("torch."),
+            "shape": ["N", *info["model"]["input_shape"]],
+            kind.identity_key: info[kind.identity_key],  # images: their mean and std; texts: the tokenizer
+        },
         "checked_rows": len(x),
         "max_abs_difference": difference,
         "tolerance": tolerance,

@@ -50,13 +50,22 @@ def parse_axes(items: Sequence[str]) -> list[Axis]:
             )
         if key in (a.key for a in axes):
             raise ConfigError(f"--grid {key}: given twice")
-        parsed = tuple(yaml.safe_load(v) for v in values.split(","))
+        parsed = tuple(_value(key, v) for v in values.split(","))
         if len(set(map(repr, parsed))) != len(parsed):
             raise ConfigError(f"--grid {key}: a value is listed twice ({values})")
         axes.append(Axis(key, parsed))
     if not axes:
         raise ConfigError("distkd sweep needs at least one --grid KEY=V1,V2,...")
     return axes
+
+
+def _value(key: str, text: str) -> object:
+    """One value of a ``--grid`` axis, read as YAML; a ``ConfigError`` naming the key and the value if it is not."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--grid {key}: {text!r} is not a YAML value ({problem}); values are split at ','") from None
 
 
 def combinations(axes: Sequence[Axis], samples: int | None = None, seed: int = 0) -> list[dict[str, object]]:
@@ -178,7 +187,7 @@ def trial_lines(pending: list[Trial]) -> object:
             self._ended(trial, "done")
 
         def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-            self._ended(trial, "failed")
+            self._ended(trial, f"failed ({failure(trial.get_pickled_error())})")
 
         def _ended(self, trial, how: str) -> None:
             index, self.ended = trial.config["trial"], self.ended + 1
@@ -186,6 +195,17 @@ def trial_lines(pending: list[Trial]) -> object:
             say(f"[sweep] {self.ended}/{len(pending)} {label(pending[index])}: {how} in {seconds}")
 
     return TrialLines()
+
+
+def failure(error: BaseException | None) -> str:
+    """Why a trial failed, in one line: the type and first line of what raised in it (Ray's task errors wrap it,
+    with its traceback in their own message)."""
+    if error is None:
+        return "no error recorded: see Ray's logs"
+    while isinstance(getattr(error, "cause", None), BaseException):
+        error = error.cause
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def run_trials(pending: list[Trial], per_trial: dict[str, float]) -> dict[str, dict]:

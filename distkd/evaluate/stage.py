@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.data
 import torch
 
 from distkd import console, devices, storage
 from distkd.catalog import run_record
-from distkd.config import DistillConfig
+from distkd.config import ConfigError, DistillConfig
 from distkd.data.kinds import InputKind
+from distkd.evaluate import summary
 from distkd.evaluate.cost import model_cost, summed_cost
 from distkd.evaluate.metrics import (
     baselines,
@@ -212,17 +215,36 @@ def save_report(folder: str, models: list[dict], title: str, **about: object) ->
         write_report(local, models, title=title)
         for path in Path(local).iterdir():
             storage.write_bytes(storage.join(folder, path.name), path.read_bytes())
-    storage.write_json(storage.join(folder, "metrics.json"), {"title": title, **about, "models": models})
+    storage.write_json(storage.join(folder, summary.METRICS), {"title": title, **about, "models": models})
 
 
 def combine(folders: list[str], out: str) -> str:
     """One report from the models of several evaluated reports (``distkd report``); with several,
-    each model's name starts with its report folder's name."""
-    models, folders = [], list(dict.fromkeys(folders))
-    for folder in folders:
-        evaluated = storage.read_json(storage.join(folder, "metrics.json"))
-        for model in evaluated["models"]:
-            name = f"{folder.rstrip('/').rsplit('/', 1)[-1]}: {model['name']}" if len(folders) > 1 else model["name"]
+    each model's name starts with its report folder's name. ``out`` is refused where writing would replace what
+    is there: a file, a committed report (the evaluate stage's, never rewritten) or one of ``folders`` (or a folder
+    in one)."""
+    folders = list(dict.fromkeys(f.rstrip("/") for f in folders))
+    evaluated = {folder: summary.models(folder) for folder in folders}  # each refused, named, unless a report's
+    fs, path = storage.resolve(out)
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        raise ConfigError(f"--out {out}: a file is there; expected a folder for the combined report")
+    if storage.is_committed(out):
+        raise ConfigError(f"--out {out}: a committed report is there, and a committed output is never rewritten")
+    if any(_under(out, folder) for folder in folders):
+        raise ConfigError(f"--out {out}: in one of the reports it combines; choose another folder")
+    models = []
+    for folder, found in evaluated.items():
+        for model in found:
+            name = f"{folder.rsplit('/', 1)[-1]}: {model['name']}" if len(folders) > 1 else model["name"]
             models.append({**model, "name": name})
     save_report(out, models, title="distkd report", job="combined", sources=folders)
     return out
+
+
+def _under(a: str, b: str) -> bool:
+    """Whether location ``a`` is folder ``b`` or lies in it (local ones with their links resolved)."""
+    if storage.is_remote(a) or storage.is_remote(b):
+        a, b = a.rstrip("/"), b.rstrip("/")
+    else:
+        a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + "/")

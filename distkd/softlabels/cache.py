@@ -233,6 +233,8 @@ def entry_folder(store: str, key: str) -> str:
     with errors(root):
         if folder not in storage.list_folders(root):
             raise ConfigError(f"{folder}: no such cache entry (see: distkd cache ls --store {store})")
+    if not _within(store, folder):
+        raise ConfigError(f"{folder}: a link out of the store; cache commands touch only the store's own files")
     return folder
 
 
@@ -241,14 +243,17 @@ def leftovers(store: str) -> list[storage.Leftover]:
     only those that really lie under it (not reached through a link to another folder)."""
     root = storage.join(store, "softlabels")
     with errors(root):
-        return [leftover for leftover in storage.leftovers(root) if _within(root, leftover.uri)]
+        return [leftover for leftover in storage.leftovers(root) if _within(store, leftover.uri)]
 
 
-def _within(folder: str, uri: str) -> bool:
-    """Whether ``uri`` lies under ``folder``; local paths are compared with their links resolved."""
-    if storage.is_remote(folder):
-        return uri.startswith(folder.rstrip("/") + "/") and ".." not in uri.split("/")
-    return os.path.realpath(uri).startswith(os.path.realpath(folder) + os.sep)
+def _within(store: str, uri: str) -> bool:
+    """Whether ``uri`` lies under ``<store>/softlabels`` once links are resolved: the store's own path may be a
+    link, but nothing in it (``softlabels``, ``shards`` or a folder of shards) may lead out of it, so that what
+    ``cache gc`` lists and removes is the store's alone."""
+    root = storage.join(store, "softlabels")
+    if storage.is_remote(store):
+        return uri.startswith(root + "/") and ".." not in uri.split("/")
+    return os.path.realpath(uri).startswith(os.path.join(os.path.realpath(store), "softlabels") + os.sep)
 
 
 @dataclass(frozen=True)
@@ -261,7 +266,8 @@ class Unlisted:
 
 
 def unlisted_shards(store: str) -> list[Unlisted]:
-    """The shards under ``<store>/softlabels/shards`` that no committed entry lists, oldest first."""
+    """The shards under ``<store>/softlabels/shards`` that no committed entry lists, oldest first (only those that
+    really lie under it: ``_within``)."""
     root = storage.join(store, "softlabels", SHARDS)
     listed = {shard_uri(e, s.file) for e in entries(store) for s in manifest(e).shards}
     fs, path = storage.resolve(root)
@@ -274,7 +280,8 @@ def unlisted_shards(store: str) -> list[Unlisted]:
         for i in infos
         if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
     ]
-    return sorted((s for s in found if s.uri not in listed), key=lambda s: -s.age_seconds)
+    unlisted = (s for s in found if s.uri not in listed and _within(store, s.uri))
+    return sorted(unlisted, key=lambda s: -s.age_seconds)
 
 
 @dataclass(frozen=True)
@@ -295,6 +302,8 @@ def collect_garbage(store: str, older_than: float, dry_run: bool = False) -> Gar
     """Remove the leftovers and the unlisted shards older than ``older_than`` seconds (a younger one may be a
     writer's that has not committed yet). Refused while any writer of the store holds a fresh lease
     (``leases``): a running writer may be about to list a shard no manifest lists yet."""
+    if not _within(store, storage.join(store, "softlabels", leases.COLLECTORS)):
+        raise ConfigError(f"{store}/softlabels: a link out of the store; cache gc cleans only the store's own files")
     if dry_run:
         return _garbage(store, older_than, leases.fresh(store, leases.WRITERS))
     with leases.hold(store, leases.COLLECTORS):

@@ -152,9 +152,10 @@ def test_report_is_keyed_by_the_weights_content_not_their_path(cifar10, tmp_path
     assert job.eval_spec({"student": (job.student, str(weights))}).uri != first
 
 
-def test_stages_1_and_3_and_the_cache_command_never_import_training():
+def test_stages_1_and_3_and_the_cache_command_never_import_training(tmp_path):
     """Stages meet in the specs and the store: the soft-label and evaluation stages import nothing of
     stage 2, and ``distkd cache ls`` imports no Ray Train."""
+    (tmp_path / "store" / "softlabels").mkdir(parents=True)  # a store with nothing cached
     probe = (
         "import sys\n"
         "import distkd.softlabels.stage, distkd.evaluate.stage\n"
@@ -166,6 +167,6 @@ def test_stages_1_and_3_and_the_cache_command_never_import_training():
         "assert 'ray.train' not in sys.modules and 'distkd.distill.loop' not in sys.modules\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe, "/nonexistent-store"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", probe, str(tmp_path / "store")], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr

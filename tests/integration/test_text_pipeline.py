@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from distkd import config, console, labelstore, pipeline, storage
+from distkd import config, labelstore, pipeline, storage
 from distkd.data import tokenizer
+from distkd.evaluate.summary import summary
 from distkd.job import Job
 from distkd.softlabels import cache
 from distkd.softlabels.stage import generate
@@ -70,7 +71,7 @@ def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_
         assert set(slices) == {d or "" for d in departments.to_pylist()}
         assert sum(s["count"] for s in slices.values()) == ROWS
     assert len(models["distilled"]["slice_gaps"]) == len(models["distilled"]["slices"]["department"])
-    assert "worst slice department = " in console.summary(out["report"])
+    assert "worst slice department = " in summary(out["report"])
     cut = f"{models['teacher']['truncated']:,} of the {ROWS:,} texts were cut to max_length tokens"
     assert cut in Path(out["report"], "report.md").read_text()
 

@@ -18,8 +18,11 @@ TEACHER = "00112233445566778899aabbccddeeff"
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
+    return hand_made_store(tmp_path / "store")
+
+
+def hand_made_store(root: Path) -> Path:
     """A store by hand: one committed entry, one without its marker, and the folders beside the cache."""
-    root = tmp_path / "store"
     shard = f"shards/{TEACHER}/{'1' * 32}.parquet"  # the label store's layout: shared, content-addressed
     manifest = {
         "key": KEY,

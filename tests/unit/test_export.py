@@ -74,3 +74,37 @@ def test_missing_onnx_is_named(tmp_path, cifar10, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
     with pytest.raises(ConfigError, match=r"pip install 'distkd\[onnx\]'"):
         export.export(run, "onnx")
+
+
+def test_a_text_run_exports_checked_on_its_own_texts_tokenised(tmp_path, reviews, capsys):
+    """A text run's program takes token ids: the check batch is the run's texts through the run's tokenizer."""
+    from distkd.data import tokenizer
+    from distkd.models.text import TextCNN
+
+    folder = str(tmp_path / "store" / "tokenizers" / "0123")
+    texts = [["a small dress that fits", "too long for me", "lovely colour, runs large"]]
+    meta = tokenizer.train_into(folder, "wordpiece", 100, 16, lambda: texts)
+    model = TextCNN(5, vocab_size=meta["vocab_size"] + 1).eval()
+    run = str(tmp_path / "store" / "runs" / "student-kd-4567")
+    Path(run).mkdir(parents=True)
+    torch.save(model.state_dict(), storage.join(run, TrainingRun.WEIGHTS))
+    spec = {"name": "text_cnn", "kwargs": {"vocab_size": meta["vocab_size"] + 1}, "num_classes": 5, "input_shape": [16]}
+    data = {"uri": str(reviews), "split": "train", "fingerprint": "f", "limit": 100}
+    info = {
+        "job": "j",
+        "role": "student-kd",
+        "model": spec,
+        "data": data,
+        "inputs": {"tokenizer": folder, "max_length": 16},
+    }
+    storage.write_json(storage.join(run, TrainingRun.INFO), info)
+    storage.commit(run)
+    assert cli.main(["export", run, "--format", "torchscript"]) == 0
+    assert "max abs difference" in capsys.readouterr().out
+    record = storage.read_json(storage.join(run, "export-torchscript.json"))
+    assert record["input"] == {"dtype": "int64", "shape": ["N", 16], "inputs": info["inputs"]}
+    tokens, _ = export.batch(info)
+    assert tokens.shape == (64, 16) and tokens.dtype == torch.int64 and 0 < int(tokens.max()) <= meta["vocab_size"]
+    program = torch.jit.load(record["file"])
+    with torch.no_grad():
+        np.testing.assert_allclose(program(tokens[:5]).numpy(), model(tokens[:5]).numpy(), atol=1e-4)

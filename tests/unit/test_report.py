@@ -19,6 +19,7 @@ from distkd.evaluate.metrics import (
     sum_stats,
 )
 from distkd.evaluate.report import write_report
+from distkd.evaluate.summary import summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["cat", "dog", "ship", "truck"]
@@ -155,7 +156,7 @@ def test_no_gain_section_without_a_baseline(tmp_path) -> None:
 
 def summary_of(tmp_path, models: list[dict]) -> list[str]:
     storage.write_json(storage.join(str(tmp_path), "metrics.json"), {"title": "t", "models": models})
-    return console.summary(str(tmp_path)).splitlines()
+    return summary(str(tmp_path), console.timeline.line()).splitlines()
 
 
 def test_summary_gives_the_gain_with_its_interval_and_seeds(tmp_path) -> None:

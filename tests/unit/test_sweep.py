@@ -125,3 +125,24 @@ def test_the_console_gets_a_line_as_each_trial_starts_and_ends(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "[sweep] training student-kd distill.alpha=0.5"
     assert out[1].startswith("[sweep] 1/1 student-kd distill.alpha=0.5: done in ")
+
+
+def test_a_failed_trial_says_why_in_one_line(capsys):
+    """A trial's error comes back wrapped twice by Ray (its task's, then the trial's): the line gives what raised."""
+    from types import SimpleNamespace
+
+    from ray.exceptions import RayTaskError
+
+    from distkd.distill.fit import Diverged
+
+    inner = RayTaskError("train_run", "Traceback ...\nDiverged: ...", Diverged("epoch 2: loss nan at lr 10"))
+    outer = RayTaskError("_train", "Traceback (most recent call last):\n  ...", inner.as_instanceof_cause())
+    pending = [sweep.Trial({"distill.alpha": 0.5}, SimpleNamespace(role="student-kd"))]
+    lines = sweep.trial_lines(pending)
+    trial = SimpleNamespace(config={"trial": 0}, get_pickled_error=lambda: outer.as_instanceof_cause())
+    lines.on_trial_start(0, [], trial)
+    lines.on_trial_error(0, [], trial)
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed.startswith("[sweep] 1/1 student-kd distill.alpha=0.5: failed (Diverged: epoch 2: loss nan at lr 10)")
+    assert "Traceback" not in printed
+    assert sweep.failure(None) == "no error recorded: see Ray's logs"
