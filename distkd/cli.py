@@ -29,7 +29,7 @@ EXIT_CODES: dict[tuple[str, str], int] = {
     ("distkd.data.source", "DataError"): 2,
     ("distkd.resources", "ResourceShortage"): 2,
     ("distkd.specs", "MissingOutput"): 1,
-    ("distkd.softlabels.cache", "CacheError"): 1,
+    ("distkd.labelstore", "CacheError"): 1,
     ("distkd.storage.uris", "StorageError"): 1,
     ("distkd.distill.fit", "Diverged"): 1,
     ("distkd.export", "ExportError"): 1,

@@ -117,9 +117,9 @@ def garbage_weights(tmp_path: Path) -> dict:
 
 
 def other_weights(tmp_path: Path) -> dict:
-    from distkd.models import build_model
+    from distkd.models import sources
 
-    torch.save(build_model("lenet5", 10, 3, 32).state_dict(), tmp_path / "teacher.pt")
+    torch.save(sources.build("lenet5", 10, 3, 32).state_dict(), tmp_path / "teacher.pt")
     return {"teacher.weights": str(tmp_path / "teacher.pt")}
 
 
