@@ -54,6 +54,12 @@ def plain(obj: object) -> object:
     return json.loads(json.dumps(obj, default=_jsonable))
 
 
+def recorded(spec: TrainingRun | SoftLabelSpec) -> dict:
+    """``spec.identity()`` as plain data, as its output records it: with where its data was read (``Split.record``),
+    which the key leaves out."""
+    return {**plain(spec.identity()), "data": spec.data.record()}
+
+
 def digest(obj: object, length: int = 16) -> str:
     """A short, stable hash of JSON-able data, dataclasses and configs."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_jsonable).encode()).hexdigest()[:length]

@@ -19,7 +19,7 @@ from distkd.resources import training_needs
 from distkd.softlabels import cache
 from distkd.softlabels.ensemble import TARGET
 from distkd.softlabels.formats import TRAINING_COLUMNS
-from distkd.specs import SoftTargets, TrainingRun, plain, require
+from distkd.specs import SoftTargets, TrainingRun, recorded, require
 
 
 def decoded(split: Split, inputs: InputKind) -> ray.data.Dataset:
@@ -35,7 +35,7 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     require(compute, run.uri, stage)
     what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.distill else "")
     with console.computing(run.role, what, run.uri):
-        info = {"job": run.job, "role": run.role, **plain(run.identity())}
+        info = {"job": run.job, "role": run.role, **recorded(run)}
         storage.write_json(storage.join(run.uri, RUN_INFO), info)
         inputs = run.inputs
         val = in_memory(decoded(run.val, inputs), [*inputs.columns, "label"])

@@ -35,7 +35,7 @@ from distkd.config import ConfigError
 from distkd.data.source import Unit
 from distkd.softlabels import leases
 from distkd.softlabels.formats import Format, to_numpy
-from distkd.specs import FORMAT_VERSION, SoftLabelSpec, digest, plain
+from distkd.specs import FORMAT_VERSION, SoftLabelSpec, digest, recorded
 
 SHARDS = "shards"  # <store>/softlabels/shards/<teacher key>/: every entry's shards
 MANIFEST = "manifest.json"
@@ -214,7 +214,7 @@ def commit(
     manifest = Manifest(
         key=spec.key,
         format_version=FORMAT_VERSION,
-        inputs=plain(spec.identity()),
+        inputs=recorded(spec),
         shards=tuple(shards),
         rows=sum(s.rows for s in shards),
         bytes=sum(s.bytes for s in shards),
