@@ -6,7 +6,6 @@ says what to change; ``Job.prepare`` adds the job file's name.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable
 from contextlib import suppress
@@ -309,23 +308,6 @@ def forward(
             f"keys '{key}.name', '{key}.kwargs': the model gives outputs of shape {list(out.shape)} for a batch "
             f"of 2, expected [2, {num_classes}] (one logit per class)"
         )
-
-
-def trains_on_one_row(key: str, model: nn.Module, shape: tuple[int, ...], row: torch.Tensor | None = None) -> None:
-    """One train-mode forward pass of a single row, on a copy (the model's BatchNorm statistics stay as they are):
-    a training worker's last batch of an epoch may hold one row, and BatchNorm cannot train on one value per
-    channel, which is what it gets when the model shrinks the image to 1x1."""
-    try:
-        with torch.no_grad():
-            copy.deepcopy(model).train()(torch.zeros(1, *shape) if row is None else row)
-    except Exception as e:  # noqa: BLE001 - any failure here would stop training mid-epoch
-        raise ConfigError(
-            f"keys '{key}.name', '{key}.kwargs': the model fails in training mode on a batch of one row of the "
-            f"data's shape {list(shape)} ({_first_line(e)}), and a training worker's last batch of an epoch may "
-            f"hold one row; a BatchNorm layer cannot train on an image the model shrinks to 1x1: set "
-            f"'{key}.kwargs: {{cifar_stem: true}}' (torchvision models on 32x32 data), use larger images, or a "
-            "model without BatchNorm"
-        ) from None
 
 
 def weights(key: str, model: nn.Module, uri: str) -> None:

@@ -35,6 +35,12 @@ from distkd.models import load_weights, sources
 FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
 
 
+def recorded(spec: TrainingRun | SoftLabelSpec) -> dict:
+    """``spec.identity()`` as plain data, as its output records it: with where its data was read (``Split.record``),
+    which the key leaves out."""
+    return {**plain(spec.identity()), "data": spec.data.record()}
+
+
 class MissingOutput(RuntimeError):
     """A stage's input that is not committed in the store and that this run may not compute."""
 

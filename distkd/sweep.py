@@ -268,7 +268,8 @@ def run(base, jobs: list, keys: list[str]) -> tuple[str, list[dict]]:
         }
         for t in found
     ]
-    out = storage.join(base.config.store, "sweeps", digest(sorted(t.run.uri for t in found)))
+    runs = sorted(t.run.uri.rsplit("/", 1)[-1] for t in found)  # the runs' names: their content, not the store's path
+    out = storage.join(base.config.store, "sweeps", digest(runs))
     write_report(out, keys, records)
     return out, records
 

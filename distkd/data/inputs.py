@@ -115,7 +115,7 @@ class TextInput:
     identity_key: ClassVar[str] = "inputs"
     column: str
     tokenizer: tokenizers.Tokenizer
-    made_of: str  # a trained tokenizer's folder (named by what it is made of), or a saved one's sha256
+    made_of: str  # a trained tokenizer's folder name (the hash of what it is made of), or a saved one's sha256
     training: tuple[Split, TokenizerConfig] | None = None  # what to train it on when it is not saved
 
     @property
@@ -235,7 +235,7 @@ def text_input(split: Split, data: DataConfig, store: str) -> TextInput:
     made_of = {"data": split.identity(), "column": split.column, "settings": settings.model_dump()}
     folder = tokenizers.location(store, made_of)
     trained = tokenizers.trained(folder, settings.max_length, settings.vocab_size)
-    return TextInput(split.column, trained, folder, (split, settings))
+    return TextInput(split.column, trained, folder.rsplit("/", 1)[-1], (split, settings))  # not the store's path
 
 
 def for_data(split: Split, data: DataConfig, store: str) -> InputKind:

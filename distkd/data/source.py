@@ -93,8 +93,15 @@ class Split:
         return dict(zip(self.files, self.stamps)).get(file)
 
     def identity(self) -> dict:
-        out = {"uri": self.uri, "split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
+        """The rows in use by their content, never by where they are: the same bytes read through another path
+        (a second checkout, a copy on S3) are the same data, and every output made of them keeps its key."""
+        out = {"split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
         return out if self.column == "image" else {**out, "input_column": self.column}  # image keys unchanged
+
+    def record(self) -> dict:
+        """``identity`` and where the rows were read (``uri``), as an output's records keep them (a manifest,
+        run.json, a report): what ``distkd cache verify`` and ``distkd export`` read the data from again."""
+        return {"uri": self.uri, **self.identity()}
 
     def file_rows(self) -> list[tuple[str, int]]:
         """(file, rows of it in use) for the files the split reads, from Parquet metadata alone."""

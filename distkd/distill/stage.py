@@ -15,10 +15,9 @@ from distkd.data.source import Split
 from distkd.distill import streaming
 from distkd.distill.fit import fit
 from distkd.distill.loop import Worker
-from distkd.hashing import plain
 from distkd.labels.ensemble import TARGET
 from distkd.resources import training_needs
-from distkd.specs import SoftTargets, TrainingRun, require
+from distkd.specs import SoftTargets, TrainingRun, recorded, require
 
 
 def decoded(split: Split, inputs: InputKind) -> ray.data.Dataset:
@@ -34,7 +33,7 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
     require(compute, run.uri, stage)
     what = f"training {run.model.name} for {run.train.epochs} epochs" + (" on soft labels" if run.distill else "")
     with console.computing(run.role, what, run.uri):
-        info = {"job": run.job, "role": run.role, **plain(run.identity())}
+        info = {"job": run.job, "role": run.role, **recorded(run)}
         storage.write_json(run.info_uri, info)
         inputs = run.inputs
         val = in_memory(decoded(run.val, inputs), [*inputs.columns, "label"])

@@ -151,7 +151,7 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
         by_role[role]["baseline"] = {"role": baseline, "name": b["name"], "seed": b.get("settings", {}).get("seed")}
         if slices:
             by_role[role]["slice_gaps"] = slice_gaps(by_role[role]["slices"], b["slices"])
-    save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.identity())
+    save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.record())
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
 

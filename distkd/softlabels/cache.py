@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from distkd import __version__, content, storage
 from distkd.config import ConfigError
 from distkd.data.source import Unit
-from distkd.hashing import digest, plain
+from distkd.hashing import digest
 from distkd.labelstore import (
     MANIFEST,
     CacheError,
@@ -45,7 +45,7 @@ from distkd.labelstore import (
     shard_uri,
 )
 from distkd.softlabels import leases
-from distkd.specs import FORMAT_VERSION, SoftLabelSpec
+from distkd.specs import FORMAT_VERSION, SoftLabelSpec, recorded
 
 SHARDS = "shards"  # <store>/softlabels/shards/<teacher key>/: every entry's shards
 
@@ -111,7 +111,7 @@ def commit(
     manifest = Manifest(
         key=spec.key,
         format_version=FORMAT_VERSION,
-        inputs=plain(spec.identity()),
+        inputs=recorded(spec),
         shards=tuple(shards),
         rows=sum(s.rows for s in shards),
         bytes=sum(s.bytes for s in shards),

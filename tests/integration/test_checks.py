@@ -213,14 +213,6 @@ def a_file(tmp_path: Path) -> Path:
             "key 'teacher.kwargs': cannot build 'resnet9' with {'width': -1}: RuntimeError: Trying to create tensor "
             "with negative dimension",
         ),
-        (  # ResNet-18's ImageNet stem shrinks 32x32 images to 1x1 before the last BatchNorm layers
-            lambda tmp_path: {"teacher__name": "resnet18", "teacher__kwargs": {}},
-            "keys 'teacher.name', 'teacher.kwargs': the model fails in training mode on a batch of one row",
-        ),
-        (
-            lambda tmp_path: {"student__name": "mobilenet_v3_small"},
-            "set 'student.kwargs: {cifar_stem: true}' (torchvision models on 32x32 data), use larger images",
-        ),
     ],
 )
 def test_bad_stores_shards_and_models_are_refused_before_ray_starts(tmp_path, capsys, no_cluster, setup, expected):
@@ -304,19 +296,6 @@ def test_a_bad_image_mid_split_stops_the_job_with_one_message(
     assert main(["pipeline", str(path)]) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("distkd:")]
     assert lines == [lines[0]] and f"{split}-0.parquet: row id '{split}/{row}': {expected}" in lines[0]
-
-
-def test_the_one_row_check_trains_a_copy_and_only_the_models_that_train(tmp_path):
-    model = sources.build("resnet9", CLASSES, 3, 32, width=4).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    checks.trains_on_one_row("teacher", model, (3, 32, 32))
-    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-
-    # a student that only fails on one row in training mode is no obstacle to a job that does not train it
-    raw = yaml.safe_load(job_file(tmp_path, dataset(tmp_path / "data"), student__name="mobilenet_v3_small").read_text())
-    assert Job.prepare(config.parse({**raw, "stages": ["train_teacher"]}, "<teacher only>")).student.name == (
-        "mobilenet_v3_small"
-    )
 
 
 def test_the_store_probe_leaves_what_it_found(tmp_path):

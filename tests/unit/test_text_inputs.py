@@ -100,7 +100,7 @@ def test_an_image_split_keeps_its_identity(tmp_path: Path) -> None:
         pa.table({"id": ["a"], "image": pa.array([b"x"], pa.binary()), "label": [0]}), folder / "train-0.parquet"
     )
     split = Split.open(str(folder), "train")
-    assert split.kind == "image" and set(split.identity()) == {"uri", "split", "fingerprint", "limit"}
+    assert split.kind == "image" and set(split.identity()) == {"split", "fingerprint", "limit"}  # content, no path
 
 
 def test_the_tokenizer_is_trained_once_into_the_store(data: Path, tmp_path: Path) -> None:
