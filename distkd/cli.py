@@ -26,7 +26,7 @@ STAGE_COMMANDS = {s.replace("_", "-"): s for s in STAGES}
 EXIT_CODES: dict[tuple[str, str], int] = {
     ("distkd.config", "ConfigError"): 2,
     ("distkd.storage.uris", "URIError"): 2,
-    ("distkd.data.source", "DataError"): 2,
+    ("distkd.data.errors", "DataError"): 2,
     ("distkd.resources", "ResourceShortage"): 2,
     ("distkd.specs", "MissingOutput"): 1,
     ("distkd.labelstore", "CacheError"): 1,
@@ -34,7 +34,7 @@ EXIT_CODES: dict[tuple[str, str], int] = {
     ("distkd.distill.fit", "Diverged"): 1,
     ("distkd.export", "ExportError"): 1,
 }
-DATA_ERROR = ("distkd.data.source", "DataError")
+DATA_ERROR = ("distkd.data.errors", "DataError")
 
 
 def reported_as(error: BaseException) -> tuple[str, str] | None:

@@ -150,7 +150,8 @@ def test_a_bad_command_is_refused_in_one_line(places, capsys, argv, code, phrase
 def test_each_error_type_the_table_names_is_one(places):
     """EXIT_CODES names its types by module and name: each must be an exception class there."""
     for module, name in cli.EXIT_CODES:
-        assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)
+        error = getattr(importlib.import_module(module), name)
+        assert issubclass(error, Exception) and (error.__module__, error.__qualname__) == (module, name), (module, name)
 
 
 def test_ray_wrapped_errors_are_reported_by_what_raised_in_the_task():
