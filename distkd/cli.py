@@ -327,6 +327,9 @@ def sweep_command(args: argparse.Namespace) -> int:
 
 def submit_job(args: argparse.Namespace) -> int:
     job = config.load(args.job)
+    from distkd import checks
+
+    checks.settings(job)  # what the schema cannot know: the job's registry entries, before anything is sent
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from distkd import submit

@@ -76,6 +76,7 @@ ROWS = [
     (["cache", "purge", "--store", "{store}"], 2, "invalid choice: 'purge'"),
     (["jobs", "status", "--address", "http://127.0.0.1:1"], 2, "jobs status needs a submission ID"),
     (["submit", "{file}", "--address", "http://127.0.0.1:1"], 2, "{file}"),
+    (["submit", "{unknown_optimizer}", "--address", "http://127.0.0.1:1"], 2, "key 'student.train.optimizer'"),
     (["pipeline", "{nowhere}"], 2, "{nowhere}"),
     (["plan", "{file}"], 2, "{file}"),
     (["export", "{nowhere}", "--format", "export"], 2, "not a committed run folder"),
@@ -98,6 +99,8 @@ def places(tmp_path_factory, cifar10) -> dict[str, str]:
         (root / name).mkdir()
         (root / name / "metrics.json").write_bytes(metrics)
     job = write_job(root, cifar10, store=str(root / "empty-store"))
+    (root / "unknown-optimizer").mkdir()
+    unknown_optimizer = write_job(root / "unknown-optimizer", cifar10, student__train__optimizer={"name": "lion"})
     return {
         "store": str(store),
         "store0": str(root / "empty-store"),
@@ -108,6 +111,7 @@ def places(tmp_path_factory, cifar10) -> dict[str, str]:
         "job": str(job),
         "broken": str(root / "broken"),
         "empty": str(root / "empty"),
+        "unknown_optimizer": str(unknown_optimizer),
     }
 
 
