@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 from common import header, quickstart_job, scratch_folder, start_ray, table, timed
+
 from distkd import labelstore
 from distkd.softlabels.stage import generate
 

@@ -33,9 +33,9 @@ from PIL import Image
 from distkd import config, labelstore, storage
 from distkd.data.source import Split, decode
 from distkd.distill.loop import loss_of, shown, teacher_targets
-from distkd.distill.optim import RowSchedule, optimizer
 from distkd.job import Job
 from distkd.labels.formats import to_numpy
+from distkd.methods.optim import RowSchedule, optimizer
 from distkd.models import load_weights, placed
 from distkd.specs import ModelSpec, TrainingRun
 

@@ -27,8 +27,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.seaweedfs
 
-from distkd import cluster, config, storage  # noqa: E402
-from distkd import labelstore  # noqa: E402
+from distkd import (  # noqa: E402
+    cluster,
+    config,
+    labelstore,  # noqa: E402
+    storage,
+)
 from distkd.job import Job  # noqa: E402
 from distkd.models import sources  # noqa: E402
 from distkd.softlabels.stage import generate  # noqa: E402

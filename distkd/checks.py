@@ -24,8 +24,8 @@ from distkd.data import tokenizer as tokenizers
 from distkd.data.inputs import InputKind
 from distkd.data.places import place, row
 from distkd.data.source import Split
-from distkd.distill.losses import LOSSES, Targets, defined_on_topk
-from distkd.distill.optim import OPTIMIZERS, SCHEDULES
+from distkd.methods.losses import LOSSES, Targets, defined_on_topk
+from distkd.methods.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
 from distkd.models.registry import read_state_dict
 from distkd.models.sources import first_line as _first_line

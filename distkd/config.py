@@ -125,7 +125,7 @@ class Entry(Strict):
 
 
 class OptimizerConfig(Entry):
-    name: str = "sgd"  # distill/optim.py: sgd (momentum 0.9, Nesterov), adamw
+    name: str = "sgd"  # methods/optim.py: sgd (momentum 0.9, Nesterov), adamw
 
 
 class ScheduleConfig(Entry):
@@ -245,7 +245,7 @@ class SoftLabelConfig(Strict):
 
 
 class LossConfig(Entry):
-    name: str = "hinton"  # distill/losses.py: hinton, dkd, dist
+    name: str = "hinton"  # methods/losses.py: hinton, dkd, dist
     standardize: bool = False  # z-score both sides' logits in the KD term (Sun et al., CVPR 2024)
 
 

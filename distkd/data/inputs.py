@@ -41,7 +41,6 @@ from distkd.data.source import Split, decode_batch, image_shape
 from distkd.data.transforms import Normalize
 from distkd.registry import Registry
 
-
 Builder = Callable[[Split, DataConfig, str], InputKind]  # (training split, data config, store) -> kind
 INPUTS: Registry[Builder] = Registry("input kind")
 

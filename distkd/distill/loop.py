@@ -22,9 +22,9 @@ from distkd.data.transforms import crop_flip, random_crop_flip
 from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
-from distkd.distill.losses import Targets, objective, warmup
-from distkd.distill.optim import RowSchedule, optimizer
 from distkd.labels.formats import TARGET_PREFIX
+from distkd.methods.losses import Targets, objective, warmup
+from distkd.methods.optim import RowSchedule, optimizer
 from distkd.models import placed
 from distkd.specs import TrainingRun
 from distkd.tracking import RunMetrics

@@ -6,10 +6,10 @@ which training columns those are read back as, and the logits those give back.
 - ``dense``: every logit, float16 or float32.
 - ``topk``: the k most probable classes and their log-probabilities at the stored temperature;
   the mass outside them is ``1 - sum(exp(logprob))``, so a top-k label is exact on the stored
-  classes and, with that remainder, sums to one (see ``distill.losses.topk_kl``).
+  classes and, with that remainder, sums to one (see ``methods.losses.topk_kl``).
 
 With V recorded views a row holds V blocks of these (view-major) and the views' parameters. A training
-column is ``TARGET_PREFIX`` and the name of the ``distill.losses.Targets`` field it fills.
+column is ``TARGET_PREFIX`` and the name of the ``methods.losses.Targets`` field it fills.
 """
 
 from __future__ import annotations

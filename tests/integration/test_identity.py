@@ -161,7 +161,7 @@ def test_stages_1_and_3_and_the_cache_command_never_import_training(tmp_path):
         "import distkd.softlabels.stage, distkd.evaluate.stage\n"
         # the registries config.py validates against (losses, optimisers) are not stage 2's code
         "training = [m for m in sys.modules if m.startswith('distkd.distill')]\n"
-        "assert set(training) <= {'distkd.distill', 'distkd.distill.losses', 'distkd.distill.optim'}, training\n"
+        "assert set(training) <= {'distkd.distill', 'distkd.methods.losses', 'distkd.methods.optim'}, training\n"
         "from distkd.cli import main\n"
         "assert main(['cache', 'ls', '--store', sys.argv[1]]) == 0\n"
         "assert 'ray.train' not in sys.modules and 'distkd.distill.loop' not in sys.modules\n"

@@ -19,11 +19,11 @@ import torch
 
 from distkd import config, labelstore, storage
 from distkd.data.transforms import PAD
-from distkd.distill.losses import Targets, objective
 from distkd.distill.stage import rows_in_memory
 from distkd.job import Job
 from distkd.labels.formats import to_numpy
 from distkd.labels.views import view_params
+from distkd.methods.losses import Targets, objective
 from distkd.models import load_weights
 from distkd.softlabels import cache, inspect
 from distkd.softlabels.stage import generate

@@ -21,9 +21,9 @@ from distkd.data.source import Split
 from distkd.distill import streaming
 from distkd.distill.fit import Diverged, fit
 from distkd.distill.loop import Worker
-from distkd.distill.optim import SCHEDULES
 from distkd.distill.stage import decoded, in_memory
 from distkd.job import Job
+from distkd.methods.optim import SCHEDULES
 from distkd.specs import ModelSpec
 
 ROWS = 200

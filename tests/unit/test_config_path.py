@@ -10,9 +10,9 @@ import torch
 
 from distkd import config
 from distkd.distill.loop import Worker, loss_of
-from distkd.distill.losses import Targets, objective
-from distkd.distill.optim import RowSchedule, optimizer
 from distkd.job import Job
+from distkd.methods.losses import Targets, objective
+from distkd.methods.optim import RowSchedule, optimizer
 from distkd.specs import TrainingRun
 
 

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from distkd import config
 from distkd.config import ConfigError
-from distkd.distill.losses import LOSSES, Targets
 from distkd.job import Job
 from distkd.labels.ensemble import COMBINATIONS, TARGET, Ensemble
 from distkd.labels.formats import Format
+from distkd.methods.losses import LOSSES, Targets
 
 T = 2.0
 # at T = 2 the teachers' probabilities are [1/4, 3/4] and [3/4, 1/4]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distkd.distill.losses import LOSSES, Targets, UndefinedOnTopK, objective, warmup
+from distkd.methods.losses import LOSSES, Targets, UndefinedOnTopK, objective, warmup
 
 
 def kd_loss(student, teacher, labels, alpha, temperature):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from distkd.distill.optim import OPTIMIZERS, SCHEDULES
+from distkd.methods.optim import OPTIMIZERS, SCHEDULES
 from distkd.registry import Registry
 
 

@@ -9,7 +9,7 @@ import torch
 
 from distkd import config
 from distkd.distill.loop import TrainingState
-from distkd.distill.optim import SCHEDULES, RowSchedule
+from distkd.methods.optim import SCHEDULES, RowSchedule
 
 lr_factor = SCHEDULES["one_cycle"]
 
