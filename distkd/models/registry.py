@@ -12,6 +12,7 @@ from torch import nn
 from distkd import storage
 from distkd.data.source import InputChanged
 from distkd.models.students import LeNet5, ResNet9
+from distkd.models.tabular import DCNv2, TabularMLP, TabularWide
 from distkd.models.text import TextCNN, TextTransformer
 
 
@@ -42,6 +43,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet9": ResNet9,
     "text_transformer": TextTransformer,
     "text_cnn": TextCNN,
+    "dcn_v2": DCNv2,
+    "tabular_mlp": TabularMLP,
+    "tabular_wide": TabularWide,
     **{n: _torchvision(n) for n in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")},
 }
 
