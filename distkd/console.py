@@ -90,10 +90,12 @@ def summary(report: str) -> str:
     """The comparison table of the report's models, each distilled student's gain over its baseline
     with its 95% interval, the time each stage took (or "reused") and where the report is."""
     from distkd import storage
+    from distkd.evaluate import ranking
     from distkd.evaluate.metrics import gain_text, worst_slice
 
     models = storage.read_json(storage.join(report, "metrics.json"))["models"]
-    header = ("model", "params", "accuracy", "macro F1", "agreement with teacher")
+    ranked = all(ranking.judged_by_ranking(m["metrics"]) for m in models)  # binary: AUC and logloss beside
+    header = ("model", "params", "accuracy", "macro F1", "agreement with teacher") + ranked * ("ROC AUC", "logloss")
     rows = [header] + [
         (
             m["name"],
@@ -102,6 +104,7 @@ def summary(report: str) -> str:
             f"{m['metrics']['f1_macro']:.4f}",
             "" if m["metrics"].get("teacher_agreement") is None else f"{100 * m['metrics']['teacher_agreement']:.2f}%",
         )
+        + ((f"{m['metrics']['roc_auc']:.4f}", f"{m['metrics']['logloss']:.4f}") if ranked else ())
         for m in models
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -110,6 +113,8 @@ def summary(report: str) -> str:
     for m in compared:
         what = "distilled student vs from scratch" if len(compared) == 1 else f"{m['name']} vs {m['baseline']['name']}"
         lines.append(f"{what}: {gain_text(m)}")
+        if ranked:
+            lines.append(f"  {ranking.gain_text(m['metrics']['ranking_vs_baseline'])}")
         if "slice_gaps" in m:
             lines.append(f"  {worst_slice(m)}")
     stages = ", ".join(f"{s} {'reused' if t is None else duration(t)}" for s, t in timeline.stages.items())

@@ -204,6 +204,11 @@ def paired_gain(summed: dict, model: dict, baseline: dict) -> dict:
     return {**out, "replicates": len(hist) - 1, "count": int(summed["rows"][0])}
 
 
+def judged_by_ranking(metrics: dict) -> bool:
+    """Whether a model's summary shows its ROC AUC and logloss: a binary task's, where they are how it is judged."""
+    return len(metrics["confusion"]) == 2 and metrics.get("roc_auc") is not None
+
+
 def gain_text(vs: dict) -> str:
     """``ROC AUC +0.0123 (95% CI +0.0050 to +0.0190), logloss -0.0101 (95% CI ...)``, paired."""
     parts = [

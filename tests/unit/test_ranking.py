@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
+from distkd import console, storage
 from distkd.evaluate import ranking
-from distkd.evaluate.metrics import block_stats, sum_stats
+from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
+from distkd.evaluate.report import write_report
 
 N = 6000
 
@@ -94,3 +96,52 @@ def test_poisson_weights_depend_on_the_id_alone() -> None:
     w = ranking.poisson_weights(np.array(["a", "b", "a"]), replicates=4000)
     np.testing.assert_array_equal(w[0], w[2])
     assert w.mean() == pytest.approx(1.0, abs=0.05) and w.var() == pytest.approx(1.0, abs=0.1)
+
+
+def binary_models() -> list[dict]:
+    """A teacher and a distilled student beside its twin on one binary task, as the evaluation stage reports them."""
+    logits, labels, ids = predictions()
+    rng = np.random.default_rng(4)
+    scratch = logits + rng.normal(scale=2.0, size=logits.shape).astype(np.float32)
+    distilled = logits + rng.normal(scale=1.0, size=logits.shape).astype(np.float32)
+    models = []
+    for name, z, baseline in (
+        ("dcn teacher", logits, None),
+        ("mlp scratch", scratch, None),
+        ("mlp distilled", distilled, scratch),
+    ):
+        stats = sum_stats([block_stats(z, labels, baseline_logits=baseline)])
+        metrics = {**compute_metrics(stats), **ranking.of(ranking.histograms(z, labels), stats)}
+        cost = {
+            "params": 10,
+            "size_bytes": 40,
+            "flops_per_sample": 20,
+            "latency_ms": 1.0,
+            "throughput": 9.0,
+            "device": "cpu",
+        }
+        models.append(
+            {"name": name, "role": name.split()[1], "metrics": metrics, "cost": cost, "settings": {"seed": 0}}
+        )
+    models[2]["baseline"] = {"role": "scratch", "name": "mlp scratch", "seed": 0}
+    paired = ranking.block(ids, labels, distilled, scratch)["paired"]
+    models[2]["metrics"]["ranking_vs_baseline"] = ranking.paired_gain(
+        paired, models[2]["metrics"], models[1]["metrics"]
+    )
+    return models
+
+
+def test_the_report_and_the_summary_give_auc_logloss_the_gain_and_roc_curves(tmp_path) -> None:
+    models = binary_models()
+    paths = write_report(tmp_path / "report", models)
+    md = paths["report.md"].read_text()
+    assert "## Ranking" in md and "![roc](roc.png)" in md
+    auc = models[2]["metrics"]["roc_auc"]
+    assert f"| mlp distilled | {auc:.4f} |" in md
+    gain = ranking.gain_text(models[2]["metrics"]["ranking_vs_baseline"])
+    assert f"- mlp distilled vs mlp scratch: {gain}" in md and "Ranking" in paths["report.html"].read_text()
+    assert paths["roc.png"].read_bytes().startswith(b"\x89PNG")
+    storage.write_json(storage.join(str(tmp_path), "metrics.json"), {"title": "t", "models": models})
+    lines = console.summary(str(tmp_path)).splitlines()
+    assert lines[0].split()[-4:] == ["teacher", "ROC", "AUC", "logloss"] and f"  {gain}" in lines
+    assert lines[3].split()[-2:] == [f"{auc:.4f}", f"{models[2]['metrics']['logloss']:.4f}"]
