@@ -6,10 +6,12 @@ column) and ``numeric`` (numeric columns) from the job's statistics.
 - ``dcn_v2``: DCN-v2 (Wang et al., WWW 2021): a cross network of full-rank cross layers beside a deep MLP over the
   embedded fields, stacked into one head; the teacher.
 - ``tabular_mlp``: small embeddings and one small hidden layer; a student.
-- ``tabular_wide``: logistic regression on the one-hot categories and the numbers (a weight per value and class).
+- ``tabular_wide``: logistic regression on the one-hot categories and the numbers (a weight per value).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -55,7 +57,8 @@ class CrossLayer(nn.Module):
 
 
 class DCNv2(nn.Module):
-    """DCN-v2, the parallel form: cross network and deep network side by side over the embedded fields."""
+    """DCN-v2, the parallel form: cross network and deep network side by side over the embedded fields; with no
+    cross layers, the head reads the deep network alone (``tabular_mlp``)."""
 
     def __init__(
         self,
@@ -73,57 +76,20 @@ class DCNv2(nn.Module):
         self.fields = Fields(tuple(cardinalities), numeric, dim)
         self.cross = nn.ModuleList(CrossLayer(self.fields.width) for _ in range(cross_layers))
         self.deep, deep_width = _mlp(self.fields.width, _widths(hidden), dropout)
-        self.head = nn.Linear(self.fields.width + deep_width, num_classes)
+        self.head = nn.Linear(self.fields.width * (cross_layers > 0) + deep_width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = self.fields(x)
+        if not self.cross:
+            return self.head(self.deep(x0))
         crossed = x0
         for layer in self.cross:
             crossed = layer(x0, crossed)
         return self.head(torch.cat([crossed, self.deep(x0)], dim=1))
 
 
-class TabularMLP(nn.Module):
-    """Small embeddings, a small MLP: the student that serves next to the rest."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 1,
-        image_size: int = 0,
-        cardinalities: tuple[int, ...] = (),
-        numeric: int = 0,
-        dim: int = 4,
-        hidden: str = "32",
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.fields = Fields(tuple(cardinalities), numeric, dim)
-        self.deep, width = _mlp(self.fields.width, _widths(hidden), dropout)
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.deep(self.fields(x)))
-
-
-class TabularWide(nn.Module):
-    """Logistic regression: one weight per category value and class (an embedding of width ``num_classes``,
-    summed over the columns) plus a linear term on the numbers."""
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 1,
-        image_size: int = 0,
-        cardinalities: tuple[int, ...] = (),
-        numeric: int = 0,
-    ) -> None:
-        super().__init__()
-        self.fields = Fields(tuple(cardinalities), 0, num_classes)  # numbers go to ``linear``, not embedded
-        self.linear = nn.Linear(2 * numeric, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        columns = len(self.fields.embeddings)
-        weights = self.fields(x[:, :columns])  # [N, C * num_classes]
-        summed = weights.view(len(x), columns, -1).sum(dim=1) if columns else 0
-        return self.linear(x[:, columns:]) + summed
+# Small embeddings and a small MLP: the student that serves next to the rest.
+TabularMLP = functools.partial(DCNv2, dim=4, cross_layers=0, hidden="32", dropout=0.0)
+# Logistic regression on the one-hot categories and the numbers: a scalar per value and no hidden layer, so each
+# column adds its own term to the logits (exactly logistic regression for two classes; ``dim`` C for C classes).
+TabularWide = functools.partial(DCNv2, dim=1, cross_layers=0, hidden="", dropout=0.0)

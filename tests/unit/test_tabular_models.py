@@ -13,7 +13,7 @@ import torch
 from distkd import config
 from distkd.config import ConfigError
 from distkd.job import Job
-from distkd.models.tabular import TabularWide
+from distkd.models import MODELS
 from tests.unit.test_tabular_inputs import write
 
 ROWS = 64
@@ -84,17 +84,17 @@ def test_each_model_is_built_for_the_vocabularies_and_runs_on_the_kinds_batch(
     assert all(p.grad is not None for p in model.parameters())
 
 
-def test_the_wide_model_is_logistic_regression(data: Path) -> None:
-    """One weight per value and class summed over the columns, plus a linear term on the numbers."""
-    wide = TabularWide(2, cardinalities=(3, 4), numeric=1)
-    with torch.no_grad():
-        wide.fields.embeddings[0].weight.copy_(torch.tensor([[0.0, 0.0], [1.0, -1.0], [2.0, 0.5]]))
-        wide.fields.embeddings[1].weight.copy_(torch.arange(8, dtype=torch.float32).view(4, 2))
-        wide.linear.weight.copy_(torch.tensor([[1.0, 10.0], [-1.0, 0.0]]))
-        wide.linear.bias.copy_(torch.tensor([0.5, -0.5]))
-    x = torch.tensor([[2.0, 3.0, 0.25, 1.0]])  # value 2 of column 0, value 3 of column 1, z 0.25, null
-    expected = torch.tensor([[2.0 + 6.0 + 0.25 + 10.0 + 0.5, 0.5 + 7.0 - 0.25 - 0.5]])
-    torch.testing.assert_close(wide(x), expected)
+@pytest.mark.parametrize("name, additive", [("tabular_wide", True), ("tabular_mlp", False)])
+def test_the_wide_model_is_logistic_regression(name: str, additive: bool) -> None:
+    """Each column adds its own term to the logits, with no interaction: swapping one column's value changes them
+    by the same amount whatever the other column holds (an MLP's hidden layer makes them interact)."""
+    torch.manual_seed(0)
+    model = MODELS[name](num_classes=2, cardinalities=(3, 4), numeric=1).eval()
+    rows = [[a, b, 0.5, 0.0] for a in (1, 2) for b in (1, 3)]  # (a, b) in (1, 1), (1, 3), (2, 1), (2, 3)
+    z = model(torch.tensor(rows))
+    interaction = (z[0] - z[1]) - (z[2] - z[3])
+    assert torch.allclose(interaction, torch.zeros(2), atol=1e-6) == additive
+    assert not torch.allclose(z[0], z[3])  # the columns do count
 
 
 def test_an_import_model_gets_the_same_inputs(data: Path, tmp_path: Path) -> None:
