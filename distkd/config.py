@@ -94,6 +94,7 @@ class DataConfig(Strict):
     input_column: str | None = None  # None: 'image' or 'text', whichever the shards hold
     tokenizer: TokenizerConfig | None = None  # of a text input; None: the TokenizerConfig defaults
     features: FeaturesConfig | None = None  # a tabular input; None: tabular only when no image or text column
+    label: str = "label"  # the column of integer class labels
 
     @field_validator("uri")
     @classmethod

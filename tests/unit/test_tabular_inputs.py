@@ -117,3 +117,22 @@ def test_bad_columns_are_refused_naming_them(data: Path, tmp_path: Path) -> None
         Split.open(str(tmp_path / "floats"), "train", features=("size",))
     with pytest.raises(ValueError, match="color listed as both categorical and numeric"):
         config.FeaturesConfig(categorical=["color"], numeric=["color"])
+
+
+def test_the_label_may_be_another_column(tmp_path: Path) -> None:
+    """``data.label: clicked``: read as the label by every reader; a column named 'label' is then no input."""
+    folder = tmp_path / "clicks"
+    folder.mkdir()
+    columns = {"id": ["a", "b", "c"], "label": ["x", "y", "x"], "shop": ["s", "t", "s"]}
+    table = pa.table({**columns, "clicked": pa.array([1, 0, 1], pa.int64())})
+    pq.write_table(table, folder / "train-0.parquet")
+    split = Split.open(str(folder), "train", features=(), label="clicked")
+    assert (split.features, split.identity()["label"]) == (("shop",), "clicked")
+    assert split.read_table(["id", "label"]).to_pydict() == {"id": ["a", "b", "c"], "label": [1, 0, 1]}
+    (unit,) = split.units(10)
+    assert unit.read().to_pydict() == {"id": ["a", "b", "c"], "shop": ["s", "t", "s"], "label": [1, 0, 1]}
+    with pytest.raises(DataError, match="column 'label' cannot be an input while the label is column 'clicked'"):
+        Split.open(str(folder), "train", features=("label", "shop"), label="clicked")
+    pq.write_table(table.set_column(3, "clicked", pa.array([1.0, 0.0, 1.0])), folder / "train-0.parquet")
+    with pytest.raises(DataError, match="column 'clicked' holds double values; expected integer class indices"):
+        Split.open(str(folder), "train", features=(), label="clicked")
