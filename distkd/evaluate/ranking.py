@@ -187,7 +187,8 @@ def boot_bins(num_classes: int) -> int:
 
 def paired_gain(summed: dict, model: dict, baseline: dict) -> dict:
     """The model's gain over its baseline on ROC AUC (model - baseline) and logloss (model - baseline: below 0
-    is better), each with its 95% paired bootstrap interval; ``model`` and ``baseline`` are their ``metrics``."""
+    is better), each with its 95% paired bootstrap interval; ``model`` and ``baseline`` are their ``metrics`` (no
+    AUC gain where they have none: rows of one class)."""
 
     def coarse_auc(hist: np.ndarray) -> float:  # [classes, negative/positive, steps] -> the macro AUC
         return _mean([roc_auc(h[1], h[0]) for h in hist]) or 0.0
@@ -195,7 +196,9 @@ def paired_gain(summed: dict, model: dict, baseline: dict) -> dict:
     hist = summed["hist"]
     auc = np.array([coarse_auc(hist[r, 0]) - coarse_auc(hist[r, 1]) for r in range(len(hist))])
     ll = summed["logloss_diff"] / summed["rows"]
-    gains = {"roc_auc": model["roc_auc"] - baseline["roc_auc"], "logloss": model["logloss"] - baseline["logloss"]}
+    gains = {
+        key: model[key] - baseline[key] for key in ("roc_auc", "logloss") if None not in (model[key], baseline[key])
+    }
     deviations = {"roc_auc": auc[1:] - auc[0], "logloss": ll[1:] - ll[0]}
     out = {
         key: {"gain": g, "ci95": (g + np.quantile(deviations[key], [0.025, 0.975])).tolist()}
@@ -214,6 +217,7 @@ def gain_text(vs: dict) -> str:
     parts = [
         f"{label} {vs[key]['gain']:+.4f} (95% CI {vs[key]['ci95'][0]:+.4f} to {vs[key]['ci95'][1]:+.4f})"
         for key, label in (("roc_auc", "ROC AUC"), ("logloss", "logloss"))
+        if key in vs  # no AUC where the rows hold one class only
     ]
     return f"{', '.join(parts)}; paired bootstrap over {vs['count']:,} rows, {vs['replicates']} replicates"
 

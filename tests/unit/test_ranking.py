@@ -145,3 +145,12 @@ def test_the_report_and_the_summary_give_auc_logloss_the_gain_and_roc_curves(tmp
     lines = console.summary(str(tmp_path)).splitlines()
     assert lines[0].split()[-4:] == ["teacher", "ROC", "AUC", "logloss"] and f"  {gain}" in lines
     assert lines[3].split()[-2:] == [f"{auc:.4f}", f"{models[2]['metrics']['logloss']:.4f}"]
+
+
+def test_rows_of_one_class_have_no_auc_and_no_auc_gain() -> None:
+    logits, _, ids = predictions()
+    labels = np.zeros(N, dtype=np.int64)
+    model, base = one_pass(logits, labels), one_pass(logits[::-1].copy(), labels)
+    assert model["roc_auc"] is None and model["logloss"] > 0
+    vs = ranking.paired_gain(ranking.block(ids, labels, logits, logits[::-1].copy())["paired"], model, base)
+    assert "roc_auc" not in vs and ranking.gain_text(vs).startswith("logloss ")
