@@ -19,6 +19,7 @@ output made from the inputs names them by the sha256 of their content.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -51,10 +52,10 @@ CATEGORICAL_TYPES = (*DEFAULT_CATEGORICAL, pa.types.is_integer)
 def value_key(value: object) -> str | None:
     """The vocabulary key of one value (None: null): integers as integers whether Arrow or numpy held them as
     floats (an integer column with nulls becomes float64 in a numpy batch)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return None
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else str(int(value)) if float(value).is_integer() else str(value)
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
     return str(value)
@@ -83,7 +84,7 @@ class Categorical:
         index = self._index
         return np.asarray([index.get(k, OOV) for k in keys], dtype=np.float32)
 
-    @property
+    @functools.cached_property
     def _index(self) -> dict[str, int]:
         return {v: i + 1 for i, v in enumerate(self.values)}
 
