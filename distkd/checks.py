@@ -130,7 +130,7 @@ def same_input(splits: dict[str, Split]) -> None:
     """Every split has the training split's input column, of the same kind (``splits``: the train split first)."""
     (train_key, train), *others = splits.items()
     for key, split in others:
-        if (split.column, split.kind) != (train.column, train.kind):
+        if (split.column, split.kind, split.features) != (train.column, train.kind, train.features):
             raise ConfigError(
                 f"key '{key}': split '{split.name}' of {split.uri} has a{'n' * (split.kind == 'image')} {split.kind} "
                 f"input in column '{split.column}', but '{train_key}' has a{'n' * (train.kind == 'image')} "

@@ -61,6 +61,26 @@ class TokenizerConfig(Strict):
         return storage.validate_named(name)
 
 
+class FeaturesConfig(Strict):
+    """A tabular input's feature columns (data/tabular.py) and how their statistics are computed on the training
+    split. Both lists left out: every column beside id and label, categorical or numeric by its Arrow type."""
+
+    categorical: list[str] | None = None  # one vocabulary each (index 0: null, rare and unseen values)
+    numeric: list[str] | None = None  # standardised, with a null indicator; nulls take the mean
+    min_count: int = Field(default=1, gt=0)  # values seen fewer times in training go to index 0
+    max_vocab: int | None = Field(default=None, gt=0)  # a column with more values is hashed into this many buckets
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> FeaturesConfig:
+        if both := sorted(set(self.categorical or ()) & set(self.numeric or ())):
+            raise ValueError(f"column(s) {', '.join(both)} listed as both categorical and numeric")
+        return self
+
+    def columns(self) -> tuple[str, ...]:
+        """The listed columns, categorical first; () when none are listed (every column is a feature)."""
+        return (*(self.categorical or ()), *(self.numeric or ()))
+
+
 class DataConfig(Strict):
     uri: str  # folder of Parquet shards named <split>-*.parquet with id, the input (image or text), label
     train_split: str = "train"
@@ -78,6 +98,8 @@ class DataConfig(Strict):
     shuffle_buffer: int = Field(default=10_000, gt=0)  # samples a streamed worker shuffles locally (held: all rows)
     input_column: str | None = None  # None: 'image' or 'text', whichever the shards hold
     tokenizer: TokenizerConfig | None = None  # of a text input; None: the TokenizerConfig defaults
+    features: FeaturesConfig | None = None  # a tabular input; None: tabular only when no image or text column
+    label: str = "label"  # the column of integer class labels
 
     @field_validator("uri")
     @classmethod

@@ -81,7 +81,9 @@ class Job:
         reachable(source, "data.uri", data.uri, must_exist=False)  # a missing split is named below
         try:
             train, test, evaluated = (
-                Split.open(data.uri, name, data.limit, data.input_column)
+                Split.open(
+                    data.uri, name, data.limit, data.input_column, data.features and data.features.columns(), data.label
+                )
                 for name in (data.train_split, data.test_split, config.evaluate.split or data.test_split)
             )
         except DataError as e:

@@ -1,8 +1,8 @@
 """Input kinds: what a split's input column becomes, in one place per kind.
 
 A split's kind comes from its input column's Arrow type (``source.INPUT_TYPES``): encoded image bytes or
-strings. An ``InputKind`` says everything the stages need about it, so that they call the kind instead of
-branching on it:
+strings; or it is ``tabular``, feature columns (``data.features``, or shards with neither column). An
+``InputKind`` says everything the stages need about it, so that they call the kind instead of branching on it:
 
 | | image | text |
 | --- | --- | --- |
@@ -12,6 +12,9 @@ branching on it:
 | ``model_input`` (on the device) | normalise to float32 | ids as int64; 0 is padding |
 | ``augments`` (views, crop and flip) | yes | no: refused before work |
 | ``identity_key`` (in every output's identity) | ``normalize`` (image keys as before) | ``inputs`` |
+
+The tabular kind (``data/tabular.py``) encodes its columns to float32 [N, F] ``features`` through statistics of
+the training split; its shape is (F,), with ``cardinalities`` and ``numeric`` in the model's kwargs.
 
 ``INPUTS`` maps a kind's name to the function that builds it for a job's data (``for_data``).
 """
@@ -38,6 +41,7 @@ from distkd.data import tokenizer as tokenizers
 from distkd.data.kinds import InputKind
 from distkd.data.places import row
 from distkd.data.source import Split, decode_batch, image_shape
+from distkd.data.tabular import tabular_input
 from distkd.data.transforms import Normalize
 from distkd.registry import Registry
 
@@ -235,6 +239,9 @@ def text_input(split: Split, data: DataConfig, store: str) -> TextInput:
     folder = tokenizers.location(store, made_of)
     trained = tokenizers.trained(folder, settings.max_length, settings.vocab_size)
     return TextInput(split.column, trained, folder.rsplit("/", 1)[-1], (split, settings))  # not the store's path
+
+
+INPUTS.register("tabular")(tabular_input)  # feature columns: data/tabular.py
 
 
 def for_data(split: Split, data: DataConfig, store: str) -> InputKind:

@@ -2,7 +2,9 @@
 
 The input column is ``image`` (encoded bytes) or ``text`` (strings), found in the shards' schema, or the column
 ``data.input_column`` names; its Arrow type says which input kind it is (``INPUT_TYPES``), and
-``distkd.data.inputs`` holds what each kind does with it."""
+``distkd.data.inputs`` holds what each kind does with it. A ``tabular`` input is feature columns instead of one
+input column: those ``data.features`` names, or every column beside id and label of shards with neither an
+``image`` nor a ``text`` column."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from distkd import content, storage
 from distkd.data.errors import DataError, InputChanged
 
-KEYS = ("id", "label")  # the columns every split has beside its input column
+LABEL = "label"  # the label's name in what distkd reads, whichever column holds it (``data.label``)
 READ_ROWS = 10_000  # rows per read task of ``Split.read``
 PATH = "path"  # the file a row was read from, where the reader knows it (for error messages)
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes decoded as one channel
@@ -42,6 +44,7 @@ INPUT_TYPES: dict[str, tuple[tuple[Callable[[pa.DataType], bool], ...], str]] = 
     "image": ((pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view), "encoded image bytes"),
     "text": ((pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view), "strings"),
 }
+TABULAR = "tabular"  # the input kind of feature columns (``Split.features``)
 
 
 @dataclass(frozen=True)
@@ -53,27 +56,39 @@ class Split:
     files: tuple[str, ...]
     limit: int | None = None
     stamps: tuple[str, ...] = ()  # each file's size and modification time when opened: reads refuse a change
-    column: str = "image"  # the input column
-    kind: str = "image"  # its input kind (``INPUT_TYPES``)
+    column: str = "image"  # the input column ("" for a tabular input)
+    kind: str = "image"  # its input kind (``INPUT_TYPES``, or ``TABULAR``)
+    features: tuple[str, ...] = ()  # a tabular input's feature columns
+    label: str = LABEL  # the column that holds the label (read as ``LABEL``)
 
     @classmethod
-    def open(cls, uri: str, name: str, limit: int | None = None, column: str | None = None) -> Split:
+    def open(
+        cls,
+        uri: str,
+        name: str,
+        limit: int | None = None,
+        column: str | None = None,
+        features: tuple | None = None,
+        label: str = LABEL,
+    ) -> Split:
         """The split's shards, each checked to hold the columns distkd reads, all of the same types; ``column``
-        None: the input column is ``image`` or ``text``, whichever the first shard has."""
+        None: the input column is ``image`` or ``text``, whichever the first shard has. ``features`` (a tabular
+        input) names the feature columns; ``()``: every column beside id and label, as when the first shard has
+        no input column. ``label``: the column that holds the label."""
         files = tuple(f for f in storage.list_files(uri, ".parquet") if f.rsplit("/", 1)[-1].startswith(f"{name}-"))
         if not files:
             raise DataError(f"{uri}: no Parquet shards for split '{name}' (expected files named {name}-*.parquet)")
-        column, kind, first = _column_types(files[0], column)
-        columns = (*KEYS, column)
+        column, kind, features, first = _column_types(files[0], column, features, label)
+        columns = ("id", label, *(features or (column,)))
         for file in files[1:]:
-            types = _column_types(file, column)[2]
+            types = _column_types(file, column, features, label)[3]
             if differing := [c for c in columns if types[c] != first[c]]:
                 raise DataError(
                     f"{file}: column(s) {', '.join(f'{c!r} ({types[c]})' for c in differing)} differ from "
                     f"{files[0]} ({', '.join(f'{c!r} {first[c]}' for c in differing)}); every shard of split "
                     f"'{name}' needs the same column types"
                 )
-        return cls(uri, name, files, limit, tuple(_stamp(f) for f in files), column, kind)
+        return cls(uri, name, files, limit, tuple(_stamp(f) for f in files), column, kind, features, label)
 
     def fingerprint(self) -> str:
         """A hash of the names and contents of the files in use: changes whenever one byte does. Computed once
@@ -96,6 +111,9 @@ class Split:
         """The rows in use by their content, never by where they are: the same bytes read through another path
         (a second checkout, a copy on S3) are the same data, and every output made of them keeps its key."""
         out = {"split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
+        out = out if self.label == LABEL else {**out, "label": self.label}
+        if self.kind == TABULAR:
+            return {**out, "features": list(self.features)}
         return out if self.column == "image" else {**out, "input_column": self.column}  # image keys unchanged
 
     def record(self) -> dict:
@@ -126,7 +144,8 @@ class Split:
         tables = []
         for uri, rows in self.file_rows():
             fs, path = storage.resolve(uri)
-            tables.append(pq.read_table(path, columns=columns, filesystem=fs).slice(0, rows))
+            read = [self.label if c == LABEL else c for c in columns]
+            tables.append(_as_read(pq.read_table(path, columns=read, filesystem=fs).slice(0, rows), self.label))
             _check_unchanged(uri, self.stamp(uri))
         return pa.concat_tables(tables)
 
@@ -136,7 +155,9 @@ class Split:
         for uri, used in self.file_rows():
             stamp = self.stamp(uri)
             for start in range(0, used, rows):
-                units.append(Unit(len(units), uri, start, min(start + rows, used), offset + start, stamp, self.column))
+                stop = min(start + rows, used)
+                unit = Unit(len(units), uri, start, stop, offset + start, stamp, self.column, self.features, self.label)
+                units.append(unit)
             offset += used
         return units
 
@@ -157,6 +178,11 @@ class Unit:
     offset: int
     stamp: str | None = None  # the file's size and modification time when its split was opened
     column: str = "image"  # the split's input column
+    features: tuple[str, ...] = ()  # a tabular split's feature columns, read instead of ``column``
+    label: str = LABEL  # the column that holds the label
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))  # a list or an array after a trip through Ray
 
     @property
     def rows(self) -> int:
@@ -164,13 +190,13 @@ class Unit:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """What distkd reads of each row: id, the input and the label."""
-        return ("id", self.column, "label")
+        """What distkd reads of each row: id, the input (its feature columns) and the label (as ``LABEL``)."""
+        return ("id", *(self.features or (self.column,)), LABEL)
 
     def read(self, columns: list[str] | tuple[str, ...] | None = None) -> pa.Table:
         """The unit's rows (``columns`` None: ``self.columns``), reading only the row groups that hold them;
         refused if the file changed since its split was opened."""
-        columns = self.columns if columns is None else columns
+        columns = [self.label if c == LABEL else c for c in (self.columns if columns is None else columns)]
         fs, path = storage.resolve(self.file)
         tables, first = [], 0
         with fs.open_input_file(path) as f:
@@ -183,7 +209,12 @@ class Unit:
                     tables.append(table.slice(lo - first, hi - lo))
                 first += rows
         _check_unchanged(self.file, self.stamp)  # after reading: a change during the read is seen too
-        return pa.concat_tables(tables)
+        return _as_read(pa.concat_tables(tables), self.label)
+
+
+def _as_read(table: pa.Table, label: str) -> pa.Table:
+    """``table`` with its label column named ``LABEL``, as every reader of a split sees it."""
+    return table.rename_columns([LABEL if c == label else c for c in table.column_names])
 
 
 def read_units(units: list[Unit], extra: tuple[str, ...] = ()) -> ray.data.Dataset:
@@ -196,38 +227,54 @@ def read_units(units: list[Unit], extra: tuple[str, ...] = ()) -> ray.data.Datas
 def _read_unit_rows(batch: pa.Table, extra: tuple[str, ...] = ()) -> Iterator[pa.Table]:
     for item in batch.to_pylist():
         unit = Unit(**item)
-        rows = unit.read([*unit.columns, *extra])
+        rows = unit.read(list(dict.fromkeys([*unit.columns, *extra])))  # a slice column may be a feature
         yield rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # for error messages
 
 
-def _column_types(uri: str, column: str | None) -> tuple[str, str, dict[str, pa.DataType]]:
-    """(input column, its kind, the types of ``KEYS`` and that column), each checked against ``COLUMN_TYPES``
-    and ``INPUT_TYPES``; ``column`` None: the first of ``INPUT_TYPES``' default columns the shard has."""
+def _column_types(
+    uri: str, column: str | None, features: tuple | None = None, label: str = LABEL
+) -> tuple[str, str, tuple[str, ...], dict[str, pa.DataType]]:
+    """(input column, its kind, the feature columns, the types of id, ``label`` and the input's columns), each
+    checked against ``COLUMN_TYPES`` and ``INPUT_TYPES``; ``column`` None: the first of ``INPUT_TYPES``' default
+    columns the shard has, else a tabular input of every other column. ``features`` given: a tabular input of
+    those (``()``: of every column beside id and ``label``); a tabular input's column is ""."""
     try:
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:
             schema = pq.read_schema(f)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{uri}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-    if column is None:
+    if features is None and column is None:
         column = next((c for c in INPUT_TYPES if c in schema.names), None)
-        if column is None:
+        features = () if column is None else None
+    if features is not None:
+        column, features = "", tuple(features) or tuple(c for c in schema.names if c not in ("id", label, LABEL))
+        if not features:
             raise DataError(
-                f"{uri}: no input column: expected one named {' or '.join(map(repr, INPUT_TYPES))} "
-                "(or name it with 'data.input_column')"
+                f"{uri}: no input column: expected one named {' or '.join(map(repr, INPUT_TYPES))}, or feature "
+                "columns beside 'id' and 'label' (or name it with 'data.input_column')"
             )
-    missing = [c for c in (*KEYS, column) if c not in schema.names]
+    inputs = features or (column,)
+    if label != LABEL and LABEL in inputs:
+        raise DataError(
+            f"{uri}: column '{LABEL}' cannot be an input while the label is column '{label}' (every reader sees the "
+            f"label as '{LABEL}'); leave it out of 'data.features'"
+        )
+    missing = [c for c in ("id", *inputs, label) if c not in schema.names]
     if missing:
-        raise DataError(f"{uri}: missing column(s) {missing}; expected columns {['id', column, 'label']}")
-    types = {c: schema.field(c).type for c in (*KEYS, column)}
+        raise DataError(f"{uri}: missing column(s) {missing}; expected columns {['id', *inputs, label]}")
+    types = {c: schema.field(c).type for c in ("id", label, *inputs)}
     for key, (accepts, expected) in COLUMN_TYPES.items():
-        if not any(accept(types[key]) for accept in accepts):
-            raise DataError(f"{uri}: column '{key}' holds {types[key]} values; expected {expected}")
+        name = label if key == LABEL else key
+        if not any(accept(types[name]) for accept in accepts):
+            raise DataError(f"{uri}: column '{name}' holds {types[name]} values; expected {expected}")
+    if features:
+        return column, TABULAR, features, types  # the tabular kind checks its columns' types (data/tabular.py)
     kind = next((k for k, (accepts, _) in INPUT_TYPES.items() if any(a(types[column]) for a in accepts)), None)
     if kind is None:
         kinds = "; ".join(f"{what} (a{'n' * (k[0] in 'aeiou')} {k} input)" for k, (_, what) in INPUT_TYPES.items())
         raise DataError(f"{uri}: input column '{column}' holds {types[column]} values; expected {kinds}")
-    return column, kind, types
+    return column, kind, (), types
 
 
 def _stamp(uri: str) -> str:

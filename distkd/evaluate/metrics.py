@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x = x - x.max(axis=1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
@@ -53,7 +53,7 @@ def block_stats(
         raise ValueError(f"labels have shape {labels.shape}, expected ({n},)")
     if n and not 0 <= labels.min() <= labels.max() < c:
         raise ValueError(f"labels must lie in [0, {c}), got [{labels.min()}, {labels.max()}]")
-    log_p = _log_softmax(logits)
+    log_p = log_softmax(logits)
     pred = log_p.argmax(axis=1)
     label_log_p = log_p[np.arange(n), labels]
     k = min(top_k, c)
@@ -74,13 +74,13 @@ def block_stats(
     if teacher_logits is not None:
         if teacher_logits.shape != logits.shape:
             raise ValueError(f"teacher_logits have shape {teacher_logits.shape}, expected {logits.shape}")
-        log_t = _log_softmax(teacher_logits)
+        log_t = log_softmax(teacher_logits)
         stats["teacher_agree"] = np.int64((log_t.argmax(axis=1) == pred).sum())
         stats["teacher_kl_sum"] = np.float64((np.exp(log_t) * (log_t - log_p)).sum())
     if baseline_logits is not None:
         if baseline_logits.shape != logits.shape:
             raise ValueError(f"baseline_logits have shape {baseline_logits.shape}, expected {logits.shape}")
-        baseline_correct = _log_softmax(baseline_logits).argmax(axis=1) == labels  # as its own block_stats
+        baseline_correct = log_softmax(baseline_logits).argmax(axis=1) == labels  # as its own block_stats
         stats["only_model"] = np.int64((correct & ~baseline_correct).sum())
         stats["only_baseline"] = np.int64((baseline_correct & ~correct).sum())
     return {key: np.asarray(v)[None] for key, v in stats.items()}

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from distkd.evaluate import ranking_report
 from distkd.evaluate.metrics import gain_text
 
 
@@ -328,6 +329,9 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
     slice_plots = [f"slices_{slug(column)}.png" for column in (sliced[0]["slices"] if sliced else {})]
     for name, column in zip(slice_plots, sliced[0]["slices"] if sliced else {}):
         figures[name] = _slice_figure(sliced, column)
+    ranked = ranking_report.ranked(models)
+    if ranked:
+        figures[ranking_report.ROC] = ranking_report.roc_figure(models)
     paths = {}
     for name, fig in figures.items():
         paths[name] = out / name
@@ -356,6 +360,8 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
     ]
     if gains:
         md += ["## Gain over the baseline", "", *(f"- {line}" for line in gains), "", GAIN_NOTE, ""]
+    if ranked:
+        md += ranking_report.markdown(models, lambda header, rows: _markdown_table(header, rows, text_columns=1))
     md += [
         "## Per-class F1",
         "",
@@ -405,6 +411,7 @@ def write_report(out_dir: str | Path, models: list[dict], title: str = "distkd r
 {_html_table(*summary)}
 <p class="note">{html.escape(note)}</p>
 {gains_html}
+{ranking_report.html_section(models, _html_table, img) if ranked else ""}
 {training_html}
 <h2>Accuracy, size and per-class F1</h2>
 <div class="plots">{"".join(img(n) for n in overview)}</div>

@@ -17,7 +17,7 @@ from distkd import console, devices, storage
 from distkd.catalog import run_record
 from distkd.config import ConfigError, DistillConfig
 from distkd.data.kinds import InputKind
-from distkd.evaluate import summary
+from distkd.evaluate import ranking, summary
 from distkd.evaluate.cost import model_cost, summed_cost
 from distkd.evaluate.metrics import (
     baselines,
@@ -36,6 +36,7 @@ from distkd.specs import EvalSpec, Weights
 TEACHER = "teacher"
 ENSEMBLE = "ensemble"  # an ensemble's combined outputs: the students' teacher where there is one
 SLICES = "slices"  # the column of the evaluators' output that holds a block's per-slice statistics
+RANKING = "ranking"  # the column that holds a block's ranking statistics, per model (evaluate/ranking.py)
 TRUNCATED = "truncated"  # a text input's: rows longer than max_length tokens (``TextInput.prepare``)
 
 
@@ -71,17 +72,19 @@ class Evaluator:
             members = [logits[role] for role in self.ensemble.members]
             logits[ENSEMBLE] = self.ensemble.predictions(members, self.distill.temperature)
         reference, teachers = (ENSEMBLE, {ENSEMBLE, *self.ensemble.members}) if self.ensemble else (TEACHER, {TEACHER})
-        out, sliced = {}, []
+        out, sliced, ranked = {}, [], []
+        values = {column: batch[column] for column in self.slices}
         for i, (role, z) in enumerate(logits.items()):
             teacher = logits.get(reference) if role not in teachers else None
             baseline = logits.get(self.baselines.get(role))
             stats = block_stats(z, batch["label"], teacher, baseline_logits=baseline)
             out.update({f"m{i}_{key}": v for key, v in stats.items()})
             if self.slices:
-                values = {column: batch[column] for column in self.slices}
                 sliced.append(slice_stats(values, z, batch["label"], teacher_logits=teacher, baseline_logits=baseline))
+            ranked.append(ranking.block(batch["id"], batch["label"], z, baseline, values))
         if self.slices:  # column -> value -> statistics, per model: nested, so one pickled cell per block
             out[SLICES] = np.array([pickle.dumps(sliced)], dtype=object)
+        out[RANKING] = np.array([pickle.dumps(ranked)], dtype=object)
         if TRUNCATED in batch:  # a text input's rows cut to max_length tokens
             out[TRUNCATED] = np.array([int(batch[TRUNCATED].sum())])
         return out
@@ -130,25 +133,34 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
         )
     )
     results, class_names = [], list(spec.class_names) if spec.class_names else None
+    paired: dict[str, dict | None] = {}  # role -> its paired ranking sums against its baseline
     for i, about in enumerate(described(spec, costs).values()):
         summed = sum_stats(
             {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
         )
+        # a block holds one row per evaluator call, or several
+        ranks = ranking.merge_blocks(pickle.loads(cell)[i] for b in blocks for cell in b[RANKING])
         results.append(
             {
                 **about,
-                "metrics": compute_metrics(summed, class_names),
+                "metrics": {**compute_metrics(summed, class_names), **ranking.of(ranks["all"], summed)},
                 **({TRUNCATED: sum(int(b[TRUNCATED].sum()) for b in blocks)} if TRUNCATED in blocks[0] else {}),
             }
         )
+        paired[about["role"]] = ranks.get("paired")
         if slices:
-            # a block holds one row per evaluator call, or several
             summed_slices = sum_slices(pickle.loads(cell)[i] for b in blocks for cell in b[SLICES])
             results[-1]["slices"] = slice_metrics(summed_slices, class_names)
+            for column, values in summed_slices.items():
+                for value, stats in values.items():
+                    results[-1]["slices"][column][value].update(ranking.of(ranks["slices"][column][value], stats))
     by_role = {r["role"]: r for r in results}
     for role, baseline in baselines({role: w.model for role, w in spec.models.items()}).items():
         b = by_role[baseline]
         by_role[role]["baseline"] = {"role": baseline, "name": b["name"], "seed": b.get("settings", {}).get("seed")}
+        by_role[role]["metrics"]["ranking_vs_baseline"] = ranking.paired_gain(
+            paired[role], by_role[role]["metrics"], b["metrics"]
+        )
         if slices:
             by_role[role]["slice_gaps"] = slice_gaps(by_role[role]["slices"], b["slices"])
     save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.record())

@@ -7,6 +7,7 @@ import json
 
 from distkd import storage
 from distkd.config import ConfigError
+from distkd.evaluate import ranking
 from distkd.evaluate.metrics import gain_text, worst_slice
 
 METRICS = "metrics.json"  # what the evaluate stage writes into a report folder, beside report.md and the plots
@@ -32,7 +33,8 @@ def summary(report: str, stages: str = "") -> str:
     """The comparison table of the report's models, each distilled student's gain over its baseline with its 95%
     interval, ``stages`` (the time each stage took, as the console's timeline says it) and where the report is."""
     evaluated = models(report)
-    header = ("model", "params", "accuracy", "macro F1", "agreement with teacher")
+    ranked = all(ranking.judged_by_ranking(m["metrics"]) for m in evaluated)  # binary: AUC and logloss beside
+    header = ("model", "params", "accuracy", "macro F1", "agreement with teacher") + ranked * ("ROC AUC", "logloss")
     rows = [header] + [
         (
             m["name"],
@@ -41,6 +43,7 @@ def summary(report: str, stages: str = "") -> str:
             f"{m['metrics']['f1_macro']:.4f}",
             "" if m["metrics"].get("teacher_agreement") is None else f"{100 * m['metrics']['teacher_agreement']:.2f}%",
         )
+        + ((f"{m['metrics']['roc_auc']:.4f}", f"{m['metrics']['logloss']:.4f}") if ranked else ())
         for m in evaluated
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -49,6 +52,8 @@ def summary(report: str, stages: str = "") -> str:
     for m in compared:
         what = "distilled student vs from scratch" if len(compared) == 1 else f"{m['name']} vs {m['baseline']['name']}"
         lines.append(f"{what}: {gain_text(m)}")
+        if ranked:
+            lines.append(f"  {ranking.gain_text(m['metrics']['ranking_vs_baseline'])}")
         if "slice_gaps" in m:
             lines.append(f"  {worst_slice(m)}")
     if stages:

@@ -15,6 +15,7 @@ from torch import nn
 from distkd import storage
 from distkd.data.errors import InputChanged
 from distkd.models.students import LeNet5, ResNet9
+from distkd.models.tabular import DCNv2, TabularMLP, TabularWide
 from distkd.models.text import TextCNN, TextTransformer
 from distkd.registry import Registry
 
@@ -48,6 +49,9 @@ MODELS.register("text_transformer")(TextTransformer)
 MODELS.register("text_cnn")(TextCNN)
 for _name in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large"):
     MODELS.register(_name)(_torchvision(_name))
+MODELS.register("dcn_v2")(DCNv2)
+MODELS.register("tabular_mlp")(TabularMLP)
+MODELS.register("tabular_wide")(TabularWide)
 
 
 def weights_hash(uri: str) -> str:

@@ -144,7 +144,7 @@ def test_code_folder_is_a_package(tmp_path):
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("nosuchnet", "unknown model 'nosuchnet'; known: lenet5"),
+        ("nosuchnet", "unknown model 'nosuchnet'; known: dcn_v2, lenet5"),
         ("bogus:x", "unknown model source 'bogus'"),
         ("timm:", "names no model after 'timm:'"),
         ("torchvision:not_a_model", "torchvision has no classification model 'not_a_model'"),

@@ -85,8 +85,8 @@ def test_the_input_kind_comes_from_the_schema(data: Path, tmp_path: Path) -> Non
     named = Split.open(str(tmp_path / "other"), "train", column="review")
     assert (named.column, named.kind) == ("review", "text")
     assert named.identity()["input_column"] == "review"  # another column is other data
-    with pytest.raises(DataError, match="no input column: expected one named 'image' or 'text'"):
-        Split.open(str(tmp_path / "other"), "train")
+    tabular = Split.open(str(tmp_path / "other"), "train")  # no image or text column: every other is a feature
+    assert (tabular.kind, tabular.features) == ("tabular", ("review", "department"))
     write(tmp_path / "ints", "train", [review(0)], extra={"stars": pa.array([3])})
     with pytest.raises(DataError, match="input column 'stars' holds int64 values; expected encoded image bytes"):
         Split.open(str(tmp_path / "ints"), "train", column="stars")
