@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-from distkd import console, storage
+from distkd import storage
 from distkd.evaluate import ranking
 from distkd.evaluate.metrics import block_stats, compute_metrics, sum_stats
 from distkd.evaluate.report import write_report
+from distkd.evaluate.summary import summary
 
 N = 6000
 
@@ -142,7 +143,7 @@ def test_the_report_and_the_summary_give_auc_logloss_the_gain_and_roc_curves(tmp
     assert f"- mlp distilled vs mlp scratch: {gain}" in md and "Ranking" in paths["report.html"].read_text()
     assert paths["roc.png"].read_bytes().startswith(b"\x89PNG")
     storage.write_json(storage.join(str(tmp_path), "metrics.json"), {"title": "t", "models": models})
-    lines = console.summary(str(tmp_path)).splitlines()
+    lines = summary(str(tmp_path)).splitlines()
     assert lines[0].split()[-4:] == ["teacher", "ROC", "AUC", "logloss"] and f"  {gain}" in lines
     assert lines[3].split()[-2:] == [f"{auc:.4f}", f"{models[2]['metrics']['logloss']:.4f}"]
 
