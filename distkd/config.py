@@ -246,7 +246,7 @@ class SoftLabelConfig(Strict):
     gpus_per_actor: float = Field(default=0.0, ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on a GPU
     compile: bool = False  # torch.compile the teacher in each actor (its seconds reported apart; not in the key)
-    # An ensemble's target, from its teachers' outputs (softlabels/ensemble.py): the weighted mean of their
+    # An ensemble's target, from its teachers' outputs (labels/ensemble.py): the weighted mean of their
     # probabilities at distill.temperature, or of their logits. Read only with several teachers.
     combine: Literal["probs", "logits"] = "probs"
 
