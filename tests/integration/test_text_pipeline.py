@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from distkd import config, console, pipeline, storage
+from distkd.catalog import RUN_INFO
 from distkd.data import tokenizer
 from distkd.job import Job
 from distkd.softlabels import cache
@@ -62,6 +63,11 @@ def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_
 
     history = storage.read_json(str(Path(out["distilled"]).parent / "history.json"))
     every_id_once(history, ROWS, 2, (job,))  # the student trained on its 2 workers, each id once
+    spans = sorted(
+        (Path(out[role]).with_name(RUN_INFO).stat().st_mtime, Path(out[role]).stat().st_mtime)
+        for role in ("distilled", "scratch")
+    )  # each run's run.json, written as it starts, to its model.pt, written as it ends
+    assert spans[1][0] < spans[0][1], spans  # the distilled student and its baseline trained at once
 
     models = {m["role"]: m for m in storage.read_json(storage.join(out["report"], "metrics.json"))["models"]}
     assert set(models) == {"teacher", "distilled", "scratch"}
