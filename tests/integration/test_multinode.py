@@ -32,6 +32,15 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ["distkd", "pipeline", "job.yaml"]  # the end of the command line of a job `distkd submit` started
 SHIPPED_STUDENT = {"name": "import:shipped_students:Net", "train": {"epochs": 1, "batch_size": 50, "augment": False}}
 NODE_CPUS = 3  # a training worker or a teacher actor takes 2: one of each per node, 1 CPU left for tasks
+# Waits for a job in one process (``submit.wait``, as `distkd submit --follow` waits), printing its last status:
+# a `distkd jobs status` a second started Python and Ray's client again each time, seconds of the CPUs the
+# job itself runs on.
+WAIT = """
+import sys
+from ray.job_submission import JobSubmissionClient
+from distkd import submit
+print(submit.wait(JobSubmissionClient(sys.argv[1]), sys.argv[2], float(sys.argv[3])))
+"""
 
 
 @dataclass
@@ -212,9 +221,10 @@ def submitted(cluster, cifar10, teacher, tmp_path_factory):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     code.unlink()
     job_id = out.stdout.split()[1]
-    status = wait_for(cluster, job_id, timeout=600)
+    wait_for(cluster, job_id, timeout=600)
+    status = cluster.run(str(BIN / "distkd"), "jobs", "status", job_id, "--address", cluster.dashboard).stdout
     logs = cluster.run(str(BIN / "distkd"), "jobs", "logs", job_id, "--address", cluster.dashboard).stdout
-    assert status == "SUCCEEDED", logs[-4000:]
+    assert status.strip() == "SUCCEEDED", logs[-4000:]
     return store, logs
 
 
@@ -289,13 +299,9 @@ def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted
         time.sleep(0.2)
     assert fresh, "no shard was written"
     cluster.kill_node(next(r for r in cluster.raylets() if r.pid != head.pid))
-    while time.time() < deadline:
-        status = cluster.run(str(BIN / "distkd"), "jobs", "status", job_id, "--address", cluster.dashboard)
-        if status.stdout.strip() in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(2)
+    status = wait_for(cluster, job_id, timeout=max(1.0, deadline - time.time()))
     logs = cluster.run(str(BIN / "distkd"), "jobs", "logs", job_id, "--address", cluster.dashboard).stdout
-    assert status.stdout.strip() == "SUCCEEDED", logs[-4000:]
+    assert status == "SUCCEEDED", logs[-4000:]
     entry = next(
         p
         for p in entries.iterdir()
@@ -307,13 +313,10 @@ def test_second_node_lost_mid_softlabels_finishes_on_the_head(cluster, submitted
 
 
 def wait_for(cluster: Cluster, job_id: str, timeout: float = 300) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = cluster.run(str(BIN / "distkd"), "jobs", "status", job_id, "--address", cluster.dashboard).stdout
-        if status.strip() in ("SUCCEEDED", "FAILED", "STOPPED"):
-            return status.strip()
-        time.sleep(1)
-    return "TIMEOUT"
+    """The job's status once it finished, or its last one after ``timeout`` seconds."""
+    out = cluster.run(sys.executable, "-c", WAIT, cluster.dashboard, job_id, str(timeout), timeout=timeout + 120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
 
 
 def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted, cifar10, teacher, tmp_path):

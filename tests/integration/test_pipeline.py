@@ -28,14 +28,14 @@ from distkd.specs import TrainingRun
 from tests.label_store import one_entry
 
 ROOT = Path(__file__).resolve().parents[2]
-ROWS = 600
+ROWS = 300
 
 
 def tiny_job(cifar10: Path, store: str, name: str = "tiny", **overrides) -> Job:
     raw = {
         "name": name,
         "store": store,
-        "data": {"uri": str(cifar10), "limit": ROWS, "val_limit": 200},
+        "data": {"uri": str(cifar10), "limit": ROWS, "val_limit": 100},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}, "train": {"epochs": 1, "batch_size": 100, "lr": 0.1}},
         "student": {"name": "lenet5", "train": {"epochs": 1, "batch_size": 100, "lr": 0.05, "augment": False}},
         "softlabels": {"batch_size": 256},
@@ -201,7 +201,7 @@ def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
         "name": "eval-only",
         "store": str(store),
         "stages": ["evaluate"],
-        "data": {"uri": job.config.data.uri, "limit": 300},
+        "data": {"uri": job.config.data.uri, "limit": 200},
         "teacher": {"name": "resnet9", "kwargs": {"width": 4}},
         "student": {"name": "lenet5"},
         "evaluate": {
@@ -217,8 +217,8 @@ def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
     assert main(["evaluate", str(path)]) == 0
     folder = capsys.readouterr().out.split("report: ")[-1].strip()
     metrics = storage.read_json(storage.join(folder, "metrics.json"))
-    assert metrics["split"]["split"] == "train" and metrics["split"]["limit"] == 300
-    assert [(m["role"], m["metrics"]["count"]) for m in metrics["models"]] == [("teacher", 300), ("distilled", 300)]
+    assert metrics["split"]["split"] == "train" and metrics["split"]["limit"] == 200
+    assert [(m["role"], m["metrics"]["count"]) for m in metrics["models"]] == [("teacher", 200), ("distilled", 200)]
     assert "teacher_agreement" in metrics["models"][1]["metrics"]
 
     evaluation["stages"] = ["distill", "evaluate"]

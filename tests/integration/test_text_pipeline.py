@@ -13,6 +13,7 @@ from distkd.evaluate.summary import summary
 from distkd.job import Job
 from distkd.softlabels import cache
 from distkd.softlabels.stage import generate
+from distkd.specs import TrainingRun
 from tests.integration.test_training import every_id_once
 
 ROWS, SHARD_ROWS = 240, 120
@@ -37,7 +38,9 @@ def text_job(reviews: Path, store: Path) -> Job:
             "name": "text_cnn",
             "kwargs": {"dim": 16, "filters": 8},
             "train": {"epochs": 1, "batch_size": 40, "lr": 0.001, "augment": False, "optimizer": {"name": "adamw"}},
-            "resources": {"num_workers": 2, "cpus_per_worker": 1},
+            # half a CPU a worker: the distilled student and its baseline, 2 workers each, train at once on the
+            # session's 2 CPUs (one Ray Train run's wait, not two one after the other)
+            "resources": {"num_workers": 2, "cpus_per_worker": 0.5},
         },
         "softlabels": {"shard_rows": SHARD_ROWS, "actors": 1},
         "evaluate": {"slices": ["department"], "batch_size": 100},
@@ -61,6 +64,11 @@ def test_text_through_every_stage_with_a_tokenizer_trained_once_and_labels_that_
 
     history = storage.read_json(str(Path(out["distilled"]).parent / "history.json"))
     every_id_once(history, ROWS, 2, (job,))  # the student trained on its 2 workers, each id once
+    spans = sorted(
+        (Path(out[role]).with_name(TrainingRun.INFO).stat().st_mtime, Path(out[role]).stat().st_mtime)
+        for role in ("distilled", "scratch")
+    )  # each run's run.json, written as it starts, to its model.pt, written as it ends
+    assert spans[1][0] < spans[0][1], spans  # the distilled student and its baseline trained at once
 
     models = {m["role"]: m for m in storage.read_json(storage.join(out["report"], "metrics.json"))["models"]}
     assert set(models) == {"teacher", "distilled", "scratch"}

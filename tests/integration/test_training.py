@@ -8,6 +8,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -129,9 +130,14 @@ def every_id_once(history: list[dict], rows: int, workers: int, data) -> None:
 
 
 def test_two_workers_train_on_every_id_once_and_follow_one_worker(data, tmp_path):
+    def run(workers: int) -> list[dict]:
+        return train(data, tmp_path / f"w{workers}", num_workers=workers, cpus_per_worker=0.5)
+
+    # the two runs at once, as the pipeline trains its two students: their 3 half-CPU workers fit the 2 CPUs
+    with ThreadPoolExecutor(2) as pool:
+        histories = dict(zip((1, 2), pool.map(run, (1, 2))))
     curves = {}
-    for workers in (1, 2):
-        history = train(data, tmp_path / f"w{workers}", num_workers=workers)
+    for workers, history in histories.items():
         assert [e["epoch"] for e in history] == [1, 2]
         every_id_once(history, ROWS, workers, data)
         assert all(w["samples"] > 0 for e in history for w in e["workers"])
