@@ -330,7 +330,7 @@ def submit_job(args: argparse.Namespace) -> int:
     from distkd import checks
 
     checks.settings(job)  # what the schema cannot know: the job's registry entries, before anything is sent
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
     from distkd import submit
 
@@ -338,7 +338,7 @@ def submit_job(args: argparse.Namespace) -> int:
     print(f"submitted {job_id} to {args.address} (distkd jobs logs {job_id} --address {args.address})", flush=True)
     if not args.wait:
         return 0
-    client = JobSubmissionClient(args.address)
+    client = job_client(args.address)
     status = submit.wait(client, job_id)
     print(client.get_job_logs(job_id), end="")
     print(f"{job_id}: {status}")
@@ -362,10 +362,18 @@ JOB_ACTIONS: dict[str, Callable] = {  # (client, submission id) -> what to print
 def jobs_command(args: argparse.Namespace) -> int:
     if args.action != "ls" and args.id is None:
         raise ConfigError(f"jobs {args.action} needs a submission ID (see: distkd jobs ls --address {args.address})")
+    print(JOB_ACTIONS[args.action](job_client(args.address), args.id))
+    return 0
+
+
+def job_client(address: str):
+    """Ray's job client at ``address``, or a ``ConfigError`` naming it when nothing answers there."""
     from ray.job_submission import JobSubmissionClient
 
-    print(JOB_ACTIONS[args.action](JobSubmissionClient(args.address), args.id))
-    return 0
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError as e:
+        raise ConfigError(f"--address {address}: no Ray job server answers there ({e})") from None
 
 
 # -- the store ----------------------------------------------------------------------------------------

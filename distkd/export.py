@@ -109,7 +109,10 @@ FORMATS.register("onnx")(Format("model.onnx", _write_onnx, _load_onnx, needs="on
 def trained_model(run: str, code: tuple[str, ...] = ()) -> tuple[nn.Module, dict]:
     """The committed run's module with its weights, and its ``run.json``."""
     if not storage.is_committed(run) or not storage.exists(storage.join(run, TrainingRun.WEIGHTS)):
-        raise ConfigError(f"{run}: not a committed run folder (expected {TrainingRun.WEIGHTS}, {TrainingRun.INFO} and the commit marker)")
+        raise ConfigError(
+            f"{run}: not a committed run folder "
+            f"(expected {TrainingRun.WEIGHTS}, {TrainingRun.INFO} and the commit marker)"
+        )
     info = storage.read_json(storage.join(run, TrainingRun.INFO))
     m = info["model"]
     spec = ModelSpec(m["name"], m["kwargs"], m["num_classes"], tuple(m["input_shape"]), code=code)

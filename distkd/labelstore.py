@@ -162,5 +162,3 @@ def entries(store: str) -> list[str]:
     root = storage.join(store, "softlabels")
     with errors(root):
         return [f for f in storage.list_folders(root) if storage.is_committed(f)]
-
-

@@ -22,7 +22,6 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 import distkd
 from distkd import storage
 from distkd.config import JobConfig
-from distkd.models import sources
 
 JOB_FILE = "job.yaml"
 CODE = "code"  # the working_dir's folder of the job's ``code:``
@@ -37,6 +36,8 @@ def entrypoint(command: str) -> str:
 def resolved(job: JobConfig) -> dict:
     """The job as the cluster runs it: every path absolute (data and store already are), and no
     ``ray_address`` (the job's driver joins the cluster it runs on, through $RAY_ADDRESS)."""
+    from distkd.models import sources  # torch: only for a submission, not for every `distkd jobs` command
+
     raw = job.model_dump(mode="json")
     raw["ray_address"] = None
     raw["code"] = [f"{CODE}/{Path(path).name}" for path in job.code]  # copied into the working_dir by ``package``

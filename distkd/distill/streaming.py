@@ -145,7 +145,9 @@ def _shard_labels(
     the unit's ids in order); an ensemble's combined into one target, from shards that record the same views."""
     expected = ids.to_pylist()
     teachers = [
-        labelstore.training_columns(labelstore.read_shard(entry, s["file"], expected, labelstore.ShardRecord(**s))[0], fmt)
+        labelstore.training_columns(
+            labelstore.read_shard(entry, s["file"], expected, labelstore.ShardRecord(**s))[0], fmt
+        )
         for entry, s in zip(labels.entries, shards)
     ]
     if len(teachers) == 1:

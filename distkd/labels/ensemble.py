@@ -3,7 +3,8 @@
 Each teacher keeps its own soft-label entry; a student combines them as it reads them (``distill/streaming.py``)
 and the evaluation combines the teachers' outputs on the test split alike, with this one function. An entry of
 ``COMBINATIONS`` takes the teachers' logits stacked [M, ..., C], their weights [M] (summing to 1) and the KD
-temperature (``distill.temperature``, read where the combination is called), and returns logits [..., C] that every KD loss takes as a teacher's:
+temperature (``distill.temperature``, read where the combination is called), and returns logits [..., C] that
+every KD loss takes as a teacher's:
 
 - ``probs``: ``T * log(sum_i w_i softmax(z_i / T))``, whose softmax at T is exactly the weighted mean of the
   teachers' probabilities at T;

@@ -105,5 +105,7 @@ def label_units(spec: SoftLabelSpec, units: list[Unit]) -> list[dict]:
     by_unit = {r["index"]: {k: r[k] for k in RECORD} for r in records}
     wrong = [u.index for u in units if u.index not in by_unit or by_unit[u.index]["rows"] != u.rows]
     if wrong or len(records) != len(units):
-        raise labelstore.CacheError(f"{entry}: teacher actors did not return one whole shard per unit (e.g. {wrong[:3]})")
+        raise labelstore.CacheError(
+            f"{entry}: teacher actors did not return one whole shard per unit (e.g. {wrong[:3]})"
+        )
     return [by_unit[u.index] for u in units]

@@ -82,7 +82,10 @@ def test_the_student_distils_from_exactly_the_weighted_mean_of_its_teachers_stor
     assert recorded["teachers"] == [{"softlabels": s.key, "weight": w} for s, w in zip(specs, (0.75, 0.25))]
 
     # what the distill stage's reader hands the loop (held in memory or streamed: the same reader)
-    given = {r["id"]: r["teacher_logits"] for r in rows_in_memory(job.train, run.softlabels, job.inputs, run.distill).take_all()}
+    given = {
+        r["id"]: r["teacher_logits"]
+        for r in rows_in_memory(job.train, run.softlabels, job.inputs, run.distill).take_all()
+    }
     teachers = [stored_logits(s.uri) for s in specs]
     assert sorted(given) == sorted(teachers[0]) == sorted(teachers[1]) and len(given) == ROWS
     ids = sorted(given)

@@ -75,6 +75,7 @@ ROWS = [
     (["cache", "show", "--store", "{store}"], 2, "the following arguments are required: key"),
     (["cache", "purge", "--store", "{store}"], 2, "invalid choice: 'purge'"),
     (["jobs", "status", "--address", "http://127.0.0.1:1"], 2, "jobs status needs a submission ID"),
+    (["jobs", "status", "raysubmit_1", "--address", "http://127.0.0.1:1"], 2, "--address http://127.0.0.1:1: no Ray"),
     (["submit", "{file}", "--address", "http://127.0.0.1:1"], 2, "{file}"),
     (["submit", "{unknown_optimizer}", "--address", "http://127.0.0.1:1"], 2, "key 'student.train.optimizer'"),
     (["pipeline", "{nowhere}"], 2, "{nowhere}"),

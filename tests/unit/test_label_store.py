@@ -51,7 +51,8 @@ def test_a_shard_is_named_by_its_teacher_file_bytes_and_rows_not_by_its_place(fi
 
 def test_shard_uri_resolves_the_entry_relative_name_for_object_stores_too():
     assert (
-        labelstore.shard_uri("s3://b/st/softlabels/k", "../shards/t/h.parquet") == "s3://b/st/softlabels/shards/t/h.parquet"
+        labelstore.shard_uri("s3://b/st/softlabels/k", "../shards/t/h.parquet")
+        == "s3://b/st/softlabels/shards/t/h.parquet"
     )
     assert labelstore.shard_uri("/st/softlabels/k", "shards/part-0.parquet") == "/st/softlabels/k/shards/part-0.parquet"
 
@@ -112,7 +113,9 @@ def test_gc_removes_only_unlisted_shards_past_the_grace_period_and_dry_run_remov
     assert main(["cache", "rm", gone.key, "--store", str(store)]) == 0  # its own shards stay: shared, maybe
     only_gone = [s for s in gone.shards if s.file not in {k.file for k in kept.shards}]
     assert len(only_gone) == 3 and len(shard_files(store)) == 9
-    young = Path(labelstore.shard_uri(str(store / "softlabels" / kept.key), kept.shards[0].file)).with_name("new.parquet")
+    young = Path(labelstore.shard_uri(str(store / "softlabels" / kept.key), kept.shards[0].file)).with_name(
+        "new.parquet"
+    )
     young.write_bytes(b"written a moment ago")
     capsys.readouterr()
 
