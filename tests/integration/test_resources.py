@@ -91,7 +91,10 @@ def test_jobs_asking_for_what_the_cluster_lacks_fail_at_once(ray_cluster, cifar1
     cases = {
         "resources.num_workers": {"resources": {"use_gpu": True}},
         "resources.num_workers ": {"resources": {"num_workers": 3}},
-        "softlabels.actors": {"stages": ["train_teacher", "softlabels"], "softlabels": {"actors": 1, "gpus_per_actor": 1}},
+        "softlabels.actors": {
+            "stages": ["train_teacher", "softlabels"],
+            "softlabels": {"actors": 1, "gpus_per_actor": 1},
+        },
         "resources.num_workers  ": {"resources": {"num_workers": [3, 4]}},
     }
     for key, sections in cases.items():

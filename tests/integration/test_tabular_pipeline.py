@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from distkd import config, console, pipeline, storage
+from distkd import config, pipeline, storage
 from distkd.data import tabular
+from distkd.evaluate.summary import summary
 from distkd.job import Job
 from tests.conftest import BUCKET, ROOT
 
@@ -61,8 +62,8 @@ def check_outputs(job: Job, out: dict[str, str]) -> None:
         assert all(0 < s["roc_auc"] <= 1 for s in m["slices"]["gender"].values())
     vs = models["distilled"]["metrics"]["ranking_vs_baseline"]
     assert vs["count"] == ROWS and vs["roc_auc"]["ci95"][0] <= vs["roc_auc"]["gain"] <= vs["roc_auc"]["ci95"][1]
-    summary = console.summary(out["report"])
-    assert "ROC AUC" in summary.splitlines()[0] and "paired bootstrap over 400 rows" in summary
+    printed = summary(out["report"])
+    assert "ROC AUC" in printed.splitlines()[0] and "paired bootstrap over 400 rows" in printed
     assert storage.exists(storage.join(out["report"], "roc.png"))
 
 
