@@ -53,6 +53,33 @@ def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
                 os.environ[k] = v
 
 
+class RayWatch:
+    """Whether a command started or joined Ray. ``ray.init`` and ``cluster.connect`` (distkd's one way in) are
+    recorded instead of made; and as Ray may already be up in this process (the integration tests share one
+    instance), a Ray that came up since the watch began counts too."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import ray
+
+        from distkd import cluster
+
+        self.joins: list[str] = []
+        self.was_up = ray.is_initialized()
+        monkeypatch.setattr(ray, "init", lambda *a, **k: self.joins.append("ray.init"))
+        monkeypatch.setattr(cluster, "connect", lambda *a, **k: self.joins.append("cluster.connect"))
+
+    def joined(self) -> bool:
+        import ray
+
+        return bool(self.joins) or (not self.was_up and ray.is_initialized())
+
+
+@pytest.fixture
+def ray_watch(monkeypatch) -> RayWatch:
+    """For tests of what is refused before any cluster work."""
+    return RayWatch(monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """One local Ray instance for the whole session; its workers inherit this process's environment (the

@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -138,18 +137,14 @@ def made_store(root: Path) -> Path:
     return root
 
 
-def ray_started() -> bool:
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
-
-
 @pytest.mark.parametrize(("argv", "code", "phrase"), ROWS, ids=[" ".join(r[0])[:60] for r in ROWS])
-def test_a_bad_command_is_refused_in_one_line(places, capsys, argv, code, phrase):
+def test_a_bad_command_is_refused_in_one_line(places, capsys, ray_watch, argv, code, phrase):
     argv = [a.format(**places) for a in argv]
     assert cli.main(argv) == code
     out, err = capsys.readouterr()
     assert phrase.format(**places) in err
     assert "Traceback" not in out + err and SECRET not in out + err
-    assert not ray_started()
+    assert not ray_watch.joined(), ray_watch.joins
 
 
 def test_each_error_type_the_table_names_is_one(places):

@@ -14,12 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 import yaml
 
 from distkd.cli import main
-from tests.conftest import CIFAR10, REVIEWS
+from tests.conftest import CIFAR10, REVIEWS, RayWatch
 
 SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEY"  # in every URI with credentials: never printed
 CREDENTIALS = f"AKIAIOSFODNN7EXAMPLE:{SECRET}@"
@@ -449,35 +448,35 @@ def data_folders(images, texts) -> None:
     DATA.update(image=str(images), text=str(texts))
 
 
-def refused(argv: list[str], capsys) -> str:
+def refused(argv: list[str], capsys, ray_watch: RayWatch) -> str:
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
-    assert not ray.is_initialized()
+    assert not ray_watch.joined(), ray_watch.joins
     return out + err
 
 
 @pytest.mark.parametrize("refusal", REFUSALS, ids=[r.id for r in REFUSALS])
-def test_a_bad_job_input_is_refused_before_ray_starts(tmp_path, capsys, refusal):
+def test_a_bad_job_input_is_refused_before_ray_starts(tmp_path, capsys, ray_watch, refusal):
     path = job_file(tmp_path, refusal)
-    printed = refused(["plan", str(path)], capsys)
+    printed = refused(["plan", str(path)], capsys, ray_watch)
     assert refusal.expected.replace("{tmp}", str(tmp_path)) in printed
     assert str(path) in printed  # the message names the job file
     assert SECRET not in printed
     assert not (tmp_path / "store").exists()
 
 
-def test_a_job_file_that_is_not_utf8_is_named(tmp_path, capsys):
+def test_a_job_file_that_is_not_utf8_is_named(tmp_path, capsys, ray_watch):
     path = tmp_path / "job.yaml"
     path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
-    assert f"{path}: not a UTF-8 text file" in refused(["plan", str(path)], capsys)
+    assert f"{path}: not a UTF-8 text file" in refused(["plan", str(path)], capsys, ray_watch)
 
 
 @pytest.mark.parametrize("data", ["image", "text"])
-def test_the_jobs_the_rows_change_are_valid(tmp_path, capsys, data):
+def test_the_jobs_the_rows_change_are_valid(tmp_path, capsys, ray_watch, data):
     """Each row's phrase comes from its change: the job it changes is planned without complaint (with slices by a
     string and a dictionary-encoded column, of few values, for the image job)."""
     slices = {"evaluate.slices": ["group", "grade"]} if data == "image" else {}
     path = job_file(tmp_path, Refusal("valid", slices, "", data))
     assert main(["plan", str(path)]) == 0, capsys.readouterr()
-    assert not ray.is_initialized()
+    assert not ray_watch.joined(), ray_watch.joins
