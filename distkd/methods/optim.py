@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import torch
 
+from distkd.config import TrainConfig
 from distkd.registry import Registry
-
-if TYPE_CHECKING:  # config.py validates its entries against these registries
-    from distkd.config import TrainConfig
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
