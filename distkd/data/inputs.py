@@ -43,7 +43,7 @@ from distkd.config import ConfigError, DataConfig, Strict, validated
 from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
 from distkd.data.errors import DataError
-from distkd.data.kinds import InputKind, Kind, OneColumn
+from distkd.data.kinds import STRINGS, InputKind, Kind, OneColumn
 from distkd.data.places import row
 from distkd.data.source import Finder, Input, Split, decode_batch, image_shape
 from distkd.data.tabular import TABULAR
@@ -123,8 +123,13 @@ def recorded_images(split: Split, info: dict) -> ImageInput:
     return ImageInput(column, tuple(info["model"]["input_shape"]), Normalize(tuple(norm["mean"]), tuple(norm["std"])))
 
 
-BINARY = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view)
-IMAGE = Kind(OneColumn("image", BINARY, keyed=False), image_input, "encoded image bytes", recorded=recorded_images)
+IMAGE = Kind(
+    OneColumn((pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view), unnamed="image"),
+    image_input,
+    "encoded image bytes",
+    column="image",
+    recorded=recorded_images,
+)
 
 
 class TokenizerConfig(Strict):
@@ -289,8 +294,14 @@ def recorded_texts(split: Split, info: dict) -> TextInput:
     return TextInput(column, tokenizer, made_of)
 
 
-STRINGS = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-TEXT = Kind(OneColumn("text", STRINGS), text_input, "strings", ("tokenizer", TokenizerConfig), recorded_texts)
+TEXT = Kind(
+    OneColumn(STRINGS),
+    text_input,
+    "strings",
+    column="text",
+    settings=("tokenizer", TokenizerConfig),
+    recorded=recorded_texts,
+)
 
 INPUTS.register("image")(IMAGE)
 INPUTS.register("text")(TEXT)
@@ -315,22 +326,24 @@ def settings(data: DataConfig) -> dict[str, Strict]:
 
 
 def finder(data: DataConfig) -> Finder:
-    """How a split's input is found for the job's data settings: the kinds whose settings the job gives are asked
-    first, then the others, a catch-all last; the first that finds its input in the schema is the split's kind."""
+    """How a split's input is found for the job's data settings. Its input column is ``data.input_column``, else the
+    first kind's default column the shard has; the kinds whose settings the job gives are asked first, then the
+    others, a catch-all last, and the first that finds its input in the schema is the split's kind."""
     given = settings(data)
     order = sorted(INPUTS, key=lambda name: (name not in given, INPUTS[name].catch_all))
+    defaults = [column for name in order if (column := INPUTS[name].column)]
 
     def find(schema: pa.Schema, uri: str, label: str) -> Input:
+        column = data.input_column or next((c for c in defaults if c in schema.names), None)
         for name in order:
-            if found := INPUTS[name].find(schema, data.input_column, given.get(name), label):
+            if found := INPUTS[name].find(schema, column, given.get(name), label):
                 return Input(name, *found)
         expected = "; ".join(f"{INPUTS[n].holds} (a{'n' * (n[0] in 'aeiou')} {n} input)" for n in INPUTS)
-        if data.input_column is None:
+        if column is None:
             raise DataError(f"{uri}: no input column: expected {expected}; or name it with 'data.input_column'")
-        if data.input_column not in schema.names:
-            raise DataError(f"{uri}: no input column '{data.input_column}' (key 'data.input_column')")
-        column = schema.field(data.input_column)
-        raise DataError(f"{uri}: input column '{column.name}' holds {column.type} values; expected {expected}")
+        if column not in schema.names:
+            raise DataError(f"{uri}: no input column '{column}' (key 'data.input_column')")
+        raise DataError(f"{uri}: input column '{column}' holds {schema.field(column).type} values; expected {expected}")
 
     return find
 

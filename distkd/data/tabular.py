@@ -39,13 +39,12 @@ from pydantic import Field, model_validator
 from distkd import storage
 from distkd.config import ConfigError, DataConfig, Strict
 from distkd.data import gpu_decode
-from distkd.data.kinds import Kind
+from distkd.data.kinds import STRINGS, Kind
 from distkd.data.source import LABEL, Split
 from distkd.hashing import digest
 
 FILE = "statistics.json"
 OOV = 0  # the index of nulls, rare values and values unseen in training
-STRINGS = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 NUMERIC_TYPES: tuple[Callable[[pa.DataType], bool], ...] = (pa.types.is_integer, pa.types.is_floating)
 # Taken as categorical when no column is listed: an integer code column (a product id) is listed by name.
 DEFAULT_CATEGORICAL: tuple[Callable[[pa.DataType], bool], ...] = (*STRINGS, pa.types.is_boolean, pa.types.is_dictionary)
@@ -333,6 +332,6 @@ TABULAR = Kind(
     find_features,
     tabular_input,
     "feature columns beside 'id' and the label",
-    ("features", FeaturesConfig),
+    settings=("features", FeaturesConfig),
     catch_all=True,
 )

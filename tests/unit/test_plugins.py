@@ -105,7 +105,9 @@ def float32_vectors(kind: pa.DataType) -> bool:
     return pa.types.is_fixed_size_list(kind) and kind.value_type == pa.float32()
 
 
-VECTOR = Kind(OneColumn("vector", (float32_vectors,)), vector_input, "float32 vectors", ("vector", VectorConfig))
+VECTOR = Kind(
+    OneColumn((float32_vectors,)), vector_input, "float32 vectors", column="vector", settings=("vector", VectorConfig)
+)
 
 
 @pytest.fixture(autouse=True)
