@@ -48,7 +48,7 @@ class Input:
 
     kind: str = ""  # "": no input looked for (a split opened for its ids and labels alone)
     columns: tuple[str, ...] = ()
-    identity: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict, hash=False)  # hashed by kind and columns (a dict is not hashable)
 
 
 # (a shard's schema, its URI for messages, the label's column) -> its input; a DataError when it has none
