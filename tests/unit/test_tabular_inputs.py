@@ -120,7 +120,7 @@ def test_bad_columns_are_refused_naming_them(data: Path, tmp_path: Path) -> None
     write(tmp_path / "floats", "train", {"size": [1.0, 2.0]}, labels=pa.array([0.0, 1.0]))
     with pytest.raises(DataError, match="column 'label' holds double values; expected integer class indices"):
         opened(tmp_path / "floats", features={"numeric": ["size"]})
-    with pytest.raises(ConfigError, match="key 'data.features': column.s. color listed as both categorical and numeric"):
+    with pytest.raises(ConfigError, match="key 'data.features': column.s. color listed as both categorical and"):
         kind(data, store, categorical=["color"], numeric=["color"])
 
 
