@@ -20,7 +20,7 @@ from torch import nn
 
 from distkd import storage
 from distkd.config import MAX_CLASSES, ConfigError, Entry, JobConfig, LossConfig, OptimizerConfig, ScheduleConfig
-from distkd.data import tokenizer as tokenizers
+from distkd.data import inputs as kinds
 from distkd.data.inputs import InputKind
 from distkd.data.places import place, row
 from distkd.data.source import Split
@@ -53,11 +53,7 @@ def settings(config: JobConfig) -> None:
     need a registry hold: what the config's schema cannot know."""
     for key, entry in job_entries(config).items():
         known(key, entry)
-    if config.data.tokenizer is not None:
-        try:
-            tokenizers.check_name(config.data.tokenizer.name)
-        except ValueError as e:
-            raise ConfigError(f"key 'data.tokenizer.name': {e} (got {config.data.tokenizer.name!r})") from None
+    kinds.settings(config.data)
     loss, labels = config.distill.loss, config.softlabels
     kd = config.distill.alpha > 0 and not config.evaluate.models
     if kd and labels.format == "topk" and not defined_on_topk(loss.name, loss.kwargs, loss.standardize):
@@ -127,15 +123,22 @@ def ensemble(config: JobConfig, num_classes: int) -> None:
 
 
 def same_input(splits: dict[str, Split]) -> None:
-    """Every split has the training split's input column, of the same kind (``splits``: the train split first)."""
+    """Every split has the training split's kind of input, the same input as that kind means it (``Kind.same``:
+    the same columns, by default; ``splits``: the train split first)."""
     (train_key, train), *others = splits.items()
     for key, split in others:
-        if (split.column, split.kind, split.features) != (train.column, train.kind, train.features):
+        if split.input.kind != train.input.kind or not kinds.INPUTS[train.input.kind].same(train.input, split.input):
             raise ConfigError(
-                f"key '{key}': split '{split.name}' of {split.uri} has a{'n' * (split.kind == 'image')} {split.kind} "
-                f"input in column '{split.column}', but '{train_key}' has a{'n' * (train.kind == 'image')} "
-                f"{train.kind} input in column '{train.column}'; every split needs the same input"
+                f"key '{key}': split '{split.name}' of {split.uri} has {_input(split)}, but '{train_key}' has "
+                f"{_input(train)}; every split needs the same input"
             )
+
+
+def _input(split: Split) -> str:
+    """``an image input in column 'image'``, as a message says what a split's input is."""
+    kind, columns = split.input.kind, split.input.columns
+    where = f"column{'s' * (len(columns) > 1)} {_few([repr(c) for c in columns])}"
+    return f"a{'n' * (kind[0] in 'aeiou')} {kind} input in {where}"
 
 
 def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None:
@@ -157,8 +160,10 @@ def slice_columns(columns: list[str], split: Split) -> None:
     """Each column of ``evaluate.slices`` is in every file of the evaluated split, is not its input, holds integers,
     strings or booleans (values to group by, not measurements), and at most ``MAX_SLICES`` of them in the rows in
     use."""
-    if split.column in columns:
-        raise ConfigError(f"key 'evaluate.slices': '{split.column}' is the input column; slice by a column beside it")
+    if len(split.input.columns) == 1 and split.input.columns[0] in columns:  # an input of several columns: features
+        raise ConfigError(
+            f"key 'evaluate.slices': '{split.input.columns[0]}' is the input column; slice by a column beside it"
+        )
     for uri, _ in split.file_rows():
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:

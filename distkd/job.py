@@ -80,10 +80,9 @@ class Job:
                 raise ConfigError(f"{source}: {e}") from None
         reachable(source, "data.uri", data.uri, must_exist=False)  # a missing split is named below
         try:
+            find = inputs.finder(data)
             train, test, evaluated = (
-                Split.open(
-                    data.uri, name, data.limit, data.input_column, data.features and data.features.columns(), data.label
-                )
+                Split.open(data.uri, name, data.limit, find, data.label)
                 for name in (data.train_split, data.test_split, config.evaluate.split or data.test_split)
             )
         except DataError as e:

@@ -58,6 +58,7 @@ class Source:
     check: Callable[[str, tuple[str, ...]], None]
     identity: Callable[[str, tuple[str, ...]], str | None] = lambda rest, code: None
     trainable: bool = True  # False: a program (its weights are in the file; inference only)
+    path: bool = False  # its rest is a file or folder (a path or URI): made absolute, and named by its bytes alone
 
     def __call__(self, *args: object) -> nn.Module:
         return self.build(*args)
@@ -84,20 +85,21 @@ def _source(name: str) -> tuple[Source, str]:
     return SOURCES[kind], rest
 
 
-PATH_SOURCES = ("hf", "torchscript", "export")  # whose rest is a file or folder: a path or URI
-
-
 def absolute(name: str) -> str:
     """``name`` with a local path made absolute (Ray workers do not share the driver's working directory)."""
     kind, rest = split(name)
-    return f"{kind}:{storage.absolute(rest)}" if kind in PATH_SOURCES and rest else name
+    return f"{kind}:{storage.absolute(rest)}" if _is_path(kind) and rest else name
 
 
 def located(name: str) -> str:
     """``name`` as an identity holds it: a file or folder source without its location (the hash of its bytes,
     ``identity``, stands for it), so a program moved or copied unchanged keeps its keys."""
     kind, _ = split(name)
-    return f"{kind}:" if kind in PATH_SOURCES else name
+    return f"{kind}:" if _is_path(kind) else name
+
+
+def _is_path(kind: str) -> bool:
+    return kind in SOURCES and SOURCES[kind].path
 
 
 def check(name: str, code: Iterable[str] = ()) -> None:
@@ -393,7 +395,7 @@ def _import_identity(rest: str, code: tuple[str, ...]) -> str | None:
 SOURCES.register(BUILTIN)(Source(_builtin, _builtin_check))
 SOURCES.register("torchvision")(Source(_torchvision, _torchvision_check, lambda rest, code: _torchvision_version()))
 SOURCES.register("timm")(Source(_timm, _timm_check, lambda rest, code: _version("timm", "timm")))
-SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity))
-SOURCES.register("torchscript")(Source(_torchscript, _program_check, _program_identity, trainable=False))
-SOURCES.register("export")(Source(_exported, _program_check, _program_identity, trainable=False))
+SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity, path=True))
+SOURCES.register("torchscript")(Source(_torchscript, _program_check, _program_identity, trainable=False, path=True))
+SOURCES.register("export")(Source(_exported, _program_check, _program_identity, trainable=False, path=True))
 SOURCES.register("import")(Source(_imported, _import_check, _import_identity))

@@ -67,7 +67,7 @@ def train(
     single worker gets them all)."""
     job, rows, val = data
     if streamed:
-        split = Split.open(job.config.data.uri, "train", limit=streamed)
+        split = dataclasses.replace(job.train, limit=streamed)
         # in 8 blocks by default, so that both workers get some (the stream's blocks are a unit's rows: one here)
         rows = streaming.stream(split, ["id", "image", "label"], job.inputs).repartition(blocks)
     if val_blocks:
