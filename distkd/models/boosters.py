@@ -53,11 +53,13 @@ class Booster(ColumnModel):
         """The rows as the DataFrame the booster was trained on: its columns in its order."""
         import pandas as pd
 
+        def categories(column: str) -> pd.Categorical:
+            values, known = pd.Series(rows[column], dtype=object), self.categories[column]
+            return pd.Categorical(values.where(values.isin(known)), categories=known)  # unseen: missing, as null
+
         return pd.DataFrame(
             {
-                c: pd.Categorical(rows[c], categories=self.categories[c])
-                if c in self.categories
-                else pd.Series(rows[c]).astype("float64").to_numpy()
+                c: categories(c) if c in self.categories else pd.Series(rows[c]).astype("float64").to_numpy()
                 for c in self.columns
             }
         )
