@@ -30,13 +30,15 @@ def as_read(table: pa.Table) -> dict[str, np.ndarray]:
 
 
 def with_gaps(table: pa.Table) -> pa.Table:
-    """``table`` with nulls in a categorical and a numeric column, and a category no training row has."""
-    n = len(table)
-    workclass = table["workclass"].to_pylist()
-    workclass[:3] = [None, "Never-seen", None]
-    age = [None if i % 7 == 0 else v for i, v in enumerate(table["age"].to_pylist())]
-    table = table.set_column(table.schema.get_field_index("workclass"), "workclass", pa.array(workclass))
-    return table.set_column(table.schema.get_field_index("age"), "age", pa.array(age, pa.int64())).slice(0, n)
+    """``table`` with nulls in categorical and numeric columns, and categories no training row has (in the columns
+    every booster here splits on)."""
+    changed = {"age": [None if i % 7 == 0 else v for i, v in enumerate(table["age"].to_pylist())]}
+    for column in ("workclass", "marital_status", "relationship"):
+        changed[column] = [None, "Never-seen", *table[column].to_pylist()[2:]]
+    for column, values in changed.items():
+        index = table.schema.get_field_index(column)
+        table = table.set_column(index, column, pa.array(values, table.schema.field(column).type))
+    return table
 
 
 @pytest.mark.parametrize("kind", KINDS)
