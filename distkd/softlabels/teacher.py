@@ -15,7 +15,7 @@ from distkd.data.transforms import PAD, crop_flip
 from distkd.labels.formats import Format, fixed_list
 from distkd.labels.views import PARAMS, view_params
 from distkd.models import placed
-from distkd.models.columns import model_input
+from distkd.models.columns import ColumnModel, model_input
 from distkd.specs import Weights
 
 
@@ -42,9 +42,10 @@ class TeacherPredictor:
     @functools.cached_property
     def model(self) -> torch.nn.Module:
         """Loaded at the first batch, not in the constructor: an error there (weights that changed since the
-        job hashed them) reaches the driver as the error itself, not as the text of a dead actor."""
+        job hashed them) reaches the driver as the error itself, not as the text of a dead actor. ``compile``
+        applies to PyTorch teachers: a booster (a ``ColumnModel``) runs as its library runs it."""
         model = placed(self.weights.load(), self.device).eval()
-        return torch.compile(model) if self.compile else model
+        return torch.compile(model) if self.compile and not isinstance(model, ColumnModel) else model
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray | torch.Tensor]) -> pa.Table:
