@@ -27,6 +27,7 @@ from distkd.data.source import Split
 from distkd.methods.losses import LOSSES, Targets, defined_on_topk
 from distkd.methods.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
+from distkd.models.columns import ColumnModel, Columns
 from distkd.models.registry import read_state_dict
 from distkd.models.sources import first_line as _first_line
 from distkd.registry import Registry
@@ -296,7 +297,7 @@ def build(key: str, model: ModelSpec) -> nn.Module:
 
 
 def forward(
-    key: str, model: nn.Module, shape: tuple[int, ...], num_classes: int, batch: torch.Tensor | None = None
+    key: str, model: nn.Module, shape: tuple[int, ...], num_classes: int, batch: torch.Tensor | Columns | None = None
 ) -> None:
     """One forward pass of a batch of the data's shape (``batch``: 2 rows of model input, None: zeros of ``shape``):
     kwargs that build a model need not make one that runs."""
@@ -313,6 +314,31 @@ def forward(
             f"keys '{key}.name', '{key}.kwargs': the model gives outputs of shape {list(out.shape)} for a batch "
             f"of 2, expected [2, {num_classes}] (one logit per class)"
         )
+
+
+def example(key: str, model: nn.Module, kind: InputKind, split: Split) -> torch.Tensor | Columns:
+    """What ``forward`` calls ``model`` with: 2 blank rows of the kind's model input, or for a model of the raw
+    columns (a booster) the first 2 rows of ``split``, checked by ``model_columns``."""
+    if isinstance(model, ColumnModel):
+        return model_columns(key, model, split)
+    return kind.model_input(kind.example(2), torch.device("cpu"))
+
+
+def model_columns(key: str, model: ColumnModel, split: Split) -> Columns:
+    """The first 2 rows of ``split`` as ``model`` reads them: each of its columns one of the job's feature columns
+    (those missing named), the ones it reads as numbers holding numbers."""
+    if missing := [c for c in model.columns if c not in split.features]:
+        raise ConfigError(
+            f"key '{key}.name': the model reads columns that are not feature columns of the data: {_few(missing)}; "
+            f"the data's are {_few(list(split.features)) or 'none (not a tabular input)'} ('data.features')"
+        )
+    rows = split.units(2)[0].read(model.columns)
+    if text := [c for c in model.numeric if not _number(rows.schema.field(c).type)]:
+        raise ConfigError(
+            f"key '{key}.name': the model reads {_few(text)} as numbers; {split.files[0]} holds "
+            f"{', '.join(str(rows.schema.field(c).type) for c in text[:SHOWN])} there"
+        )
+    return {c: rows[c].to_numpy(zero_copy_only=False) for c in model.columns}
 
 
 def weights(key: str, model: nn.Module, uri: str) -> None:
@@ -366,6 +392,10 @@ def _category(kind: pa.DataType) -> bool:
     return any(
         is_(kind) for is_ in (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string, pa.types.is_boolean)
     )
+
+
+def _number(kind: pa.DataType) -> bool:
+    return any(is_(kind) for is_ in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean))
 
 
 def _few(items: list) -> str:

@@ -8,8 +8,6 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
@@ -123,11 +121,10 @@ class Job:
             code = tuple(config.code)
             name = sources.absolute(model.name)
             kwargs = {**model.kwargs, **kind.model_kwargs()}
-            cpu = torch.device("cpu")
             try:
                 built = ModelSpec(name, kwargs, num_classes, shape, checks.identity(key, name, code), code)
                 network = checks.build(key, built)
-                checks.forward(key, network, shape, num_classes, kind.model_input(kind.example(2), cpu))
+                checks.forward(key, network, shape, num_classes, checks.example(key, network, kind, train))
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:

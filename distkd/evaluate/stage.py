@@ -30,7 +30,8 @@ from distkd.evaluate.metrics import (
     sum_stats,
 )
 from distkd.labels.ensemble import Ensemble
-from distkd.models import placed
+from distkd.models import placed, sources
+from distkd.models.columns import ColumnModel, model_input
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
@@ -66,8 +67,10 @@ class Evaluator:
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = self.inputs.model_input({name: torch.from_numpy(batch[name]) for name in self.inputs.columns}, self.device)
-        logits = {role: model(x).float().cpu().numpy() for role, model in self.models.items()}
+        logits = {
+            role: model(model_input(model, self.inputs, batch, self.device)).float().cpu().numpy()
+            for role, model in self.models.items()
+        }
         if self.ensemble:
             members = [logits[role] for role in self.ensemble.members]
             logits[ENSEMBLE] = self.ensemble.predictions(members, self.distill.temperature)
@@ -104,9 +107,11 @@ def evaluate(spec: EvalSpec) -> str:
 def evaluate_into(folder: str, spec: EvalSpec) -> None:
     cfg = spec.execution
     slices = tuple(cfg.slices)
+    # a model of the raw columns (a booster: models/columns.py) reads them beside the kind's prepared input
+    raw = spec.data.features if any(sources.reads_columns(w.model.name) for w in spec.models.values()) else ()
     stats = (
         spec.data.read(extra=tuple(c for c in slices if c not in ("id", "label")))
-        .map_batches(prepared, fn_kwargs={"inputs": spec.inputs, "keep": slices}, batch_format="numpy")
+        .map_batches(prepared, fn_kwargs={"inputs": spec.inputs, "keep": (*slices, *raw)}, batch_format="numpy")
         .map_batches(
             Evaluator,
             fn_constructor_kwargs={
@@ -209,9 +214,10 @@ def model_costs(models: dict[str, Weights], inputs: InputKind, threads: int) -> 
 
     for role, weights in models.items():
         model = weights.load()
-        costs[role] = {"cost": model_cost(model, example)}
+        made = model.example if isinstance(model, ColumnModel) else example  # a model of the raw columns: nulls
+        costs[role] = {"cost": model_cost(model, made)}
         if device.type == "cuda":
-            costs[role]["cost_gpu"] = model_cost(model, example, device=device)
+            costs[role]["cost_gpu"] = model_cost(model, made, device=device)
     return costs
 
 

@@ -9,6 +9,7 @@ A model's ``name`` is a built-in name (``resnet9``, ...: ``MODELS``) or ``<sourc
 | ``hf`` | a ``save_pretrained`` folder (path or URI) | ``AutoModelForImageClassification``; logits from ``.logits`` |
 | ``torchscript`` | a TorchScript file (path or URI) | ``torch.jit.load``: a program, inference only |
 | ``export`` | a ``torch.export.save`` archive (path or URI) | ``torch.export.load(...).module()``: inference only |
+| ``lightgbm``, ``xgboost`` | a saved booster (path or URI) | ``models/boosters.py``: raw columns in, inference only |
 | ``import`` | ``<module>:<callable>`` | the user's class or builder, from the job's ``code:`` paths |
 
 Each source is one ``SOURCES`` entry; adding one is one registered ``Source``. ``identity`` names what
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from distkd import storage
+from distkd.models.boosters import BOOSTERS, BoosterError
 from distkd.models.registry import MODELS
 from distkd.registry import Registry
 
@@ -59,6 +61,7 @@ class Source:
     identity: Callable[[str, tuple[str, ...]], str | None] = lambda rest, code: None
     trainable: bool = True  # False: a program (its weights are in the file; inference only)
     path: bool = False  # its rest is a file or folder (a path or URI): made absolute, and named by its bytes alone
+    reads_columns: bool = False  # True: a ``ColumnModel``, called with the split's raw columns (models/columns.py)
 
     def __call__(self, *args: object) -> nn.Module:
         return self.build(*args)
@@ -117,6 +120,12 @@ def build(name: str, num_classes: int, in_channels: int, image_size: int, code: 
 def trainable(name: str) -> bool:
     """Whether ``name`` can be trained (a teacher of stage 0, a student); programs are inference only."""
     return _source(name)[0].trainable
+
+
+def reads_columns(name: str) -> bool:
+    """Whether ``name`` reads the split's raw columns (a booster) rather than the input kind's tensors."""
+    kind, _ = split(name)
+    return kind in SOURCES and SOURCES[kind].reads_columns
 
 
 def own_weights(name: str) -> str | None:
@@ -323,6 +332,30 @@ def _program_identity(rest: str, code: tuple[str, ...]) -> str:
     return "sha256:" + _sha256(storage.read_bytes(rest))
 
 
+def _booster(kind: str) -> Source:
+    """The source of ``<kind>:<file>`` boosters (``BOOSTERS[kind]``): a program that reads the raw columns, checked
+    for its library and pandas (the ``<kind>`` extra) and refused unless it scores ``num_classes``."""
+
+    def check(rest: str, code: tuple[str, ...]) -> None:
+        for module in (kind, "pandas"):
+            _extra(module, kind)
+        _program_check(rest, code)
+
+    def build(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+        check(rest, code)
+        try:
+            model = BOOSTERS[kind](storage.read_bytes(rest), rest)
+        except BoosterError as e:
+            raise SourceError(f"{rest}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a booster library raises many kinds on a file of another kind
+            raise SourceError(f"{rest}: not a {kind} model file (save_model): {first_line(e)}") from None
+        if model.classes != num_classes:
+            raise SourceError(f"{rest}: a booster for {model.classes} classes; the data has {num_classes}")
+        return model
+
+    return Source(build, check, _program_identity, trainable=False, reads_columns=True, path=True)
+
+
 def on_path(code: Iterable[str]) -> None:
     """Each ``code:`` path importable: a ``.py`` file as a module, a folder as a package (its parent on the path,
     as Ray's runtime_env ``py_modules`` ships them). Paths absent here (shipped by ``py_modules``) are skipped;
@@ -399,3 +432,5 @@ SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity, path=True))
 SOURCES.register("torchscript")(Source(_torchscript, _program_check, _program_identity, trainable=False, path=True))
 SOURCES.register("export")(Source(_exported, _program_check, _program_identity, trainable=False, path=True))
 SOURCES.register("import")(Source(_imported, _import_check, _import_identity))
+SOURCES.register("lightgbm")(_booster("lightgbm"))
+SOURCES.register("xgboost")(_booster("xgboost"))
