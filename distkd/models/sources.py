@@ -129,10 +129,11 @@ def reads_columns(name: str) -> bool:
 
 
 def own_weights(name: str) -> str | None:
-    """The URI that holds the weights of a model that carries them (a program file), else None (also for a
-    name of no known source: ``check`` says what is wrong with it)."""
+    """The URI that holds the weights of a model that carries them (a program file; a local path made absolute,
+    as ``absolute`` makes the name the model is built from, so that ``load_weights`` knows the program's own
+    file), else None (also for a name of no known source: ``check`` says what is wrong with it)."""
     kind, rest = split(name)
-    return rest if kind in SOURCES and not SOURCES[kind].trainable else None
+    return storage.absolute(rest) if kind in SOURCES and not SOURCES[kind].trainable else None
 
 
 def given_weights(weights: str | None, name: str) -> str | None:

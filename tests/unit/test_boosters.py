@@ -6,6 +6,7 @@ a missing extra, is refused by ``distkd plan`` before Ray."""
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,9 @@ import pytest
 import torch
 import yaml
 
+from distkd import config
 from distkd.cli import main
+from distkd.job import Job
 from distkd.models import load_weights, sources
 from distkd.models.columns import ColumnModel, model_input
 from tests.boosters import ADULT, CATEGORICAL, FEATURES, NUMERIC, frame, margins, rows, train
@@ -97,6 +100,17 @@ def test_a_booster_the_job_can_feed_is_planned(tmp_path, capsys, ray_watch, kind
     assert main(["plan", tabular_job(tmp_path, booster(tmp_path, kind, COLUMNS))]) == 0, capsys.readouterr()
     assert "train_teacher" not in capsys.readouterr().out  # a booster is trained already: no stage 0
     assert not ray_watch.joined()
+
+
+def test_a_booster_named_by_a_relative_path_loads_as_its_own_weights(tmp_path, monkeypatch):
+    """The job's teacher file relative to where distkd runs: the weights the actors load are the booster's own file,
+    not a state_dict to unpickle (as they were before the path was made absolute there too)."""
+    path = booster(tmp_path, "lightgbm", COLUMNS).removeprefix("lightgbm:")
+    monkeypatch.chdir(tmp_path)
+    job = Job.prepare(config.load(tabular_job(tmp_path, f"lightgbm:{Path(path).name}")))
+    assert job.teacher_run() is None and job.teacher_weights_uri() == path
+    model = job.softlabel_spec(job.teacher_weights_uri()).teacher.load()
+    assert isinstance(model, ColumnModel) and model.weights_uri == path
 
 
 @pytest.mark.parametrize("kind", KINDS)
