@@ -99,7 +99,10 @@ class DataConfig(Strict):
     input_column: str | None = None  # None: 'image' or 'text', whichever the shards hold
     tokenizer: TokenizerConfig | None = None  # of a text input; None: the TokenizerConfig defaults
     features: FeaturesConfig | None = None  # a tabular input; None: tabular only when no image or text column
-    label: str = "label"  # the column of integer class labels
+    label: str = "label"  # the column of integer class labels (null: a row without one)
+    # Labels of the training split's first N rows (in the shards' order) only, the rest read as unlabelled, for
+    # experiments on labelled data; None: every row with a label is labelled.
+    labelled_rows: int | None = Field(default=None, ge=0)
 
     @field_validator("uri")
     @classmethod

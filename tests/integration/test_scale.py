@@ -89,7 +89,7 @@ def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
     epochs = [
         [
             int(r)
-            for _, batch, _ in StreamedBatches(iterator, train.batch_size, shuffle, "cpu").epoch(epoch)
+            for _, batch, *_ in StreamedBatches(iterator, train.batch_size, shuffle, "cpu").epoch(epoch)
             for r in batch["row"]
         ]
         for epoch in range(2)
