@@ -22,7 +22,7 @@ from distkd.distill.batches import HeldBatches, StreamedBatches
 from distkd.distill.loop import loss_of
 from distkd.job import Job
 from distkd.methods.losses import Targets, objective, reads_labels, terms
-from tests.conftest import CIFAR10
+from tests.conftest import CIFAR10, REVIEWS
 from tests.unit.test_batches import Collectives, FakeShard
 
 N = UNLABELLED
@@ -207,3 +207,61 @@ def test_the_setting_names_the_runs_it_changes_and_never_the_soft_labels(shards,
         )
     assert first.teacher_run().trained_rows() == 4 and every.teacher_run().trained_rows() == 9  # one null
     assert kd[1].trained_rows() == 10  # the distilled student learns every row, from the KD term where unlabelled
+
+
+# --- every input kind: a null label reads as none, and the job is accepted
+
+
+def kind_data(folder: Path, source: Path, columns: list[str], label: str) -> Path:
+    """The first 12 training rows of ``source`` (every third label null) and its first 6 test rows."""
+    for split, rows in (("train", 12), ("test", 6)):
+        table = pq.read_table(sorted(source.glob(f"{split}-*.parquet"))[0], columns=[*columns, label]).slice(0, rows)
+        if split == "train":
+            labels = [None if i % 3 == 0 else v for i, v in enumerate(table[label].to_pylist())]
+            table = table.set_column(table.schema.get_field_index(label), label, pa.array(labels, pa.int64()))
+        pq.write_table(table, folder / f"{split}-0.parquet")
+    return folder
+
+
+KINDS = {  # kind -> (data, its columns beside the label, the label column, the data settings, a model)
+    "image": (CIFAR10, ["id", "image"], "label", {"num_classes": 10}, {"name": "lenet5"}),
+    "text": (
+        REVIEWS,
+        ["id", "text"],
+        "label",
+        {"num_classes": 5, "tokenizer": {"vocab_size": 200, "max_length": 8}},
+        {"name": "text_cnn"},
+    ),
+    "tabular": (
+        CIFAR10.parent / "adult",
+        ["id", "age", "gender"],
+        "label",
+        {"num_classes": 2, "features": {"categorical": ["gender"], "numeric": ["age"]}},
+        {"name": "tabular_mlp"},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_input_kind_reads_a_null_label_as_none_and_trains_its_teacher_on_the_rest(kind, tmp_path):
+    source, columns, label, data, model = KINDS[kind]
+    folder = kind_data(tmp_path, source, columns, label)
+    train = {"epochs": 1, "batch_size": 4, "augment": False}
+    raw = {
+        "name": kind,
+        "store": str(tmp_path / "store"),
+        "data": {"uri": str(folder), "val_limit": 4, **data},
+        "teacher": {**model, "train": train},
+        "student": {**model, "train": train},
+    }
+    job = Job.prepare(config.parse(raw, "<test>"), "<test>")
+    job.inputs.ready()  # a text input's tokenizer, trained here
+    (unit,) = job.labelled.units(100)
+    read = unit.read()
+    prepared = job.inputs.prepare({name: read[name].to_numpy(zero_copy_only=False) for name in read.column_names})
+    expected = pq.read_table(folder / "train-0.parquet")[label].to_pylist()
+    assert list(prepared[LABEL]) == [N if v is None else v for v in expected]
+    assert (
+        job.teacher_run().trained_rows() == 8
+        and job.distilled_run(job.softlabel_spec("t.pt", lambda uri: "0" * 64)).trained_rows() == 12
+    )
