@@ -81,19 +81,11 @@ def terms(
 
 
 def objective(
-    name: str,
-    student: torch.Tensor,
-    targets: Targets,
-    labels: torch.Tensor,
-    alpha: float,
-    temperature: float,
-    standardize: bool = False,
-    ramp: float = 1.0,
-    **kwargs,
+    name: str, student: torch.Tensor, targets: Targets, labels: torch.Tensor, *args: float | bool, **kwargs
 ) -> torch.Tensor:
-    """The batch's loss, ``ramp * alpha * KD + (1 - alpha) * CE``: the KD term the mean over its rows, the
-    cross-entropy over its labelled rows (``terms``)."""
-    return terms(name, student, targets, labels, alpha, temperature, standardize, ramp, **kwargs).batch_mean(labels)
+    """The batch's loss, ``ramp * alpha * KD + (1 - alpha) * CE`` (``terms``, given the same arguments): the KD term
+    the mean over its rows, the cross-entropy over its labelled rows."""
+    return terms(name, student, targets, labels, *args, **kwargs).batch_mean(labels)
 
 
 def warmup(epochs: float, epochs_done: float) -> float:
