@@ -123,7 +123,7 @@ def train_loop(config: dict) -> None:
             }
         )
         report(state, epoch, history, rank)
-        if not math.isfinite(loss):  # every worker sees the same reduced sums, so all stop here together
+        if not math.isfinite(history[-1]["loss"]):  # every worker sees the same reduced sums: all stop here together
             break
         if curves:
             curves.log(history[-1])

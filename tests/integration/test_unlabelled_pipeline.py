@@ -75,6 +75,7 @@ def test_unlabelled_rows_teach_the_distilled_student_alone_and_are_counted(ray_c
     ids, labels = rows["id"].to_pylist(), rows["label"].to_pylist()
     unlabelled = ROWS - len(LABELLED)
 
+    assert all(history(out[role])["started_from"] == 0 for role in ("teacher", "distilled", "scratch"))  # no restart
     for role in ("teacher", "scratch"):  # trained on the labelled rows alone, each once an epoch
         epoch = history(out[role])
         assert (epoch["samples"], epoch["labelled"]) == (len(LABELLED), len(LABELLED))
