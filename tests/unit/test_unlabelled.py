@@ -15,15 +15,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from distkd import config
+from distkd import config, storage
+from distkd.catalog import run_record
 from distkd.data.source import LABEL, UNLABELLED, Split
 from distkd.distill import batches
 from distkd.distill.batches import HeldBatches, StreamedBatches
 from distkd.distill.loop import loss_of
+from distkd.evaluate.report import write_report
+from distkd.evaluate.summary import summary
 from distkd.job import Job
 from distkd.methods.losses import Targets, objective, reads_labels, terms
 from tests.conftest import CIFAR10, REVIEWS
 from tests.unit.test_batches import Collectives, FakeShard
+from tests.unit.test_report import make_models
 
 N = UNLABELLED
 STUDENT = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [-1.0, 1.0, 3.0], [0.0, -2.0, 1.0]])
@@ -265,3 +269,34 @@ def test_every_input_kind_reads_a_null_label_as_none_and_trains_its_teacher_on_t
         job.teacher_run().trained_rows() == 8
         and job.distilled_run(job.softlabel_spec("t.pt", lambda uri: "0" * 64)).trained_rows() == 12
     )
+
+
+# --- the report's counts
+
+
+def test_a_runs_record_counts_its_rows_of_each_kind_and_the_report_and_summary_show_them(tmp_path):
+    runs = {}
+    for role, epoch in {
+        "distilled": {"samples": 200, "labelled": 112},
+        "scratch": {"samples": 112, "labelled": 112},
+        "teacher": {"samples": 150},  # a run from before rows without labels: every row labelled
+    }.items():
+        folder = tmp_path / "runs" / role
+        storage.write_json(str(folder / "history.json"), [{"epoch": 1, "seconds": 1.0, **epoch}])
+        runs[role] = run_record(str(folder / "model.pt"))["trained_rows"]
+    assert runs == {
+        "distilled": {"labelled": 112, "unlabelled": 88},
+        "scratch": {"labelled": 112, "unlabelled": 0},
+        "teacher": {"labelled": 150, "unlabelled": 0},
+    }
+    models = make_models()  # teacher, scratch, distilled
+    for m, role in zip(models, ("teacher", "scratch", "distilled")):
+        m.update(trained_rows=runs[role], history=[{"epoch": 1, "loss": 1.0, "val_accuracy": 0.5, "seconds": 1.0}])
+    report = tmp_path / "report"
+    storage.write_json(str(report / "metrics.json"), {"title": "t", "models": models})
+    assert (
+        "rows trained on (labelled + unlabelled): resnet teacher 150 + 0, tiny scratch 112 + 0, tiny distilled 112 + 88"
+        in summary(str(report)).splitlines()
+    )
+    table = write_report(tmp_path / "written", models)["report.md"].read_text()
+    assert "| labelled rows | unlabelled rows |" in table and "| tiny distilled | 1 | 112 | 88 |" in table
