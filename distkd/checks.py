@@ -23,8 +23,8 @@ from distkd.config import MAX_CLASSES, ConfigError, Entry, JobConfig, LossConfig
 from distkd.data import inputs as kinds
 from distkd.data.inputs import InputKind
 from distkd.data.places import place, row
-from distkd.data.source import Split
-from distkd.methods.losses import LOSSES, Targets, defined_on_topk
+from distkd.data.source import LABEL, UNLABELLED, Split, unlabelled
+from distkd.methods.losses import LOSSES, Targets, defined_on_topk, reads_labels
 from distkd.methods.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
 from distkd.models.columns import ColumnModel, Columns
@@ -90,10 +90,18 @@ def known(key: str, entry: Entry) -> None:
 
 
 def data(config: JobConfig, splits: dict[str, Split]) -> int:
-    """Every split has rows, unique ids and integer labels in ``[0, num_classes)``, the training settings fit the data;
-    ``splits`` maps the key that names each split to it (the train split first). Returns the class count."""
+    """Every split has rows, unique ids and integer labels in ``[0, num_classes)``, the evaluated splits a label in
+    every row, the training split a label in some for the models trained on labels alone, and the training settings
+    fit the data; ``splits`` maps the key that names each split to it (the train split first). Returns the class
+    count."""
     labels = {key: read_labels(key, split) for key, split in splits.items()}
-    (train_key, train), *_ = splits.items()
+    (train_key, train), *evaluated = splits.items()
+    for key, split in evaluated:
+        fully_labelled(key, split, labels[key])
+    rows, labelled = len(labels[train_key]), int((labels[train_key] != UNLABELLED).sum())
+    on_labels = labels_alone(config)
+    if not labelled and (on_labels or config.data.num_classes is None):
+        no_labels(train_key, train, on_labels)
     num_classes = config.data.num_classes or class_count(train, labels[train_key])
     for key, split in splits.items():
         unique_ids(split)
@@ -101,12 +109,57 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     if config.softlabels.kept(num_classes) > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
     ensemble(config, num_classes)
-    rows = len(labels[train_key])
+    kd_loss(config, train, labels[train_key])
     for key in trained(config):
         workers = config.training_resources(key).max_workers
         workers_key = f"{config.training_resources_key(key)}.num_workers"
-        rows_per_worker(f"{key}.train.batch_size", rows, workers, workers_key, config.trainable(key).train.batch_size)
+        batch_size = config.trainable(key).train.batch_size
+        n = labelled if key in on_labels else rows
+        which = "labelled training rows" if n < rows else "training rows"
+        rows_per_worker(f"{key}.train.batch_size", n, workers, workers_key, batch_size, which)
     return num_classes
+
+
+def labels_alone(config: JobConfig) -> list[str]:
+    """The keys of the models the job trains on labels alone, which train on the labelled rows only: each teacher
+    stage 0 trains, and the student when it trains a baseline (``distill.baseline``) or has alpha 0."""
+    return [k for k in trained(config) if k != "student" or config.distill.baseline or config.distill.alpha == 0]
+
+
+def no_labels(key: str, split: Split, models: list[str]) -> None:
+    """Refuses a training split without a labelled row: for ``models`` (keys), which train on labels alone, or for
+    the class count, which is 1 + the largest label unless ``data.num_classes`` says it."""
+    hidden = split.labelled is not None and split.labelled < split.num_rows()
+    why = f"'data.labelled_rows' is {split.labelled}" if hidden else f"its label column '{split.label}' is all null"
+    needs = "the class count ('data.num_classes' not set) comes from its labels; set 'data.num_classes'"
+    if models:
+        learners = ", ".join(f"'{m}'" + (" (its baseline or alpha 0)" if m == "student" else "") for m in models)
+        needs = (
+            f"{learners} train{'s' * (len(models) == 1)} on labelled rows alone; label some rows (or raise "
+            "'data.labelled_rows'), give the teacher's 'weights', or leave out the baseline"
+        )
+    raise ConfigError(f"key '{key}': split '{split.name}' of {split.uri} has no labelled row ({why}), but {needs}")
+
+
+def fully_labelled(key: str, split: Split, labels: np.ndarray) -> None:
+    """An evaluated split has a label in every row: models are scored against them."""
+    if len(missing := np.flatnonzero(labels == UNLABELLED)):
+        raise ConfigError(
+            f"{row(split, int(missing[0]))}: no label ({len(missing)} row(s) of split '{split.name}', named by "
+            f"'{key}', have none); an evaluated split needs a label in every row"
+        )
+
+
+def kd_loss(config: JobConfig, split: Split, labels: np.ndarray) -> None:
+    """A KD loss that reads each row's label (DKD splits the target class off) needs one in every training row."""
+    loss = config.distill.loss
+    if "student" not in trained(config) or config.distill.alpha == 0 or not reads_labels(loss.name, loss.kwargs):
+        return
+    if len(missing := np.flatnonzero(labels == UNLABELLED)):
+        raise ConfigError(
+            f"key 'distill.loss': the '{loss.name}' loss reads each row's label, but {row(split, int(missing[0]))} "
+            f"has none ({len(missing)} row(s) of split '{split.name}' without one); use the 'hinton' or 'dist' loss"
+        )
 
 
 def ensemble(config: JobConfig, num_classes: int) -> None:
@@ -204,14 +257,18 @@ def trained(config: JobConfig) -> list[str]:
 
 
 def read_labels(key: str, split: Split) -> np.ndarray:
-    """The split's labels (the Parquet schema says they are integers); refuses an empty split and missing labels."""
-    column = split.read_table(["label"])["label"]
+    """The split's labels, ``UNLABELLED`` where a row has none (null, or hidden by ``data.labelled_rows``); refuses
+    an empty split and a negative label (the Parquet schema says they are integers)."""
+    column = split.read_table([LABEL])[LABEL]
     if len(column) == 0:
         raise ConfigError(f"key '{key}': split '{split.name}' of {split.uri} has no rows")
-    if column.null_count:
-        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ConfigError(f"{row(split, first)}: no label")
-    return column.to_numpy().astype(np.int64)
+    values = column.fill_null(0).to_numpy().astype(np.int64)
+    if len(negative := np.flatnonzero(values < 0)):
+        raise ConfigError(
+            f"{row(split, int(negative[0]))}: label {values[negative[0]]} is negative ({len(negative)} row(s) of split "
+            f"'{split.name}'); labels are class indices 0..C-1, and a row without a label holds null"
+        )
+    return np.where(unlabelled(column, 0, split.labelled), UNLABELLED, values)
 
 
 def unique_ids(split: Split) -> None:
@@ -234,7 +291,7 @@ def class_count(split: Split, labels: np.ndarray) -> int:
     """1 + the largest label, when every class from 0 to it occurs: labels that start at 1 (or skip a class)
     would otherwise add classes that no row has. At most ``MAX_CLASSES``: models are built with an output per
     class."""
-    largest = int(labels.max())
+    largest = int(labels.max())  # the labelled rows': UNLABELLED is below every class
     if largest >= MAX_CLASSES:
         raise ConfigError(
             f"{row(split, int(labels.argmax()))}: label {largest} would make {largest + 1} classes (1 + the largest "
@@ -245,10 +302,10 @@ def class_count(split: Split, labels: np.ndarray) -> int:
             f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has no label above {largest}; "
             "labels are class indices 0..C-1 of at least 2 classes"
         )
-    absent = np.setdiff1d(np.arange(largest + 1), labels)
+    absent, smallest = np.setdiff1d(np.arange(largest + 1), labels), int(labels[labels != UNLABELLED].min())
     if len(absent):
         raise ConfigError(
-            f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has labels {int(labels.min())}"
+            f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has labels {smallest}"
             f"..{largest}, so the class count would be {largest + 1}, but class(es) {_few(absent.tolist())} never "
             "occur; use 0-based labels 0..C-1, or set 'data.num_classes' if those classes are truly absent here"
         )
@@ -256,7 +313,7 @@ def class_count(split: Split, labels: np.ndarray) -> int:
 
 
 def labels_in_range(split: Split, labels: np.ndarray, num_classes: int, inferred: bool) -> None:
-    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    outside = np.flatnonzero(labels >= num_classes)  # no label is negative (``read_labels``)
     if len(outside):
         source = "1 + the largest training label" if inferred else "'data.num_classes'"
         raise ConfigError(
@@ -265,11 +322,14 @@ def labels_in_range(split: Split, labels: np.ndarray, num_classes: int, inferred
         )
 
 
-def rows_per_worker(key: str, rows: int, workers: int, workers_key: str, batch_size: int) -> None:
-    """Each training worker needs one full batch per epoch (partial batches are dropped)."""
+def rows_per_worker(
+    key: str, rows: int, workers: int, workers_key: str, batch_size: int, which: str = "training rows"
+) -> None:
+    """Each training worker needs one full batch per epoch (partial batches are dropped); ``which``: what the rows
+    are (a model trained on labels alone trains on the labelled rows)."""
     if rows // workers < batch_size:
         raise ConfigError(
-            f"key '{key}': {rows} training rows over {workers} worker(s) ('{workers_key}') give "
+            f"key '{key}': {rows} {which} over {workers} worker(s) ('{workers_key}') give "
             f"{rows // workers} per worker, fewer than the batch size {batch_size}, so no step would train; "
             f"use a batch size of at most {rows // workers}, fewer workers or more rows"
         )
@@ -327,10 +387,10 @@ def example(key: str, model: nn.Module, kind: InputKind, split: Split) -> torch.
 def model_columns(key: str, model: ColumnModel, split: Split) -> Columns:
     """The first 2 rows of ``split`` as ``model`` reads them: each of its columns one of the job's feature columns
     (those missing named), the ones it reads as numbers holding numbers."""
-    if missing := [c for c in model.columns if c not in split.features]:
+    if missing := [c for c in model.columns if c not in split.input.columns]:
         raise ConfigError(
-            f"key '{key}.name': the model reads columns that are not feature columns of the data: {_few(missing)}; "
-            f"the data's are {_few(list(split.features)) or 'none (not a tabular input)'} ('data.features')"
+            f"key '{key}.name': the model reads columns that are not input columns of the data: {_few(missing)}; "
+            f"the data's are {_few(list(split.input.columns))} ('data.features' names a tabular input's)"
         )
     rows = split.units(2)[0].read(model.columns)
     if text := [c for c in model.numeric if not _number(rows.schema.field(c).type)]:

@@ -69,7 +69,10 @@ class DataConfig(Strict):
     cache: Literal["auto", "memory", "stream"] = "auto"
     shuffle_buffer: int = Field(default=10_000, gt=0)  # samples a streamed worker shuffles locally (held: all rows)
     input_column: str | None = None  # None: the column an input kind looks for ('image', 'text', ...)
-    label: str = "label"  # the column of integer class labels
+    label: str = "label"  # the column of integer class labels (null: a row without one)
+    # Labels of the training split's first N rows (in the shards' order) only, the rest read as unlabelled, for
+    # experiments on labelled data; None: every row with a label is labelled.
+    labelled_rows: int | None = Field(default=None, ge=0)
 
     @field_validator("uri")
     @classmethod

@@ -85,7 +85,7 @@ class Job:
             )
         except DataError as e:
             raise ConfigError(f"{source}: key 'data.uri': {e}") from None
-        splits = {"data.train_split": train, "data.test_split": test}
+        splits = {"data.train_split": dataclasses.replace(train, labelled=data.labelled_rows), "data.test_split": test}
         if evaluated != test:
             splits["evaluate.split"] = evaluated
         try:
@@ -149,6 +149,12 @@ class Job:
         return cls(config, train, val, evaluated, num_classes, kind, teachers, student, checkpoints)
 
     @property
+    def labelled(self) -> Split:
+        """The training split as the training runs read it: its labels past ``data.labelled_rows`` hidden (the soft
+        labels read ``train``, every row, whatever labels the runs see: the setting never relabels)."""
+        return dataclasses.replace(self.train, labelled=self.config.data.labelled_rows)
+
+    @property
     def teacher(self) -> ModelSpec:
         """The teacher's model (the first teacher's, in an ensemble)."""
         return self.teachers[0].model
@@ -160,7 +166,7 @@ class Job:
         """A training run of the model at ``key`` (a teacher's, or 'student')."""
         c = self.config
         resources = c.training_resources(key)
-        common = (c.store, c.name, model, c.trainable(key).train, self.train, self.val, self.inputs, resources)
+        common = (c.store, c.name, model, c.trainable(key).train, self.labelled, self.val, self.inputs, resources)
         return TrainingRun(role, *common, c.data, c.tracking, **kd)
 
     def teacher_run(self, i: int = 0) -> TrainingRun | None:

@@ -161,6 +161,10 @@ class TrainingRun:
             out["kd"] = {**kd, **self.softlabels.identity()}
         return out
 
+    def trained_rows(self) -> int:
+        """The rows an epoch trains on: every row with soft labels to learn from, else those with a label."""
+        return self.data.num_rows() if self.softlabels else self.data.label_counts()[0]
+
     @property
     def uri(self) -> str:
         """``<store>/runs/<role>-<hash of the identity>``: any job asking for this run finds it."""

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +26,8 @@ from distkd import content, storage
 from distkd.data.errors import DataError, InputChanged
 
 LABEL = "label"  # the label's name in what distkd reads, whichever column holds it (``data.label``)
+# The label of a row that has none, as the stages read it: null in the shards, or hidden (``data.labelled_rows``).
+UNLABELLED = -1
 READ_ROWS = 10_000  # rows per read task of ``Split.read``
 PATH = "path"  # the file a row was read from, where the reader knows it (for error messages)
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes decoded as one channel
@@ -66,6 +69,7 @@ class Split:
     stamps: tuple[str, ...] = ()  # each file's size and modification time when opened: reads refuse a change
     input: Input = Input()  # what the rows' input is (``Finder``)
     label: str = LABEL  # the column that holds the label (read as ``LABEL``)
+    labelled: int | None = None  # rows from this index of the split on read as ``UNLABELLED`` (None: none hidden)
 
     @classmethod
     def open(
@@ -112,6 +116,7 @@ class Split:
         (a second checkout, a copy on S3) are the same data, and every output made of them keeps its key."""
         out = {"split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
         out = out if self.label == LABEL else {**out, "label": self.label}
+        out = out if self.labelled is None else {**out, "labelled_rows": self.labelled}
         return {**out, **self.input.identity}
 
     def record(self) -> dict:
@@ -137,8 +142,18 @@ class Split:
     def num_rows(self) -> int:
         return sum(rows for _, rows in self.file_rows())
 
+    def label_counts(self) -> tuple[int, int]:
+        """(rows with a label, rows without one) of the rows in use, as the stages read them."""
+        return self._label_counts
+
+    @functools.cached_property
+    def _label_counts(self) -> tuple[int, int]:
+        missing = int(unlabelled(self.read_table([LABEL])[LABEL], 0, self.labelled).sum())
+        return self.num_rows() - missing, missing
+
     def read_table(self, columns: list[str]) -> pa.Table:
-        """The rows in use, read here in the driver (for small columns, tests and benchmarks)."""
+        """The rows in use, read here in the driver (for small columns, tests and benchmarks), their labels as the
+        shards hold them (nulls kept, none hidden)."""
         tables = []
         for uri, rows in self.file_rows():
             fs, path = storage.resolve(uri)
@@ -150,11 +165,12 @@ class Split:
     def units(self, rows: int) -> list[Unit]:
         """The rows in use, in order, cut into units of at most ``rows`` rows that do not cross files."""
         units, offset = [], 0
+        read_as = {"inputs": self.input.columns, "label": self.label, "labelled": self.labelled}
         for uri, used in self.file_rows():
             stamp = self.stamp(uri)
             for start in range(0, used, rows):
                 stop = min(start + rows, used)
-                unit = Unit(len(units), uri, start, stop, offset + start, stamp, self.input.columns, self.label)
+                unit = Unit(len(units), uri, start, stop, offset + start, stamp, **read_as)
                 units.append(unit)
             offset += used
         return units
@@ -177,6 +193,7 @@ class Unit:
     stamp: str | None = None  # the file's size and modification time when its split was opened
     inputs: tuple[str, ...] = ()  # the split's input columns (``Input.columns``)
     label: str = LABEL  # the column that holds the label
+    labelled: int | None = None  # its split's ``labelled``: rows from this index of the split on have no label
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))  # a list or an array after a trip through Ray
@@ -191,8 +208,9 @@ class Unit:
         return ("id", *self.inputs, LABEL)
 
     def read(self, columns: list[str] | tuple[str, ...] | None = None) -> pa.Table:
-        """The unit's rows (``columns`` None: ``self.columns``), reading only the row groups that hold them;
-        refused if the file changed since its split was opened."""
+        """The unit's rows (``columns`` None: ``self.columns``), reading only the row groups that hold them, their
+        labels int64 with ``UNLABELLED`` where a row has none; refused if the file changed since its split was
+        opened."""
         columns = [self.label if c == LABEL else c for c in (self.columns if columns is None else columns)]
         fs, path = storage.resolve(self.file)
         tables, first = [], 0
@@ -206,7 +224,20 @@ class Unit:
                     tables.append(table.slice(lo - first, hi - lo))
                 first += rows
         _check_unchanged(self.file, self.stamp)  # after reading: a change during the read is seen too
-        return _as_read(pa.concat_tables(tables), self.label)
+        table = _as_read(pa.concat_tables(tables), self.label)
+        if LABEL not in table.column_names:
+            return table
+        labels = table[LABEL]
+        missing = pa.array(unlabelled(labels, self.offset, self.labelled))
+        read = pc.if_else(missing, UNLABELLED, labels.cast(pa.int64()))
+        return table.set_column(table.column_names.index(LABEL), LABEL, read)
+
+
+def unlabelled(labels: pa.ChunkedArray, first: int, labelled: int | None) -> np.ndarray:
+    """Which of ``labels`` (rows ``first``, ``first + 1``, ... of their split) have none: a null, or a row at or
+    past index ``labelled`` of the split (``data.labelled_rows``: labels hidden in the shards' order)."""
+    missing = labels.is_null().to_numpy(zero_copy_only=False)
+    return missing if labelled is None else missing | (np.arange(first, first + len(labels)) >= labelled)
 
 
 def _as_read(table: pa.Table, label: str) -> pa.Table:

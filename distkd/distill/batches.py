@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import ray.data
@@ -20,9 +20,20 @@ import ray.train
 import torch
 from ray.data import ExecutionOptions
 
+from distkd.data.source import UNLABELLED
 from distkd.distill.ddp import all_reduce, gathered
 
-Batch = tuple[np.ndarray, dict[str, torch.Tensor], int]  # this worker's ids, their columns, the step's rows
+
+class Batch(NamedTuple):
+    """This worker's part of one step: its ids and their columns, and the step's rows on all workers together
+    (``rows``), ``labelled`` of them with a label (what the step's cross-entropy is averaged over)."""
+
+    ids: np.ndarray
+    columns: dict[str, torch.Tensor]
+    rows: int
+    labelled: int
+
+
 Rows = dict[str, np.ndarray]  # a batch as Ray Data yields it: columns of equal length, ``id`` among them
 Part = TypeVar("Part")
 
@@ -30,8 +41,7 @@ Part = TypeVar("Part")
 class Batches(Protocol):
     def epoch(self, seed: int) -> Iterator[Batch]:
         """This worker's rows of one epoch, each row once, never one row alone (the last batch may be short or a
-        row long): (ids, batch, step rows), the last the rows of this step on all workers together. No ids: this
-        worker has no rows in this step but must take it with the others."""
+        row long). No ids: this worker has no rows in this step but must take it with the others."""
         ...
 
 
@@ -71,6 +81,7 @@ class HeldBatches:
             if name != "id"
         }
         self.workers = torch.from_numpy(worker_of(self.ids, world))
+        self.labelled = self.columns["label"] != UNLABELLED if blocks else torch.zeros(0, dtype=torch.bool)
         self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def epoch(self, seed: int) -> Iterator[Batch]:
@@ -79,7 +90,8 @@ class HeldBatches:
             workers = self.workers[step]
             owner = torch.tensor(owners(torch.bincount(workers, minlength=self.world).tolist()))
             rows = step[owner[workers] == self.rank]
-            yield self.ids[rows.numpy()], {name: values[rows] for name, values in self.columns.items()}, len(step)
+            columns = {name: values[rows] for name, values in self.columns.items()}
+            yield Batch(self.ids[rows.numpy()], columns, len(step), int(self.labelled[step].sum()))
 
 
 class StreamedBatches:
@@ -110,16 +122,18 @@ class StreamedBatches:
         )
         while True:
             own = next(batches, None)
-            counts = torch.zeros(self.world, dtype=torch.int64, device=self.device)
-            counts[self.rank] = 0 if own is None else row_count(own)
-            counts = all_reduce(counts).tolist()  # every worker's rows of this step
+            counts = torch.zeros(2, self.world, dtype=torch.int64, device=self.device)  # rows, labelled rows
+            if own is not None:
+                counts[:, self.rank] = torch.tensor([row_count(own), int((own["label"] != UNLABELLED).sum())])
+            counts, labelled = all_reduce(counts).tolist()  # every worker's rows of this step
             if sum(counts) == 0:
                 return
             mine = self.exchanged(own, counts)
             if mine is None:
-                yield np.array([]), {}, sum(counts)
+                yield Batch(np.array([]), {}, sum(counts), sum(labelled))
             else:
-                yield mine["id"], {k: torch.from_numpy(v) for k, v in mine.items() if k != "id"}, sum(counts)
+                columns = {k: torch.from_numpy(v) for k, v in mine.items() if k != "id"}
+                yield Batch(mine["id"], columns, sum(counts), sum(labelled))
 
     def exchanged(self, own: Rows | None, counts: list[int]) -> Rows | None:
         """This worker's rows of the step once each worker with one row has handed it to its ``owners`` worker

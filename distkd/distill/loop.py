@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import ray.data
 import ray.train
 import torch
-import torch.nn.functional as F
 
 from distkd.config import DistillConfig
+from distkd.data.source import UNLABELLED
 from distkd.data.transforms import crop_flip, random_crop_flip
 from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
 from distkd.labels.formats import TARGET_PREFIX
-from distkd.methods.losses import Targets, objective, warmup
+from distkd.methods.losses import Targets, Terms, labelled_cross_entropy, terms, warmup
 from distkd.methods.optim import RowSchedule, optimizer
 from distkd.models import placed
 from distkd.specs import TrainingRun
@@ -74,40 +74,44 @@ def train_loop(config: dict) -> None:
         started = time.perf_counter()
         generator.manual_seed((train.seed * 1000 + epoch) * 1000 + rank)  # a resumed epoch draws the same
         model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, its KD part, samples
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # summed KD and CE terms, samples, labelled ones
         checksum = 0  # of the ids trained on
-        for ids, batch, step_rows in batches.epoch(train.seed * 1000 + epoch):
+        for step in batches.epoch(train.seed * 1000 + epoch):
+            ids, batch = step.ids, step.columns
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if len(ids):
                     inputs, view = shown(run, batch, generator)
                     x, y = run.inputs.model_input(inputs, device), batch["label"].to(device)
                     logits = model(x).float()
                     epochs_done = state.schedule.done / worker.rows_per_epoch  # all workers' rows: the same on each
-                    loss = loss_of(kd, logits, y, teacher_targets(batch, view, run.views, device), epochs_done)
-                    # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's
-                    scaled = loss * len(ids) * world / step_rows
+                    loss = loss_terms(kd, logits, y, teacher_targets(batch, view, run.views, device), epochs_done)
+                    # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's (each
+                    # term averaged over the rows it covers in the whole step)
+                    scaled = loss.mean(step.rows, step.labelled) * world
                 else:  # no rows of this step here: join the gradient all-reduce with zeros (BatchNorm untouched)
                     scaled = idle_step(model, run.inputs.model_input(run.inputs.example(1), device))
             opt.zero_grad(set_to_none=True)
             scaler.scale(scaled).backward()
             scaler.step(opt)
             scaler.update()
-            state.schedule.step(step_rows)
+            state.schedule.step(step.rows)
             if len(ids):
-                kd_part = loss.detach() - (1 - (kd.alpha if kd else 0)) * F.cross_entropy(logits.detach(), y)
-                sums += len(ids) * torch.stack([loss.detach(), kd_part, torch.ones((), device=device)]).double()
+                rows = torch.tensor([len(ids), (y != UNLABELLED).sum()], device=device)
+                sums += torch.cat([torch.stack([loss.kd.detach(), loss.ce.detach()]).double(), rows.double()])
                 checksum += id_checksum(ids)
         train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(module, val_shard, run, device)
         workers = gathered({"rank": rank, "node": ray.get_runtime_context().get_node_id(), "samples": int(sums[2])})
         sums, checksum = all_reduce(sums), all_reduce(torch.tensor(checksum, dtype=torch.int64, device=device))
-        loss, kd_sum, samples = sums.tolist()
+        kd_sum, ce_sum, samples, labelled = sums.tolist()
+        kd_mean, ce_mean = kd_sum / samples, ce_sum / max(labelled, 1)  # each over the rows it covers
         history.append(
             {
                 "epoch": epoch + 1,
-                "loss": loss / samples,
-                "kd": kd_sum / samples,  # the weighted KD term of the loss; the rest is the weighted CE term
-                "ce": (loss - kd_sum) / samples,
+                "loss": kd_mean + ce_mean,
+                "kd": kd_mean,  # the weighted KD term of the loss, the mean over every row
+                "ce": ce_mean,  # the weighted CE term, the mean over the labelled rows
+                "labelled": int(labelled),  # of the samples: the rows with a label (the CE term's)
                 "val_accuracy": val_accuracy,
                 "samples_per_s": samples / train_seconds,
                 "seconds": time.perf_counter() - started,
@@ -119,7 +123,7 @@ def train_loop(config: dict) -> None:
             }
         )
         report(state, epoch, history, rank)
-        if not math.isfinite(loss):  # every worker sees the same reduced sums, so all stop here together
+        if not math.isfinite(history[-1]["loss"]):  # every worker sees the same reduced sums: all stop here together
             break
         if curves:
             curves.log(history[-1])
@@ -159,17 +163,22 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
     return Targets(**{name.removeprefix(TARGET_PREFIX): of_view(name) for name in teacher})
 
 
+def loss_terms(
+    kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
+) -> Terms:
+    """Cross-entropy alone for a teacher or a baseline, else the job's KD objective (``distill.loss``), its KD
+    term warmed up over ``distill.warmup_epochs``: as sums over the rows (``Terms``)."""
+    if kd is None:
+        return Terms(torch.zeros((), device=logits.device), labelled_cross_entropy(logits, labels))
+    loss, ramp = kd.loss, warmup(kd.warmup_epochs, epochs_done)
+    return terms(loss.name, logits, targets, labels, kd.alpha, kd.temperature, loss.standardize, ramp, **loss.kwargs)
+
+
 def loss_of(
     kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
 ) -> torch.Tensor:
-    """Cross-entropy alone for a teacher or a baseline, else the job's KD objective (``distill.loss``), its KD
-    term warmed up over ``distill.warmup_epochs``."""
-    if kd is None:
-        return F.cross_entropy(logits, labels)
-    loss, ramp = kd.loss, warmup(kd.warmup_epochs, epochs_done)
-    return objective(
-        loss.name, logits, targets, labels, kd.alpha, kd.temperature, loss.standardize, ramp, **loss.kwargs
-    )
+    """``loss_terms`` as the one batch's loss (a plain loop's, without workers)."""
+    return loss_terms(kd, logits, labels, targets, epochs_done).batch_mean(labels)
 
 
 @torch.inference_mode()

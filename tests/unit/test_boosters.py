@@ -117,7 +117,7 @@ def test_a_booster_named_by_a_relative_path_loads_as_its_own_weights(tmp_path, m
 def test_a_booster_over_other_columns_is_refused_naming_them(tmp_path, capsys, ray_watch, kind):
     path = tabular_job(tmp_path, booster(tmp_path, kind, [*COLUMNS, "race", "native_country"]))
     printed = refused(["plan", path], capsys, ray_watch)
-    assert "key 'teacher.name': the model reads columns that are not feature columns of the data: race, " in printed
+    assert "key 'teacher.name': the model reads columns that are not input columns of the data: race, " in printed
     assert "native_country" in printed and path in printed
 
 

@@ -159,7 +159,7 @@ class Refusal:
 
     id: str
     changes: dict | Callable[[Path], dict]
-    expected: str  # a phrase of the message; {tmp} stands for the test's folder
+    expected: str  # a phrase of the message; {tmp} stands for the test's folder, {images} for the image data's
     data: str = "image"  # or "text": the job it changes
     extra: dict = field(default_factory=dict)  # more changes, beside a callable's
 
@@ -412,6 +412,54 @@ REFUSALS = [
         "class(es) 0 never occur",
         extra={"data.num_classes": None},
     ),
+    # Issue 33 item 3: rows without labels train the distilled student alone, and are never evaluated.
+    Refusal(
+        "unlabelled-split",
+        changed_split("image", "train", label=train_rows([None] * TRAIN, pa.int64())),
+        "key 'data.train_split': split 'train' of {tmp}/data has no labelled row (its label column 'label' is all "
+        "null), but 'teacher', 'student' (its baseline or alpha 0) train on labelled rows alone",
+    ),
+    Refusal(
+        "no-labelled-rows",
+        {"data.labelled_rows": 0, "distill.baseline": False},
+        "has no labelled row ('data.labelled_rows' is 0), but 'teacher' trains on labelled rows alone; label some rows "
+        "(or raise 'data.labelled_rows')",
+    ),
+    Refusal(
+        "unlabelled-scratch-student",
+        {"data.labelled_rows": 0, "stages": ["distill"]},
+        "has no labelled row ('data.labelled_rows' is 0), but 'student' (its baseline or alpha 0) trains on",
+    ),
+    Refusal(
+        "unlabelled-test-row",
+        changed_split("image", "test", label=pa.array([i % 10 if i != 3 else None for i in range(TEST)], pa.int64())),
+        "test-0.parquet: row id 'test/3': no label (1 row(s) of split 'test', named by 'data.test_split', have none); "
+        "an evaluated split needs a label in every row",
+    ),
+    Refusal(
+        "unlabelled-rows-class-count",
+        {"data.labelled_rows": 0, "stages": ["softlabels"]},
+        "has no labelled row ('data.labelled_rows' is 0), but the class count ('data.num_classes' not set) comes "
+        "from its labels",
+        extra={"data.num_classes": None},
+    ),
+    Refusal(
+        "dkd-without-labels",
+        {"data.labelled_rows": 6, "distill.loss.name": "dkd"},
+        "key 'distill.loss': the 'dkd' loss reads each row's label, but {images}/train-0.parquet: row id "
+        "'train/frog/0000' has none (2 row(s) of split 'train' without one); use the 'hinton' or 'dist' loss",
+    ),
+    Refusal(
+        "labelled-rows-below-batch",
+        {"data.labelled_rows": 3},
+        "key 'teacher.train.batch_size': 3 labelled training rows over 1 worker(s) ('resources.num_workers') give 3",
+    ),
+    Refusal(
+        "negative-label",
+        changed_split("image", "train", label=train_rows([0, 1, 2, -1, 4, 5, 6, 7], pa.int64())),
+        "train-0.parquet: row id 'train/3': label -1 is negative (1 row(s) of split 'train'); labels are class "
+        "indices 0..C-1, and a row without a label holds null",
+    ),
     Refusal(
         "bad-image",
         changed_split("image", "train", image=train_rows([b"not an image"] * TRAIN, pa.binary())),
@@ -460,7 +508,7 @@ def refused(argv: list[str], capsys, ray_watch: RayWatch) -> str:
 def test_a_bad_job_input_is_refused_before_ray_starts(tmp_path, capsys, ray_watch, refusal):
     path = job_file(tmp_path, refusal)
     printed = refused(["plan", str(path)], capsys, ray_watch)
-    assert refusal.expected.replace("{tmp}", str(tmp_path)) in printed
+    assert refusal.expected.replace("{tmp}", str(tmp_path)).replace("{images}", DATA["image"]) in printed
     assert str(path) in printed  # the message names the job file
     assert SECRET not in printed
     assert not (tmp_path / "store").exists()
