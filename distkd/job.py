@@ -100,7 +100,6 @@ class Job:
                 checks.slice_columns(config.evaluate.slices, evaluated)
         except (ConfigError, DataError) as e:
             raise ConfigError(f"{source}: {e}") from None
-        shape = kind.shape
         if data.class_names is not None and len(data.class_names) != num_classes:
             raise ConfigError(
                 f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes"
@@ -122,13 +121,21 @@ class Job:
             if loads:
                 reachable(source, f"{key}.weights", model.weights, must_exist=True)
             code = tuple(config.code)
-            name = sources.absolute(model.name)
-            kwargs = {**model.kwargs, **kind.model_kwargs()}
+            try:
+                name = sources.absolute(model.name)
+                reads = inputs.read_by(kind, sources.own_tokenizer(name), model.max_length)
+            except (sources.SourceError, ConfigError) as e:
+                raise ConfigError(
+                    f"{source}: key '{key}.{'max_length' if model.max_length else 'name'}': {e}"
+                ) from None
+            kwargs = {**model.kwargs, **reads.model_kwargs()}
             cpu = torch.device("cpu")
             try:
-                built = ModelSpec(name, kwargs, num_classes, shape, checks.identity(key, name, code), code)
+                own = reads if reads is not kind else None
+                identity = checks.identity(key, name, code)
+                built = ModelSpec(name, kwargs, num_classes, reads.shape, identity, code, own)
                 network = checks.build(key, built)
-                checks.forward(key, network, shape, num_classes, kind.model_input(kind.example(2), cpu))
+                checks.forward(key, network, reads.shape, num_classes, reads.model_input(reads.example(2), cpu))
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:
@@ -164,7 +171,8 @@ class Job:
         """A training run of the model at ``key`` (a teacher's, or 'student')."""
         c = self.config
         resources = c.training_resources(key)
-        common = (c.store, c.name, model, c.trainable(key).train, self.train, self.val, self.inputs, resources)
+        reads = model.reads(self.inputs)
+        common = (c.store, c.name, model, c.trainable(key).train, self.train, self.val, reads, resources)
         return TrainingRun(role, *common, c.data, c.tracking, **kd)
 
     def teacher_run(self, i: int = 0) -> TrainingRun | None:
@@ -189,7 +197,7 @@ class Job:
             store=self.config.store,
             teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),
             data=self.train,
-            inputs=self.inputs,
+            inputs=self.teachers[i].model.reads(self.inputs),
             format=fmt,
             views=c.views,
             view_seed=c.view_seed,

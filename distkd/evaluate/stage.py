@@ -64,10 +64,21 @@ class Evaluator:
         """Loaded at the first batch, as the teacher actors' model is (``TeacherPredictor.model``)."""
         return {role: placed(w.load(), self.device).eval() for role, w in self.weights.items()}
 
+    def model_input(self, role: str, batch: dict[str, np.ndarray], x: torch.Tensor) -> torch.Tensor:
+        """What the model of ``role`` is called with: ``x`` (the job's input), or the batch read its own way
+        (its tokenizer: the batch keeps the raw input column for it, ``kept``)."""
+        own = self.weights[role].model.inputs
+        if own is None:
+            return x
+        prepared = own.prepare(batch)
+        return own.model_input({name: torch.from_numpy(prepared[name]) for name in own.columns}, self.device)
+
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = self.inputs.model_input({name: torch.from_numpy(batch[name]) for name in self.inputs.columns}, self.device)
-        logits = {role: model(x).float().cpu().numpy() for role, model in self.models.items()}
+        logits = {
+            role: model(self.model_input(role, batch, x)).float().cpu().numpy() for role, model in self.models.items()
+        }
         if self.ensemble:
             members = [logits[role] for role in self.ensemble.members]
             logits[ENSEMBLE] = self.ensemble.predictions(members, self.distill.temperature)
@@ -106,7 +117,7 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
     slices = tuple(cfg.slices)
     stats = (
         spec.data.read(extra=tuple(c for c in slices if c not in ("id", "label")))
-        .map_batches(prepared, fn_kwargs={"inputs": spec.inputs, "keep": slices}, batch_format="numpy")
+        .map_batches(prepared, fn_kwargs={"inputs": spec.inputs, "keep": kept(spec)}, batch_format="numpy")
         .map_batches(
             Evaluator,
             fn_constructor_kwargs={
@@ -194,6 +205,13 @@ def described(spec: EvalSpec, costs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def kept(spec: EvalSpec) -> tuple[str, ...]:
+    """The raw columns the evaluators need beside the prepared input: the slices', and the input column when a
+    model reads it its own way (``ModelSpec.inputs``: its own tokenizer)."""
+    own = any(w.model.inputs is not None for w in spec.models.values())
+    return (*spec.execution.slices, *([spec.data.column] if own else []))
+
+
 def prepared(batch: dict[str, np.ndarray], inputs: InputKind, keep: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The batch's input prepared for the models, with the columns ``keep`` (the slices') beside it."""
     return {**inputs.prepare(batch), **{column: batch[column] for column in keep}}
@@ -204,10 +222,12 @@ def model_costs(models: dict[str, Weights], inputs: InputKind, threads: int) -> 
     torch.set_num_threads(threads)
     device, costs = devices.device(), {}
 
-    def example(rows: int) -> torch.Tensor:
-        return inputs.model_input(inputs.example(rows), torch.device("cpu"))
-
     for role, weights in models.items():
+        reads = weights.model.reads(inputs)
+
+        def example(rows: int, reads: InputKind = reads) -> torch.Tensor:
+            return reads.model_input(reads.example(rows), torch.device("cpu"))
+
         model = weights.load()
         costs[role] = {"cost": model_cost(model, example)}
         if device.type == "cuda":
