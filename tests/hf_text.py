@@ -19,6 +19,7 @@ def tiny_bert(folder: Path, vocab_size: int = 120, layers: int = 2, width: int =
     """A ``layers``-layer BERT of ``width`` (random weights, saved with ``save_pretrained`` unless not
     ``weights``: then ``config.json`` alone) with a WordPiece tokenizer of at most ``vocab_size`` ids trained on
     ``SENTENCES`` (``tokenizer.json`` with BERT's [CLS] ... [SEP] template)."""
+    import torch
     import transformers
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -39,6 +40,7 @@ def tiny_bert(folder: Path, vocab_size: int = 120, layers: int = 2, width: int =
         max_position_embeddings=64,
     )
     folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # the same weights in every run of a test
     if weights:
         transformers.BertModel(config).save_pretrained(folder)
     else:

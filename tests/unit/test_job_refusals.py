@@ -274,6 +274,21 @@ REFUSALS = [
         "key 'teacher.name': 'import:exits:Net': importing 'exits' called sys.exit(0)",
     ),
     Refusal("import-exits-3", exiting_module(3), "importing 'exits' called sys.exit(3)"),
+    # Issue 33: Hugging Face text models.
+    Refusal(
+        "offline-hub-id",
+        {"teacher.name": "hf:distkd-test/no-such-bert@main"},
+        "key 'teacher.name': 'distkd-test/no-such-bert@main' is no folder here, and as a Hugging Face Hub id it "
+        "could not be downloaded",
+        "text",
+    ),
+    Refusal(
+        "no-such-package",
+        {"teacher.name": "hf:package:distkd_no_such_package/model"},
+        "key 'teacher.name': 'package:distkd_no_such_package/model': no installed package 'distkd_no_such_package'",
+        "text",
+    ),
+    Refusal("max-length-of-images", {"student.max_length": 16}, "key 'student.max_length': 'max_length' cuts a text"),
     # Issue 34: data.
     Refusal(
         "invalid-utf8",
