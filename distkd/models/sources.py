@@ -377,8 +377,8 @@ def _hf_identity(rest: str, code: tuple[str, ...]) -> str:
 
 def _hf_config_identity(rest: str, code: tuple[str, ...]) -> str:
     """A model from a config alone is its config and its tokenizer, never the folder's weights."""
-    files = [f for f in _folder_files(_hf_where(rest)) if f.endswith(HF_CONFIG_FILES)]
-    return _files_sha256((f.rsplit("/", 1)[-1], storage.read_bytes(f)) for f in files)
+    named = ((f.rsplit("/", 1)[-1], f) for f in _folder_files(_hf_where(rest)))
+    return _files_sha256((name, storage.read_bytes(f)) for name, f in named if name in HF_CONFIG_FILES)
 
 
 HF_CONFIG_FILES = ("config.json", TOKENIZER_FILE)
