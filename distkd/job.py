@@ -117,7 +117,12 @@ class Job:
                     f"{source}: key '{key}.name': '{model.name}' is a program, inference only: it can label as a "
                     "teacher or be evaluated, not be trained (name a built-in, torchvision, timm, hf or import model)"
                 )
-            loads = model.weights is not None and model.weights != sources.own_weights(model.name)
+            if model.weights == sources.OWN:
+                try:
+                    sources.check_own(model.name, num_classes)
+                except sources.SourceError as e:
+                    raise ConfigError(f"{source}: key '{key}.weights': {e}") from None
+            loads = model.weights not in (None, sources.OWN) and model.weights != sources.own_weights(model.name)
             if loads:
                 reachable(source, f"{key}.weights", model.weights, must_exist=True)
             code = tuple(config.code)
@@ -143,7 +148,8 @@ class Job:
             return built
 
         checkpoints = {
-            m.role: (spec(f"evaluate.models.{i}", m), m.weights) for i, m in enumerate(config.evaluate.models or [])
+            m.role: (spec(f"evaluate.models.{i}", m), sources.given_weights(m.weights, m.name))
+            for i, m in enumerate(config.evaluate.models or [])
         }
         if len(checkpoints) != len(config.evaluate.models or []):
             raise ConfigError(f"{source}: key 'evaluate.models': each model needs its own 'role'")

@@ -139,9 +139,43 @@ def own_weights(name: str) -> str | None:
     return rest if kind in SOURCES and not SOURCES[kind].trainable else None
 
 
+OWN = "own"  # ``weights: own``: a Hugging Face folder's own weights, a classifier that labels as it is (no stage 0)
+HF_WEIGHTS = "model.safetensors"  # what save_pretrained writes a folder's weights to
+
+
 def given_weights(weights: str | None, name: str) -> str | None:
-    """A model's weights as its job gives them: ``weights``, else a program's own; None: it is to be trained."""
+    """A model's weights as its job gives them: ``weights`` (``own``: its folder's), else a program's own; None:
+    it is to be trained."""
+    if weights == OWN:
+        kind, rest = split(name)
+        return _own_file(rest) if kind == "hf" else None  # another source has none (``check_own`` says so)
     return weights or own_weights(name)
+
+
+def _own_file(rest: str) -> str:
+    """The weights file of the Hugging Face folder ``rest``, as ``weights: own`` names it."""
+    return storage.join(storage.absolute(_hf_where(rest)), HF_WEIGHTS)
+
+
+def check_own(name: str, num_classes: int) -> None:
+    """A ``SourceError`` unless ``name`` is an ``hf:`` folder that holds a classifier of ``num_classes`` classes
+    with its weights: what ``weights: own`` labels with as it is (a folder without one would get a random head)."""
+    kind, rest = split(name)
+    if kind != "hf":
+        raise SourceError(f"'{OWN}' names the weights in an hf: folder; '{name}' has none of its own")
+    folder = _hf_where(rest)
+    config = json.loads(storage.read_bytes(storage.join(folder, "config.json")))
+    heads = [a for a in config.get("architectures") or [] if a.endswith(CLASSIFIERS)]
+    classes = len(config.get("id2label") or {}) or config.get("num_labels")
+    if not heads or classes != num_classes or not storage.exists(storage.join(folder, HF_WEIGHTS)):
+        raise SourceError(
+            f"{rest}: '{OWN}' needs a folder that holds a classifier of the data's {num_classes} classes and its "
+            f"{HF_WEIGHTS} (its config.json names {config.get('architectures')} with {classes} labels); leave "
+            "'weights' out to train one from the folder's weights"
+        )
+
+
+CLASSIFIERS = ("ForSequenceClassification", "ForImageClassification")
 
 
 def identity(name: str, code: Iterable[str] = ()) -> str | None:
@@ -359,7 +393,9 @@ def _hf_model(rest: str, num_classes: int, kwargs: dict, pretrained: bool) -> nn
         raise SourceError(
             f"{rest}: the model embeds {config.vocab_size} token ids, fewer than its tokenizer's {vocab - 1}"
         )
-    return wrapper(auto.from_pretrained(_hf_local(rest), config=config))
+    model = wrapper(auto.from_pretrained(_hf_local(rest), config=config))
+    model.weights_uri = _own_file(rest)  # holds its folder's weights: what ``weights: own`` loads (load_weights)
+    return model
 
 
 def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:

@@ -40,14 +40,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 
 def job(data: Path, store: Path, teacher: str, student: str, **student_settings) -> Job:
-    raw = {
-        "name": "hf-text",
-        "store": str(store),
-        "data": {"uri": str(data), "num_classes": 5, "tokenizer": {"vocab_size": 300, "max_length": 16}},
-        "teacher": {"name": teacher, "max_length": 24, "train": TRAIN},
-        "student": {"name": student, "train": TRAIN, **student_settings},
-    }
-    return Job.prepare(config.parse(raw, "<job>"), "<job>")
+    return Job.prepare(config_with(data, store, {"name": teacher}, {"name": student, **student_settings}), "<job>")
 
 
 def test_each_model_reads_the_text_with_its_own_tokenizer(texts, folders, tmp_path):
@@ -120,3 +113,37 @@ def test_padding_is_masked_from_a_bert(folders):
         masked = (model(padded) - alone).abs().max()
         unmasked = model.model(input_ids=(padded - 1).clamp(min=0)).logits  # what the padding would do if seen
     assert masked < 1e-3 < 1e-2 < (unmasked - alone).abs().max()
+
+
+def test_a_folder_that_holds_a_classifier_labels_with_its_own_weights_without_stage_0(texts, folders, tmp_path):
+    import transformers
+
+    from distkd.models import weights_hash
+    from distkd.specs import Weights
+
+    base = tiny_bert(tmp_path / "classifier", vocab_size=120)
+    config = transformers.BertConfig.from_pretrained(base, num_labels=5)
+    transformers.BertForSequenceClassification(config).save_pretrained(base)  # fine-tuned elsewhere, say
+    student = {"name": f"hf-config:{folders['student']}"}
+    trains = Job.prepare(config_with(texts, tmp_path / "store", {"name": f"hf:{base}"}, student), "<job>")
+    assert trains.teacher_run() is not None  # without 'weights: own' the folder's weights are where stage 0 starts
+    j = Job.prepare(config_with(texts, tmp_path / "store", {"name": f"hf:{base}", "weights": "own"}, student), "<j>")
+    assert j.teacher_run() is None and j.teacher_weights_uri() == str(base / "model.safetensors")
+    uri = j.teacher_weights_uri()
+    loaded = Weights(j.teacher, uri, weights_hash(uri)).load().eval()
+    expected = transformers.BertForSequenceClassification.from_pretrained(base).eval()
+    tokens = torch.tensor([[3, 40, 41, 4, 0, 0]])
+    with torch.no_grad():
+        ids, mask = (tokens - 1).clamp(min=0), (tokens != 0).long()
+        assert torch.allclose(loaded(tokens), expected(input_ids=ids, attention_mask=mask).logits)
+
+
+def config_with(data: Path, store: Path, teacher: dict, student: dict) -> config.JobConfig:
+    raw = {
+        "name": "hf-text",
+        "store": str(store),
+        "data": {"uri": str(data), "num_classes": 5, "tokenizer": {"vocab_size": 300, "max_length": 16}},
+        "teacher": {**teacher, "max_length": 24, "train": TRAIN},
+        "student": {**student, "train": TRAIN},
+    }
+    return config.parse(raw, "<job>")

@@ -102,6 +102,12 @@ def hf_folder(config: str) -> Callable[[Path], dict]:
     return make
 
 
+def hf_bert(tmp_path: Path) -> dict:
+    from tests.hf_text import tiny_bert
+
+    return {"teacher.name": f"hf:{tiny_bert(tmp_path / 'bert')}", "teacher.weights": "own"}  # no classifier head
+
+
 def exiting_module(code: int) -> Callable[[Path], dict]:
     def make(tmp_path: Path) -> dict:
         (tmp_path / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
@@ -289,6 +295,18 @@ REFUSALS = [
         "text",
     ),
     Refusal("max-length-of-images", {"student.max_length": 16}, "key 'student.max_length': 'max_length' cuts a text"),
+    Refusal(
+        "own-weights-of-a-builtin",
+        {"teacher.weights": "own"},
+        "key 'teacher.weights': 'own' names the weights in an hf: folder; 'text_cnn' has none",
+        "text",
+    ),
+    Refusal(
+        "own-weights-without-a-classifier",
+        hf_bert,
+        "key 'teacher.weights': {tmp}/bert: 'own' needs a folder that holds a classifier of the data's 5 classes",
+        "text",
+    ),
     # Issue 34: data.
     Refusal(
         "invalid-utf8",
