@@ -13,6 +13,7 @@ import torch
 from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
+from distkd.data import tokenizer as tokenizers
 from distkd.data.kinds import InputKind
 from distkd.data.source import DataError, Split
 from distkd.labels.ensemble import Ensemble
@@ -129,10 +130,10 @@ class Job:
             try:
                 name = sources.absolute(model.name)
                 reads = inputs.read_by(kind, sources.own_tokenizer(name), model.max_length)
-            except (sources.SourceError, ConfigError) as e:
-                raise ConfigError(
-                    f"{source}: key '{key}.{'max_length' if model.max_length else 'name'}': {e}"
-                ) from None
+            except (sources.SourceError, tokenizers.TokenizerError) as e:
+                raise ConfigError(f"{source}: key '{key}.name': {e}") from None
+            except ConfigError as e:
+                raise ConfigError(f"{source}: key '{key}.max_length': {e}") from None
             kwargs = {**model.kwargs, **reads.model_kwargs()}
             cpu = torch.device("cpu")
             try:

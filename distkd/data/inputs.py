@@ -248,7 +248,8 @@ INPUTS.register("tabular")(tabular_input)  # feature columns: data/tabular.py
 def read_by(kind: InputKind, tokenizer: str | None, max_length: int | None) -> InputKind:
     """How one model reads the job's input: a text tokenised with the model's own tokenizer (saved in the folder
     ``tokenizer``, its special tokens added) and cut at the model's own ``max_length``, where it has them; else
-    ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is refused."""
+    ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is refused (a
+    ``ConfigError``)."""
     if not isinstance(kind, TextInput):
         if max_length is not None:
             raise ConfigError(f"'max_length' cuts a text input's tokens; a {kind.name} input has none: leave it out")
@@ -257,10 +258,7 @@ def read_by(kind: InputKind, tokenizer: str | None, max_length: int | None) -> I
     if tokenizer is None:
         cut = dataclasses.replace(kind.tokenizer, max_length=length)
         return kind if cut == kind.tokenizer else dataclasses.replace(kind, tokenizer=cut)
-    try:
-        own = tokenizers.saved(tokenizer, length, specials=True)
-    except tokenizers.TokenizerError as e:
-        raise ConfigError(f"the model's own tokenizer: {e}") from None
+    own = tokenizers.saved(tokenizer, length, specials=True)  # a TokenizerError when it does not load
     return TextInput(kind.column, own, f"sha256:{content.sha256(own.uri)}")
 
 

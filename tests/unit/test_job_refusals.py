@@ -108,6 +108,13 @@ def hf_bert(tmp_path: Path) -> dict:
     return {"teacher.name": f"hf:{tiny_bert(tmp_path / 'bert')}", "teacher.weights": "own"}  # no classifier head
 
 
+def hf_bert_broken_tokenizer(tmp_path: Path) -> dict:
+    from tests.hf_text import tiny_bert
+
+    (tiny_bert(tmp_path / "bert") / "tokenizer.json").write_text("{not json")
+    return {"teacher.name": f"hf:{tmp_path / 'bert'}"}
+
+
 def exiting_module(code: int) -> Callable[[Path], dict]:
     def make(tmp_path: Path) -> dict:
         (tmp_path / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
@@ -295,6 +302,12 @@ REFUSALS = [
         "text",
     ),
     Refusal("max-length-of-images", {"student.max_length": 16}, "key 'student.max_length': 'max_length' cuts a text"),
+    Refusal(
+        "hf-tokenizer-that-does-not-load",
+        hf_bert_broken_tokenizer,
+        "key 'teacher.name': {tmp}/bert: no tokenizer that loads",
+        "text",
+    ),
     Refusal(
         "own-weights-of-a-builtin",
         {"teacher.weights": "own"},
