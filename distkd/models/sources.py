@@ -383,6 +383,7 @@ def _hf_model(rest: str, num_classes: int, kwargs: dict, pretrained: bool) -> nn
         auto, wrapper = transformers.AutoModelForImageClassification, HFClassifier
     else:
         auto, wrapper = transformers.AutoModelForSequenceClassification, HFTextClassifier
+    if vocab is not None or not pretrained:  # a pretrained image classifier keeps its head, as it always has
         kwargs["num_labels"] = num_classes
     config = _hf_config(rest, kwargs)
     if not pretrained:
