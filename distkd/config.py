@@ -98,6 +98,7 @@ class ModelConfig(Strict):
     name: str
     kwargs: dict[str, int | float | bool | str] = {}
     weights: str | None = None  # a state_dict file (path or URI); teacher: None trains one
+    max_length: int | None = Field(default=None, gt=0, le=MAX_LENGTH)  # a text model's tokens; None: the tokenizer's
 
     @field_validator("name")
     @classmethod

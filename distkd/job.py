@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
+from distkd.data import tokenizer as tokenizers
 from distkd.data.kinds import InputKind
 from distkd.data.source import DataError, Split
 from distkd.labels.ensemble import Ensemble
@@ -97,7 +98,6 @@ class Job:
                 checks.slice_columns(config.evaluate.slices, evaluated)
         except (ConfigError, DataError) as e:
             raise ConfigError(f"{source}: {e}") from None
-        shape = kind.shape
         if data.class_names is not None and len(data.class_names) != num_classes:
             raise ConfigError(
                 f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes"
@@ -115,16 +115,29 @@ class Job:
                     f"{source}: key '{key}.name': '{model.name}' is a program, inference only: it can label as a "
                     "teacher or be evaluated, not be trained (name a built-in, torchvision, timm, hf or import model)"
                 )
-            loads = model.weights is not None and model.weights != sources.own_weights(model.name)
+            if model.weights == sources.OWN:
+                try:
+                    sources.check_own(model.name, num_classes)
+                except sources.SourceError as e:
+                    raise ConfigError(f"{source}: key '{key}.weights': {e}") from None
+            loads = model.weights not in (None, sources.OWN) and model.weights != sources.own_weights(model.name)
             if loads:
                 reachable(source, f"{key}.weights", model.weights, must_exist=True)
             code = tuple(config.code)
-            name = sources.absolute(model.name)
-            kwargs = {**model.kwargs, **kind.model_kwargs()}
             try:
-                built = ModelSpec(name, kwargs, num_classes, shape, checks.identity(key, name, code), code)
+                name = sources.absolute(model.name)
+                reads = inputs.read_by(kind, sources.own_tokenizer(name), model.max_length)
+            except (sources.SourceError, tokenizers.TokenizerError) as e:
+                raise ConfigError(f"{source}: key '{key}.name': {e}") from None
+            except ConfigError as e:
+                raise ConfigError(f"{source}: key '{key}.max_length': {e}") from None
+            kwargs = {**model.kwargs, **reads.model_kwargs()}
+            try:
+                own = reads if reads is not kind else None
+                identity = checks.identity(key, name, code)
+                built = ModelSpec(name, kwargs, num_classes, reads.shape, identity, code, own)
                 network = checks.build(key, built)
-                checks.forward(key, network, shape, num_classes, checks.example(key, network, kind, train))
+                checks.forward(key, network, reads.shape, num_classes, checks.example(key, network, reads, train))
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:
@@ -132,7 +145,8 @@ class Job:
             return built
 
         checkpoints = {
-            m.role: (spec(f"evaluate.models.{i}", m), m.weights) for i, m in enumerate(config.evaluate.models or [])
+            m.role: (spec(f"evaluate.models.{i}", m), sources.given_weights(m.weights, m.name))
+            for i, m in enumerate(config.evaluate.models or [])
         }
         if len(checkpoints) != len(config.evaluate.models or []):
             raise ConfigError(f"{source}: key 'evaluate.models': each model needs its own 'role'")
@@ -166,7 +180,8 @@ class Job:
         """A training run of the model at ``key`` (a teacher's, or 'student')."""
         c = self.config
         resources = c.training_resources(key)
-        common = (c.store, c.name, model, c.trainable(key).train, self.labelled, self.val, self.inputs, resources)
+        reads = model.reads(self.inputs)
+        common = (c.store, c.name, model, c.trainable(key).train, self.labelled, self.val, reads, resources)
         return TrainingRun(role, *common, c.data, c.tracking, **kd)
 
     def teacher_run(self, i: int = 0) -> TrainingRun | None:
@@ -191,7 +206,7 @@ class Job:
             store=self.config.store,
             teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),
             data=self.train,
-            inputs=self.inputs,
+            inputs=self.teachers[i].model.reads(self.inputs),
             format=fmt,
             views=c.views,
             view_seed=c.view_seed,

@@ -186,7 +186,8 @@ class TextInput:
         return {"vocab_size": self.tokenizer.vocab_size}
 
     def identity(self) -> dict:
-        return {"tokenizer": self.made_of, "max_length": self.tokenizer.max_length}
+        out = {"tokenizer": self.made_of, "max_length": self.tokenizer.max_length}
+        return {**out, "special_tokens": True} if self.tokenizer.specials else out  # a model's own tokenizer
 
     def check(self, split: Split) -> None:
         """Every row in use has a text of valid UTF-8 that is not empty (an empty one would tokenise to nothing but
@@ -346,6 +347,23 @@ def finder(data: DataConfig) -> Finder:
         raise DataError(f"{uri}: input column '{column}' holds {schema.field(column).type} values; expected {expected}")
 
     return find
+
+
+def read_by(kind: InputKind, tokenizer: str | None, max_length: int | None) -> InputKind:
+    """How one model reads the job's input: a text tokenised with the model's own tokenizer (saved in the folder
+    ``tokenizer``, its special tokens added) and cut at the model's own ``max_length``, where it has them; else
+    ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is refused (a
+    ``ConfigError``)."""
+    if not isinstance(kind, TextInput):
+        if max_length is not None:
+            raise ConfigError(f"'max_length' cuts a text input's tokens; a {kind.name} input has none: leave it out")
+        return kind
+    length = max_length or kind.tokenizer.max_length
+    if tokenizer is None:
+        cut = dataclasses.replace(kind.tokenizer, max_length=length)
+        return kind if cut == kind.tokenizer else dataclasses.replace(kind, tokenizer=cut)
+    own = tokenizers.saved(tokenizer, length, specials=True)  # a TokenizerError when it does not load
+    return TextInput(kind.column, own, f"sha256:{content.sha256(own.uri)}")
 
 
 def for_data(split: Split, data: DataConfig, store: str) -> InputKind:

@@ -102,6 +102,19 @@ def hf_folder(config: str) -> Callable[[Path], dict]:
     return make
 
 
+def hf_bert(tmp_path: Path) -> dict:
+    from tests.hf_text import tiny_bert
+
+    return {"teacher.name": f"hf:{tiny_bert(tmp_path / 'bert')}", "teacher.weights": "own"}  # no classifier head
+
+
+def hf_bert_broken_tokenizer(tmp_path: Path) -> dict:
+    from tests.hf_text import tiny_bert
+
+    (tiny_bert(tmp_path / "bert") / "tokenizer.json").write_text("{not json")
+    return {"teacher.name": f"hf:{tmp_path / 'bert'}"}
+
+
 def exiting_module(code: int) -> Callable[[Path], dict]:
     def make(tmp_path: Path) -> dict:
         (tmp_path / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
@@ -274,6 +287,39 @@ REFUSALS = [
         "key 'teacher.name': 'import:exits:Net': importing 'exits' called sys.exit(0)",
     ),
     Refusal("import-exits-3", exiting_module(3), "importing 'exits' called sys.exit(3)"),
+    # Issue 33: Hugging Face text models.
+    Refusal(
+        "offline-hub-id",
+        {"teacher.name": "hf:distkd-test/no-such-bert@main"},
+        "key 'teacher.name': 'distkd-test/no-such-bert@main' is no folder here, and as a Hugging Face Hub id it "
+        "could not be downloaded",
+        "text",
+    ),
+    Refusal(
+        "no-such-package",
+        {"teacher.name": "hf:package:distkd_no_such_package/model"},
+        "key 'teacher.name': 'package:distkd_no_such_package/model': no installed package 'distkd_no_such_package'",
+        "text",
+    ),
+    Refusal("max-length-of-images", {"student.max_length": 16}, "key 'student.max_length': 'max_length' cuts a text"),
+    Refusal(
+        "hf-tokenizer-that-does-not-load",
+        hf_bert_broken_tokenizer,
+        "key 'teacher.name': {tmp}/bert: no tokenizer that loads",
+        "text",
+    ),
+    Refusal(
+        "own-weights-of-a-builtin",
+        {"teacher.weights": "own"},
+        "key 'teacher.weights': 'own' names the weights in an hf: folder; 'text_cnn' has none",
+        "text",
+    ),
+    Refusal(
+        "own-weights-without-a-classifier",
+        hf_bert,
+        "key 'teacher.weights': {tmp}/bert: 'own' needs a folder that holds a classifier of the data's 5 classes",
+        "text",
+    ),
     # Issue 34: data.
     Refusal(
         "invalid-utf8",
