@@ -44,6 +44,7 @@ S = TypeVar("S", bound=Strict)
 
 
 MAX_CLASSES = 100_000  # a model's output layer is allocated from the class count before anything reads the data
+MAX_LENGTH = 8192  # tokens per row (a model's max_length, a tokenizer's): every batch of token ids is sized by it
 
 
 class DataConfig(Strict):

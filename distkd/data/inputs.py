@@ -39,7 +39,7 @@ import torch
 from pydantic import Field, field_validator
 
 from distkd import console, content, storage
-from distkd.config import ConfigError, DataConfig, Strict, validated
+from distkd.config import MAX_LENGTH, ConfigError, DataConfig, Strict, validated
 from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
 from distkd.data.errors import DataError
@@ -51,10 +51,7 @@ from distkd.data.transforms import Normalize
 from distkd.registry import Registry
 
 INPUTS: Registry[Kind] = Registry("input kind")
-# Bounds of the numbers that size memory before anything reads the data: a text model's embedding and every batch
-# of token ids are allocated from them.
-MAX_VOCAB_SIZE = 1_000_000
-MAX_LENGTH = 8192  # tokens per row
+MAX_VOCAB_SIZE = 1_000_000  # a text model's embedding is allocated from it before anything reads the data
 
 
 @dataclass(frozen=True)
