@@ -4,6 +4,8 @@ shards."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,22 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = Path(os.environ.get("DISTKD_CIFAR10", ROOT.parent / "shared" / "datasets" / "cifar10"))
 REVIEWS = Path(os.environ.get("DISTKD_REVIEWS", ROOT.parent / "shared" / "datasets" / "womens-reviews"))
 BUCKET = "distkd-test"
+BIN = Path(sys.executable).parent  # the environment's own commands (ray, distkd, weed)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread for torch in each test process: the tests' tensors are tiny, and a second thread's
+    wake-ups and spin-waits cost more than it computes (the unit tier took 69 CPU seconds with torch's default
+    of one thread a core on 2 cores, 40 with one). distkd's Ray actors set their own thread counts.
+
+    Ray's token (Ray 2.60 turns token authentication on) is made once, here, before pytest-xdist starts its
+    workers: each worker's first ``ray.init`` would otherwise write ~/.ray/auth_token of its own on a fresh
+    machine, and a process joining one worker's Ray could read the other's."""
+    import torch
+
+    torch.set_num_threads(1)
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), not an xdist worker
+        subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -88,7 +106,9 @@ def ray_cluster(s3_server):
 
     from distkd.cluster import connect
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # "local": never join a cluster some other test process started with `ray start` (pytest-xdist workers
+    # run beside each other, and `ray.init()` without an address joins the machine's latest such cluster)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     connect(None)
     yield
     ray.shutdown()

@@ -24,6 +24,7 @@ from distkd import address, labelstore, storage
 from distkd.data.source import Split
 from distkd.models import sources
 from distkd.softlabels import cache
+from tests.processes import command_line, descendants
 from tests.seaweedfs import free_ports
 from tests.unit.test_sources import user_code
 
@@ -98,12 +99,16 @@ class Cluster:
 
         return [p for p in psutil.process_iter(["cmdline"]) if ours(p.info["cmdline"] or [])]
 
+    def descendants(self) -> list[psutil.Process]:
+        """Every process this cluster's started, such as a job's driver (not another test's of that name)."""
+        return [child for parent in self.processes() for child in descendants(parent)]
+
     def raylets(self) -> list[psutil.Process]:
         return [p for p in self.processes() if p.name() == "raylet"]
 
     def kill_node(self, raylet: psutil.Process) -> None:
         """The node of ``raylet`` lost as a machine would be: the raylet and every process it started, SIGKILL."""
-        for p in [raylet, *_children(raylet)]:
+        for p in [raylet, *descendants(raylet)]:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
@@ -112,19 +117,11 @@ class Cluster:
     def stop(self) -> None:
         """Only this cluster's processes and their children, such as the agents each raylet starts (``ray
         stop`` would stop every Ray instance on the machine)."""
-        ours = self.processes()
-        for p in [*ours, *(child for parent in ours for child in _children(parent))]:
+        for p in [*self.processes(), *self.descendants()]:
             try:
                 p.send_signal(signal.SIGKILL)
             except psutil.NoSuchProcess:
                 pass
-
-
-def _children(process: psutil.Process) -> list[psutil.Process]:
-    try:
-        return process.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +326,7 @@ def test_killed_driver_rerun_computes_only_uncommitted_shards(cluster, submitted
     first = cluster.run(str(BIN / "distkd"), "submit", str(job), "--address", cluster.dashboard).stdout.split()[1]
     deadline, drivers, shards = time.time() + 300, [], []
     while time.time() < deadline and not shards:  # the driver, then its first shard: 20 shards to write
-        drivers = drivers or [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[-3:] == DRIVER]
+        drivers = drivers or [p for p in cluster.descendants() if command_line(p)[-3:] == DRIVER]
         shards = [
             p
             for p in (store / "softlabels").glob(f"{cache.SHARDS}/*/*.parquet")

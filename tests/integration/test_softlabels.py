@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +27,7 @@ from distkd.models import load_weights
 from distkd.softlabels import cache, inspect
 from distkd.softlabels.stage import generate
 from tests.label_store import one_entry
+from tests.processes import command_line, descendants
 
 ROWS = 400
 
@@ -252,8 +252,8 @@ def test_killed_teacher_actor_still_gives_every_id_exactly_once(data, store, wei
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
             if storage.list_files(folder):
-                for proc in psutil.process_iter(["cmdline"]):
-                    if "ShardWriter" in " ".join(proc.info["cmdline"] or []):
+                for proc in descendants():
+                    if "ShardWriter" in " ".join(command_line(proc)):
                         os.kill(proc.pid, signal.SIGKILL)
                         killed.append(proc.pid)
             time.sleep(0.05)

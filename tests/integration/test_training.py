@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
 import pytest
 import ray.data
 import ray.train
@@ -26,6 +25,7 @@ from distkd.distill.stage import decoded, in_memory
 from distkd.job import Job
 from distkd.methods.optim import SCHEDULES
 from distkd.specs import ModelSpec
+from tests.processes import command_line, descendants
 
 ROWS = 200
 TWO_WORKERS = {"num_workers": 2, "max_failures": 0}  # a hang fails the run (``time_limit``) instead of restarting it
@@ -90,8 +90,8 @@ def train(
 def kill_training_workers() -> list[int]:
     """SIGKILLs this test process's Ray Train workers; their pids."""
     killed = []
-    for proc in psutil.Process().children(recursive=True):
-        if "RayTrainWorker" in " ".join(proc.cmdline()):
+    for proc in descendants():
+        if "RayTrainWorker" in " ".join(command_line(proc)):
             proc.send_signal(signal.SIGKILL)
             killed.append(proc.pid)
     return killed
