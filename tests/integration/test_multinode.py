@@ -11,7 +11,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,8 +127,15 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ray")
+def cluster():
+    # Ray's sockets live under its temp folder and a socket's path must fit in 107 bytes: a short folder in /tmp,
+    # not pytest's (under pytest-xdist a test's tmp_path is longer by the worker's name)
+    with tempfile.TemporaryDirectory(prefix="distkd-ray-", ignore_cleanup_errors=True) as tmp:
+        yield from started_cluster(Path(tmp))
+
+
+def started_cluster(folder: Path) -> Iterator[Cluster]:
+    """Two nodes (`ray start --head`, then `ray start --address`) with token auth, their files in ``folder``."""
     token = folder / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = {
