@@ -51,7 +51,7 @@ def from_code(code: np.ndarray) -> np.ndarray:
 def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits [..., V] -> the k most probable ids [..., k], their log-probabilities at temperature 1 [..., k] and the
     log of the mass outside them [...] (-inf when k >= V), taken in log space so that a small tail is exact."""
-    logprob = torch.log_softmax(logits.float(), dim=-1)
+    logprob = torch.log_softmax(logits, dim=-1)
     top = logprob.topk(min(k, logits.shape[-1]), dim=-1)
     tail = logprob.scatter(-1, top.indices, float("-inf")).logsumexp(dim=-1)
     return top.indices, top.values, tail

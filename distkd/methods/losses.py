@@ -19,11 +19,13 @@ from distkd.registry import Registry
 
 class Targets(NamedTuple):
     """The teacher's side of a batch: ``logits`` [N, C] (dense labels), or ``index`` [N, k] with ``logprob``,
-    the teacher's log-probabilities on those classes at the stored temperature (top-k labels)."""
+    the teacher's log-probabilities on those classes at the stored temperature (top-k labels); per-token labels
+    add ``tail``, the log of the mass outside the k (``labels/tokens.py``, read by ``methods/token_losses.py``)."""
 
     logits: torch.Tensor | None = None
     index: torch.Tensor | None = None
     logprob: torch.Tensor | None = None
+    tail: torch.Tensor | None = None
 
 
 KDLoss = Callable[..., torch.Tensor]  # (student logits, Targets, labels, temperature, **kwargs) -> KD term
@@ -43,17 +45,19 @@ def objective(
     temperature: float,
     standardize: bool = False,
     ramp: float = 1.0,
+    family: Registry[KDLoss] = LOSSES,
     **kwargs,
 ) -> torch.Tensor:
     """``ramp * alpha * KD + (1 - alpha) * CE(student, labels)``; alpha 0 is plain cross-entropy. ``standardize``:
     the KD term sees z-scored logits (Sun et al., CVPR 2024), the cross-entropy the raw ones. ``ramp``: the KD
-    term's share of its weight during a warm-up (``warmup``)."""
+    term's share of its weight during a warm-up (``warmup``). ``family``: the registry ``name`` is looked up in
+    (a task's loss family: ``methods/token_losses.py`` for a language model's rows of tokens)."""
     hard = F.cross_entropy(student, labels)
     if alpha == 0:
         return hard
     if standardize:
         student, targets = zscore(student), Targets(logits=zscore(dense(targets, "logit standardisation")))
-    return ramp * alpha * LOSSES[name](student, targets, labels, temperature, **kwargs) + (1 - alpha) * hard
+    return ramp * alpha * family[name](student, targets, labels, temperature, **kwargs) + (1 - alpha) * hard
 
 
 def warmup(epochs: float, epochs_done: float) -> float:
