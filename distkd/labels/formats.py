@@ -17,6 +17,7 @@ column is ``TARGET_PREFIX`` and the name of the ``methods.losses.Targets`` field
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -64,7 +65,7 @@ class Layout:
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
         """The format of this layout for the ``softlabels`` settings (top_k: the kept classes, the class count
-        when not given; temperature: of the stored labels)."""
+        when not given; temperature: of the stored labels); a ``ValueError`` for a dtype it does not store."""
         raise NotImplementedError
 
     @staticmethod
@@ -90,7 +91,7 @@ class Dense(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("dense", dtype)
+        return Format("dense", stored(dtype, ARROW_DTYPES))
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -112,7 +113,7 @@ class TopK(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("topk", dtype, top_k, temperature)
+        return Format("topk", stored(dtype, ARROW_DTYPES), top_k, temperature)
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -148,7 +149,7 @@ class Tokens(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("tokens", dtype, top_k)  # at temperature 1, whatever the KD temperature
+        return Format("tokens", stored(dtype, tokens.VALUE_TYPES), top_k)  # at T = 1, whatever the KD temperature
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -174,6 +175,13 @@ class Tokens(Layout):
     @staticmethod
     def logits(fmt: Format, columns: dict[str, np.ndarray], views: int) -> np.ndarray:
         raise ValueError("per-token top-k labels keep k tokens of the vocabulary: their logits are not known")
+
+
+def stored(dtype: str, types: Iterable[str]) -> str:
+    """``dtype``, if the layout stores values in it."""
+    if dtype not in types:
+        raise ValueError(f"{dtype} values are not stored by this format; it takes {', '.join(types)}")
+    return dtype
 
 
 def fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
