@@ -23,7 +23,7 @@ from distkd.config import MAX_CLASSES, ConfigError, Entry, JobConfig, LossConfig
 from distkd.data import tokenizer as tokenizers
 from distkd.data.inputs import InputKind
 from distkd.data.places import place, row
-from distkd.data.source import Split
+from distkd.data.source import LABEL, Split
 from distkd.methods.losses import LOSSES, Targets, defined_on_topk
 from distkd.methods.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
@@ -31,6 +31,7 @@ from distkd.models.registry import read_state_dict
 from distkd.models.sources import first_line as _first_line
 from distkd.registry import Registry
 from distkd.specs import ModelSpec
+from distkd.tasks import TASKS
 
 SHOWN = 5  # classes, keys or rows named in one message before "..."
 MAX_SLICES = 100  # values of one 'evaluate.slices' column: each is a slice of every metric in metrics.json
@@ -51,8 +52,17 @@ ENTRIES: dict[type[Entry], tuple[Registry, Callable[[], tuple]]] = {
 def settings(config: JobConfig) -> None:
     """The names the job picks from registries exist and take the arguments given, and the rules across keys that
     need a registry hold: what the config's schema cannot know."""
+    if config.task not in TASKS:
+        raise ConfigError(f"key 'task': unknown task '{config.task}'; known: {', '.join(TASKS)}")
+    task = TASKS[config.task]
     for key, entry in job_entries(config).items():
-        known(key, entry)
+        known(key, entry, task.losses if isinstance(entry, LossConfig) else None)
+    try:  # only the dtype is tried: any class count
+        task.label_format(config.softlabels, 2, config.distill.temperature)
+    except ValueError as e:
+        raise ConfigError(
+            f"key 'softlabels.dtype': {e} ('softlabels.format: {config.softlabels.format}', task '{config.task}')"
+        ) from None
     if config.data.tokenizer is not None:
         try:
             tokenizers.check_name(config.data.tokenizer.name)
@@ -60,7 +70,7 @@ def settings(config: JobConfig) -> None:
             raise ConfigError(f"key 'data.tokenizer.name': {e} (got {config.data.tokenizer.name!r})") from None
     loss, labels = config.distill.loss, config.softlabels
     kd = config.distill.alpha > 0 and not config.evaluate.models
-    if kd and labels.format == "topk" and not defined_on_topk(loss.name, loss.kwargs, loss.standardize):
+    if kd and labels.format == "topk" and not defined_on_topk(loss.name, loss.kwargs, loss.standardize, task.losses):
         raise ConfigError(
             f"key 'distill.loss': the '{loss.name}' loss{' with standardize' if loss.standardize else ''} needs the "
             "teacher's logits on every class, which top-k soft labels do not keep: use 'softlabels.format: "
@@ -77,10 +87,12 @@ def job_entries(config: JobConfig) -> dict[str, Entry]:
     return found
 
 
-def known(key: str, entry: Entry) -> None:
-    """``entry`` names an entry of its registry that takes its kwargs: called once on tiny inputs when it is given
-    any, so that it refuses what it cannot take (``momentum: 1.5``); its own defaults are not tried."""
-    registry, trial = ENTRIES[type(entry)]
+def known(key: str, entry: Entry, registry: Registry | None = None) -> None:
+    """``entry`` names an entry of its registry (``registry``, else its kind's in ``ENTRIES``) that takes its
+    kwargs: called once on tiny inputs when it is given any, so that it refuses what it cannot take
+    (``momentum: 1.5``); its own defaults are not tried."""
+    default, trial = ENTRIES[type(entry)]
+    registry = registry or default
     arguments = trial()
     if problem := registry.refusal(entry.name, entry.kwargs, len(arguments)):
         raise ConfigError(f"key '{key}': {problem}")
@@ -140,6 +152,12 @@ def same_input(splits: dict[str, Split]) -> None:
 
 def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None:
     """The job asks nothing of its input kind that the kind cannot do, and the kind can use every row."""
+    task = TASKS[config.task]
+    if task.target not in (LABEL, *kind.columns):
+        raise ConfigError(
+            f"key 'task': the {task.name} task trains on the column '{task.target}' of each batch, which a "
+            f"{kind.name} input does not prepare (it prepares {', '.join(kind.columns)} and the label of each row)"
+        )
     if not kind.augments:
         asked = ["softlabels.views"] if config.softlabels.views else []
         asked += [f"{key}.train.augment" for key in trained(config) if config.trainable(key).train.augment]

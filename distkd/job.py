@@ -16,9 +16,9 @@ from distkd.data import inputs
 from distkd.data.kinds import InputKind
 from distkd.data.source import DataError, Split
 from distkd.labels.ensemble import Ensemble
-from distkd.labels.formats import FORMATS
 from distkd.models import sources, weights_hash
 from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, SoftTargets, TrainingRun, Weights
+from distkd.tasks import TASKS, Task
 
 Hasher = Callable[[str], str]  # weights URI -> sha256
 
@@ -153,6 +153,11 @@ class Job:
         return cls(config, train, val, evaluated, num_classes, kind, teachers, student, checkpoints)
 
     @property
+    def task(self) -> Task:
+        """What the job's models learn (``task``)."""
+        return TASKS[self.config.task]
+
+    @property
     def teacher(self) -> ModelSpec:
         """The teacher's model (the first teacher's, in an ensemble)."""
         return self.teachers[0].model
@@ -165,7 +170,7 @@ class Job:
         c = self.config
         resources = c.training_resources(key)
         common = (c.store, c.name, model, c.trainable(key).train, self.train, self.val, self.inputs, resources)
-        return TrainingRun(role, *common, c.data, c.tracking, **kd)
+        return TrainingRun(role, *common, c.data, c.tracking, self.task, **kd)
 
     def teacher_run(self, i: int = 0) -> TrainingRun | None:
         """Stage 0 of teacher ``i``, or None when the job gives its weights (or names a program, which holds
@@ -184,7 +189,7 @@ class Job:
     def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash, i: int = 0) -> SoftLabelSpec:
         """Stage 1 of teacher ``i``: its own entry, whatever other teachers the job has."""
         c = self.config.softlabels
-        fmt = FORMATS[c.format].format(c.dtype, c.kept(self.num_classes), self.config.distill.temperature)
+        fmt = self.task.label_format(c, self.num_classes, self.config.distill.temperature)
         return SoftLabelSpec(
             store=self.config.store,
             teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),

@@ -31,6 +31,7 @@ from distkd.hashing import digest, plain
 from distkd.labels.ensemble import Ensemble
 from distkd.labels.formats import Format
 from distkd.models import load_weights, sources
+from distkd.tasks import Task
 
 FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
 
@@ -135,6 +136,7 @@ class TrainingRun:
     resources: ResourcesConfig
     feed: DataConfig  # how the training data is fed (data.cache, data.shuffle_buffer): not part of the identity
     tracking: TrackingConfig  # where the curves go besides TensorBoard: not part of the identity
+    task: Task  # what the model learns (``tasks.py``): its target, its losses; in the identity unless classification
     distill: DistillConfig | None = None  # the KD loss and its weight, against ``softlabels``
     softlabels: SoftTargets | None = None  # the committed cache entries the KD term reads
     views: int = 0  # recorded views in the soft labels: train on one of them per sample
@@ -152,6 +154,7 @@ class TrainingRun:
             self.inputs.identity_key: self.inputs.identity(),
             "num_workers": self.resources.num_workers,
             "precision": self.resources.precision,
+            **self.task.identity(),
         }
         if self.distill is not None:
             d = self.distill

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 import ray.data
 import ray.train
 import torch
-import torch.nn.functional as F
 
-from distkd.config import DistillConfig
 from distkd.data.transforms import crop_flip, random_crop_flip
 from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
 from distkd.labels.formats import TARGET_PREFIX
-from distkd.methods.losses import Targets, objective, warmup
+from distkd.methods.losses import Targets
 from distkd.methods.optim import RowSchedule, optimizer
 from distkd.models import placed
 from distkd.specs import TrainingRun
@@ -80,10 +78,11 @@ def train_loop(config: dict) -> None:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if len(ids):
                     inputs, view = shown(run, batch, generator)
-                    x, y = run.inputs.model_input(inputs, device), batch["label"].to(device)
+                    x, y = run.inputs.model_input(inputs, device), batch[run.task.target].to(device)
                     logits = model(x).float()
                     epochs_done = state.schedule.done / worker.rows_per_epoch  # all workers' rows: the same on each
-                    loss = loss_of(kd, logits, y, teacher_targets(batch, view, run.views, device), epochs_done)
+                    targets = teacher_targets(batch, view, run.views, device)
+                    loss = run.task.loss(run.distill, logits, y, targets, epochs_done)
                     # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's
                     scaled = loss * len(ids) * world / step_rows
                 else:  # no rows of this step here: join the gradient all-reduce with zeros (BatchNorm untouched)
@@ -94,7 +93,7 @@ def train_loop(config: dict) -> None:
             scaler.update()
             state.schedule.step(step_rows)
             if len(ids):
-                kd_part = loss.detach() - (1 - (kd.alpha if kd else 0)) * F.cross_entropy(logits.detach(), y)
+                kd_part = loss.detach() - (1 - (kd.alpha if kd else 0)) * run.task.hard(logits.detach(), y)
                 sums += len(ids) * torch.stack([loss.detach(), kd_part, torch.ones((), device=device)]).double()
                 checksum += id_checksum(ids)
         train_seconds = time.perf_counter() - started
@@ -137,7 +136,7 @@ def shown(run: TrainingRun, batch: dict, generator: torch.Generator) -> tuple[di
     """The input columns the model trains on, and which recorded view each row is (0 without views): with
     views, exactly a view the teacher saw, drawn per sample and epoch; else the configured augmentation. Both
     are image augmentations: asked of another input kind, they are refused before work (``checks.inputs``)."""
-    view = torch.zeros(len(batch["label"]), dtype=torch.long)
+    view = torch.zeros(len(batch[run.task.target]), dtype=torch.long)
     if run.views:
         images = batch["image"]
         view = torch.randint(0, run.views, (len(images),), generator=generator)
@@ -159,19 +158,6 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
     return Targets(**{name.removeprefix(TARGET_PREFIX): of_view(name) for name in teacher})
 
 
-def loss_of(
-    kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
-) -> torch.Tensor:
-    """Cross-entropy alone for a teacher or a baseline, else the job's KD objective (``distill.loss``), its KD
-    term warmed up over ``distill.warmup_epochs``."""
-    if kd is None:
-        return F.cross_entropy(logits, labels)
-    loss, ramp = kd.loss, warmup(kd.warmup_epochs, epochs_done)
-    return objective(
-        loss.name, logits, targets, labels, kd.alpha, kd.temperature, loss.standardize, ramp, **loss.kwargs
-    )
-
-
 @torch.inference_mode()
 def accuracy(module: torch.nn.Module, shard: ray.data.DataIterator, run: TrainingRun, device: torch.device) -> float:
     """The accuracy of rank 0's model on the validation shards of all workers. ``module`` is the model
@@ -181,9 +167,8 @@ def accuracy(module: torch.nn.Module, shard: ray.data.DataIterator, run: Trainin
     module.eval()
     counts = torch.zeros(2, device=device)  # correct, total
     for batch in shard.iter_torch_batches(batch_size=1024):
-        predicted = module(run.inputs.model_input(batch, device)).argmax(-1)
         counts += torch.stack(
-            [(predicted == batch["label"].to(device)).sum(), torch.tensor(len(predicted), device=device)]
+            run.task.hits(module(run.inputs.model_input(batch, device)), batch[run.task.target].to(device))
         )
     counts = all_reduce(counts)
     return (counts[0] / counts[1].clamp(min=1)).item()

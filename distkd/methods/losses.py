@@ -67,11 +67,14 @@ def warmup(epochs: float, epochs_done: float) -> float:
     return 1.0 if epochs <= 0 else min(1.0, epochs_done / epochs)
 
 
-def defined_on_topk(name: str, kwargs: dict, standardize: bool) -> bool:
-    """Whether the loss can be computed from top-k soft labels: tried on one row of two classes, top 1."""
-    student, targets = torch.zeros(1, 2), Targets(index=torch.zeros(1, 1, dtype=torch.long), logprob=torch.zeros(1, 1))
+def defined_on_topk(name: str, kwargs: dict, standardize: bool, family: Registry[KDLoss] = LOSSES) -> bool:
+    """Whether the loss (of ``family``) can be computed from top-k soft labels: tried on one row of two classes,
+    top 1 (and a tail, which per-token labels have)."""
+    index, logprob, tail = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1), torch.zeros(1, 1)
+    student, targets = torch.zeros(1, 2), Targets(index=index, logprob=logprob, tail=tail)
     try:
-        objective(name, student, targets, torch.zeros(1, dtype=torch.long), 1.0, 1.0, standardize, **kwargs)
+        labels = torch.zeros(1, dtype=torch.long)
+        objective(name, student, targets, labels, 1.0, 1.0, standardize, family=family, **kwargs)
     except UndefinedOnTopK:
         return False
     return True

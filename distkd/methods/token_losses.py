@@ -19,30 +19,22 @@ import math
 import torch
 import torch.nn.functional as F
 
+from distkd.data.blocks import IGNORE
 from distkd.methods.losses import KDLoss, Targets, objective
 from distkd.registry import Registry
 
-IGNORE = -100  # the next-token target of a position that has none (padding): F.cross_entropy's ignore_index
 TOKEN_LOSSES: Registry[KDLoss] = Registry("per-token KD loss")
 
 
 def token_objective(
-    name: str,
-    student: torch.Tensor,
-    targets: Targets,
-    next_tokens: torch.Tensor,
-    alpha: float,
-    temperature: float,
-    ramp: float = 1.0,
-    **kwargs,
+    name: str, student: torch.Tensor, targets: Targets, next_tokens: torch.Tensor, *args, **kwargs
 ) -> torch.Tensor:
     """``ramp * alpha * KD + (1 - alpha) * CE`` over the real tokens of a batch: ``student`` [N, L, V],
-    ``next_tokens`` [N, L] (``IGNORE`` where none), the teacher's columns [N, L * per position] as read."""
+    ``next_tokens`` [N, L] (``IGNORE`` where none), the teacher's columns [N, L * per position] as read; the
+    rest (alpha, temperature, standardize, ramp, the entry's kwargs) as ``losses.objective`` takes them."""
     real = next_tokens != IGNORE
     per_token = Targets(*(t if t is None else t.reshape(*real.shape, -1)[real] for t in targets))
-    return objective(
-        name, student[real], per_token, next_tokens[real], alpha, temperature, ramp=ramp, family=TOKEN_LOSSES, **kwargs
-    )
+    return objective(name, student[real], per_token, next_tokens[real], *args, family=TOKEN_LOSSES, **kwargs)
 
 
 def bins(student: torch.Tensor, targets: Targets, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
