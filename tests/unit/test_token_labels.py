@@ -11,6 +11,9 @@ import torch
 
 from distkd.labels import tokens
 from distkd.labels.formats import FORMATS, TARGET_PREFIX
+from distkd.models import weights_hash
+from distkd.softlabels.teacher import TeacherPredictor
+from distkd.specs import ModelSpec, Weights
 
 
 def through_parquet(columns: dict[str, pa.Array]) -> pa.Table:
@@ -76,3 +79,28 @@ def test_the_8_bit_code_rounds_to_sixteenths_of_a_nat_and_clamps_at_its_floor():
     back = tokens.from_code(code)
     assert back[:4] == pytest.approx([0.0, 0.0, -0.0625, -1.0])
     assert back[6] == tokens.FLOOR and np.isneginf(back[7])
+
+
+class Blocks:
+    """The input kind's side the teacher reads: a block of token ids as the model's input."""
+
+    columns = ("tokens",)
+
+    def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        return batch["tokens"].to(device).long()
+
+
+def test_a_language_model_teachers_outputs_are_stored_per_position(tmp_path):
+    vocab, length, k = 40, 6, 4
+    model = ModelSpec("lm_transformer", {"vocab_size": vocab, "layers": 1, "dim": 8, "heads": 2}, vocab, (length,))
+    path = tmp_path / "teacher.pt"
+    torch.save(model.build().state_dict(), path)
+    weights = Weights(model, str(path), weights_hash(str(path)))
+    tokens_in = np.random.default_rng(0).integers(1, vocab, (3, length)).astype(np.int32)
+    fmt = FORMATS["tokens"].format("float16", k, 1.0)
+    table = TeacherPredictor(weights, Blocks(), fmt)({"id": np.array(["a", "b", "c"]), "tokens": tokens_in})
+    assert table["id"].to_pylist() == ["a", "b", "c"]
+    assert table.schema.field("token_index").type.list_size == length * k
+    with torch.no_grad():
+        expected = fmt.columns(weights.load()(torch.from_numpy(tokens_in).long()))
+    assert table["token_index"].combine_chunks().equals(expected["token_index"])
