@@ -267,7 +267,7 @@ class SoftLabelConfig(Strict):
 
 
 class LossConfig(Entry):
-    name: str = "hinton"  # methods/losses.py: hinton, dkd, dist
+    name: str = "hinton"  # methods/losses.py: hinton, dkd, dist; a language_model task: methods/token_losses.py
     standardize: bool = False  # z-score both sides' logits in the KD term (Sun et al., CVPR 2024)
 
 
