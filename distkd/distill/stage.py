@@ -86,9 +86,8 @@ def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
 
 def trained_columns(inputs: InputKind, task: Task, labels: SoftTargets | None) -> list[str]:
     """The columns a training step reads: the rows' (their input as ``inputs`` prepares it, the ``task``'s target),
-    and those of the
-    soft labels of ``labels`` (an ensemble's: its combined target; with the views' parameters where views were
-    recorded)."""
+    and those of the soft labels of ``labels`` (an ensemble's: its combined target; with the views' parameters
+    where views were recorded)."""
     rows = ["id", *inputs.columns, task.target]
     if labels is None:
         return rows

@@ -91,7 +91,7 @@ class Dense(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("dense", stored(dtype, ARROW_DTYPES))
+        return Format("dense", stored_as(dtype, ARROW_DTYPES))
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -113,7 +113,7 @@ class TopK(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("topk", stored(dtype, ARROW_DTYPES), top_k, temperature)
+        return Format("topk", stored_as(dtype, ARROW_DTYPES), top_k, temperature)
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -149,7 +149,7 @@ class Tokens(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("tokens", stored(dtype, tokens.VALUE_TYPES), top_k)  # at T = 1, whatever the KD temperature
+        return Format("tokens", stored_as(dtype, tokens.VALUE_TYPES), top_k)  # at T = 1, whatever the KD temperature
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -177,7 +177,7 @@ class Tokens(Layout):
         raise ValueError("per-token top-k labels keep k tokens of the vocabulary: their logits are not known")
 
 
-def stored(dtype: str, types: Iterable[str]) -> str:
+def stored_as(dtype: str, types: Iterable[str]) -> str:
     """``dtype``, if the layout stores values in it."""
     if dtype not in types:
         raise ValueError(f"{dtype} values are not stored by this format; it takes {', '.join(types)}")
