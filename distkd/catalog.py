@@ -34,12 +34,16 @@ def check_store(store: str, argument: str = "--store") -> str:
 
 def run_record(weights: str) -> dict:
     """What the report shows of the run folder holding ``weights``, where it has them: ``history`` (per
-    epoch) and ``settings`` (job, role, model, epochs, seed and, for a KD run, alpha, temperature and the soft
-    labels' format, views and the rows/s the teacher made them at)."""
+    epoch), ``trained_rows`` (the rows of each kind an epoch trained on: ``labelled``, ``unlabelled``) and
+    ``settings`` (job, role, model, epochs, seed and, for a KD run, alpha, temperature and the soft labels' format,
+    views and the rows/s the teacher made them at)."""
     folder = weights.rsplit("/", 1)[0]
     record = {}
     if storage.exists(storage.join(folder, TrainingRun.HISTORY)):
         record["history"] = storage.read_json(storage.join(folder, TrainingRun.HISTORY))
+        last = record["history"][-1]
+        labelled = last.get("labelled", last["samples"])  # a run from before unlabelled rows had labels on every row
+        record["trained_rows"] = {"labelled": labelled, "unlabelled": last["samples"] - labelled}
     if not storage.exists(storage.join(folder, TrainingRun.INFO)):
         return record
     run = storage.read_json(storage.join(folder, TrainingRun.INFO))

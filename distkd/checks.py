@@ -20,13 +20,14 @@ from torch import nn
 
 from distkd import storage
 from distkd.config import MAX_CLASSES, ConfigError, Entry, JobConfig, LossConfig, OptimizerConfig, ScheduleConfig
-from distkd.data import tokenizer as tokenizers
+from distkd.data import inputs as kinds
 from distkd.data.inputs import InputKind
 from distkd.data.places import place, row
-from distkd.data.source import LABEL, Split
-from distkd.methods.losses import LOSSES, Targets, defined_on_topk
+from distkd.data.source import LABEL, UNLABELLED, Split, unlabelled
+from distkd.methods.losses import LOSSES, Targets, defined_on_topk, reads_labels
 from distkd.methods.optim import OPTIMIZERS, SCHEDULES
 from distkd.models import sources
+from distkd.models.columns import ColumnModel, Columns
 from distkd.models.registry import read_state_dict
 from distkd.models.sources import first_line as _first_line
 from distkd.registry import Registry
@@ -63,11 +64,7 @@ def settings(config: JobConfig) -> None:
         raise ConfigError(
             f"key 'softlabels.dtype': {e} ('softlabels.format: {config.softlabels.format}', task '{config.task}')"
         ) from None
-    if config.data.tokenizer is not None:
-        try:
-            tokenizers.check_name(config.data.tokenizer.name)
-        except ValueError as e:
-            raise ConfigError(f"key 'data.tokenizer.name': {e} (got {config.data.tokenizer.name!r})") from None
+    kinds.settings(config.data)
     loss, labels = config.distill.loss, config.softlabels
     kd = config.distill.alpha > 0 and not config.evaluate.models
     if kd and labels.format == "topk" and not defined_on_topk(loss.name, loss.kwargs, loss.standardize, task.losses):
@@ -105,10 +102,18 @@ def known(key: str, entry: Entry, registry: Registry | None = None) -> None:
 
 
 def data(config: JobConfig, splits: dict[str, Split]) -> int:
-    """Every split has rows, unique ids and integer labels in ``[0, num_classes)``, the training settings fit the data;
-    ``splits`` maps the key that names each split to it (the train split first). Returns the class count."""
+    """Every split has rows, unique ids and integer labels in ``[0, num_classes)``, the evaluated splits a label in
+    every row, the training split a label in some for the models trained on labels alone, and the training settings
+    fit the data; ``splits`` maps the key that names each split to it (the train split first). Returns the class
+    count."""
     labels = {key: read_labels(key, split) for key, split in splits.items()}
-    (train_key, train), *_ = splits.items()
+    (train_key, train), *evaluated = splits.items()
+    for key, split in evaluated:
+        fully_labelled(key, split, labels[key])
+    rows, labelled = len(labels[train_key]), int((labels[train_key] != UNLABELLED).sum())
+    on_labels = labels_alone(config)
+    if not labelled and (on_labels or config.data.num_classes is None):
+        no_labels(train_key, train, on_labels)
     num_classes = config.data.num_classes or class_count(train, labels[train_key])
     for key, split in splits.items():
         unique_ids(split)
@@ -116,12 +121,58 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     if config.softlabels.kept(num_classes) > num_classes:
         raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
     ensemble(config, num_classes)
-    rows = len(labels[train_key])
+    kd_loss(config, train, labels[train_key])
     for key in trained(config):
         workers = config.training_resources(key).max_workers
         workers_key = f"{config.training_resources_key(key)}.num_workers"
-        rows_per_worker(f"{key}.train.batch_size", rows, workers, workers_key, config.trainable(key).train.batch_size)
+        batch_size = config.trainable(key).train.batch_size
+        n = labelled if key in on_labels else rows
+        which = "labelled training rows" if n < rows else "training rows"
+        rows_per_worker(f"{key}.train.batch_size", n, workers, workers_key, batch_size, which)
     return num_classes
+
+
+def labels_alone(config: JobConfig) -> list[str]:
+    """The keys of the models the job trains on labels alone, which train on the labelled rows only: each teacher
+    stage 0 trains, and the student when it trains a baseline (``distill.baseline``) or has alpha 0."""
+    return [k for k in trained(config) if k != "student" or config.distill.baseline or config.distill.alpha == 0]
+
+
+def no_labels(key: str, split: Split, models: list[str]) -> None:
+    """Refuses a training split without a labelled row: for ``models`` (keys), which train on labels alone, or for
+    the class count, which is 1 + the largest label unless ``data.num_classes`` says it."""
+    hidden = split.labelled is not None and split.labelled < split.num_rows()
+    why = f"'data.labelled_rows' is {split.labelled}" if hidden else f"its label column '{split.label}' is all null"
+    needs = "the class count ('data.num_classes' not set) comes from its labels; set 'data.num_classes'"
+    if models:
+        learners = ", ".join(f"'{m}'" + (" (its baseline or alpha 0)" if m == "student" else "") for m in models)
+        needs = (
+            f"{learners} train{'s' * (len(models) == 1)} on labelled rows alone; label some rows (or raise "
+            "'data.labelled_rows'), give the teacher's 'weights', or leave out the baseline"
+        )
+    raise ConfigError(f"key '{key}': split '{split.name}' of {split.uri} has no labelled row ({why}), but {needs}")
+
+
+def fully_labelled(key: str, split: Split, labels: np.ndarray) -> None:
+    """An evaluated split has a label in every row: models are scored against them."""
+    if len(missing := np.flatnonzero(labels == UNLABELLED)):
+        raise ConfigError(
+            f"{row(split, int(missing[0]))}: no label ({len(missing)} row(s) of split '{split.name}', named by "
+            f"'{key}', have none); an evaluated split needs a label in every row"
+        )
+
+
+def kd_loss(config: JobConfig, split: Split, labels: np.ndarray) -> None:
+    """A KD loss that reads each row's label (DKD splits the target class off) needs one in every training row."""
+    loss = config.distill.loss
+    reads = reads_labels(loss.name, loss.kwargs, TASKS[config.task].losses)
+    if "student" not in trained(config) or config.distill.alpha == 0 or not reads:
+        return
+    if len(missing := np.flatnonzero(labels == UNLABELLED)):
+        raise ConfigError(
+            f"key 'distill.loss': the '{loss.name}' loss reads each row's label, but {row(split, int(missing[0]))} "
+            f"has none ({len(missing)} row(s) of split '{split.name}' without one); use the 'hinton' or 'dist' loss"
+        )
 
 
 def ensemble(config: JobConfig, num_classes: int) -> None:
@@ -139,15 +190,22 @@ def ensemble(config: JobConfig, num_classes: int) -> None:
 
 
 def same_input(splits: dict[str, Split]) -> None:
-    """Every split has the training split's input column, of the same kind (``splits``: the train split first)."""
+    """Every split has the training split's kind of input, the same input as that kind means it (``Kind.same``:
+    the same columns, by default; ``splits``: the train split first)."""
     (train_key, train), *others = splits.items()
     for key, split in others:
-        if (split.column, split.kind, split.features) != (train.column, train.kind, train.features):
+        if split.input.kind != train.input.kind or not kinds.INPUTS[train.input.kind].same(train.input, split.input):
             raise ConfigError(
-                f"key '{key}': split '{split.name}' of {split.uri} has a{'n' * (split.kind == 'image')} {split.kind} "
-                f"input in column '{split.column}', but '{train_key}' has a{'n' * (train.kind == 'image')} "
-                f"{train.kind} input in column '{train.column}'; every split needs the same input"
+                f"key '{key}': split '{split.name}' of {split.uri} has {_input(split)}, but '{train_key}' has "
+                f"{_input(train)}; every split needs the same input"
             )
+
+
+def _input(split: Split) -> str:
+    """``an image input in column 'image'``, as a message says what a split's input is."""
+    kind, columns = split.input.kind, split.input.columns
+    where = f"column{'s' * (len(columns) > 1)} {_few([repr(c) for c in columns])}"
+    return f"a{'n' * (kind[0] in 'aeiou')} {kind} input in {where}"
 
 
 def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None:
@@ -175,8 +233,10 @@ def slice_columns(columns: list[str], split: Split) -> None:
     """Each column of ``evaluate.slices`` is in every file of the evaluated split, is not its input, holds integers,
     strings or booleans (values to group by, not measurements), and at most ``MAX_SLICES`` of them in the rows in
     use."""
-    if split.column in columns:
-        raise ConfigError(f"key 'evaluate.slices': '{split.column}' is the input column; slice by a column beside it")
+    if len(split.input.columns) == 1 and split.input.columns[0] in columns:  # an input of several columns: features
+        raise ConfigError(
+            f"key 'evaluate.slices': '{split.input.columns[0]}' is the input column; slice by a column beside it"
+        )
     for uri, _ in split.file_rows():
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:
@@ -216,14 +276,18 @@ def trained(config: JobConfig) -> list[str]:
 
 
 def read_labels(key: str, split: Split) -> np.ndarray:
-    """The split's labels (the Parquet schema says they are integers); refuses an empty split and missing labels."""
-    column = split.read_table(["label"])["label"]
+    """The split's labels, ``UNLABELLED`` where a row has none (null, or hidden by ``data.labelled_rows``); refuses
+    an empty split and a negative label (the Parquet schema says they are integers)."""
+    column = split.read_table([LABEL])[LABEL]
     if len(column) == 0:
         raise ConfigError(f"key '{key}': split '{split.name}' of {split.uri} has no rows")
-    if column.null_count:
-        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise ConfigError(f"{row(split, first)}: no label")
-    return column.to_numpy().astype(np.int64)
+    values = column.fill_null(0).to_numpy().astype(np.int64)
+    if len(negative := np.flatnonzero(values < 0)):
+        raise ConfigError(
+            f"{row(split, int(negative[0]))}: label {values[negative[0]]} is negative ({len(negative)} row(s) of split "
+            f"'{split.name}'); labels are class indices 0..C-1, and a row without a label holds null"
+        )
+    return np.where(unlabelled(column, 0, split.labelled), UNLABELLED, values)
 
 
 def unique_ids(split: Split) -> None:
@@ -246,7 +310,7 @@ def class_count(split: Split, labels: np.ndarray) -> int:
     """1 + the largest label, when every class from 0 to it occurs: labels that start at 1 (or skip a class)
     would otherwise add classes that no row has. At most ``MAX_CLASSES``: models are built with an output per
     class."""
-    largest = int(labels.max())
+    largest = int(labels.max())  # the labelled rows': UNLABELLED is below every class
     if largest >= MAX_CLASSES:
         raise ConfigError(
             f"{row(split, int(labels.argmax()))}: label {largest} would make {largest + 1} classes (1 + the largest "
@@ -257,10 +321,10 @@ def class_count(split: Split, labels: np.ndarray) -> int:
             f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has no label above {largest}; "
             "labels are class indices 0..C-1 of at least 2 classes"
         )
-    absent = np.setdiff1d(np.arange(largest + 1), labels)
+    absent, smallest = np.setdiff1d(np.arange(largest + 1), labels), int(labels[labels != UNLABELLED].min())
     if len(absent):
         raise ConfigError(
-            f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has labels {int(labels.min())}"
+            f"key 'data.num_classes' (not set): split '{split.name}' of {split.uri} has labels {smallest}"
             f"..{largest}, so the class count would be {largest + 1}, but class(es) {_few(absent.tolist())} never "
             "occur; use 0-based labels 0..C-1, or set 'data.num_classes' if those classes are truly absent here"
         )
@@ -268,7 +332,7 @@ def class_count(split: Split, labels: np.ndarray) -> int:
 
 
 def labels_in_range(split: Split, labels: np.ndarray, num_classes: int, inferred: bool) -> None:
-    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    outside = np.flatnonzero(labels >= num_classes)  # no label is negative (``read_labels``)
     if len(outside):
         source = "1 + the largest training label" if inferred else "'data.num_classes'"
         raise ConfigError(
@@ -277,11 +341,14 @@ def labels_in_range(split: Split, labels: np.ndarray, num_classes: int, inferred
         )
 
 
-def rows_per_worker(key: str, rows: int, workers: int, workers_key: str, batch_size: int) -> None:
-    """Each training worker needs one full batch per epoch (partial batches are dropped)."""
+def rows_per_worker(
+    key: str, rows: int, workers: int, workers_key: str, batch_size: int, which: str = "training rows"
+) -> None:
+    """Each training worker needs one full batch per epoch (partial batches are dropped); ``which``: what the rows
+    are (a model trained on labels alone trains on the labelled rows)."""
     if rows // workers < batch_size:
         raise ConfigError(
-            f"key '{key}': {rows} training rows over {workers} worker(s) ('{workers_key}') give "
+            f"key '{key}': {rows} {which} over {workers} worker(s) ('{workers_key}') give "
             f"{rows // workers} per worker, fewer than the batch size {batch_size}, so no step would train; "
             f"use a batch size of at most {rows // workers}, fewer workers or more rows"
         )
@@ -309,7 +376,7 @@ def build(key: str, model: ModelSpec) -> nn.Module:
 
 
 def forward(
-    key: str, model: nn.Module, shape: tuple[int, ...], num_classes: int, batch: torch.Tensor | None = None
+    key: str, model: nn.Module, shape: tuple[int, ...], num_classes: int, batch: torch.Tensor | Columns | None = None
 ) -> None:
     """One forward pass of a batch of the data's shape (``batch``: 2 rows of model input, None: zeros of ``shape``):
     kwargs that build a model need not make one that runs."""
@@ -326,6 +393,31 @@ def forward(
             f"keys '{key}.name', '{key}.kwargs': the model gives outputs of shape {list(out.shape)} for a batch "
             f"of 2, expected [2, {num_classes}] (one logit per class)"
         )
+
+
+def example(key: str, model: nn.Module, kind: InputKind, split: Split) -> torch.Tensor | Columns:
+    """What ``forward`` calls ``model`` with: 2 blank rows of the kind's model input, or for a model of the raw
+    columns (a booster) the first 2 rows of ``split``, checked by ``model_columns``."""
+    if isinstance(model, ColumnModel):
+        return model_columns(key, model, split)
+    return kind.model_input(kind.example(2), torch.device("cpu"))
+
+
+def model_columns(key: str, model: ColumnModel, split: Split) -> Columns:
+    """The first 2 rows of ``split`` as ``model`` reads them: each of its columns one of the job's feature columns
+    (those missing named), the ones it reads as numbers holding numbers."""
+    if missing := [c for c in model.columns if c not in split.input.columns]:
+        raise ConfigError(
+            f"key '{key}.name': the model reads columns that are not input columns of the data: {_few(missing)}; "
+            f"the data's are {_few(list(split.input.columns))} ('data.features' names a tabular input's)"
+        )
+    rows = split.units(2)[0].read(model.columns)
+    if text := [c for c in model.numeric if not _number(rows.schema.field(c).type)]:
+        raise ConfigError(
+            f"key '{key}.name': the model reads {_few(text)} as numbers; {split.files[0]} holds "
+            f"{', '.join(str(rows.schema.field(c).type) for c in text[:SHOWN])} there"
+        )
+    return {c: rows[c].to_numpy(zero_copy_only=False) for c in model.columns}
 
 
 def weights(key: str, model: nn.Module, uri: str) -> None:
@@ -379,6 +471,10 @@ def _category(kind: pa.DataType) -> bool:
     return any(
         is_(kind) for is_ in (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string, pa.types.is_boolean)
     )
+
+
+def _number(kind: pa.DataType) -> bool:
+    return any(is_(kind) for is_ in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean))
 
 
 def _few(items: list) -> str:

@@ -10,7 +10,7 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -40,48 +40,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# Bounds of the numbers that size memory before anything reads the data: a model's output layer, a text model's
-# embedding and every batch of token ids are allocated from them.
-MAX_CLASSES = 100_000
-MAX_VOCAB_SIZE = 1_000_000
-MAX_LENGTH = 8192  # tokens per row
+S = TypeVar("S", bound=Strict)
 
 
-class TokenizerConfig(Strict):
-    """A text split's tokenizer: trained on the training split once (wordpiece, bpe), or hf:<folder>. Whether the
-    name is a trainer's is checked before work (``checks.settings``)."""
-
-    name: str = "wordpiece"
-    vocab_size: int = Field(default=8000, gt=2, le=MAX_VOCAB_SIZE)  # of a trained one
-    max_length: int = Field(default=128, gt=0, le=MAX_LENGTH)  # tokens per row: longer texts are cut (and counted)
-
-    @field_validator("name")
-    @classmethod
-    def _valid_uri(cls, name: str) -> str:
-        return storage.validate_named(name)
-
-
-class FeaturesConfig(Strict):
-    """A tabular input's feature columns (data/tabular.py) and how their statistics are computed on the training
-    split. Both lists left out: every column beside id and label, categorical or numeric by its Arrow type."""
-
-    categorical: list[str] | None = None  # one vocabulary each (index 0: null, rare and unseen values)
-    numeric: list[str] | None = None  # standardised, with a null indicator; nulls take the mean
-    min_count: int = Field(default=1, gt=0)  # values seen fewer times in training go to index 0
-    max_vocab: int | None = Field(default=None, gt=0)  # a column with more values is hashed into this many buckets
-
-    @model_validator(mode="after")
-    def _disjoint(self) -> FeaturesConfig:
-        if both := sorted(set(self.categorical or ()) & set(self.numeric or ())):
-            raise ValueError(f"column(s) {', '.join(both)} listed as both categorical and numeric")
-        return self
-
-    def columns(self) -> tuple[str, ...]:
-        """The listed columns, categorical first; () when none are listed (every column is a feature)."""
-        return (*(self.categorical or ()), *(self.numeric or ()))
+MAX_CLASSES = 100_000  # a model's output layer is allocated from the class count before anything reads the data
+MAX_LENGTH = 8192  # tokens per row (a model's max_length, a tokenizer's): every batch of token ids is sized by it
 
 
 class DataConfig(Strict):
+    """The data: its shards, splits and labels, how training reads it, and the image kind's decoding. Any other key is
+    an input kind's settings (``data.tokenizer``, ``data.features``), kept here as the job gives them: the kind
+    declares their schema in its own module and ``checks.settings`` validates them against it (``validated``), so
+    that a kind and its settings are added without a line here."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
     uri: str  # folder of Parquet shards named <split>-*.parquet with id, the input (image or text), label
     train_split: str = "train"
     test_split: str = "test"
@@ -96,10 +69,11 @@ class DataConfig(Strict):
     # (stream); auto: memory when the decoded pixels take under 25% of the object store.
     cache: Literal["auto", "memory", "stream"] = "auto"
     shuffle_buffer: int = Field(default=10_000, gt=0)  # samples a streamed worker shuffles locally (held: all rows)
-    input_column: str | None = None  # None: 'image' or 'text', whichever the shards hold
-    tokenizer: TokenizerConfig | None = None  # of a text input; None: the TokenizerConfig defaults
-    features: FeaturesConfig | None = None  # a tabular input; None: tabular only when no image or text column
-    label: str = "label"  # the column of integer class labels
+    input_column: str | None = None  # None: the column an input kind looks for ('image', 'text', ...)
+    label: str = "label"  # the column of integer class labels (null: a row without one)
+    # Labels of the training split's first N rows (in the shards' order) only, the rest read as unlabelled, for
+    # experiments on labelled data; None: every row with a label is labelled.
+    labelled_rows: int | None = Field(default=None, ge=0)
 
     @field_validator("uri")
     @classmethod
@@ -125,6 +99,7 @@ class ModelConfig(Strict):
     name: str
     kwargs: dict[str, int | float | bool | str] = {}
     weights: str | None = None  # a state_dict file (path or URI); teacher: None trains one
+    max_length: int | None = Field(default=None, gt=0, le=MAX_LENGTH)  # a text model's tokens; None: the tokenizer's
 
     @field_validator("name")
     @classmethod
@@ -448,6 +423,16 @@ def _describe(error: dict) -> str:
     got = storage.redact(error["input"]) if isinstance(error["input"], str) else error["input"]
     message = storage.redact(error["msg"].removeprefix("Value error, "))  # a validator's own message
     return f"key '{key}': {message} (got {got!r})"
+
+
+def validated(schema: type[S], raw: object, key: str) -> S:
+    """``raw`` validated by ``schema``: settings declared outside this schema (an input kind's, at ``key``), refused
+    with the messages of the job file's own keys."""
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        prefix = tuple(key.split("."))
+        raise ConfigError("; ".join(_describe({**err, "loc": (*prefix, *err["loc"])}) for err in e.errors())) from None
 
 
 def parse(raw: object, source: str) -> JobConfig:

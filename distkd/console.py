@@ -126,6 +126,7 @@ def progress(items: Iterable[T], total: int, label: str, rows: Callable[[T], int
         mininterval=0.2 if interactive else PLAIN_INTERVAL,
         bar_format=fmt.replace("rows ", "rows |{bar:20}| ") if interactive else fmt,
         dynamic_ncols=interactive,
+        position=0,  # one bar at a time: never below a bar an abandoned generator has not closed yet
     )
     with bar:
         for item in items:

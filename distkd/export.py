@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from distkd import storage
-from distkd.config import ConfigError
-from distkd.data import tokenizer as tokenizers
-from distkd.data.inputs import ImageInput, InputKind, TextInput
+from distkd.config import ConfigError, DataConfig
+from distkd.data import inputs
+from distkd.data.kinds import InputKind
 from distkd.data.source import Split
-from distkd.data.transforms import Normalize
 from distkd.models import load_weights
 from distkd.registry import Registry
 from distkd.specs import ModelSpec, TrainingRun
@@ -119,38 +118,17 @@ def trained_model(run: str, code: tuple[str, ...] = ()) -> tuple[nn.Module, dict
     return load_weights(spec.build(), storage.join(run, TrainingRun.WEIGHTS)).eval(), info
 
 
-# The run's input kind, rebuilt from its run.json (the identity it was trained with), by the kind of its data.
-RECORDED: Registry[Callable[[Split, dict], InputKind]] = Registry("input kind")
-
-
-@RECORDED.register("image")
-def _images(split: Split, info: dict) -> InputKind:
-    norm = info[ImageInput.identity_key]
-    shape = tuple(info["model"]["input_shape"])
-    return ImageInput(split.column, shape, Normalize(tuple(norm["mean"]), tuple(norm["std"])))
-
-
-@RECORDED.register("text")
-def _texts(split: Split, info: dict) -> InputKind:
-    made_of, max_length = info[TextInput.identity_key]["tokenizer"], info[TextInput.identity_key]["max_length"]
-    if not storage.is_committed(made_of):  # a saved tokenizer is recorded by its sha256 alone
-        raise ConfigError(
-            f"the run's tokenizer ({made_of}) is not a tokenizer folder of the store: export needs a run whose "
-            "tokenizer distkd trained"
-        )
-    tokenizer = tokenizers.Tokenizer(
-        storage.join(made_of, tokenizers.FILE), max_length, info["model"]["kwargs"]["vocab_size"]
-    )
-    return TextInput(split.column, tokenizer, made_of)
-
-
 def batch(info: dict, rows: int = ROWS) -> tuple[torch.Tensor, InputKind]:
     """The first ``rows`` rows of the run's training data as the model took them (prepared: decoded or tokenised,
     and put in the model's form by the run's input kind), and that kind."""
     data = info["data"]
-    split = Split.open(data["uri"], data["split"], min(rows, data["limit"] or rows))
-    kind = RECORDED[split.kind](split, info)
-    table = split.read_table(["id", split.column, "label"]).to_pydict()
+    recorded = DataConfig(uri=data["uri"], input_column=data.get("input_column"))  # as Split.identity records it
+    split = Split.open(data["uri"], data["split"], min(rows, data["limit"] or rows), inputs.finder(recorded))
+    rebuild = inputs.INPUTS[split.input.kind].recorded
+    if rebuild is None:
+        raise ConfigError(f"{data['uri']}: a run on {split.input.kind} inputs cannot be exported yet")
+    kind = rebuild(split, info)
+    table = split.read_table(["id", *split.input.columns, "label"]).to_pydict()
     prepared = kind.prepare({k: np.array(v, dtype=object) for k, v in table.items()})
     return kind.model_input({c: torch.from_numpy(prepared[c]) for c in kind.columns}, torch.device("cpu")), kind
 

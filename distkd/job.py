@@ -8,11 +8,10 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
 from distkd import checks, storage
 from distkd.config import ConfigError, JobConfig, ModelConfig, TeacherConfig
 from distkd.data import inputs
+from distkd.data import tokenizer as tokenizers
 from distkd.data.kinds import InputKind
 from distkd.data.source import DataError, Split
 from distkd.labels.ensemble import Ensemble
@@ -80,15 +79,14 @@ class Job:
                 raise ConfigError(f"{source}: {e}") from None
         reachable(source, "data.uri", data.uri, must_exist=False)  # a missing split is named below
         try:
+            find = inputs.finder(data)
             train, test, evaluated = (
-                Split.open(
-                    data.uri, name, data.limit, data.input_column, data.features and data.features.columns(), data.label
-                )
+                Split.open(data.uri, name, data.limit, find, data.label)
                 for name in (data.train_split, data.test_split, config.evaluate.split or data.test_split)
             )
         except DataError as e:
             raise ConfigError(f"{source}: key 'data.uri': {e}") from None
-        splits = {"data.train_split": train, "data.test_split": test}
+        splits = {"data.train_split": dataclasses.replace(train, labelled=data.labelled_rows), "data.test_split": test}
         if evaluated != test:
             splits["evaluate.split"] = evaluated
         try:
@@ -100,7 +98,6 @@ class Job:
                 checks.slice_columns(config.evaluate.slices, evaluated)
         except (ConfigError, DataError) as e:
             raise ConfigError(f"{source}: {e}") from None
-        shape = kind.shape
         if data.class_names is not None and len(data.class_names) != num_classes:
             raise ConfigError(
                 f"{source}: key 'data.class_names': {len(data.class_names)} names for {num_classes} classes"
@@ -118,17 +115,29 @@ class Job:
                     f"{source}: key '{key}.name': '{model.name}' is a program, inference only: it can label as a "
                     "teacher or be evaluated, not be trained (name a built-in, torchvision, timm, hf or import model)"
                 )
-            loads = model.weights is not None and model.weights != sources.own_weights(model.name)
+            if model.weights == sources.OWN:
+                try:
+                    sources.check_own(model.name, num_classes)
+                except sources.SourceError as e:
+                    raise ConfigError(f"{source}: key '{key}.weights': {e}") from None
+            loads = model.weights not in (None, sources.OWN) and model.weights != sources.own_weights(model.name)
             if loads:
                 reachable(source, f"{key}.weights", model.weights, must_exist=True)
             code = tuple(config.code)
-            name = sources.absolute(model.name)
-            kwargs = {**model.kwargs, **kind.model_kwargs()}
-            cpu = torch.device("cpu")
             try:
-                built = ModelSpec(name, kwargs, num_classes, shape, checks.identity(key, name, code), code)
+                name = sources.absolute(model.name)
+                reads = inputs.read_by(kind, sources.own_tokenizer(name), model.max_length)
+            except (sources.SourceError, tokenizers.TokenizerError) as e:
+                raise ConfigError(f"{source}: key '{key}.name': {e}") from None
+            except ConfigError as e:
+                raise ConfigError(f"{source}: key '{key}.max_length': {e}") from None
+            kwargs = {**model.kwargs, **reads.model_kwargs()}
+            try:
+                own = reads if reads is not kind else None
+                identity = checks.identity(key, name, code)
+                built = ModelSpec(name, kwargs, num_classes, reads.shape, identity, code, own)
                 network = checks.build(key, built)
-                checks.forward(key, network, shape, num_classes, kind.model_input(kind.example(2), cpu))
+                checks.forward(key, network, reads.shape, num_classes, checks.example(key, network, reads, train))
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:
@@ -136,7 +145,8 @@ class Job:
             return built
 
         checkpoints = {
-            m.role: (spec(f"evaluate.models.{i}", m), m.weights) for i, m in enumerate(config.evaluate.models or [])
+            m.role: (spec(f"evaluate.models.{i}", m), sources.given_weights(m.weights, m.name))
+            for i, m in enumerate(config.evaluate.models or [])
         }
         if len(checkpoints) != len(config.evaluate.models or []):
             raise ConfigError(f"{source}: key 'evaluate.models': each model needs its own 'role'")
@@ -158,6 +168,12 @@ class Job:
         return TASKS[self.config.task]
 
     @property
+    def labelled(self) -> Split:
+        """The training split as the training runs read it: its labels past ``data.labelled_rows`` hidden (the soft
+        labels read ``train``, every row, whatever labels the runs see: the setting never relabels)."""
+        return dataclasses.replace(self.train, labelled=self.config.data.labelled_rows)
+
+    @property
     def teacher(self) -> ModelSpec:
         """The teacher's model (the first teacher's, in an ensemble)."""
         return self.teachers[0].model
@@ -169,7 +185,8 @@ class Job:
         """A training run of the model at ``key`` (a teacher's, or 'student')."""
         c = self.config
         resources = c.training_resources(key)
-        common = (c.store, c.name, model, c.trainable(key).train, self.train, self.val, self.inputs, resources)
+        reads = model.reads(self.inputs)
+        common = (c.store, c.name, model, c.trainable(key).train, self.labelled, self.val, reads, resources)
         return TrainingRun(role, *common, c.data, c.tracking, self.task, **kd)
 
     def teacher_run(self, i: int = 0) -> TrainingRun | None:
@@ -194,7 +211,7 @@ class Job:
             store=self.config.store,
             teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),
             data=self.train,
-            inputs=self.inputs,
+            inputs=self.teachers[i].model.reads(self.inputs),
             format=fmt,
             views=c.views,
             view_seed=c.view_seed,

@@ -59,7 +59,9 @@ class ModelSpec:
     """What it takes to build a model for this data: its name (a built-in one or ``<source>:<rest>``,
     ``models/sources.py``), arguments and input shape. ``source`` is what defines the model beyond its name
     (the hash of a program, a Hugging Face folder or the job's ``code:``; a package version), in the identity
-    only when there is one, so built-in models keep their keys; ``code`` is where that code is, not identity."""
+    only when there is one, so built-in models keep their keys; ``code`` is where that code is, not identity.
+    ``inputs`` is the model's own reading of the input (its tokenizer, its ``max_length``) where it has one, in
+    its identity then; None: it reads the job's (``Job.inputs``)."""
 
     name: str
     kwargs: dict
@@ -67,6 +69,7 @@ class ModelSpec:
     input_shape: tuple[int, int, int]
     source: str | None = None
     code: tuple[str, ...] = ()
+    inputs: InputKind | None = None
 
     def build(self) -> torch.nn.Module:
         *_, c, h = (1, *self.input_shape[:2])  # (C, H, W); a text input's (L,): 1 channel of L tokens
@@ -79,7 +82,13 @@ class ModelSpec:
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
         }
-        return {**out, "source": self.source} if self.source is not None else out
+        if self.source is not None:
+            out["source"] = self.source
+        return {**out, "inputs": self.inputs.identity()} if self.inputs is not None else out
+
+    def reads(self, default: InputKind) -> InputKind:
+        """The input kind the model reads: its own, else ``default`` (the job's)."""
+        return self.inputs or default
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,10 @@ class TrainingRun:
                 kd["warmup_epochs"] = d.warmup_epochs
             out["kd"] = {**kd, **self.softlabels.identity()}
         return out
+
+    def trained_rows(self) -> int:
+        """The rows an epoch trains on: every row with soft labels to learn from, else those with a label."""
+        return self.data.num_rows() if self.softlabels else self.data.label_counts()[0]
 
     @property
     def uri(self) -> str:

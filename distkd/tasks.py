@@ -7,7 +7,7 @@ they call the input kind (``data/kinds.py``): the kind says what a row's input b
 | target (batch column) | ``label``: a class a row | ``next``: each position's next token (``IGNORE``: none) |
 | soft labels | ``softlabels.format`` | dense, or topk stored as ``tokens`` (per position, T = 1, tail) |
 | loss family | ``losses.LOSSES`` | ``token_losses.TOKEN_LOSSES`` |
-| hard term, accuracy | cross-entropy, hits, over rows | next-token CE and accuracy, over real tokens |
+| hard term, accuracy | cross-entropy, hits, over labelled rows | next-token CE and accuracy, over real tokens |
 
 ``classification`` adds nothing to any identity, so the outputs of jobs that predate tasks keep their keys.
 """
@@ -24,26 +24,33 @@ import torch.nn.functional as F
 from distkd.config import DistillConfig, SoftLabelConfig
 from distkd.data.blocks import IGNORE
 from distkd.labels.formats import FORMATS, Format
-from distkd.methods.losses import LOSSES, KDLoss, Targets, objective, warmup
-from distkd.methods.token_losses import TOKEN_LOSSES, token_objective
+from distkd.data.source import UNLABELLED
+from distkd.methods.losses import LOSSES, KDLoss, Targets, Terms, labelled_cross_entropy, terms, warmup
+from distkd.methods.token_losses import TOKEN_LOSSES, token_terms
 from distkd.registry import Registry
 
 
 class Task:
-    """What a ``TASKS`` entry implements; ``loss`` is shared: the hard term alone, or the ``objective`` of the job's
-    KD loss (``distill.loss``, an entry of ``losses``) warmed up and mixed with it."""
+    """What a ``TASKS`` entry implements; ``terms`` is shared: the hard term alone, or the ``objective`` terms of the
+    job's KD loss (``distill.loss``, an entry of ``losses``) warmed up and mixed with it. Terms are sums over units
+    (``units``: a row, a real token) so that the workers' shares of a step add up (``losses.Terms``)."""
 
     name: ClassVar[str]
     target: ClassVar[str]  # the batch column the input kind fills with each row's target
     losses: ClassVar[Registry[KDLoss]]  # the loss family 'distill.loss' names an entry of
-    objective: ClassVar[Callable[..., torch.Tensor]]  # as losses.objective: (name, student, teacher, targets, ...)
+    objective: ClassVar[Callable[..., Terms]]  # as losses.terms: (name, student, teacher, targets, ...)
 
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
         """How the teacher's outputs are stored for the job's ``softlabels`` settings."""
         raise NotImplementedError
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The loss on the targets alone (a teacher's, a baseline's, and the distilled student's hard term)."""
+        """The loss on the targets alone (a teacher's, a baseline's), summed over the units that have a target."""
+        raise NotImplementedError
+
+    def units(self, targets: torch.Tensor) -> torch.Tensor:
+        """Each row's units [N, 2] that the KD term and the hard term are averaged over (a step's, all workers'
+        together: ``batches.Batch.units``)."""
         raise NotImplementedError
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,17 +61,24 @@ class Task:
         """What the task adds to the identity of every output it shapes: nothing for ``classification``."""
         raise NotImplementedError
 
-    def loss(
+    def terms(
         self, kd: DistillConfig | None, logits: torch.Tensor, targets: torch.Tensor, teacher: Targets, epochs: float
-    ) -> torch.Tensor:
-        """A training step's loss: ``hard`` for a teacher or a baseline (``kd`` None), else the job's KD term
+    ) -> Terms:
+        """A training batch's loss terms: ``hard`` for a teacher or a baseline (``kd`` None), else the job's KD term
         warmed up over ``distill.warmup_epochs`` (``epochs``: those done), mixed with ``hard`` by alpha."""
         if kd is None:
-            return self.hard(logits, targets)
+            return Terms(torch.zeros((), device=logits.device), self.hard(logits, targets))
         loss, ramp = kd.loss, warmup(kd.warmup_epochs, epochs)
         return self.objective(
             loss.name, logits, teacher, targets, kd.alpha, kd.temperature, loss.standardize, ramp, **loss.kwargs
         )
+
+    def loss(
+        self, kd: DistillConfig | None, logits: torch.Tensor, targets: torch.Tensor, teacher: Targets, epochs: float
+    ) -> torch.Tensor:
+        """The batch's loss alone (no other worker's rows in its step): ``terms``, each averaged over its units."""
+        kd_units, ce_units = self.units(targets).sum(dim=0).tolist()
+        return self.terms(kd, logits, targets, teacher, epochs).mean(kd_units, ce_units)
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -72,18 +86,22 @@ TASKS: Registry[Task] = Registry("task")
 
 @dataclass(frozen=True)
 class Classification(Task):
-    """One class a row: today's teachers and students of images, texts and tabular rows."""
+    """One class a row: today's teachers and students of images, texts and tabular rows. A row without a label
+    (``UNLABELLED``) is in the KD term alone."""
 
     name: ClassVar[str] = "classification"
     target: ClassVar[str] = "label"
     losses: ClassVar[Registry[KDLoss]] = LOSSES
-    objective = staticmethod(objective)
+    objective = staticmethod(terms)
 
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
         return FORMATS[softlabels.format].format(softlabels.dtype, softlabels.kept(num_classes), temperature)
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets)
+        return labelled_cross_entropy(logits, targets)
+
+    def units(self, targets: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.ones_like(targets), (targets != UNLABELLED).long()], dim=1)
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (logits.argmax(-1) == targets).sum(), torch.tensor(len(targets), device=targets.device)
@@ -100,7 +118,7 @@ class LanguageModel(Task):
     name: ClassVar[str] = "language_model"
     target: ClassVar[str] = "next"
     losses: ClassVar[Registry[KDLoss]] = TOKEN_LOSSES
-    objective = staticmethod(token_objective)
+    objective = staticmethod(token_terms)
     LAYOUTS: ClassVar[dict[str, str]] = {"dense": "dense", "topk": "tokens"}  # softlabels.format -> FORMATS
 
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
@@ -108,7 +126,11 @@ class LanguageModel(Task):
         return FORMATS[layout].format(softlabels.dtype, softlabels.kept(num_classes), 1.0)
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+    def units(self, targets: torch.Tensor) -> torch.Tensor:
+        real = (targets != IGNORE).sum(dim=1)
+        return torch.stack([real, real], dim=1)
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         real = targets != IGNORE

@@ -1,8 +1,10 @@
 """Input kinds: what a split's input column becomes, in one place per kind.
 
-A split's kind comes from its input column's Arrow type (``source.INPUT_TYPES``): encoded image bytes or
-strings; or it is ``tabular``, feature columns (``data.features``, or shards with neither column). An
-``InputKind`` says everything the stages need about it, so that they call the kind instead of branching on it:
+Each kind is one entry of ``INPUTS`` (a ``kinds.Kind``): how it finds its input in a shard's schema (image: a
+column of encoded bytes, ``image`` unless ``data.input_column`` names another; text: a column of strings, ``text``;
+tabular: the feature columns ``data.features`` lists, else every column beside id and label), its settings under
+``data`` (text: ``tokenizer``; tabular: ``features``), and how it is built. The ``InputKind`` it builds says
+everything the stages need about the input, so that they call the kind instead of branching on it:
 
 | | image | text |
 | --- | --- | --- |
@@ -16,7 +18,8 @@ strings; or it is ``tabular``, feature columns (``data.features``, or shards wit
 The tabular kind (``data/tabular.py``) encodes its columns to float32 [N, F] ``features`` through statistics of
 the training split; its shape is (F,), with ``cardinalities`` and ``numeric`` in the model's kwargs.
 
-``INPUTS`` maps a kind's name to the function that builds it for a job's data (``for_data``).
+``finder`` finds a split's kind, ``settings`` validates the kinds' settings a job gives, ``for_data`` builds
+the training split's kind.
 """
 
 from __future__ import annotations
@@ -33,20 +36,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import torch
+from pydantic import Field, field_validator
 
 from distkd import console, content, storage
-from distkd.config import ConfigError, DataConfig, TokenizerConfig
+from distkd.config import MAX_LENGTH, ConfigError, DataConfig, Strict, validated
 from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
-from distkd.data.kinds import InputKind
+from distkd.data.errors import DataError
+from distkd.data.kinds import STRINGS, InputKind, Kind, OneColumn
 from distkd.data.places import row
-from distkd.data.source import Split, decode_batch, image_shape
-from distkd.data.tabular import tabular_input
+from distkd.data.source import Finder, Input, Split, decode_batch, image_shape
+from distkd.data.tabular import TABULAR
 from distkd.data.transforms import Normalize
 from distkd.registry import Registry
 
-Builder = Callable[[Split, DataConfig, str], InputKind]  # (training split, data config, store) -> kind
-INPUTS: Registry[Builder] = Registry("input kind")
+INPUTS: Registry[Kind] = Registry("input kind")
+MAX_VOCAB_SIZE = 1_000_000  # a text model's embedding is allocated from it before anything reads the data
 
 
 @dataclass(frozen=True)
@@ -97,15 +102,45 @@ class ImageInput:
         pass  # an image that does not decode is found by the task that decodes it (a DataError)
 
 
-@INPUTS.register("image")
-def image_input(split: Split, data: DataConfig, store: str) -> ImageInput:
+def image_input(split: Split, data: DataConfig, settings: None, store: str) -> ImageInput:
     shape = image_shape(split, data.channels)
     if not len(data.mean) == len(data.std) == shape[0]:
         raise ConfigError(
             f"keys 'data.mean' and 'data.std' need {shape[0]} values (one per channel; "
             f"'data.channels' sets how many the images are decoded to)"
         )
-    return ImageInput(split.column, shape, Normalize(tuple(data.mean), tuple(data.std)))
+    (column,) = split.input.columns
+    return ImageInput(column, shape, Normalize(tuple(data.mean), tuple(data.std)))
+
+
+def recorded_images(split: Split, info: dict) -> ImageInput:
+    """The image kind a run was trained with, from its run.json."""
+    norm = info[ImageInput.identity_key]
+    (column,) = split.input.columns
+    return ImageInput(column, tuple(info["model"]["input_shape"]), Normalize(tuple(norm["mean"]), tuple(norm["std"])))
+
+
+IMAGE = Kind(
+    OneColumn((pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view), unnamed="image"),
+    image_input,
+    "encoded image bytes",
+    column="image",
+    recorded=recorded_images,
+)
+
+
+class TokenizerConfig(Strict):
+    """A text split's tokenizer (``data.tokenizer``): trained on the training split once (wordpiece, bpe), or
+    hf:<folder>."""
+
+    name: str = "wordpiece"
+    vocab_size: int = Field(default=8000, gt=2, le=MAX_VOCAB_SIZE)  # of a trained one
+    max_length: int = Field(default=128, gt=0, le=MAX_LENGTH)  # tokens per row: longer texts are cut (and counted)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return tokenizers.check_name(storage.validate_named(name))
 
 
 @dataclass(frozen=True)
@@ -148,7 +183,8 @@ class TextInput:
         return {"vocab_size": self.tokenizer.vocab_size}
 
     def identity(self) -> dict:
-        return {"tokenizer": self.made_of, "max_length": self.tokenizer.max_length}
+        out = {"tokenizer": self.made_of, "max_length": self.tokenizer.max_length}
+        return {**out, "special_tokens": True} if self.tokenizer.specials else out  # a model's own tokenizer
 
     def check(self, split: Split) -> None:
         """Every row in use has a text of valid UTF-8 that is not empty (an empty one would tokenise to nothing but
@@ -226,27 +262,110 @@ def _texts_of(split: Split, column: str) -> Callable[[], list[list[str]]]:
     return read
 
 
-@INPUTS.register("text")
-def text_input(split: Split, data: DataConfig, store: str) -> TextInput:
-    settings = data.tokenizer or TokenizerConfig()
+def text_input(split: Split, data: DataConfig, settings: TokenizerConfig | None, store: str) -> TextInput:
+    settings = settings or TokenizerConfig()
+    (column,) = split.input.columns
     if settings.name.startswith(tokenizers.HF):
         try:
             saved = tokenizers.saved(settings.name.removeprefix(tokenizers.HF), settings.max_length)
         except tokenizers.TokenizerError as e:
             raise ConfigError(f"key 'data.tokenizer.name': {e}") from None
-        return TextInput(split.column, saved, f"sha256:{content.sha256(saved.uri)}")
-    made_of = {"data": split.identity(), "column": split.column, "settings": settings.model_dump()}
+        return TextInput(column, saved, f"sha256:{content.sha256(saved.uri)}")
+    made_of = {"data": split.identity(), "column": column, "settings": settings.model_dump()}
     folder = tokenizers.location(store, made_of)
     trained = tokenizers.trained(folder, settings.max_length, settings.vocab_size)
-    return TextInput(split.column, trained, folder.rsplit("/", 1)[-1], (split, settings))  # not the store's path
+    return TextInput(column, trained, folder.rsplit("/", 1)[-1], (split, settings))  # not the store's path
 
 
-INPUTS.register("tabular")(tabular_input)  # feature columns: data/tabular.py
+def recorded_texts(split: Split, info: dict) -> TextInput:
+    """The text kind a run was trained with, from its run.json: its tokenizer's folder in the store."""
+    made_of, max_length = info[TextInput.identity_key]["tokenizer"], info[TextInput.identity_key]["max_length"]
+    if not storage.is_committed(made_of):  # a saved tokenizer is recorded by its sha256 alone
+        raise ConfigError(
+            f"the run's tokenizer ({made_of}) is not a tokenizer folder of the store: export needs a run whose "
+            "tokenizer distkd trained"
+        )
+    tokenizer = tokenizers.Tokenizer(
+        storage.join(made_of, tokenizers.FILE), max_length, info["model"]["kwargs"]["vocab_size"]
+    )
+    (column,) = split.input.columns
+    return TextInput(column, tokenizer, made_of)
+
+
+TEXT = Kind(
+    OneColumn(STRINGS),
+    text_input,
+    "strings",
+    column="text",
+    settings=("tokenizer", TokenizerConfig),
+    recorded=recorded_texts,
+)
+
+INPUTS.register("image")(IMAGE)
+INPUTS.register("text")(TEXT)
+INPUTS.register("tabular")(TABULAR)  # feature columns: data/tabular.py
+
+
+def settings(data: DataConfig) -> dict[str, Strict]:
+    """The input kinds' settings the job gives (a key of ``data`` beside its own: ``data.tokenizer``), each validated
+    by its kind's schema, by the kind's name; a key no kind declares, or settings the schema refuses, is a
+    ``ConfigError`` naming the key."""
+    kinds = {name: INPUTS[name] for name in INPUTS}
+    declared = {kind.settings[0]: (name, kind.settings[1]) for name, kind in kinds.items() if kind.settings}
+    found = {}
+    for key, raw in (data.model_extra or {}).items():
+        if key not in declared:
+            keys = ", ".join(f"'data.{k}'" for k in sorted(declared))
+            raise ConfigError(f"unknown key 'data.{key}' (the input kinds' settings are {keys})")
+        name, schema = declared[key]
+        if raw is not None:
+            found[name] = validated(schema, raw, f"data.{key}")
+    return found
+
+
+def finder(data: DataConfig) -> Finder:
+    """How a split's input is found for the job's data settings. Its input column is ``data.input_column``, else the
+    first kind's default column the shard has; the kinds whose settings the job gives are asked first, then the
+    others, a catch-all last, and the first that finds its input in the schema is the split's kind."""
+    given = settings(data)
+    order = sorted(INPUTS, key=lambda name: (name not in given, INPUTS[name].catch_all))
+    defaults = [column for name in order if (column := INPUTS[name].column)]
+
+    def find(schema: pa.Schema, uri: str, label: str) -> Input:
+        column = data.input_column or next((c for c in defaults if c in schema.names), None)
+        for name in order:
+            if found := INPUTS[name].find(schema, column, given.get(name), label):
+                return Input(name, *found)
+        expected = "; ".join(f"{INPUTS[n].holds} (a{'n' * (n[0] in 'aeiou')} {n} input)" for n in INPUTS)
+        if column is None:
+            raise DataError(f"{uri}: no input column: expected {expected}; or name it with 'data.input_column'")
+        if column not in schema.names:
+            raise DataError(f"{uri}: no input column '{column}' (key 'data.input_column')")
+        raise DataError(f"{uri}: input column '{column}' holds {schema.field(column).type} values; expected {expected}")
+
+    return find
+
+
+def read_by(kind: InputKind, tokenizer: str | None, max_length: int | None) -> InputKind:
+    """How one model reads the job's input: a text tokenised with the model's own tokenizer (saved in the folder
+    ``tokenizer``, its special tokens added) and cut at the model's own ``max_length``, where it has them; else
+    ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is refused (a
+    ``ConfigError``)."""
+    if not isinstance(kind, TextInput):
+        if max_length is not None:
+            raise ConfigError(f"'max_length' cuts a text input's tokens; a {kind.name} input has none: leave it out")
+        return kind
+    length = max_length or kind.tokenizer.max_length
+    if tokenizer is None:
+        cut = dataclasses.replace(kind.tokenizer, max_length=length)
+        return kind if cut == kind.tokenizer else dataclasses.replace(kind, tokenizer=cut)
+    own = tokenizers.saved(tokenizer, length, specials=True)  # a TokenizerError when it does not load
+    return TextInput(kind.column, own, f"sha256:{content.sha256(own.uri)}")
 
 
 def for_data(split: Split, data: DataConfig, store: str) -> InputKind:
     """The input kind of ``split`` (the training split), built for the job's data settings."""
-    return INPUTS[split.kind](split, data, store)
+    return INPUTS[split.input.kind].build(split, data, settings(data).get(split.input.kind), store)
 
 
 @ray.remote(num_cpus=1)

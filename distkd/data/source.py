@@ -1,10 +1,10 @@
-"""Datasets as Parquet shards (``<split>-*.parquet`` with ``id``, an input column, ``label``), read with Ray Data.
+"""Datasets as Parquet shards (``<split>-*.parquet`` with ``id``, the input's column(s), ``label``), read with Ray Data.
 
-The input column is ``image`` (encoded bytes) or ``text`` (strings), found in the shards' schema, or the column
-``data.input_column`` names; its Arrow type says which input kind it is (``INPUT_TYPES``), and
-``distkd.data.inputs`` holds what each kind does with it. A ``tabular`` input is feature columns instead of one
-input column: those ``data.features`` names, or every column beside id and label of shards with neither an
-``image`` nor a ``text`` column."""
+What a split's input is (its kind and the columns it reads) is found in the first shard's schema by a ``Finder``
+that ``Split.open`` is given: the input kinds' registry makes one from the job's data settings
+(``distkd.data.inputs.finder``), so this module knows no kind. Every shard is checked to hold the same columns of
+the same types.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import hashlib
 import io
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 from PIL import Image, UnidentifiedImageError
@@ -25,6 +26,8 @@ from distkd import content, storage
 from distkd.data.errors import DataError, InputChanged
 
 LABEL = "label"  # the label's name in what distkd reads, whichever column holds it (``data.label``)
+# The label of a row that has none, as the stages read it: null in the shards, or hidden (``data.labelled_rows``).
+UNLABELLED = -1
 READ_ROWS = 10_000  # rows per read task of ``Split.read``
 PATH = "path"  # the file a row was read from, where the reader knows it (for error messages)
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow modes decoded as one channel
@@ -39,12 +42,20 @@ COLUMN_TYPES: dict[str, tuple[tuple[Callable[[pa.DataType], bool], ...], str]] =
         "integer class indices 0..C-1 (map class names to indices first, e.g. with 'distkd prepare image-folder')",
     ),
 }
-# input kind -> (the Arrow type tests of its column, what it holds); its default column has the kind's name
-INPUT_TYPES: dict[str, tuple[tuple[Callable[[pa.DataType], bool], ...], str]] = {
-    "image": ((pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view), "encoded image bytes"),
-    "text": ((pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view), "strings"),
-}
-TABULAR = "tabular"  # the input kind of feature columns (``Split.features``)
+
+
+@dataclass(frozen=True)
+class Input:
+    """A split's input as its kind found it in the shards' schema: the kind's name, the columns it reads, and what of
+    them belongs in the data's identity (the kind's choice: image keys name no column)."""
+
+    kind: str = ""  # "": no input looked for (a split opened for its ids and labels alone)
+    columns: tuple[str, ...] = ()
+    identity: dict = field(default_factory=dict, hash=False)  # hashed by kind and columns (a dict is not hashable)
+
+
+# (a shard's schema, its URI for messages, the label's column) -> its input; a DataError when it has none
+Finder = Callable[[pa.Schema, str, str], Input]
 
 
 @dataclass(frozen=True)
@@ -56,39 +67,32 @@ class Split:
     files: tuple[str, ...]
     limit: int | None = None
     stamps: tuple[str, ...] = ()  # each file's size and modification time when opened: reads refuse a change
-    column: str = "image"  # the input column ("" for a tabular input)
-    kind: str = "image"  # its input kind (``INPUT_TYPES``, or ``TABULAR``)
-    features: tuple[str, ...] = ()  # a tabular input's feature columns
+    input: Input = Input()  # what the rows' input is (``Finder``)
     label: str = LABEL  # the column that holds the label (read as ``LABEL``)
+    labelled: int | None = None  # rows from this index of the split on read as ``UNLABELLED`` (None: none hidden)
 
     @classmethod
     def open(
-        cls,
-        uri: str,
-        name: str,
-        limit: int | None = None,
-        column: str | None = None,
-        features: tuple | None = None,
-        label: str = LABEL,
+        cls, uri: str, name: str, limit: int | None = None, find: Finder | None = None, label: str = LABEL
     ) -> Split:
-        """The split's shards, each checked to hold the columns distkd reads, all of the same types; ``column``
-        None: the input column is ``image`` or ``text``, whichever the first shard has. ``features`` (a tabular
-        input) names the feature columns; ``()``: every column beside id and label, as when the first shard has
-        no input column. ``label``: the column that holds the label."""
+        """The split's shards, each checked to hold the columns distkd reads, all of the same types; ``find`` says
+        what the input is from the first shard's schema (None: no input, for a reader of ids and labels alone).
+        ``label``: the column that holds the label."""
         files = tuple(f for f in storage.list_files(uri, ".parquet") if f.rsplit("/", 1)[-1].startswith(f"{name}-"))
         if not files:
             raise DataError(f"{uri}: no Parquet shards for split '{name}' (expected files named {name}-*.parquet)")
-        column, kind, features, first = _column_types(files[0], column, features, label)
-        columns = ("id", label, *(features or (column,)))
+        schema = _schema(files[0])
+        found = find(schema, files[0], label) if find else Input()
+        first = _column_types(files[0], schema, found.columns, label)
         for file in files[1:]:
-            types = _column_types(file, column, features, label)[3]
-            if differing := [c for c in columns if types[c] != first[c]]:
+            types = _column_types(file, _schema(file), found.columns, label)
+            if differing := [c for c in first if types[c] != first[c]]:
                 raise DataError(
                     f"{file}: column(s) {', '.join(f'{c!r} ({types[c]})' for c in differing)} differ from "
                     f"{files[0]} ({', '.join(f'{c!r} {first[c]}' for c in differing)}); every shard of split "
                     f"'{name}' needs the same column types"
                 )
-        return cls(uri, name, files, limit, tuple(_stamp(f) for f in files), column, kind, features, label)
+        return cls(uri, name, files, limit, tuple(_stamp(f) for f in files), found, label)
 
     def fingerprint(self) -> str:
         """A hash of the names and contents of the files in use: changes whenever one byte does. Computed once
@@ -112,9 +116,8 @@ class Split:
         (a second checkout, a copy on S3) are the same data, and every output made of them keeps its key."""
         out = {"split": self.name, "fingerprint": self.fingerprint(), "limit": self.limit}
         out = out if self.label == LABEL else {**out, "label": self.label}
-        if self.kind == TABULAR:
-            return {**out, "features": list(self.features)}
-        return out if self.column == "image" else {**out, "input_column": self.column}  # image keys unchanged
+        out = out if self.labelled is None else {**out, "labelled_rows": self.labelled}
+        return {**out, **self.input.identity}
 
     def record(self) -> dict:
         """``identity`` and where the rows were read (``uri``), as an output's records keep them (a manifest,
@@ -139,8 +142,18 @@ class Split:
     def num_rows(self) -> int:
         return sum(rows for _, rows in self.file_rows())
 
+    def label_counts(self) -> tuple[int, int]:
+        """(rows with a label, rows without one) of the rows in use, as the stages read them."""
+        return self._label_counts
+
+    @functools.cached_property
+    def _label_counts(self) -> tuple[int, int]:
+        missing = int(unlabelled(self.read_table([LABEL])[LABEL], 0, self.labelled).sum())
+        return self.num_rows() - missing, missing
+
     def read_table(self, columns: list[str]) -> pa.Table:
-        """The rows in use, read here in the driver (for small columns, tests and benchmarks)."""
+        """The rows in use, read here in the driver (for small columns, tests and benchmarks), their labels as the
+        shards hold them (nulls kept, none hidden)."""
         tables = []
         for uri, rows in self.file_rows():
             fs, path = storage.resolve(uri)
@@ -152,11 +165,12 @@ class Split:
     def units(self, rows: int) -> list[Unit]:
         """The rows in use, in order, cut into units of at most ``rows`` rows that do not cross files."""
         units, offset = [], 0
+        read_as = {"inputs": self.input.columns, "label": self.label, "labelled": self.labelled}
         for uri, used in self.file_rows():
             stamp = self.stamp(uri)
             for start in range(0, used, rows):
                 stop = min(start + rows, used)
-                unit = Unit(len(units), uri, start, stop, offset + start, stamp, self.column, self.features, self.label)
+                unit = Unit(len(units), uri, start, stop, offset + start, stamp, **read_as)
                 units.append(unit)
             offset += used
         return units
@@ -177,12 +191,12 @@ class Unit:
     stop: int
     offset: int
     stamp: str | None = None  # the file's size and modification time when its split was opened
-    column: str = "image"  # the split's input column
-    features: tuple[str, ...] = ()  # a tabular split's feature columns, read instead of ``column``
+    inputs: tuple[str, ...] = ()  # the split's input columns (``Input.columns``)
     label: str = LABEL  # the column that holds the label
+    labelled: int | None = None  # its split's ``labelled``: rows from this index of the split on have no label
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "features", tuple(self.features))  # a list or an array after a trip through Ray
+        object.__setattr__(self, "inputs", tuple(self.inputs))  # a list or an array after a trip through Ray
 
     @property
     def rows(self) -> int:
@@ -190,12 +204,13 @@ class Unit:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """What distkd reads of each row: id, the input (its feature columns) and the label (as ``LABEL``)."""
-        return ("id", *(self.features or (self.column,)), LABEL)
+        """What distkd reads of each row: id, the input's columns and the label (as ``LABEL``)."""
+        return ("id", *self.inputs, LABEL)
 
     def read(self, columns: list[str] | tuple[str, ...] | None = None) -> pa.Table:
-        """The unit's rows (``columns`` None: ``self.columns``), reading only the row groups that hold them;
-        refused if the file changed since its split was opened."""
+        """The unit's rows (``columns`` None: ``self.columns``), reading only the row groups that hold them, their
+        labels int64 with ``UNLABELLED`` where a row has none; refused if the file changed since its split was
+        opened."""
         columns = [self.label if c == LABEL else c for c in (self.columns if columns is None else columns)]
         fs, path = storage.resolve(self.file)
         tables, first = [], 0
@@ -209,7 +224,20 @@ class Unit:
                     tables.append(table.slice(lo - first, hi - lo))
                 first += rows
         _check_unchanged(self.file, self.stamp)  # after reading: a change during the read is seen too
-        return _as_read(pa.concat_tables(tables), self.label)
+        table = _as_read(pa.concat_tables(tables), self.label)
+        if LABEL not in table.column_names:
+            return table
+        labels = table[LABEL]
+        missing = pa.array(unlabelled(labels, self.offset, self.labelled))
+        read = pc.if_else(missing, UNLABELLED, labels.cast(pa.int64()))
+        return table.set_column(table.column_names.index(LABEL), LABEL, read)
+
+
+def unlabelled(labels: pa.ChunkedArray, first: int, labelled: int | None) -> np.ndarray:
+    """Which of ``labels`` (rows ``first``, ``first + 1``, ... of their split) have none: a null, or a row at or
+    past index ``labelled`` of the split (``data.labelled_rows``: labels hidden in the shards' order)."""
+    missing = labels.is_null().to_numpy(zero_copy_only=False)
+    return missing if labelled is None else missing | (np.arange(first, first + len(labels)) >= labelled)
 
 
 def _as_read(table: pa.Table, label: str) -> pa.Table:
@@ -231,34 +259,22 @@ def _read_unit_rows(batch: pa.Table, extra: tuple[str, ...] = ()) -> Iterator[pa
         yield rows.append_column(PATH, pa.array([unit.file] * len(rows), pa.string()))  # for error messages
 
 
-def _column_types(
-    uri: str, column: str | None, features: tuple | None = None, label: str = LABEL
-) -> tuple[str, str, tuple[str, ...], dict[str, pa.DataType]]:
-    """(input column, its kind, the feature columns, the types of id, ``label`` and the input's columns), each
-    checked against ``COLUMN_TYPES`` and ``INPUT_TYPES``; ``column`` None: the first of ``INPUT_TYPES``' default
-    columns the shard has, else a tabular input of every other column. ``features`` given: a tabular input of
-    those (``()``: of every column beside id and ``label``); a tabular input's column is ""."""
+def _schema(uri: str) -> pa.Schema:
     try:
         fs, path = storage.resolve(uri)
         with fs.open_input_file(path) as f:
-            schema = pq.read_schema(f)
+            return pq.read_schema(f)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"{uri}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-    if features is None and column is None:
-        column = next((c for c in INPUT_TYPES if c in schema.names), None)
-        features = () if column is None else None
-    if features is not None:
-        column, features = "", tuple(features) or tuple(c for c in schema.names if c not in ("id", label, LABEL))
-        if not features:
-            raise DataError(
-                f"{uri}: no input column: expected one named {' or '.join(map(repr, INPUT_TYPES))}, or feature "
-                "columns beside 'id' and 'label' (or name it with 'data.input_column')"
-            )
-    inputs = features or (column,)
+
+
+def _column_types(uri: str, schema: pa.Schema, inputs: tuple[str, ...], label: str) -> dict[str, pa.DataType]:
+    """The types of id, ``label`` and the input's columns in the shard at ``uri``, id and label checked against
+    ``COLUMN_TYPES`` (the input kind checks its own: ``Finder``)."""
     if label != LABEL and LABEL in inputs:
         raise DataError(
             f"{uri}: column '{LABEL}' cannot be an input while the label is column '{label}' (every reader sees the "
-            f"label as '{LABEL}'); leave it out of 'data.features'"
+            f"label as '{LABEL}'); leave it out of the input's columns"
         )
     missing = [c for c in ("id", *inputs, label) if c not in schema.names]
     if missing:
@@ -268,13 +284,7 @@ def _column_types(
         name = label if key == LABEL else key
         if not any(accept(types[name]) for accept in accepts):
             raise DataError(f"{uri}: column '{name}' holds {types[name]} values; expected {expected}")
-    if features:
-        return column, TABULAR, features, types  # the tabular kind checks its columns' types (data/tabular.py)
-    kind = next((k for k, (accepts, _) in INPUT_TYPES.items() if any(a(types[column]) for a in accepts)), None)
-    if kind is None:
-        kinds = "; ".join(f"{what} (a{'n' * (k[0] in 'aeiou')} {k} input)" for k, (_, what) in INPUT_TYPES.items())
-        raise DataError(f"{uri}: input column '{column}' holds {types[column]} values; expected {kinds}")
-    return column, kind, (), types
+    return types
 
 
 def _stamp(uri: str) -> str:
@@ -299,8 +309,9 @@ def image_shape(split: Split, channels: int | None = None) -> tuple[int, int, in
         raise DataError(f"{split.uri}: split '{split.name}' has no rows")
     fs, path = storage.resolve(file)
     with fs.open_input_file(path) as f:
-        first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["id", split.column])).to_pylist()[0]
-    return _decoded(first[split.column], channels, first["id"], file).shape
+        (column,) = split.input.columns
+        first = next(pq.ParquetFile(f).iter_batches(batch_size=1, columns=["id", column])).to_pylist()[0]
+    return _decoded(first[column], channels, first["id"], file).shape
 
 
 def decode(data: bytes, channels: int | None = None) -> np.ndarray:

@@ -34,20 +34,41 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from pydantic import Field, model_validator
 
 from distkd import storage
-from distkd.config import ConfigError, DataConfig, FeaturesConfig
+from distkd.config import ConfigError, DataConfig, Strict
 from distkd.data import gpu_decode
-from distkd.data.source import Split
+from distkd.data.kinds import STRINGS, Kind
+from distkd.data.source import LABEL, Split
 from distkd.hashing import digest
 
 FILE = "statistics.json"
 OOV = 0  # the index of nulls, rare values and values unseen in training
-STRINGS = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
 NUMERIC_TYPES: tuple[Callable[[pa.DataType], bool], ...] = (pa.types.is_integer, pa.types.is_floating)
 # Taken as categorical when no column is listed: an integer code column (a product id) is listed by name.
 DEFAULT_CATEGORICAL: tuple[Callable[[pa.DataType], bool], ...] = (*STRINGS, pa.types.is_boolean, pa.types.is_dictionary)
 CATEGORICAL_TYPES = (*DEFAULT_CATEGORICAL, pa.types.is_integer)
+
+
+class FeaturesConfig(Strict):
+    """The feature columns (``data.features``) and how their statistics are computed on the training split. Both
+    lists left out: every column beside id and label, categorical or numeric by its Arrow type."""
+
+    categorical: list[str] | None = None  # one vocabulary each (index 0: null, rare and unseen values)
+    numeric: list[str] | None = None  # standardised, with a null indicator; nulls take the mean
+    min_count: int = Field(default=1, gt=0)  # values seen fewer times in training go to index 0
+    max_vocab: int | None = Field(default=None, gt=0)  # a column with more values is hashed into this many buckets
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> FeaturesConfig:
+        if both := sorted(set(self.categorical or ()) & set(self.numeric or ())):
+            raise ValueError(f"column(s) {', '.join(both)} listed as both categorical and numeric")
+        return self
+
+    def columns(self) -> tuple[str, ...]:
+        """The listed columns, categorical first; () when none are listed (every column is a feature)."""
+        return (*(self.categorical or ()), *(self.numeric or ()))
 
 
 def value_key(value: object) -> str | None:
@@ -175,7 +196,7 @@ def roles(split: Split, settings: FeaturesConfig) -> tuple[list[str], list[str]]
     types = _types(split.files[0])
     if settings.categorical is None and settings.numeric is None:
         categorical, numeric = [], []
-        for name in split.features:
+        for name in split.input.columns:
             if any(accept(types[name]) for accept in NUMERIC_TYPES):
                 numeric.append(name)
             elif any(accept(types[name]) for accept in DEFAULT_CATEGORICAL):
@@ -277,14 +298,25 @@ class TabularInput:
         check_types(split, categorical, [x.name for x in self.statistics.numeric])
 
 
-def tabular_input(split: Split, data: DataConfig, store: str) -> TabularInput:
+def find_features(
+    schema: pa.Schema, column: str | None, settings: FeaturesConfig | None, label: str
+) -> tuple[tuple[str, ...], dict] | None:
+    """``Kind.find``: the columns ``data.features`` lists, else (with no input column named) every column beside id
+    and the label."""
+    if settings is None and column is not None:
+        return None
+    features = (settings and settings.columns()) or tuple(c for c in schema.names if c not in ("id", label, LABEL))
+    return (features, {"features": list(features)}) if features else None
+
+
+def tabular_input(split: Split, data: DataConfig, settings: FeaturesConfig | None, store: str) -> TabularInput:
     """The training split's statistics: those committed in the store, else computed here from its rows."""
     if data.input_column is not None:
         raise ConfigError(
             "key 'data.input_column': a tabular input reads its feature columns ('data.features'), not one input "
             "column; remove one of the two keys"
         )
-    settings = data.features or FeaturesConfig()
+    settings = settings or FeaturesConfig()
     categorical, numeric = roles(split, settings)
     check_types(split, categorical, numeric)
     made_of = {"data": split.identity(), "categorical": categorical, "numeric": numeric}
@@ -294,3 +326,12 @@ def tabular_input(split: Split, data: DataConfig, store: str) -> TabularInput:
     else:
         statistics = compute(split.read_table(categorical + numeric), categorical, numeric, settings)
     return TabularInput("", statistics, folder)
+
+
+TABULAR = Kind(
+    find_features,
+    tabular_input,
+    "feature columns beside 'id' and the label",
+    settings=("features", FeaturesConfig),
+    catch_all=True,
+)

@@ -96,19 +96,24 @@ class Tokenizer:
     uri: str  # the tokenizer.json
     max_length: int
     vocab_size: int  # ids the models see: the tokenizer's vocabulary + 1 (0 is padding)
+    specials: bool = False  # a model's own: its special tokens added ([CLS] ... [SEP]), kept when a text is cut
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """int32 ids [N, max_length] (0-padded), int32 lengths [N], bool truncated [N]: in Rust, many texts at
         once (called in Ray Data tasks, never row by row on the driver)."""
-        encodings = _load(self.uri).encode_batch(texts, add_special_tokens=False)
+        if self.specials:
+            encodings = _load_truncating(self.uri, self.max_length).encode_batch(texts, add_special_tokens=True)
+            cut = [bool(e.overflowing) for e in encodings]
+        else:
+            encodings = _load(self.uri).encode_batch(texts, add_special_tokens=False)
+            cut = [len(e.ids) > self.max_length for e in encodings]
         ids = np.zeros((len(texts), self.max_length), dtype=np.int32)
         lengths = np.empty(len(texts), dtype=np.int32)
-        truncated = np.empty(len(texts), dtype=bool)
         for i, e in enumerate(encodings):
             n = min(len(e.ids), self.max_length)
             ids[i, :n] = np.asarray(e.ids[:n], dtype=np.int32) + 1
-            lengths[i], truncated[i] = n, len(e.ids) > self.max_length
-        return ids, lengths, truncated
+            lengths[i] = n
+        return ids, lengths, np.array(cut, dtype=bool)
 
 
 @functools.lru_cache(maxsize=4)
@@ -119,15 +124,28 @@ def _load(uri: str):
     return HFTokenizer.from_str(storage.read_bytes(uri).decode())
 
 
-def saved(folder: str, max_length: int) -> Tokenizer:
+@functools.lru_cache(maxsize=4)
+def _load_truncating(uri: str, max_length: int):
+    """The tokenizer at ``uri`` as its model reads with it: cut to ``max_length`` ids with its special tokens kept
+    (the tokenizer's truncation), unpadded (``encode`` pads with 0)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tok = HFTokenizer.from_str(_load(uri).to_str())  # a copy: the shared one keeps its own settings
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def saved(folder: str, max_length: int, specials: bool = False) -> Tokenizer:
     """The tokenizer saved in ``folder`` (``tokenizer.json``, as ``save_pretrained`` writes it); a
-    ``TokenizerError`` saying why when it does not load."""
+    ``TokenizerError`` saying why when it does not load. ``specials``: as the model saved with it reads (its
+    special tokens added)."""
     uri = storage.join(storage.absolute(folder), FILE)
     try:
         vocab = _load(uri).get_vocab_size()
     except Exception as e:  # noqa: BLE001 - missing file, bad JSON, unknown model type: all mean unusable
         raise TokenizerError(f"{folder}: no tokenizer that loads ({type(e).__name__}: {e})") from None
-    return Tokenizer(uri, max_length, vocab + 1)
+    return Tokenizer(uri, max_length, vocab + 1, specials)
 
 
 def location(store: str, identity: dict) -> str:

@@ -16,6 +16,7 @@ import ray.data
 import ray.train
 import torch
 
+from distkd.config import DistillConfig
 from distkd.data.transforms import crop_flip, random_crop_flip
 from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
@@ -25,6 +26,7 @@ from distkd.methods.losses import Targets
 from distkd.methods.optim import RowSchedule, optimizer
 from distkd.models import placed
 from distkd.specs import TrainingRun
+from distkd.tasks import CLASSIFICATION
 from distkd.tracking import RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -65,16 +67,18 @@ def train_loop(config: dict) -> None:
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     curves = RunMetrics(run.uri, run.role, run_params(run), run.tracking.mlflow) if rank == 0 else None
     batches = training_batches(
-        train_shard, train.batch_size, run.feed.shuffle_buffer, worker.split, rank, world, device
+        train_shard, train.batch_size, run.feed.shuffle_buffer, worker.split, rank, world, device, run.task
     )
 
     for epoch in range(start_epoch, train.epochs):
         started = time.perf_counter()
         generator.manual_seed((train.seed * 1000 + epoch) * 1000 + rank)  # a resumed epoch draws the same
         model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # summed loss, its KD part, samples
+        # summed KD and CE terms; samples, those with a target; the KD and CE terms' units (``Task.units``)
+        sums = torch.zeros(6, dtype=torch.float64, device=device)
         checksum = 0  # of the ids trained on
-        for ids, batch, step_rows in batches.epoch(train.seed * 1000 + epoch):
+        for step in batches.epoch(train.seed * 1000 + epoch):
+            ids, batch = step.ids, step.columns
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if len(ids):
                     inputs, view = shown(run, batch, generator)
@@ -82,31 +86,35 @@ def train_loop(config: dict) -> None:
                     logits = model(x).float()
                     epochs_done = state.schedule.done / worker.rows_per_epoch  # all workers' rows: the same on each
                     targets = teacher_targets(batch, view, run.views, device)
-                    loss = run.task.loss(run.distill, logits, y, targets, epochs_done)
-                    # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's
-                    scaled = loss * len(ids) * world / step_rows
+                    loss = run.task.terms(kd, logits, y, targets, epochs_done)
+                    # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's (each
+                    # term averaged over the units it covers in the whole step)
+                    scaled = loss.mean(*step.units) * world
                 else:  # no rows of this step here: join the gradient all-reduce with zeros (BatchNorm untouched)
                     scaled = idle_step(model, run.inputs.model_input(run.inputs.example(1), device))
             opt.zero_grad(set_to_none=True)
             scaler.scale(scaled).backward()
             scaler.step(opt)
             scaler.update()
-            state.schedule.step(step_rows)
+            state.schedule.step(step.rows)
             if len(ids):
-                kd_part = loss.detach() - (1 - (kd.alpha if kd else 0)) * run.task.hard(logits.detach(), y)
-                sums += len(ids) * torch.stack([loss.detach(), kd_part, torch.ones((), device=device)]).double()
+                units = run.task.units(y)
+                rows = torch.stack([torch.tensor(len(ids), device=device), (units[:, 1] > 0).sum(), *units.sum(dim=0)])
+                sums += torch.cat([torch.stack([loss.kd.detach(), loss.ce.detach()]).double(), rows.double()])
                 checksum += id_checksum(ids)
         train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(module, val_shard, run, device)
         workers = gathered({"rank": rank, "node": ray.get_runtime_context().get_node_id(), "samples": int(sums[2])})
         sums, checksum = all_reduce(sums), all_reduce(torch.tensor(checksum, dtype=torch.int64, device=device))
-        loss, kd_sum, samples = sums.tolist()
+        kd_sum, ce_sum, samples, labelled, kd_units, ce_units = sums.tolist()
+        kd_mean, ce_mean = kd_sum / max(kd_units, 1), ce_sum / max(ce_units, 1)  # each over the units it covers
         history.append(
             {
                 "epoch": epoch + 1,
-                "loss": loss / samples,
-                "kd": kd_sum / samples,  # the weighted KD term of the loss; the rest is the weighted CE term
-                "ce": (loss - kd_sum) / samples,
+                "loss": kd_mean + ce_mean,
+                "kd": kd_mean,  # the weighted KD term of the loss, the mean over every row (a language model's token)
+                "ce": ce_mean,  # the weighted CE term, the mean over the labelled rows (real tokens)
+                "labelled": int(labelled),  # of the samples: the rows with a label (the CE term's)
                 "val_accuracy": val_accuracy,
                 "samples_per_s": samples / train_seconds,
                 "seconds": time.perf_counter() - started,
@@ -118,7 +126,7 @@ def train_loop(config: dict) -> None:
             }
         )
         report(state, epoch, history, rank)
-        if not math.isfinite(loss):  # every worker sees the same reduced sums, so all stop here together
+        if not math.isfinite(history[-1]["loss"]):  # every worker sees the same reduced sums: all stop here together
             break
         if curves:
             curves.log(history[-1])
@@ -156,6 +164,13 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
 
     teacher = [name for name in batch if name.startswith(TARGET_PREFIX)]
     return Targets(**{name.removeprefix(TARGET_PREFIX): of_view(name) for name in teacher})
+
+
+def loss_of(
+    kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
+) -> torch.Tensor:
+    """A classifier's batch's loss (a plain loop's, without workers): ``Task.loss``."""
+    return CLASSIFICATION.loss(kd, logits, labels, targets, epochs_done)
 
 
 @torch.inference_mode()

@@ -46,7 +46,7 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
             resources = streaming.reserve_data_cpus(resources)
         else:
             train = rows_in_memory(run.data, softlabels, inputs, run.distill, run.task)
-        worker = Worker(run.data.num_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
+        worker = Worker(run.trained_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
         fit(run, worker, train, val, resources)
     return run.uri
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 import ray.train
@@ -24,7 +25,7 @@ import ray.train
 from distkd import labelstore
 from distkd.config import DistillConfig, ResourcesConfig
 from distkd.data.kinds import InputKind
-from distkd.data.source import PATH, READ_ROWS, Split, Unit
+from distkd.data.source import LABEL, PATH, READ_ROWS, UNLABELLED, Split, Unit
 from distkd.labels.formats import Format
 from distkd.specs import SoftTargets
 
@@ -73,8 +74,9 @@ def stream(
     distill: DistillConfig | None = None,
 ) -> ray.data.Dataset:
     """``columns`` of the split's rows (joined to the soft labels of ``labels`` when given, an ensemble's combined
-    at ``distill.temperature``), read, checked and prepared (by ``inputs``) per unit each epoch in blocks of about
-    BLOCK_BYTES, units in a new random order every epoch."""
+    at ``distill.temperature``; without them, of the rows with a label only: nothing else teaches a model trained on
+    labels alone), read, checked and prepared (by ``inputs``) per unit each epoch in blocks of about BLOCK_BYTES,
+    units in a new random order every epoch."""
     if labels is None:
         units = split.units(READ_ROWS)
         shards, fmt, views = [None] * len(units), None, 0
@@ -128,7 +130,10 @@ def _unit_rows(
     for item in batch.to_pylist():
         unit = Unit(**item["unit"])
         rows = unit.read()
-        targets = _shard_labels(labels, distill, item["shards"], fmt, views, rows["id"]) if labels else {}
+        if labels:
+            targets = _shard_labels(labels, distill, item["shards"], fmt, views, rows["id"])
+        else:
+            targets, rows = {}, rows.filter(pc.not_equal(rows[LABEL], UNLABELLED))
         block = block_rows(inputs)
         for start in range(0, len(rows), block):
             part = rows.slice(start, block)

@@ -28,7 +28,7 @@ def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device
 
 def model_cost(
     model: torch.nn.Module,
-    example: Callable[[int], torch.Tensor],
+    example: Callable[[int], object],
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
@@ -46,7 +46,7 @@ def model_cost(
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
 
-    one, batch = example(1).to(device), example(batch_size).to(device)
+    one, batch = _on(example(1), device), _on(example(batch_size), device)
     # Not around the .to() above: parameters copied in inference mode could never be trained again.
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
@@ -61,6 +61,11 @@ def model_cost(
         "throughput": batch_size / batch_time,
         "device": str(device),
     }
+
+
+def _on(example: object, device: torch.device) -> object:
+    """A tensor example on ``device``; a ``ColumnModel``'s raw columns as they are (it runs on the CPU)."""
+    return example.to(device) if isinstance(example, torch.Tensor) else example
 
 
 def summed_cost(costs: list[dict]) -> dict:

@@ -168,17 +168,19 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _training(models: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The settings that made each trained model and what its training cost."""
-    header = ["model", "epochs", "alpha", "temperature", "soft labels", "views", "label rows/s", "s/epoch", "train"]
+    header = ["model", "epochs", "labelled rows", "unlabelled rows", "alpha", "temperature", "soft labels", "views"]
+    header += ["label rows/s", "s/epoch", "train"]
     rows = []
     for m in models:
         if not m.get("history"):
             continue
         run, seconds = m.get("settings", {}), [h["seconds"] for h in m["history"]]
-        rate = run.get("label_rows_per_second")
+        rate, trained = run.get("label_rows_per_second"), m.get("trained_rows")  # none in a report from before
         rows.append(
             [
                 m["name"],
                 str(len(m["history"])),
+                *((f"{trained['labelled']:,}", f"{trained['unlabelled']:,}") if trained else ("", "")),
                 f"{run['alpha']:g}" if run.get("alpha") else "",
                 f"{run['temperature']:g}" if run.get("temperature") else "",
                 run.get("labels", ""),

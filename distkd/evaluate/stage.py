@@ -30,7 +30,8 @@ from distkd.evaluate.metrics import (
     sum_stats,
 )
 from distkd.labels.ensemble import Ensemble
-from distkd.models import placed
+from distkd.models import placed, sources
+from distkd.models.columns import ColumnModel, Columns, model_input
 from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
@@ -64,10 +65,22 @@ class Evaluator:
         """Loaded at the first batch, as the teacher actors' model is (``TeacherPredictor.model``)."""
         return {role: placed(w.load(), self.device).eval() for role, w in self.weights.items()}
 
+    def model_input(self, role: str, model: torch.nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor | Columns:
+        """What the model of ``role`` is called with: the batch read its own way (its tokenizer: the batch keeps
+        the raw input column for it, ``kept``), else ``columns.model_input`` (a booster's raw columns, or the job's
+        input)."""
+        own = self.weights[role].model.inputs
+        if own is None:
+            return model_input(model, self.inputs, batch, self.device)
+        prepared = own.prepare(batch)
+        return own.model_input({name: torch.from_numpy(prepared[name]) for name in own.columns}, self.device)
+
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = self.inputs.model_input({name: torch.from_numpy(batch[name]) for name in self.inputs.columns}, self.device)
-        logits = {role: model(x).float().cpu().numpy() for role, model in self.models.items()}
+        logits = {
+            role: model(self.model_input(role, model, batch)).float().cpu().numpy()
+            for role, model in self.models.items()
+        }
         if self.ensemble:
             members = [logits[role] for role in self.ensemble.members]
             logits[ENSEMBLE] = self.ensemble.predictions(members, self.distill.temperature)
@@ -106,7 +119,7 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
     slices = tuple(cfg.slices)
     stats = (
         spec.data.read(extra=tuple(c for c in slices if c not in ("id", "label")))
-        .map_batches(prepared, fn_kwargs={"inputs": spec.inputs, "keep": slices}, batch_format="numpy")
+        .map_batches(prepared, fn_kwargs={"inputs": spec.inputs, "keep": kept(spec)}, batch_format="numpy")
         .map_batches(
             Evaluator,
             fn_constructor_kwargs={
@@ -194,6 +207,14 @@ def described(spec: EvalSpec, costs: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
+def kept(spec: EvalSpec) -> tuple[str, ...]:
+    """The raw columns the evaluators need beside the prepared input: the slices', and the input's columns when a
+    model reads them its own way (``ModelSpec.inputs``: its own tokenizer) or as they are (a booster:
+    models/columns.py)."""
+    raw = any(w.model.inputs is not None or sources.reads_columns(w.model.name) for w in spec.models.values())
+    return tuple(dict.fromkeys((*spec.execution.slices, *(spec.data.input.columns if raw else ()))))
+
+
 def prepared(batch: dict[str, np.ndarray], inputs: InputKind, keep: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The batch's input prepared for the models, with the columns ``keep`` (the slices') beside it."""
     return {**inputs.prepare(batch), **{column: batch[column] for column in keep}}
@@ -204,14 +225,17 @@ def model_costs(models: dict[str, Weights], inputs: InputKind, threads: int) -> 
     torch.set_num_threads(threads)
     device, costs = devices.device(), {}
 
-    def example(rows: int) -> torch.Tensor:
-        return inputs.model_input(inputs.example(rows), torch.device("cpu"))
-
     for role, weights in models.items():
+        reads = weights.model.reads(inputs)
+
+        def example(rows: int, reads: InputKind = reads) -> torch.Tensor:
+            return reads.model_input(reads.example(rows), torch.device("cpu"))
+
         model = weights.load()
-        costs[role] = {"cost": model_cost(model, example)}
+        made = model.example if isinstance(model, ColumnModel) else example  # a model of the raw columns: nulls
+        costs[role] = {"cost": model_cost(model, made)}
         if device.type == "cuda":
-            costs[role]["cost_gpu"] = model_cost(model, example, device=device)
+            costs[role]["cost_gpu"] = model_cost(model, made, device=device)
     return costs
 
 

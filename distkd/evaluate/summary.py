@@ -31,7 +31,8 @@ def models(report: str) -> list[dict]:
 
 def summary(report: str, stages: str = "") -> str:
     """The comparison table of the report's models, each distilled student's gain over its baseline with its 95%
-    interval, ``stages`` (the time each stage took, as the console's timeline says it) and where the report is."""
+    interval, the rows of each kind each trained model trained on, ``stages`` (the time each stage took, as the
+    console's timeline says it) and where the report is."""
     evaluated = models(report)
     ranked = all(ranking.judged_by_ranking(m["metrics"]) for m in evaluated)  # binary: AUC and logloss beside
     header = ("model", "params", "accuracy", "macro F1", "agreement with teacher") + ranked * ("ROC AUC", "logloss")
@@ -56,6 +57,11 @@ def summary(report: str, stages: str = "") -> str:
             lines.append(f"  {ranking.gain_text(m['metrics']['ranking_vs_baseline'])}")
         if "slice_gaps" in m:
             lines.append(f"  {worst_slice(m)}")
+    if trained := [m for m in evaluated if "trained_rows" in m]:
+        counts = (
+            f"{m['name']} {m['trained_rows']['labelled']:,} + {m['trained_rows']['unlabelled']:,}" for m in trained
+        )
+        lines.append(f"rows trained on (labelled + unlabelled): {', '.join(counts)}")
     if stages:
         lines.append(stages)
     lines.append(f"report: {storage.join(report, 'report.html')}")

@@ -2,8 +2,8 @@
 
 An entry computes the KD term alone, the batch mean, from the student's logits and the teacher's stored
 outputs (``Targets``: dense logits, or the top-k classes with their log-probabilities); ``objective`` weighs
-it against the cross-entropy on the labels. An entry that is not defined on top-k targets says so when
-given them.
+it against the cross-entropy on the labels, which covers only the rows that have one (``UNLABELLED``: none; the
+KD term covers every row). An entry that is not defined on top-k targets says so when given them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from distkd.data.source import UNLABELLED
 from distkd.registry import Registry
 
 
@@ -36,7 +37,29 @@ class UndefinedOnTopK(ValueError):
     """A loss that needs the teacher's full distribution, given top-k labels."""
 
 
-def objective(
+class Terms(NamedTuple):
+    """A batch's weighted loss terms as sums over the rows each covers, so that the shares of one global batch that
+    several workers hold add up: ``kd`` over every row, ``ce`` over the rows with a label."""
+
+    kd: torch.Tensor
+    ce: torch.Tensor
+
+    def mean(self, rows: int, labelled: int) -> torch.Tensor:
+        """The loss of a batch of ``rows`` rows, ``labelled`` of them with a label: each term averaged over the rows
+        it covers (CE 0 in a batch without labels)."""
+        return self.kd / rows + self.ce / max(labelled, 1)
+
+    def batch_mean(self, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of the batch of ``labels`` alone (no other worker's rows in its step)."""
+        return self.mean(len(labels), int((labels != UNLABELLED).sum()))
+
+
+def labelled_cross_entropy(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy summed over the rows that have a label (0 when none has)."""
+    return F.cross_entropy(student, labels, ignore_index=UNLABELLED, reduction="sum")
+
+
+def terms(
     name: str,
     student: torch.Tensor,
     targets: Targets,
@@ -47,17 +70,26 @@ def objective(
     ramp: float = 1.0,
     family: Registry[KDLoss] = LOSSES,
     **kwargs,
-) -> torch.Tensor:
-    """``ramp * alpha * KD + (1 - alpha) * CE(student, labels)``; alpha 0 is plain cross-entropy. ``standardize``:
-    the KD term sees z-scored logits (Sun et al., CVPR 2024), the cross-entropy the raw ones. ``ramp``: the KD
-    term's share of its weight during a warm-up (``warmup``). ``family``: the registry ``name`` is looked up in
-    (a task's loss family: ``methods/token_losses.py`` for a language model's rows of tokens)."""
-    hard = F.cross_entropy(student, labels)
+) -> Terms:
+    """``ramp * alpha * KD`` and ``(1 - alpha) * CE(student, labels)`` as sums (``Terms``); alpha 0 is plain
+    cross-entropy. ``standardize``: the KD term sees z-scored logits (Sun et al., CVPR 2024), the cross-entropy the
+    raw ones. ``ramp``: the KD term's share of its weight during a warm-up (``warmup``). ``family``: the registry
+    ``name`` is looked up in (a task's loss family: ``methods/token_losses.py`` for a language model's tokens)."""
+    hard = labelled_cross_entropy(student, labels)
     if alpha == 0:
-        return hard
+        return Terms(torch.zeros((), device=student.device), hard)
     if standardize:
         student, targets = zscore(student), Targets(logits=zscore(dense(targets, "logit standardisation")))
-    return ramp * alpha * family[name](student, targets, labels, temperature, **kwargs) + (1 - alpha) * hard
+    kd = family[name](student, targets, labels, temperature, **kwargs) * len(student)
+    return Terms(ramp * alpha * kd, (1 - alpha) * hard)
+
+
+def objective(
+    name: str, student: torch.Tensor, targets: Targets, labels: torch.Tensor, *args: float | bool, **kwargs
+) -> torch.Tensor:
+    """The batch's loss, ``ramp * alpha * KD + (1 - alpha) * CE`` (``terms``, given the same arguments): the KD term
+    the mean over its rows, the cross-entropy over its labelled rows."""
+    return terms(name, student, targets, labels, *args, **kwargs).batch_mean(labels)
 
 
 def warmup(epochs: float, epochs_done: float) -> float:
@@ -78,6 +110,14 @@ def defined_on_topk(name: str, kwargs: dict, standardize: bool, family: Registry
     except UndefinedOnTopK:
         return False
     return True
+
+
+def reads_labels(name: str, kwargs: dict, family: Registry[KDLoss] = LOSSES) -> bool:
+    """Whether the KD loss (of ``family``) reads the rows' labels (DKD does), so that it cannot teach a row without
+    one: tried on one row of three classes, under two labels."""
+    student, targets = torch.tensor([[0.3, -0.2, 0.5]]), Targets(logits=torch.tensor([[1.0, 0.1, -0.4]]))
+    kd = [family[name](student, targets, torch.tensor([label]), 2.0, **kwargs) for label in (0, 1)]
+    return not torch.equal(*kd)
 
 
 def zscore(logits: torch.Tensor) -> torch.Tensor:

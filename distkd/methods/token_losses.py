@@ -1,10 +1,10 @@
 """A language model's KD losses, per token, by name: the loss family of the ``language_model`` task.
 
-``objective`` keeps the positions that have a next token (padding's targets are ``IGNORE``), so that every
+``token_terms`` keeps the positions that have a next token (padding's targets are ``IGNORE``), so that every
 entry sees rows of real tokens: the student's logits [T, V] and the teacher's ``Targets`` at those positions,
 dense logits [T, V] or per-token top-k labels (``labels/tokens.py``: ids and log-probabilities [T, k] at
-temperature 1, the tail's log-mass [T, 1]). It mixes the entry's mean over real tokens with the next-token
-cross-entropy by ``alpha``, as ``losses.objective`` does for one label a row.
+temperature 1, the tail's log-mass [T, 1]). It mixes the entry's sum over real tokens with the next-token
+cross-entropy's by ``alpha`` (``token_terms``), as ``losses.terms`` does for one label a row.
 
 Top-k labels are compared on k + 1 bins: the k kept tokens and the tail, the student's tail its mass outside
 those k (``bins``). With the tail as one more bin, forward KL is exact on the stored support and every
@@ -20,21 +20,30 @@ import torch
 import torch.nn.functional as F
 
 from distkd.data.blocks import IGNORE
-from distkd.methods.losses import KDLoss, Targets, objective
+from distkd.methods.losses import KDLoss, Targets, Terms, terms
 from distkd.registry import Registry
 
 TOKEN_LOSSES: Registry[KDLoss] = Registry("per-token KD loss")
 
 
+def token_terms(
+    name: str, student: torch.Tensor, targets: Targets, next_tokens: torch.Tensor, *args, **kwargs
+) -> Terms:
+    """``ramp * alpha * KD`` and ``(1 - alpha) * CE`` summed over the real tokens of a batch (``Terms``, a token
+    where ``losses.terms`` has a row): ``student`` [N, L, V], ``next_tokens`` [N, L] (``IGNORE`` where none), the
+    teacher's columns [N, L * per position] as read; the rest (alpha, temperature, standardize, ramp, the entry's
+    kwargs) as ``losses.terms`` takes them."""
+    real = next_tokens != IGNORE
+    per_token = Targets(*(t if t is None else t.reshape(*real.shape, -1)[real] for t in targets))
+    return terms(name, student[real], per_token, next_tokens[real], *args, family=TOKEN_LOSSES, **kwargs)
+
+
 def token_objective(
     name: str, student: torch.Tensor, targets: Targets, next_tokens: torch.Tensor, *args, **kwargs
 ) -> torch.Tensor:
-    """``ramp * alpha * KD + (1 - alpha) * CE`` over the real tokens of a batch: ``student`` [N, L, V],
-    ``next_tokens`` [N, L] (``IGNORE`` where none), the teacher's columns [N, L * per position] as read; the
-    rest (alpha, temperature, standardize, ramp, the entry's kwargs) as ``losses.objective`` takes them."""
-    real = next_tokens != IGNORE
-    per_token = Targets(*(t if t is None else t.reshape(*real.shape, -1)[real] for t in targets))
-    return objective(name, student[real], per_token, next_tokens[real], *args, family=TOKEN_LOSSES, **kwargs)
+    """The batch's loss, ``ramp * alpha * KD + (1 - alpha) * CE``, each term the mean over the real tokens."""
+    real = int((next_tokens != IGNORE).sum())
+    return token_terms(name, student, targets, next_tokens, *args, **kwargs).mean(real, real)
 
 
 def bins(student: torch.Tensor, targets: Targets, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

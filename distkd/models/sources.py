@@ -6,10 +6,18 @@ A model's ``name`` is a built-in name (``resnet9``, ...: ``MODELS``) or ``<sourc
 | --- | --- | --- |
 | ``torchvision`` | a classification builder | ``torchvision.models.get_model(rest, num_classes=C)`` |
 | ``timm`` | a timm model name | ``timm.create_model(rest, pretrained=False, num_classes=C, in_chans=...)`` |
-| ``hf`` | a ``save_pretrained`` folder (path or URI) | ``AutoModelForImageClassification``; logits from ``.logits`` |
+| ``hf`` | a ``save_pretrained`` folder (path, URI or ``package:<module>/<folder>``) or a Hub id | see below |
+| ``hf-config`` | as ``hf`` | as ``hf``, from the folder's ``config.json`` alone (``kwargs`` set its fields) |
 | ``torchscript`` | a TorchScript file (path or URI) | ``torch.jit.load``: a program, inference only |
 | ``export`` | a ``torch.export.save`` archive (path or URI) | ``torch.export.load(...).module()``: inference only |
+| ``lightgbm``, ``xgboost`` | a saved booster (path or URI) | ``models/boosters.py``: raw columns in, inference only |
 | ``import`` | ``<module>:<callable>`` | the user's class or builder, from the job's ``code:`` paths |
+
+``hf`` builds ``AutoModelForSequenceClassification`` when the input is text (its kwargs hold the tokenizer's
+``vocab_size``: ``TextInput.model_kwargs``), reading with the folder's own tokenizer where it has one
+(``own_tokenizer``), else ``AutoModelForImageClassification``; from the folder's weights, or from its config
+alone with random weights (``hf-config``). A Hub id (``<org>/<name>[@<revision>]``) is downloaded once through
+``huggingface_hub`` and is then a folder like any other, named by its files' content.
 
 Each source is one ``SOURCES`` entry; adding one is one registered ``Source``. ``identity`` names what
 defines a model beyond its name (the bytes of a program, a Hugging Face folder or the user's code; the
@@ -20,11 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.resources
 import importlib.util
 import inspect
 import io
 import json
 import logging
+import re
 import sys
 import tempfile
 import zipfile
@@ -37,6 +47,9 @@ import torch
 from torch import nn
 
 from distkd import storage
+from distkd.data.tokenizer import FILE as TOKENIZER_FILE
+from distkd.data.tokenizer import PAD
+from distkd.models.boosters import BOOSTERS, BoosterError
 from distkd.models.registry import MODELS
 from distkd.registry import Registry
 
@@ -58,6 +71,8 @@ class Source:
     check: Callable[[str, tuple[str, ...]], None]
     identity: Callable[[str, tuple[str, ...]], str | None] = lambda rest, code: None
     trainable: bool = True  # False: a program (its weights are in the file; inference only)
+    path: bool = False  # its rest is a file or folder (a path or URI): made absolute, and named by its bytes alone
+    reads_columns: bool = False  # True: a ``ColumnModel``, called with the split's raw columns (models/columns.py)
 
     def __call__(self, *args: object) -> nn.Module:
         return self.build(*args)
@@ -84,20 +99,27 @@ def _source(name: str) -> tuple[Source, str]:
     return SOURCES[kind], rest
 
 
-PATH_SOURCES = ("hf", "torchscript", "export")  # whose rest is a file or folder: a path or URI
+HF_SOURCES = ("hf", "hf-config")  # a Hugging Face folder: its weights, or its config alone
 
 
 def absolute(name: str) -> str:
-    """``name`` with a local path made absolute (Ray workers do not share the driver's working directory)."""
+    """``name`` with a local path made absolute (Ray workers do not share the driver's working directory), and a
+    Hugging Face folder named by its package or Hub id made the local folder it is here."""
     kind, rest = split(name)
-    return f"{kind}:{storage.absolute(rest)}" if kind in PATH_SOURCES and rest else name
+    if kind in HF_SOURCES and rest:
+        rest = _hf_where(rest)
+    return f"{kind}:{storage.absolute(rest)}" if _is_path(kind) and rest else name
 
 
 def located(name: str) -> str:
     """``name`` as an identity holds it: a file or folder source without its location (the hash of its bytes,
     ``identity``, stands for it), so a program moved or copied unchanged keeps its keys."""
     kind, _ = split(name)
-    return f"{kind}:" if kind in PATH_SOURCES else name
+    return f"{kind}:" if _is_path(kind) else name
+
+
+def _is_path(kind: str) -> bool:
+    return kind in SOURCES and SOURCES[kind].path
 
 
 def check(name: str, code: Iterable[str] = ()) -> None:
@@ -117,16 +139,57 @@ def trainable(name: str) -> bool:
     return _source(name)[0].trainable
 
 
+def reads_columns(name: str) -> bool:
+    """Whether ``name`` reads the split's raw columns (a booster) rather than the input kind's tensors."""
+    kind, _ = split(name)
+    return kind in SOURCES and SOURCES[kind].reads_columns
+
+
 def own_weights(name: str) -> str | None:
-    """The URI that holds the weights of a model that carries them (a program file), else None (also for a
-    name of no known source: ``check`` says what is wrong with it)."""
+    """The URI that holds the weights of a model that carries them (a program file; a local path made absolute,
+    as ``absolute`` makes the name the model is built from, so that ``load_weights`` knows the program's own
+    file), else None (also for a name of no known source: ``check`` says what is wrong with it)."""
     kind, rest = split(name)
-    return rest if kind in SOURCES and not SOURCES[kind].trainable else None
+    return storage.absolute(rest) if kind in SOURCES and not SOURCES[kind].trainable else None
+
+
+OWN = "own"  # ``weights: own``: a Hugging Face folder's own weights, a classifier that labels as it is (no stage 0)
+HF_WEIGHTS = "model.safetensors"  # what save_pretrained writes a folder's weights to
 
 
 def given_weights(weights: str | None, name: str) -> str | None:
-    """A model's weights as its job gives them: ``weights``, else a program's own; None: it is to be trained."""
+    """A model's weights as its job gives them: ``weights`` (``own``: its folder's), else a program's own; None:
+    it is to be trained."""
+    if weights == OWN:
+        kind, rest = split(name)
+        return _own_file(rest) if kind == "hf" else None  # another source has none (``check_own`` says so)
     return weights or own_weights(name)
+
+
+def _own_file(rest: str) -> str:
+    """The weights file of the Hugging Face folder ``rest``, as ``weights: own`` names it."""
+    return storage.join(storage.absolute(_hf_where(rest)), HF_WEIGHTS)
+
+
+def check_own(name: str, num_classes: int) -> None:
+    """A ``SourceError`` unless ``name`` is an ``hf:`` folder that holds a classifier of ``num_classes`` classes
+    with its weights: what ``weights: own`` labels with as it is (a folder without one would get a random head)."""
+    kind, rest = split(name)
+    if kind != "hf":
+        raise SourceError(f"'{OWN}' names the weights in an hf: folder; '{name}' has none of its own")
+    folder = _hf_where(rest)
+    config = json.loads(storage.read_bytes(storage.join(folder, "config.json")))
+    heads = [a for a in config.get("architectures") or [] if a.endswith(CLASSIFIERS)]
+    classes = len(config.get("id2label") or {}) or config.get("num_labels")
+    if not heads or classes != num_classes or not storage.exists(storage.join(folder, HF_WEIGHTS)):
+        raise SourceError(
+            f"{rest}: '{OWN}' needs a folder that holds a classifier of the data's {num_classes} classes and its "
+            f"{HF_WEIGHTS} (its config.json names {config.get('architectures')} with {classes} labels); leave "
+            "'weights' out to train one from the folder's weights"
+        )
+
+
+CLASSIFIERS = ("ForSequenceClassification", "ForImageClassification")
 
 
 def identity(name: str, code: Iterable[str] = ()) -> str | None:
@@ -217,11 +280,53 @@ def _folder_files(uri: str) -> list[str]:
     return files
 
 
-_HF_FOLDERS: dict[str, str] = {}  # URI -> local copy, per process
+PACKAGE = "package:"  # hf:package:<module>/<folder>: a folder inside an installed Python package
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")  # hf:<org>/<name>[@<revision>]
+_HF_FOLDERS: dict[str, str] = {}  # URI or Hub id -> local folder, per process
+
+
+def _package_folder(rest: str) -> str:
+    """The path of ``package:<module>/<folder>`` in this environment (site-packages differs per venv), found
+    through ``importlib.resources``."""
+    module, _, inner = rest.removeprefix(PACKAGE).partition("/")
+    try:
+        found = importlib.util.find_spec(module) if module else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise SourceError(f"'{rest}': no installed package '{module}' (pip install the package that provides it)")
+    return str(importlib.resources.files(module).joinpath(inner))
+
+
+def _hub_folder(rest: str) -> str:
+    """The Hub model ``<id>[@<revision>]``, downloaded once into the Hugging Face cache (``huggingface_hub``);
+    a ``SourceError`` naming the id when it cannot be had (offline, unknown id, no access)."""
+    if rest not in _HF_FOLDERS:
+        hub = _extra("huggingface_hub", "hf")
+        repo, _, revision = rest.partition("@")
+        try:
+            _HF_FOLDERS[rest] = hub.snapshot_download(repo, revision=revision or None)
+        except Exception as e:  # noqa: BLE001 - offline, no such repository, gated: each means the same here
+            raise SourceError(
+                f"'{rest}' is no folder here, and as a Hugging Face Hub id it could not be downloaded "
+                f"({first_line(e)}); offline, save the model with save_pretrained and name its folder"
+            ) from None
+    return _HF_FOLDERS[rest]
+
+
+def _hf_where(rest: str) -> str:
+    """Where the folder of ``hf:<rest>`` is: a package's folder or a Hub id resolved to a local one, else
+    ``rest`` (a path or URI)."""
+    if rest.startswith(PACKAGE):
+        return _package_folder(rest)
+    if not storage.is_remote(rest) and not Path(rest).exists() and HUB_ID.fullmatch(rest):
+        return _hub_folder(rest)
+    return rest
 
 
 def _hf_local(uri: str) -> str:
     """A local folder with the files of the Hugging Face folder at ``uri`` (copied once per process if remote)."""
+    uri = _hf_where(uri)
     if not storage.is_remote(uri):
         return storage.absolute(uri)
     if uri not in _HF_FOLDERS:
@@ -234,7 +339,7 @@ def _hf_local(uri: str) -> str:
 
 def _hf_check(rest: str, code: tuple[str, ...]) -> None:
     _extra("transformers", "hf")
-    config = storage.join(rest, "config.json")
+    config = storage.join(_hf_where(rest), "config.json")
     if not storage.exists(config):
         raise SourceError(f"{rest}: no config.json (expected a folder written by save_pretrained)")
     try:
@@ -254,19 +359,90 @@ class HFClassifier(nn.Module):
         return self.model(pixel_values=x).logits
 
 
-def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:
+class HFTextClassifier(nn.Module):
+    """A transformers text classifier as a plain module: a text input's token ids in (the tokenizer's ids + 1, 0
+    padding: ``data/tokenizer.py``), the logits out; padding is masked from attention."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.long()
+        real = tokens != PAD
+        return self.model(input_ids=(tokens - 1).clamp(min=0), attention_mask=real.long()).logits
+
+
+def _hf_config(rest: str, kwargs: dict):
+    """The folder's config with ``kwargs`` applied; a ``SourceError`` when the folder holds no model config."""
     transformers = _extra("transformers", "hf")
     local = _hf_local(rest)
     try:  # the folder's own config, before the kwargs are applied: whether the folder is a model at all
         transformers.AutoConfig.from_pretrained(local)
     except Exception as e:  # noqa: BLE001 - a bad config.json raises what its contents make it raise
         raise SourceError(f"{rest}: not a save_pretrained model folder that loads: {first_line(e)}") from None
-    model = transformers.AutoModelForImageClassification.from_pretrained(local, **kwargs)
-    return HFClassifier(model)
+    return transformers.AutoConfig.from_pretrained(local, **kwargs)
+
+
+def _hf_model(rest: str, num_classes: int, kwargs: dict, pretrained: bool) -> nn.Module:
+    """An image classifier, or a text classifier when the input is text (its kwargs hold the tokenizer's
+    ``vocab_size``, ``TextInput.model_kwargs``), from the folder's weights or (``pretrained`` False) from its
+    config alone, with random weights; ``kwargs`` set the config's fields."""
+    transformers = _extra("transformers", "hf")
+    transformers.logging.set_verbosity_error()  # its load reports and progress bars: the console is distkd's
+    transformers.logging.disable_progress_bar()
+    kwargs = dict(kwargs)
+    vocab = kwargs.pop("vocab_size", None)  # ids the model sees: its tokenizer's + 1 (0 is padding)
+    if vocab is None:
+        auto, wrapper = transformers.AutoModelForImageClassification, HFClassifier
+    else:
+        auto, wrapper = transformers.AutoModelForSequenceClassification, HFTextClassifier
+    if vocab is not None or not pretrained:  # a pretrained image classifier keeps its head, as it always has
+        kwargs["num_labels"] = num_classes
+    config = _hf_config(rest, kwargs)
+    if not pretrained:
+        if vocab is not None:
+            config.vocab_size = vocab - 1  # a model from a config alone embeds exactly its tokenizer's ids
+        return wrapper(auto.from_config(config))
+    if vocab is not None and config.vocab_size < vocab - 1:
+        raise SourceError(
+            f"{rest}: the model embeds {config.vocab_size} token ids, fewer than its tokenizer's {vocab - 1}"
+        )
+    model = wrapper(auto.from_pretrained(_hf_local(rest), config=config))
+    model.weights_uri = _own_file(rest)  # holds its folder's weights: what ``weights: own`` loads (load_weights)
+    return model
+
+
+def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:
+    return _hf_model(rest, num_classes, kwargs, pretrained=True)
+
+
+def _hf_from_config(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+    return _hf_model(rest, num_classes, kwargs, pretrained=False)
 
 
 def _hf_identity(rest: str, code: tuple[str, ...]) -> str:
-    return _files_sha256((f.rsplit("/", 1)[-1], storage.read_bytes(f)) for f in _folder_files(rest))
+    files = _folder_files(_hf_where(rest))
+    return _files_sha256((f.rsplit("/", 1)[-1], storage.read_bytes(f)) for f in files)
+
+
+def _hf_config_identity(rest: str, code: tuple[str, ...]) -> str:
+    """A model from a config alone is its config and its tokenizer, never the folder's weights."""
+    named = ((f.rsplit("/", 1)[-1], f) for f in _folder_files(_hf_where(rest)))
+    return _files_sha256((name, storage.read_bytes(f)) for name, f in named if name in HF_CONFIG_FILES)
+
+
+HF_CONFIG_FILES = ("config.json", TOKENIZER_FILE)
+
+
+def own_tokenizer(name: str) -> str | None:
+    """The folder whose tokenizer the model ``name`` reads a text with (a Hugging Face folder that holds one:
+    ``tokenizer.json``), or None: it reads with the job's (``data.tokenizer``)."""
+    kind, rest = split(name)
+    if kind not in HF_SOURCES or not rest:
+        return None
+    folder = _hf_where(rest)
+    return folder if storage.exists(storage.join(folder, TOKENIZER_FILE)) else None
 
 
 class Program(nn.Module):
@@ -319,6 +495,30 @@ def _exported(rest: str, num_classes: int, in_channels: int, image_size: int, kw
 
 def _program_identity(rest: str, code: tuple[str, ...]) -> str:
     return "sha256:" + _sha256(storage.read_bytes(rest))
+
+
+def _booster(kind: str) -> Source:
+    """The source of ``<kind>:<file>`` boosters (``BOOSTERS[kind]``): a program that reads the raw columns, checked
+    for its library and pandas (the ``<kind>`` extra) and refused unless it scores ``num_classes``."""
+
+    def check(rest: str, code: tuple[str, ...]) -> None:
+        for module in (kind, "pandas"):
+            _extra(module, kind)
+        _program_check(rest, code)
+
+    def build(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
+        check(rest, code)
+        try:
+            model = BOOSTERS[kind](storage.read_bytes(rest), rest)
+        except BoosterError as e:
+            raise SourceError(f"{rest}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a booster library raises many kinds on a file of another kind
+            raise SourceError(f"{rest}: not a {kind} model file (save_model): {first_line(e)}") from None
+        if model.classes != num_classes:
+            raise SourceError(f"{rest}: a booster for {model.classes} classes; the data has {num_classes}")
+        return model
+
+    return Source(build, check, _program_identity, trainable=False, reads_columns=True, path=True)
 
 
 def on_path(code: Iterable[str]) -> None:
@@ -393,7 +593,10 @@ def _import_identity(rest: str, code: tuple[str, ...]) -> str | None:
 SOURCES.register(BUILTIN)(Source(_builtin, _builtin_check))
 SOURCES.register("torchvision")(Source(_torchvision, _torchvision_check, lambda rest, code: _torchvision_version()))
 SOURCES.register("timm")(Source(_timm, _timm_check, lambda rest, code: _version("timm", "timm")))
-SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity))
-SOURCES.register("torchscript")(Source(_torchscript, _program_check, _program_identity, trainable=False))
-SOURCES.register("export")(Source(_exported, _program_check, _program_identity, trainable=False))
+SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity, path=True))
+SOURCES.register("hf-config")(Source(_hf_from_config, _hf_check, _hf_config_identity, path=True))
+SOURCES.register("torchscript")(Source(_torchscript, _program_check, _program_identity, trainable=False, path=True))
+SOURCES.register("export")(Source(_exported, _program_check, _program_identity, trainable=False, path=True))
 SOURCES.register("import")(Source(_imported, _import_check, _import_identity))
+SOURCES.register("lightgbm")(_booster("lightgbm"))
+SOURCES.register("xgboost")(_booster("xgboost"))

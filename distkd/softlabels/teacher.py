@@ -15,6 +15,7 @@ from distkd.data.transforms import PAD, crop_flip
 from distkd.labels.formats import Format, fixed_list
 from distkd.labels.views import PARAMS, view_params
 from distkd.models import placed
+from distkd.models.columns import ColumnModel, model_input
 from distkd.specs import Weights
 
 
@@ -41,30 +42,32 @@ class TeacherPredictor:
     @functools.cached_property
     def model(self) -> torch.nn.Module:
         """Loaded at the first batch, not in the constructor: an error there (weights that changed since the
-        job hashed them) reaches the driver as the error itself, not as the text of a dead actor."""
+        job hashed them) reaches the driver as the error itself, not as the text of a dead actor. ``compile``
+        applies to PyTorch teachers: a booster (a ``ColumnModel``) runs as its library runs it."""
         model = placed(self.weights.load(), self.device).eval()
-        return torch.compile(model) if self.compile else model
+        return torch.compile(model) if self.compile and not isinstance(model, ColumnModel) else model
 
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray | torch.Tensor]) -> pa.Table:
         """``batch``: the ids and the input kind's columns (``prepare``'s), NumPy arrays or tensors (already on
         the device, from ``on_device``)."""
-        prepared = {name: torch.as_tensor(batch[name]) for name in self.inputs.columns}
         rows = len(batch["id"])
         columns = {"id": pa.array(batch["id"], pa.string())}
         if self.views:
             params = torch.from_numpy(view_params(list(batch["id"]), self.views, PAD, self.view_seed))
-            images = prepared["image"]
+            images = torch.as_tensor(batch["image"])
             views = [self.logits({"image": crop_flip(images, params[:, v])}) for v in range(self.views)]
             logits = torch.stack(views, dim=1)
             columns["views"] = fixed_list(params.reshape(rows, self.views * PARAMS).numpy(), pa.int16())
         else:  # [N, 1, C] of one class a row, [N, L, V] of a language model: its positions where views would be
-            logits = self.logits(prepared)
+            logits = self.logits(batch)
             logits = logits.reshape(rows, -1, logits.shape[-1])
         return pa.table({**columns, **self.fmt.columns(logits)})
 
-    def logits(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = self.inputs.model_input(prepared, self.device)
+    def logits(self, batch: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """The teacher's logits for ``batch``: the kind's prepared columns (and the raw ones, which a
+        ``ColumnModel`` reads)."""
+        x = model_input(self.model, self.inputs, batch, self.device)
         with torch.autocast(
             self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         ):

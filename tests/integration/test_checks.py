@@ -112,9 +112,9 @@ def refused(path: Path, capsys) -> str:
             {"labels": [0, 1, 2, 3, -1, 1, 2, 3]},
             None,
             {"data__num_classes": 4},
-            "train-0.parquet: row id 'train/4': label -1 is outside [0, 4)",
+            "train-0.parquet: row id 'train/4': label -1 is negative",
         ),
-        ({"labels": [0, 1, 2, None, 0, 1, 2, 3]}, None, {}, "train-0.parquet: row id 'train/3': no label"),
+        (None, {"labels": [0, 1, None, 2]}, {}, "test-0.parquet: row id 'test/2': no label"),  # evaluated: labelled
         (
             {"ids": list(range(8)), "types": {"id": pa.int64()}},
             None,

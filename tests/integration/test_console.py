@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tqdm import tqdm
 
 from distkd import config, console
 from distkd.evaluate.report import write_report
@@ -34,6 +35,16 @@ def test_progress_becomes_plain_lines_when_stdout_is_not_a_terminal(monkeypatch)
     assert "\r" not in out.getvalue() and len(lines) == len(set(lines))
     assert re.fullmatch(r"\[teacher\] 500/500 rows 100%, [\d.]+ rows/s, ETA 00:00", lines[-1])
     assert len(lines) <= 6  # at most one line per count of rows done
+
+
+def test_plain_lines_stay_plain_beside_a_bar_left_open(monkeypatch):
+    """A bar that an earlier generator left open (a progress abandoned part-way, closed only when collected) must
+    not shift the next one's lines: tqdm would give it position 1 and write cursor moves into the log."""
+    left_open = tqdm(total=1, file=io.StringIO())
+    try:
+        test_progress_becomes_plain_lines_when_stdout_is_not_a_terminal(monkeypatch)
+    finally:
+        left_open.close()
 
 
 def test_epoch_line_shows_loss_parts_accuracy_and_speed():
@@ -71,11 +82,12 @@ def test_report_shows_training_settings_cost_and_curves(tmp_path):
         "views": 2,
         "label_rows_per_second": 2400.0,
     }
+    models[2]["trained_rows"] = {"labelled": 1200, "unlabelled": 300}  # rows without labels: issue 33
     paths = write_report(tmp_path, models)
     assert paths["training_curves.png"].read_bytes().startswith(b"\x89PNG")
     md = paths["report.md"].read_text()
-    assert "| tiny distilled | 3 | 0.5 | 4 | dense float16 | 2 | 2.40K | 12.0 | 36 s |" in md
-    assert "| resnet teacher | 3 |  |  |  |  |  | 10.0 | 30 s |" in md
+    assert "| tiny distilled | 3 | 1,200 | 300 | 0.5 | 4 | dense float16 | 2 | 2.40K | 12.0 | 36 s |" in md
+    assert "| resnet teacher | 3 |  |  |  |  |  |  |  | 10.0 | 30 s |" in md
     assert 'alt="training_curves.png"' in paths["report.html"].read_text()
 
 

@@ -1,13 +1,16 @@
 """Models that shrink the image to 1x1 before a BatchNorm layer train as they do elsewhere (issue 34 item 1): no
 training step hands a worker one row, on 1 and 2 workers, held in memory and streamed. Each case is sized so that
 an epoch would end in a batch of one row without the fold (BatchNorm raises "Expected more than 1 value per
-channel when training" on it)."""
+channel when training" on it). The eight runs train two at once (test_training's way): the held cases one after
+another beside the streamed ones, at half a CPU a worker, so the session's 2 CPUs hold both runs' workers and a
+streamed run's read tasks wait at most for a held run, which needs no task once it trains."""
 
 from __future__ import annotations
 
 import io
 import json
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,24 +66,59 @@ MODELS = {  # the model, its kwargs, the data it shrinks to 1x1 and that data's 
 }
 
 
-@pytest.mark.parametrize("cache", ["memory", "stream"])
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("case", list(MODELS))
-def test_a_model_that_shrinks_images_to_1x1_trains_every_row_once(ray_cluster, request, tmp_path, case, workers, cache):
-    name, kwargs, dataset, settings = MODELS[case]
-    data = request.getfixturevalue(dataset)
+CACHES, WORKERS = ("memory", "stream"), (1, 2)
+Case = tuple[str, int, str]  # (MODELS key, workers, cache)
+
+
+def case_job(case: Case, data: Path, store: Path) -> Job:
+    name, kwargs, _, settings = MODELS[case[0]]
+    workers, cache = case[1:]
     raw = {
         "name": "one-row-tails",
-        "store": str(tmp_path / "store"),
+        "store": str(store),
         "data": {"uri": str(data), "limit": ROWS, "val_limit": 32, "cache": cache, **settings},
         "teacher": {"name": name, "kwargs": kwargs, "train": {"epochs": 1, "batch_size": BATCH, "augment": False}},
         "student": {"name": name, "kwargs": kwargs, "train": {"augment": False}},  # LeNet-5 needs larger images
-        "resources": {"num_workers": workers, "cpus_per_worker": 1, "max_failures": 0},
+        "resources": {"num_workers": workers, "cpus_per_worker": 0.5, "max_failures": 0},
     }
-    job = Job.prepare(config.parse(raw, "<one-row tails>"))  # no longer refused before Ray
-    run = job.teacher_run()
-    teacher_weights(run)
-    (epoch,) = json.loads((Path(run.uri) / "history.json").read_text())
+    return Job.prepare(config.parse(raw, "<one-row tails>"))  # no longer refused before Ray
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, request, tmp_path_factory) -> dict[Case, tuple[Job, list[dict]] | Exception]:
+    """Each selected case's job and its teacher's history, or the error its training raised; the held cases train one
+    after another in one thread, the streamed ones in another."""
+    cases = [
+        tuple(item.callspec.params[name] for name in ("case", "workers", "cache"))
+        for item in request.session.items
+        if item.module is request.module and "trained" in item.fixturenames
+    ]  # only those this session runs (`-k digits`: four)
+    jobs = {c: case_job(c, request.getfixturevalue(MODELS[c[0]][2]), tmp_path_factory.mktemp("store")) for c in cases}
+
+    def train(lane: list[Case]) -> dict[Case, tuple[Job, list[dict]] | Exception]:
+        outcomes = {}
+        for c in lane:
+            try:
+                run = jobs[c].teacher_run()
+                teacher_weights(run)
+                outcomes[c] = jobs[c], json.loads((Path(run.uri) / "history.json").read_text())
+            except Exception as error:  # noqa: BLE001 - raised by the case's own test
+                outcomes[c] = error
+        return outcomes
+
+    with ThreadPoolExecutor(len(CACHES)) as pool:
+        lanes = pool.map(train, ([c for c in cases if c[2] == cache] for cache in CACHES))
+        return {c: outcome for lane in lanes for c, outcome in lane.items()}
+
+
+@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("workers", WORKERS)
+@pytest.mark.parametrize("case", list(MODELS))
+def test_a_model_that_shrinks_images_to_1x1_trains_every_row_once(trained, case, workers, cache):
+    outcome = trained[case, workers, cache]
+    if isinstance(outcome, Exception):
+        raise outcome
+    job, (epoch,) = outcome
     ids = job.train.read_table(["id"])["id"].to_pylist()
     assert len(ids) == ROWS and epoch["samples"] == ROWS
     assert epoch["id_checksum"] == sum(zlib.crc32(i.encode()) for i in ids)  # every row once

@@ -81,7 +81,12 @@ def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
     ds = streaming.stream(job.train, ["id", "label", "teacher_logits"], job.inputs, one_entry(entry))
     position = {i: n for n, i in enumerate(job.train.read_table(["id"])["id"].to_pylist())}
     rows = ds.map_batches(
-        lambda b: {"id": b["id"], "row": [position[i] for i in b["id"]], "logits": b["teacher_logits"]},
+        lambda b: {
+            "id": b["id"],
+            "row": [position[i] for i in b["id"]],
+            "label": b["label"],
+            "logits": b["teacher_logits"],
+        },
         batch_format="numpy",
     )
     train, shuffle = job.config.student.train, job.config.data.shuffle_buffer
@@ -89,7 +94,7 @@ def test_stream_gives_every_id_once_per_epoch_in_a_new_order(labelled):
     epochs = [
         [
             int(r)
-            for _, batch, _ in StreamedBatches(iterator, train.batch_size, shuffle, "cpu").epoch(epoch)
+            for _, batch, *_ in StreamedBatches(iterator, train.batch_size, shuffle, "cpu").epoch(epoch)
             for r in batch["row"]
         ]
         for epoch in range(2)

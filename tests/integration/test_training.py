@@ -29,6 +29,7 @@ from distkd.specs import ModelSpec
 
 ROWS = 200
 TWO_WORKERS = {"num_workers": 2, "max_failures": 0}  # a hang fails the run (``time_limit``) instead of restarting it
+STREAMED_ROWS, STREAMED_LR = ROWS - 1, 0.05  # the streamed 2-worker run: an odd row count, its own learning rate
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def train(
     single worker gets them all)."""
     job, rows, val = data
     if streamed:
-        split = Split.open(job.config.data.uri, "train", limit=streamed)
+        split = dataclasses.replace(job.train, limit=streamed)
         # in 8 blocks by default, so that both workers get some (the stream's blocks are a unit's rows: one here)
         rows = streaming.stream(split, ["id", "image", "label"], job.inputs).repartition(blocks)
     if val_blocks:
@@ -153,36 +154,60 @@ def resnet9(data) -> ModelSpec:
     return dataclasses.replace(data[0].student, name="resnet9", kwargs={"width": 4})
 
 
-def test_batchnorm_model_on_two_workers_finishes_with_validation_rows_on_one(data, tmp_path):
-    with time_limit(600, "a 2-worker ResNet-9 training"):
-        history = train(data, tmp_path / "run", epochs=1, model=resnet9(data), val_blocks=1, **TWO_WORKERS)
+@pytest.fixture(scope="module")
+def batchnorm_runs(data, tmp_path_factory) -> dict[str, list[dict] | Exception]:
+    """The two 2-worker ResNet-9 runs of the next two tests, trained at once (each worker half a CPU: both runs'
+    workers fit the session's 2 CPUs; the held run needs no read task once it trains, so the streamed run's reads
+    wait for it at most): each run's history, or the error it raised. A hang in one kills both runs' workers."""
+    runs = {
+        "held": {"epochs": 1},
+        # 3 blocks of 66-67 rows over 2 workers: shares of 2 blocks and 1 (or 3 and 0), so an epoch takes 9 (or 13)
+        # steps of 16 rows a worker, not the 7 that equal shares would; a schedule on steps reached its floor
+        # early. Each worker reads its own share of an odd row count, which Ray Train's equal split would cut short
+        # by a row.
+        "streamed": {"lr": STREAMED_LR, "streamed": STREAMED_ROWS, "blocks": 3},
+    }
+
+    def run(name: str) -> list[dict] | Exception:
+        try:
+            with time_limit(600, f"a {name} 2-worker ResNet-9 training"):
+                return train(
+                    data,
+                    tmp_path_factory.mktemp(name),
+                    model=resnet9(data),
+                    val_blocks=1,
+                    cpus_per_worker=0.5,
+                    **runs[name],
+                    **TWO_WORKERS,
+                )
+        except Exception as error:  # noqa: BLE001 - raised by the run's own test
+            return error
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return dict(zip(runs, pool.map(run, runs)))
+
+
+def history_of(outcome: list[dict] | Exception) -> list[dict]:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def test_batchnorm_model_on_two_workers_finishes_with_validation_rows_on_one(data, batchnorm_runs):
+    history = history_of(batchnorm_runs["held"])
     assert [e["epoch"] for e in history] == [1]
     every_id_once(history, ROWS, 2, data)
     assert all(w["samples"] > 0 for w in history[0]["workers"])
 
 
-def test_streamed_batchnorm_model_on_uneven_shares_finishes_and_its_schedule_ends_with_the_last_row(data, tmp_path):
-    # 3 blocks of 66-67 rows over 2 workers: shares of 2 blocks and 1 (or 3 and 0), so an epoch takes 9 (or 13)
-    # steps of 16 rows a worker, not the 7 that equal shares would; a schedule on steps reached its floor early.
-    # Each worker reads its own share of an odd row count, which Ray Train's equal split would cut short by a row
-    # (half a CPU per worker leaves one for the read tasks).
-    lr, rows = 0.05, ROWS - 1
-    with time_limit(600, "a streamed 2-worker ResNet-9 training"):
-        history = train(
-            data,
-            tmp_path / "run",
-            lr=lr,
-            streamed=rows,
-            blocks=3,
-            model=resnet9(data),
-            val_blocks=1,
-            cpus_per_worker=0.5,
-            **TWO_WORKERS,
-        )
+def test_streamed_batchnorm_model_on_uneven_shares_finishes_and_its_schedule_ends_with_the_last_row(
+    data, batchnorm_runs
+):
+    history = history_of(batchnorm_runs["streamed"])
     assert all(len({w["samples"] for w in e["workers"]}) == 2 for e in history)  # unequal shares
-    every_id_once(history, rows, 2, data)
+    every_id_once(history, STREAMED_ROWS, 2, data)
     assert [e["lr"] for e in history] == pytest.approx(
-        [lr * SCHEDULES["one_cycle"](0.5), lr * SCHEDULES["one_cycle"](1.0)]
+        [STREAMED_LR * SCHEDULES["one_cycle"](0.5), STREAMED_LR * SCHEDULES["one_cycle"](1.0)]
     )
 
 

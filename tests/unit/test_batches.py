@@ -32,7 +32,7 @@ def blocks(order: list[int]) -> list[dict[str, np.ndarray]]:
 
 def epoch(held: HeldBatches, seed: int) -> list[tuple[list[int], int]]:
     steps = []
-    for ids, batch, step_rows in held.epoch(seed):
+    for ids, batch, step_rows, _ in held.epoch(seed):
         assert list(batch["label"].numpy()) == [i % 10 for i in ids]  # the columns follow their ids
         steps.append((list(ids), step_rows))
     return steps
@@ -67,7 +67,7 @@ def test_streamed_worker_reads_its_share_in_batches_of_its_size_and_steps_until_
                 yield {"id": ids[start : start + batch_size], "label": ids[start : start + batch_size] % 10}
 
     streamed = StreamedBatches(Stream(blocks([0, 1, 2])), 128, 1000, "cpu")
-    steps = [(len(ids), rows) for ids, _, rows in streamed.epoch(0)]
+    steps = [(len(ids), rows) for ids, _, rows, _ in streamed.epoch(0)]
     assert steps == [(128, 128), (128, 128), (44, 44)]  # one worker: its own rows are the step's
     assert len([1 for _ in streamed.epoch(1)]) == 3  # and again next epoch
 
@@ -83,7 +83,7 @@ def test_held_batches_split_each_step_by_id_hash(world):
 
 def shares(workers: list, seed: int = 0) -> list[list[tuple[list[int], int]]]:
     """Each worker's steps of one epoch: (its ids, the step's rows on all workers)."""
-    return [[(list(ids), rows) for ids, _, rows in w.epoch(seed)] for w in workers]
+    return [[(list(ids), rows) for ids, _, rows, _ in w.epoch(seed)] for w in workers]
 
 
 def trained_once_never_alone(steps: list[list[tuple[list[int], int]]], ids: list[int]) -> None:

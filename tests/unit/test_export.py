@@ -54,9 +54,11 @@ def test_each_format_reloads_and_matches(tmp_path, cifar10, fmt):
 
 
 def test_refused_above_the_tolerance(tmp_path, cifar10):
+    """The check is the same for every format: the cheapest shows it (an ONNX program is checked on onnx's pure-Python
+    reference evaluator when ONNX Runtime is not installed, seconds for one batch)."""
     run, _ = run_folder(tmp_path, cifar10)
     with pytest.raises(export.ExportError, match="more than the tolerance -1; nothing was written"):
-        export.export(run, "onnx" if importlib.util.find_spec("onnx") else "export", tolerance=-1.0)
+        export.export(run, "torchscript", tolerance=-1.0)
     assert not list(Path(run).glob("export-*.json"))
 
 

@@ -102,6 +102,19 @@ def hf_folder(config: str) -> Callable[[Path], dict]:
     return make
 
 
+def hf_bert(tmp_path: Path) -> dict:
+    from tests.hf_text import tiny_bert
+
+    return {"teacher.name": f"hf:{tiny_bert(tmp_path / 'bert')}", "teacher.weights": "own"}  # no classifier head
+
+
+def hf_bert_broken_tokenizer(tmp_path: Path) -> dict:
+    from tests.hf_text import tiny_bert
+
+    (tiny_bert(tmp_path / "bert") / "tokenizer.json").write_text("{not json")
+    return {"teacher.name": f"hf:{tmp_path / 'bert'}"}
+
+
 def exiting_module(code: int) -> Callable[[Path], dict]:
     def make(tmp_path: Path) -> dict:
         (tmp_path / "exits.py").write_text(f"import sys\nsys.exit({code})\n")
@@ -159,7 +172,7 @@ class Refusal:
 
     id: str
     changes: dict | Callable[[Path], dict]
-    expected: str  # a phrase of the message; {tmp} stands for the test's folder
+    expected: str  # a phrase of the message; {tmp} stands for the test's folder, {images} for the image data's
     data: str = "image"  # or "text": the job it changes
     extra: dict = field(default_factory=dict)  # more changes, beside a callable's
 
@@ -274,6 +287,39 @@ REFUSALS = [
         "key 'teacher.name': 'import:exits:Net': importing 'exits' called sys.exit(0)",
     ),
     Refusal("import-exits-3", exiting_module(3), "importing 'exits' called sys.exit(3)"),
+    # Issue 33: Hugging Face text models.
+    Refusal(
+        "offline-hub-id",
+        {"teacher.name": "hf:distkd-test/no-such-bert@main"},
+        "key 'teacher.name': 'distkd-test/no-such-bert@main' is no folder here, and as a Hugging Face Hub id it "
+        "could not be downloaded",
+        "text",
+    ),
+    Refusal(
+        "no-such-package",
+        {"teacher.name": "hf:package:distkd_no_such_package/model"},
+        "key 'teacher.name': 'package:distkd_no_such_package/model': no installed package 'distkd_no_such_package'",
+        "text",
+    ),
+    Refusal("max-length-of-images", {"student.max_length": 16}, "key 'student.max_length': 'max_length' cuts a text"),
+    Refusal(
+        "hf-tokenizer-that-does-not-load",
+        hf_bert_broken_tokenizer,
+        "key 'teacher.name': {tmp}/bert: no tokenizer that loads",
+        "text",
+    ),
+    Refusal(
+        "own-weights-of-a-builtin",
+        {"teacher.weights": "own"},
+        "key 'teacher.weights': 'own' names the weights in an hf: folder; 'text_cnn' has none",
+        "text",
+    ),
+    Refusal(
+        "own-weights-without-a-classifier",
+        hf_bert,
+        "key 'teacher.weights': {tmp}/bert: 'own' needs a folder that holds a classifier of the data's 5 classes",
+        "text",
+    ),
     # Issue 34: data.
     Refusal(
         "invalid-utf8",
@@ -412,6 +458,54 @@ REFUSALS = [
         "class(es) 0 never occur",
         extra={"data.num_classes": None},
     ),
+    # Issue 33 item 3: rows without labels train the distilled student alone, and are never evaluated.
+    Refusal(
+        "unlabelled-split",
+        changed_split("image", "train", label=train_rows([None] * TRAIN, pa.int64())),
+        "key 'data.train_split': split 'train' of {tmp}/data has no labelled row (its label column 'label' is all "
+        "null), but 'teacher', 'student' (its baseline or alpha 0) train on labelled rows alone",
+    ),
+    Refusal(
+        "no-labelled-rows",
+        {"data.labelled_rows": 0, "distill.baseline": False},
+        "has no labelled row ('data.labelled_rows' is 0), but 'teacher' trains on labelled rows alone; label some rows "
+        "(or raise 'data.labelled_rows')",
+    ),
+    Refusal(
+        "unlabelled-scratch-student",
+        {"data.labelled_rows": 0, "stages": ["distill"]},
+        "has no labelled row ('data.labelled_rows' is 0), but 'student' (its baseline or alpha 0) trains on",
+    ),
+    Refusal(
+        "unlabelled-test-row",
+        changed_split("image", "test", label=pa.array([i % 10 if i != 3 else None for i in range(TEST)], pa.int64())),
+        "test-0.parquet: row id 'test/3': no label (1 row(s) of split 'test', named by 'data.test_split', have none); "
+        "an evaluated split needs a label in every row",
+    ),
+    Refusal(
+        "unlabelled-rows-class-count",
+        {"data.labelled_rows": 0, "stages": ["softlabels"]},
+        "has no labelled row ('data.labelled_rows' is 0), but the class count ('data.num_classes' not set) comes "
+        "from its labels",
+        extra={"data.num_classes": None},
+    ),
+    Refusal(
+        "dkd-without-labels",
+        {"data.labelled_rows": 6, "distill.loss.name": "dkd"},
+        "key 'distill.loss': the 'dkd' loss reads each row's label, but {images}/train-0.parquet: row id "
+        "'train/frog/0000' has none (2 row(s) of split 'train' without one); use the 'hinton' or 'dist' loss",
+    ),
+    Refusal(
+        "labelled-rows-below-batch",
+        {"data.labelled_rows": 3},
+        "key 'teacher.train.batch_size': 3 labelled training rows over 1 worker(s) ('resources.num_workers') give 3",
+    ),
+    Refusal(
+        "negative-label",
+        changed_split("image", "train", label=train_rows([0, 1, 2, -1, 4, 5, 6, 7], pa.int64())),
+        "train-0.parquet: row id 'train/3': label -1 is negative (1 row(s) of split 'train'); labels are class "
+        "indices 0..C-1, and a row without a label holds null",
+    ),
     Refusal(
         "bad-image",
         changed_split("image", "train", image=train_rows([b"not an image"] * TRAIN, pa.binary())),
@@ -460,7 +554,7 @@ def refused(argv: list[str], capsys, ray_watch: RayWatch) -> str:
 def test_a_bad_job_input_is_refused_before_ray_starts(tmp_path, capsys, ray_watch, refusal):
     path = job_file(tmp_path, refusal)
     printed = refused(["plan", str(path)], capsys, ray_watch)
-    assert refusal.expected.replace("{tmp}", str(tmp_path)) in printed
+    assert refusal.expected.replace("{tmp}", str(tmp_path)).replace("{images}", DATA["image"]) in printed
     assert str(path) in printed  # the message names the job file
     assert SECRET not in printed
     assert not (tmp_path / "store").exists()

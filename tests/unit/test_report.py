@@ -121,11 +121,19 @@ def test_duplicate_names_rejected(tmp_path) -> None:
         write_report(tmp_path, models)
 
 
-def test_costs_measured_on_a_gpu_get_their_own_columns(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def gpu_report_without_baseline(tmp_path_factory) -> dict:
+    """A report whose costs were also measured on a GPU and whose distilled student has no baseline: two tests'
+    cases in one report (each report draws its plots, seconds of matplotlib)."""
     models = make_models()
     for i, m in enumerate(models):
         m["cost_gpu"] = {**m["cost"], "latency_ms": 0.25 + i, "throughput": 9_000_000.0, "device": "cuda"}
-    md = write_report(tmp_path, models, title="gpu")["report.md"].read_text()
+    del models[2]["baseline"]
+    return write_report(tmp_path_factory.mktemp("gpu"), models, title="gpu")
+
+
+def test_costs_measured_on_a_gpu_get_their_own_columns(gpu_report_without_baseline) -> None:
+    md = gpu_report_without_baseline["report.md"].read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
     assert header.endswith("| GPU latency ms (b=1) | GPU throughput/s |")
     assert next(line for line in md.splitlines() if line.startswith("| tiny scratch")).endswith("| 1.25 | 9.00M |")
@@ -147,10 +155,8 @@ def test_gain_over_the_baseline_in_markdown_and_html(report) -> None:
     assert f"<li>{line}</li>" in paths["report.html"].read_text()
 
 
-def test_no_gain_section_without_a_baseline(tmp_path) -> None:
-    models = make_models()
-    del models[2]["baseline"]
-    paths = write_report(tmp_path, models)
+def test_no_gain_section_without_a_baseline(gpu_report_without_baseline) -> None:
+    paths = gpu_report_without_baseline
     assert "Gain over the baseline" not in paths["report.md"].read_text() + paths["report.html"].read_text()
 
 

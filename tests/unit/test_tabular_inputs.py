@@ -38,10 +38,15 @@ def data(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def opened(folder: Path, label: str = "label", **data) -> Split:
+    """The training split of ``folder``, its input found as a job with ``data`` settings finds it."""
+    settings = config.DataConfig(uri=str(folder), label=label, **data)
+    return Split.open(str(folder), "train", find=inputs.finder(settings), label=label)
+
+
 def kind(data: Path, store: Path, **features) -> tabular.TabularInput:
-    settings = config.DataConfig(uri=str(data), features=config.FeaturesConfig(**features) if features else None)
-    split = Split.open(str(data), "train", features=settings.features and settings.features.columns())
-    return inputs.for_data(split, settings, str(store))
+    settings = config.DataConfig(uri=str(data), features=features or None)
+    return inputs.for_data(opened(data, features=features or None), settings, str(store))
 
 
 def test_vocabularies_and_statistics_are_the_hand_computed_ones(data: Path, tmp_path: Path) -> None:
@@ -83,8 +88,8 @@ def test_a_column_of_many_values_is_hashed_into_buckets(data: Path, tmp_path: Pa
 
 
 def test_every_other_column_is_a_feature_by_its_arrow_type(data: Path, tmp_path: Path) -> None:
-    split = Split.open(str(data), "train")  # no image or text column: tabular
-    assert (split.kind, split.features) == ("tabular", ("color", "size", "shop"))
+    split = opened(data)  # no image or text column: tabular
+    assert (split.input.kind, split.input.columns) == ("tabular", ("color", "size", "shop"))
     k = kind(data, tmp_path / "store")
     assert [c.name for c in k.statistics.categorical] == ["color"]
     assert [x.name for x in k.statistics.numeric] == ["size", "shop"]  # integers are numbers unless listed
@@ -114,9 +119,9 @@ def test_bad_columns_are_refused_naming_them(data: Path, tmp_path: Path) -> None
         kind(tmp_path / "nulls", store, categorical=["color"], numeric=["size"])
     write(tmp_path / "floats", "train", {"size": [1.0, 2.0]}, labels=pa.array([0.0, 1.0]))
     with pytest.raises(DataError, match="column 'label' holds double values; expected integer class indices"):
-        Split.open(str(tmp_path / "floats"), "train", features=("size",))
-    with pytest.raises(ValueError, match="color listed as both categorical and numeric"):
-        config.FeaturesConfig(categorical=["color"], numeric=["color"])
+        opened(tmp_path / "floats", features={"numeric": ["size"]})
+    with pytest.raises(ConfigError, match="key 'data.features': column.s. color listed as both categorical and"):
+        kind(data, store, categorical=["color"], numeric=["color"])
 
 
 def test_the_label_may_be_another_column(tmp_path: Path) -> None:
@@ -126,13 +131,13 @@ def test_the_label_may_be_another_column(tmp_path: Path) -> None:
     columns = {"id": ["a", "b", "c"], "label": ["x", "y", "x"], "shop": ["s", "t", "s"]}
     table = pa.table({**columns, "clicked": pa.array([1, 0, 1], pa.int64())})
     pq.write_table(table, folder / "train-0.parquet")
-    split = Split.open(str(folder), "train", features=(), label="clicked")
-    assert (split.features, split.identity()["label"]) == (("shop",), "clicked")
+    split = opened(folder, label="clicked", features={})
+    assert (split.input.columns, split.identity()["label"]) == (("shop",), "clicked")
     assert split.read_table(["id", "label"]).to_pydict() == {"id": ["a", "b", "c"], "label": [1, 0, 1]}
     (unit,) = split.units(10)
     assert unit.read().to_pydict() == {"id": ["a", "b", "c"], "shop": ["s", "t", "s"], "label": [1, 0, 1]}
     with pytest.raises(DataError, match="column 'label' cannot be an input while the label is column 'clicked'"):
-        Split.open(str(folder), "train", features=("label", "shop"), label="clicked")
+        opened(folder, label="clicked", features={"categorical": ["label", "shop"]})
     pq.write_table(table.set_column(3, "clicked", pa.array([1.0, 0.0, 1.0])), folder / "train-0.parquet")
     with pytest.raises(DataError, match="column 'clicked' holds double values; expected integer class indices"):
-        Split.open(str(folder), "train", features=(), label="clicked")
+        opened(folder, label="clicked", features={})

@@ -65,7 +65,7 @@ def job_config(data: Path, store: Path, teacher: str = "dcn_v2", **features) -> 
 
 
 def batch_of(data: Path, job: Job, split: str = "test") -> torch.Tensor:
-    table = job.evaluated.read_table(["id", *job.evaluated.features, "label"]).to_pydict()
+    table = job.evaluated.read_table(["id", *job.evaluated.input.columns, "label"]).to_pydict()
     prepared = job.inputs.prepare({k: np.array(v, dtype=object) for k, v in table.items()})
     return job.inputs.model_input({"features": torch.from_numpy(prepared["features"])}, torch.device("cpu"))
 

@@ -45,9 +45,9 @@ def test_a_language_models_hard_term_and_accuracy_are_over_real_tokens_alone():
     targets = torch.tensor([[0, 2], [2, IGNORE]])
     real = [(0, 0, 0), (0, 1, 2), (1, 0, 2)]
     by_hand = sum(-math.log(math.exp(logits[n, i, y]) / sum(map(math.exp, logits[n, i].tolist()))) for n, i, y in real)
-    by_hand /= len(real)
-    assert LM.hard(logits, targets).item() == pytest.approx(by_hand)
-    assert LM.loss(None, logits, targets, None, 0).item() == pytest.approx(by_hand)  # a baseline: the hard term
+    assert LM.hard(logits, targets).item() == pytest.approx(by_hand)  # summed over real tokens (``Terms``)
+    assert [int(u) for u in LM.units(targets).sum(dim=0)] == [3, 3]
+    assert LM.loss(None, logits, targets, None, 0).item() == pytest.approx(by_hand / 3)  # a baseline: the hard term
     assert [int(x) for x in LM.hits(logits, targets)] == [2, 3]  # the padded position's argmax is not counted
     assert [int(x) for x in CLASSIFICATION.hits(logits[:, 0], torch.tensor([0, 1]))] == [1, 2]
 

@@ -79,17 +79,22 @@ def job_config(data: Path, store: Path, **changes) -> config.JobConfig:
     return config.parse(raw, "job.yaml")
 
 
+def opened(folder: Path, **data) -> Split:
+    """The training split of ``folder``, its input found as a job with ``data`` settings finds it."""
+    return Split.open(str(folder), "train", find=inputs.finder(config.DataConfig(uri=str(folder), **data)))
+
+
 def test_the_input_kind_comes_from_the_schema(data: Path, tmp_path: Path) -> None:
-    assert (Split.open(str(data), "train").column, Split.open(str(data), "train").kind) == ("text", "text")
+    assert (opened(data).input.columns, opened(data).input.kind) == (("text",), "text")
     write(tmp_path / "other", "train", [review(i) for i in range(4)], column="review")
-    named = Split.open(str(tmp_path / "other"), "train", column="review")
-    assert (named.column, named.kind) == ("review", "text")
+    named = opened(tmp_path / "other", input_column="review")
+    assert (named.input.columns, named.input.kind) == (("review",), "text")
     assert named.identity()["input_column"] == "review"  # another column is other data
-    tabular = Split.open(str(tmp_path / "other"), "train")  # no image or text column: every other is a feature
-    assert (tabular.kind, tabular.features) == ("tabular", ("review", "department"))
+    tabular = opened(tmp_path / "other")  # no image or text column: every other is a feature
+    assert (tabular.input.kind, tabular.input.columns) == ("tabular", ("review", "department"))
     write(tmp_path / "ints", "train", [review(0)], extra={"stars": pa.array([3])})
     with pytest.raises(DataError, match="input column 'stars' holds int64 values; expected encoded image bytes"):
-        Split.open(str(tmp_path / "ints"), "train", column="stars")
+        opened(tmp_path / "ints", input_column="stars")
 
 
 def test_an_image_split_keeps_its_identity(tmp_path: Path) -> None:
@@ -99,8 +104,9 @@ def test_an_image_split_keeps_its_identity(tmp_path: Path) -> None:
     pq.write_table(
         pa.table({"id": ["a"], "image": pa.array([b"x"], pa.binary()), "label": [0]}), folder / "train-0.parquet"
     )
-    split = Split.open(str(folder), "train")
-    assert split.kind == "image" and set(split.identity()) == {"split", "fingerprint", "limit"}  # content, no path
+    split = opened(folder)
+    assert split.input.kind == "image"
+    assert set(split.identity()) == {"split", "fingerprint", "limit"}  # content, no path
 
 
 def test_the_tokenizer_is_trained_once_into_the_store(data: Path, tmp_path: Path) -> None:
