@@ -32,7 +32,7 @@ from distkd.models.registry import read_state_dict
 from distkd.models.sources import first_line as _first_line
 from distkd.registry import Registry
 from distkd.specs import ModelSpec
-from distkd.tasks import TASKS
+from distkd.tasks import CLASSIFICATION, TASKS, Task
 
 SHOWN = 5  # classes, keys or rows named in one message before "..."
 MAX_SLICES = 100  # values of one 'evaluate.slices' column: each is a slice of every metric in metrics.json
@@ -118,9 +118,6 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     for key, split in splits.items():
         unique_ids(split)
         labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
-    if config.softlabels.kept(num_classes) > num_classes:
-        raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
-    ensemble(config, num_classes)
     kd_loss(config, train, labels[train_key])
     for key in trained(config):
         workers = config.training_resources(key).max_workers
@@ -130,6 +127,13 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
         which = "labelled training rows" if n < rows else "training rows"
         rows_per_worker(f"{key}.train.batch_size", n, workers, workers_key, batch_size, which)
     return num_classes
+
+
+def classes(config: JobConfig, num_classes: int) -> None:
+    """The soft-label settings fit what the models predict one of (``Task.classes``: a class, a token)."""
+    if config.softlabels.kept(num_classes) > num_classes:
+        raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
+    ensemble(config, num_classes)
 
 
 def labels_alone(config: JobConfig) -> list[str]:
@@ -376,10 +380,15 @@ def build(key: str, model: ModelSpec) -> nn.Module:
 
 
 def forward(
-    key: str, model: nn.Module, shape: tuple[int, ...], num_classes: int, batch: torch.Tensor | Columns | None = None
+    key: str,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    num_classes: int,
+    batch: torch.Tensor | Columns | None = None,
+    task: Task = CLASSIFICATION,
 ) -> None:
     """One forward pass of a batch of the data's shape (``batch``: 2 rows of model input, None: zeros of ``shape``):
-    kwargs that build a model need not make one that runs."""
+    kwargs that build a model need not make one that runs, nor one with the ``task``'s outputs."""
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *shape) if batch is None else batch)
@@ -388,10 +397,10 @@ def forward(
             f"keys '{key}.name', '{key}.kwargs': the model fails on a batch of the data's shape "
             f"{list(shape)} (channels, height, width; or tokens of a text input): {_first_line(e)}"
         ) from None
-    if tuple(out.shape) != (2, num_classes):
+    if tuple(out.shape) != (expected := task.output_shape(2, num_classes, shape)):
         raise ConfigError(
             f"keys '{key}.name', '{key}.kwargs': the model gives outputs of shape {list(out.shape)} for a batch "
-            f"of 2, expected [2, {num_classes}] (one logit per class)"
+            f"of 2, expected {list(expected)} ({task.outputs})"
         )
 
 

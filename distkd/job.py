@@ -94,6 +94,8 @@ class Job:
             checks.same_input(splits)
             kind = inputs.for_data(train, data, config.store)
             checks.inputs(config, kind, splits)
+            num_classes = TASKS[config.task].classes(num_classes, kind)
+            checks.classes(config, num_classes)
             if config.evaluate.slices:
                 checks.slice_columns(config.evaluate.slices, evaluated)
         except (ConfigError, DataError) as e:
@@ -137,7 +139,8 @@ class Job:
                 identity = checks.identity(key, name, code)
                 built = ModelSpec(name, kwargs, num_classes, reads.shape, identity, code, own)
                 network = checks.build(key, built)
-                checks.forward(key, network, reads.shape, num_classes, checks.example(key, network, reads, train))
+                batch = checks.example(key, network, reads, train)
+                checks.forward(key, network, reads.shape, num_classes, batch, TASKS[config.task])
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:
@@ -262,4 +265,5 @@ class Job:
             execution=c.evaluate,
             ensemble=ensemble,
             distill=c.distill,
+            task=self.task,
         )

@@ -31,7 +31,7 @@ from distkd.hashing import digest, plain
 from distkd.labels.ensemble import Ensemble
 from distkd.labels.formats import Format
 from distkd.models import load_weights, sources
-from distkd.tasks import Task
+from distkd.tasks import CLASSIFICATION, Task
 
 FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
 
@@ -260,11 +260,13 @@ class EvalSpec:
     execution: EvaluateConfig  # pool and batch sizes: not part of the identity; its slices are
     ensemble: Ensemble | None = None  # the teachers (by role) combined as the students' teacher, when several
     distill: DistillConfig | None = None  # an ensemble's teachers combine at its temperature
+    task: Task = CLASSIFICATION  # how the models are scored (``evaluate/scoring.py``); in the identity unless that
 
     def identity(self) -> dict:
         # a report of one teacher keeps its key; an ensemble's holds how its teachers combine, at which temperature
         ensemble = {**plain(self.ensemble), "temperature": self.distill.temperature} if self.ensemble else None
         return {
+            **self.task.identity(),
             "models": {role: w.identity() for role, w in self.models.items()},
             **({"ensemble": ensemble} if ensemble else {}),
             "data": self.data.identity(),

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from distkd.config import DistillConfig, SoftLabelConfig
 from distkd.data.blocks import IGNORE
-from distkd.labels.formats import FORMATS, Format
+from distkd.data.kinds import InputKind
 from distkd.data.source import UNLABELLED
+from distkd.labels.formats import FORMATS, Format
 from distkd.methods.losses import LOSSES, KDLoss, Targets, Terms, labelled_cross_entropy, terms, warmup
 from distkd.methods.token_losses import TOKEN_LOSSES, token_terms
 from distkd.registry import Registry
@@ -39,9 +40,18 @@ class Task:
     target: ClassVar[str]  # the batch column the input kind fills with each row's target
     losses: ClassVar[Registry[KDLoss]]  # the loss family 'distill.loss' names an entry of
     objective: ClassVar[Callable[..., Terms]]  # as losses.terms: (name, student, teacher, targets, ...)
+    outputs: ClassVar[str]  # what a model's logits are, as a message says it
 
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
         """How the teacher's outputs are stored for the job's ``softlabels`` settings."""
+        raise NotImplementedError
+
+    def classes(self, labelled: int, inputs: InputKind) -> int:
+        """What the models predict one of: the data's ``labelled`` classes, or the input's vocabulary."""
+        raise NotImplementedError
+
+    def output_shape(self, rows: int, classes: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of a model's logits for ``rows`` rows of input ``shape``."""
         raise NotImplementedError
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -97,6 +107,14 @@ class Classification(Task):
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
         return FORMATS[softlabels.format].format(softlabels.dtype, softlabels.kept(num_classes), temperature)
 
+    outputs: ClassVar[str] = "one logit per class"
+
+    def classes(self, labelled: int, inputs: InputKind) -> int:
+        return labelled
+
+    def output_shape(self, rows: int, classes: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return rows, classes
+
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return labelled_cross_entropy(logits, targets)
 
@@ -124,6 +142,14 @@ class LanguageModel(Task):
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
         layout = self.LAYOUTS[softlabels.format]
         return FORMATS[layout].format(softlabels.dtype, softlabels.kept(num_classes), 1.0)
+
+    outputs: ClassVar[str] = "at each position, one logit per token of the vocabulary"
+
+    def classes(self, labelled: int, inputs: InputKind) -> int:
+        return inputs.model_kwargs()["vocab_size"]
+
+    def output_shape(self, rows: int, classes: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return rows, shape[0], classes
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")

@@ -37,7 +37,7 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
         info = {"job": run.job, "role": run.role, **recorded(run)}
         storage.write_json(run.info_uri, info)
         inputs = run.inputs
-        val = in_memory(decoded(run.val, inputs), [*inputs.columns, run.task.target])
+        val = in_memory(decoded(run.val, inputs), list(dict.fromkeys([*inputs.columns, run.task.target])))
         resources, softlabels = run.resources, run.softlabels if run.distill else None
         streamed = streaming.choose(run.feed.cache, run.data, inputs) == "stream"
         if streamed:
@@ -88,7 +88,7 @@ def trained_columns(inputs: InputKind, task: Task, labels: SoftTargets | None) -
     """The columns a training step reads: the rows' (their input as ``inputs`` prepares it, the ``task``'s target),
     and those of the soft labels of ``labels`` (an ensemble's: its combined target; with the views' parameters
     where views were recorded)."""
-    rows = ["id", *inputs.columns, task.target]
+    rows = list(dict.fromkeys(["id", *inputs.columns, task.target]))
     if labels is None:
         return rows
     manifest = labelstore.manifest(labels.entries[0])

@@ -21,8 +21,26 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
+
+
+class Scored(NamedTuple):
+    """One evaluator batch as a task's scoring reduces it (``scoring.Scoring.block``): role -> ``logits``, the
+    ``batch``'s prepared columns, the students' teacher's role (``reference``; the ``teachers``' roles have none),
+    role -> its baseline's role, and column -> the batch's values of each slice column."""
+
+    logits: Mapping[str, np.ndarray]
+    batch: Mapping[str, np.ndarray]
+    reference: str
+    teachers: set[str]
+    baselines: Mapping[str, str]
+    slices: Mapping[str, np.ndarray]
+
+    def teacher(self, role: str) -> np.ndarray | None:
+        """The logits the model of ``role`` is compared with: its teacher's, none for a teacher."""
+        return self.logits.get(self.reference) if role not in self.teachers else None
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
