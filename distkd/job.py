@@ -221,6 +221,7 @@ class Job:
             shard_rows=c.shard_rows,
             precision=c.precision,
             execution=c,
+            task=self.task,
         )
 
     def ensemble(self, members: tuple[str, ...]) -> Ensemble:

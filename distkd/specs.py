@@ -209,6 +209,7 @@ class SoftLabelSpec:
     shard_rows: int
     precision: str  # of the teacher's forward pass: fp32, or bf16/fp16 autocast on a GPU
     execution: SoftLabelConfig  # pool size, batch size, CPUs and GPUs: not part of the key
+    task: Task = CLASSIFICATION  # what a label is of (``Task.unit``): the format's layout is in the key, not this
 
     def identity(self) -> dict:
         """The key's inputs, in the readable form the manifest records."""

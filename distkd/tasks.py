@@ -41,6 +41,7 @@ class Task:
     losses: ClassVar[Registry[KDLoss]]  # the loss family 'distill.loss' names an entry of
     objective: ClassVar[Callable[..., Terms]]  # as losses.terms: (name, student, teacher, targets, ...)
     outputs: ClassVar[str]  # what a model's logits are, as a message says it
+    unit: ClassVar[str]  # what one soft label is of, as the console and the manifest count them: a row, a token
 
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
         """How the teacher's outputs are stored for the job's ``softlabels`` settings."""
@@ -52,6 +53,10 @@ class Task:
 
     def output_shape(self, rows: int, classes: int, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of a model's logits for ``rows`` rows of input ``shape``."""
+        raise NotImplementedError
+
+    def positions(self, inputs: InputKind) -> int:
+        """The ``unit``s of one row of ``inputs``: the soft labels a row holds."""
         raise NotImplementedError
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -108,12 +113,16 @@ class Classification(Task):
         return FORMATS[softlabels.format].format(softlabels.dtype, softlabels.kept(num_classes), temperature)
 
     outputs: ClassVar[str] = "one logit per class"
+    unit: ClassVar[str] = "row"
 
     def classes(self, labelled: int, inputs: InputKind) -> int:
         return labelled
 
     def output_shape(self, rows: int, classes: int, shape: tuple[int, ...]) -> tuple[int, ...]:
         return rows, classes
+
+    def positions(self, inputs: InputKind) -> int:
+        return 1
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return labelled_cross_entropy(logits, targets)
@@ -144,12 +153,16 @@ class LanguageModel(Task):
         return FORMATS[layout].format(softlabels.dtype, softlabels.kept(num_classes), 1.0)
 
     outputs: ClassVar[str] = "at each position, one logit per token of the vocabulary"
+    unit: ClassVar[str] = "token"  # a block's position, padding included: each holds a label
 
     def classes(self, labelled: int, inputs: InputKind) -> int:
         return inputs.model_kwargs()["vocab_size"]
 
     def output_shape(self, rows: int, classes: int, shape: tuple[int, ...]) -> tuple[int, ...]:
         return rows, shape[0], classes
+
+    def positions(self, inputs: InputKind) -> int:
+        return inputs.shape[0]
 
     def hard(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")

@@ -44,12 +44,17 @@ def lm_job(reviews, store) -> Job:
     return Job.prepare(config.parse(raw, "<reviews-lm>"), "<reviews-lm>")
 
 
-def test_a_language_model_through_every_stage(ray_cluster, reviews, tmp_path):
+def test_a_language_model_through_every_stage(ray_cluster, reviews, tmp_path, capsys):
     job = lm_job(reviews, tmp_path / "store")
     out = pipeline.run(job)
 
     manifest = labelstore.manifest(out["softlabels"])
     assert manifest.rows == ROWS and manifest.format.layout == "tokens" and manifest.format.top_k == TOP_K
+    assert (manifest.unit, manifest.positions) == ("token", LENGTH)  # a label a position of each block
+    assert manifest.bytes_per_unit == round(manifest.bytes / (ROWS * LENGTH), 3) < 2 * TOP_K
+    printed = capsys.readouterr().out
+    assert f"{ROWS * LENGTH} of {ROWS * LENGTH} tokens to label" in printed
+    assert f"committed {ROWS * LENGTH} tokens in 2 shards" in printed
     history = storage.read_json(str(storage.join(out["distilled"].rsplit("/", 1)[0], "history.json")))
     assert history[-1]["samples"] == ROWS and math.isfinite(history[-1]["loss"]) and history[-1]["kd"] > 0
 
