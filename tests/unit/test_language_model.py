@@ -17,8 +17,11 @@ from distkd.data.blocks import IGNORE, SEPARATOR, DocumentBlocks
 from distkd.evaluate import language
 from distkd.evaluate.stage import Evaluator, prepared
 from distkd.job import Job
+from distkd.methods.losses import Targets
+from distkd.methods.token_losses import token_objective, token_terms
 from distkd.models import weights_hash
 from distkd.specs import Weights
+from distkd.tasks import TASKS
 from tests.unit.test_text_inputs import ROWS, job_config, review, write
 
 LENGTH = 8
@@ -121,3 +124,22 @@ def test_the_perplexity_ratio_is_paired_over_documents_and_merges_over_blocks(do
         r: math.exp(float(c["stats"]["nll_sum"][0]) / float(c["stats"]["tokens"][0])) for r, c in zip(logits, cells)
     }
     assert vs["ratio"] == pytest.approx(perplexity["distilled"] / perplexity["scratch"])
+
+
+def test_workers_shares_of_a_step_add_up_to_its_per_token_mean() -> None:
+    """Two workers, each averaging its terms over the step's real tokens (``Task.units``, what the loop does before
+    DDP averages the gradients), add up to the whole batch's loss; each worker's own mean would weigh a token of
+    the shorter block more."""
+    lm = TASKS["language_model"]
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 4, 6, generator=generator), torch.randn(2, 4 * 6, generator=generator)
+    following = torch.tensor([[1, 2, 3, IGNORE], [4, IGNORE, IGNORE, IGNORE]])  # 3 real tokens, then 1
+    args = ("forward_kl", 0.5, 1.0)
+    whole = token_objective(args[0], student, Targets(logits=teacher), following, *args[1:]).item()
+    units = lm.units(following).sum(dim=0).tolist()
+    assert units == [4, 4]
+    parts = (slice(0, 1), slice(1, 2))
+    shares = [token_terms(args[0], student[p], Targets(logits=teacher[p]), following[p], *args[1:]) for p in parts]
+    assert sum(s.mean(*units) for s in shares).item() == pytest.approx(whole, rel=1e-6)
+    own = [token_objective(args[0], student[p], Targets(logits=teacher[p]), following[p], *args[1:]) for p in parts]
+    assert sum(own).item() / 2 != pytest.approx(whole, rel=1e-3)
