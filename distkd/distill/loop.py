@@ -16,7 +16,6 @@ import ray.data
 import ray.train
 import torch
 
-from distkd.config import DistillConfig
 from distkd.data.transforms import crop_flip, random_crop_flip
 from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
@@ -26,7 +25,6 @@ from distkd.methods.losses import Targets
 from distkd.methods.optim import RowSchedule, optimizer
 from distkd.models import placed
 from distkd.specs import TrainingRun
-from distkd.tasks import CLASSIFICATION
 from distkd.tracking import RunMetrics
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -164,13 +162,6 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
 
     teacher = [name for name in batch if name.startswith(TARGET_PREFIX)]
     return Targets(**{name.removeprefix(TARGET_PREFIX): of_view(name) for name in teacher})
-
-
-def loss_of(
-    kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
-) -> torch.Tensor:
-    """A classifier's batch's loss (a plain loop's, without workers): ``Task.loss``."""
-    return CLASSIFICATION.loss(kd, logits, labels, targets, epochs_done)
 
 
 @torch.inference_mode()
