@@ -22,22 +22,13 @@ import numpy as np
 from distkd import console
 from distkd.data.blocks import IGNORE
 from distkd.evaluate.metrics import Scored, log_softmax, sum_stats
-from distkd.evaluate.token_metrics import token_metrics, token_stats
+from distkd.evaluate.token_metrics import real_token_stats, token_metrics
 from distkd.specs import EvalSpec
 
 TARGET = "next"  # the batch column a language model is scored against (``tasks.LanguageModel.target``)
 CELL = "language"  # the evaluators' output column: one pickled cell a block, per model
 PAIRED = ("documents", "tokens", "d", "d2", "dt", "t2")  # the paired sums over documents, in this order
 Z = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
-
-
-def document_nll(logits: np.ndarray, following: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's summed next-token NLL over its real tokens and their count: ``logits`` [N, L, V], ``following``
-    [N, L] (``IGNORE`` where none)."""
-    real = following != IGNORE
-    log_p = log_softmax(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)
-    picked = np.take_along_axis(log_p, np.where(real, following, 0)[..., None], axis=-1)[..., 0]
-    return -(picked * real).sum(axis=1), real.sum(axis=1)
 
 
 def paired_sums(model: np.ndarray, baseline: np.ndarray, tokens: np.ndarray) -> np.ndarray:
@@ -68,22 +59,28 @@ class LanguageScoring:
     target = TARGET
 
     def block(self, scored: Scored) -> dict[str, np.ndarray]:
-        logits, batch, slices = scored.logits, scored.batch, scored.slices
-        following = batch[TARGET]
-        nll = {role: document_nll(z, following) for role, z in logits.items()}
+        following = scored.batch[TARGET]
+        real = following != IGNORE
+        row = np.nonzero(real)[0]  # each real token's row: its document
+        targets = following[real].astype(np.int64)
+        log_p = {role: log_softmax(z[real]) for role, z in scored.logits.items()}  # once a model, for every sum
+        nll = {
+            role: np.bincount(row, -lp[np.arange(len(targets)), targets], len(following)) for role, lp in log_p.items()
+        }
+        tokens = np.bincount(row, minlength=len(following))
         cells = []
-        for role, z in logits.items():
-            teacher = scored.teacher(role)
-            cell = {"stats": token_stats(z, following, teacher), "slices": {}}
-            for column, values in slices.items():
-                values = np.array(["" if v is None else str(v) for v in values], dtype=object)
+        for role in scored.logits:
+            log_t = log_p[scored.reference] if scored.teacher(role) is not None else None
+            cell = {"stats": real_token_stats(log_p[role], targets, log_t), "slices": {}}
+            for column, values in scored.slices.items():
+                values = np.array(["" if v is None else str(v) for v in values], dtype=object)[row]
                 cell["slices"][column] = {
-                    value: token_stats(z[rows], following[rows], None if teacher is None else teacher[rows])
+                    value: real_token_stats(log_p[role][at], targets[at], None if log_t is None else log_t[at])
                     for value in sorted(set(values))
-                    for rows in [values == value]
+                    for at in [values == value]
                 }
             if baseline := scored.baselines.get(role):
-                cell["paired"] = paired_sums(nll[role][0], nll[baseline][0], nll[role][1])
+                cell["paired"] = paired_sums(nll[role], nll[baseline], tokens)
             cells.append(cell)
         return {CELL: np.array([pickle.dumps(cells)], dtype=object), "rows": np.array([len(following)])}
 

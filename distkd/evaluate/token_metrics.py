@@ -23,8 +23,16 @@ def token_stats(
     """Sums over the real tokens of a block, each with a leading axis of length 1: ``logits`` [N, L, V],
     ``following`` [N, L] (the next tokens, ``IGNORE`` where none), ``teacher_logits`` as ``logits``."""
     real = following != IGNORE
-    log_p = log_softmax(logits[real])
-    targets = following[real].astype(np.int64)
+    log_t = None if teacher_logits is None else log_softmax(teacher_logits[real])
+    return real_token_stats(log_softmax(logits[real]), following[real].astype(np.int64), log_t, num_bins)
+
+
+def real_token_stats(
+    log_p: np.ndarray, targets: np.ndarray, log_t: np.ndarray | None = None, num_bins: int = 15
+) -> dict[str, np.ndarray]:
+    """``token_stats`` of real tokens as rows: the model's log-probabilities ``log_p`` [T, V], the next tokens
+    ``targets`` [T], the teacher's ``log_t`` as ``log_p`` (so an evaluator normalises each model's logits once
+    for a block and all its slices)."""
     predicted = log_p.argmax(axis=1)
     correct = predicted == targets
     stats = {
@@ -33,8 +41,7 @@ def token_stats(
         "hits": np.int64(correct.sum()),
         **calibration(log_p, correct, num_bins),
     }
-    if teacher_logits is not None:
-        log_t = log_softmax(teacher_logits[real])
+    if log_t is not None:
         stats["teacher_agree"] = np.int64((log_t.argmax(axis=1) == predicted).sum())
         stats["teacher_kl_sum"] = np.float64((np.exp(log_t) * (log_t - log_p)).sum())
     return {key: np.asarray(v)[None] for key, v in stats.items()}

@@ -106,10 +106,18 @@ def test_the_evaluator_sums_real_tokens_per_model_and_per_slice(documents: Path,
     assert "paired" in cells[1] and "paired" not in cells[2]  # the distilled student beside its baseline
 
 
+def document_nll(logits: np.ndarray, following: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's summed next-token NLL over its real tokens and their count, by torch's cross-entropy."""
+    flat = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits).double().flatten(0, 1), torch.from_numpy(following).flatten(), reduction="none"
+    )  # 0 where the target is IGNORE (-100, the default ignore_index)
+    return flat.reshape(following.shape).sum(dim=1).numpy(), (following != IGNORE).sum(axis=1)
+
+
 def test_the_perplexity_ratio_is_paired_over_documents_and_merges_over_blocks(documents: Path, tmp_path: Path) -> None:
     job, batch, out = scored(documents, tmp_path)
     following, logits = batch["next"], out["logits"]
-    nll = {role: language.document_nll(z, following) for role, z in logits.items()}
+    nll = {role: document_nll(z, following) for role, z in logits.items()}
     d, t = nll["distilled"][0] - nll["scratch"][0], nll["distilled"][1].astype(float)
     mean = d.sum() / t.sum()
     se = math.sqrt(((d - mean * t) ** 2).sum() * len(d) / (len(d) - 1)) / t.sum()  # the ratio estimator's, by hand
@@ -120,6 +128,8 @@ def test_the_perplexity_ratio_is_paired_over_documents_and_merges_over_blocks(do
     assert vs["ratio"] == pytest.approx(math.exp(mean)) and vs["documents"] == ROWS
     assert (vs["low"], vs["high"]) == pytest.approx((math.exp(mean - 1.96 * se), math.exp(mean + 1.96 * se)), rel=1e-3)
     cells = pickle.loads(out[language.CELL][0])
+    whole = language.paired_sums(nll["distilled"][0], nll["scratch"][0], t)
+    assert cells[1]["paired"] == pytest.approx(whole, rel=1e-5)  # the evaluator's sums, by hand
     perplexity = {
         r: math.exp(float(c["stats"]["nll_sum"][0]) / float(c["stats"]["tokens"][0])) for r, c in zip(logits, cells)
     }
