@@ -32,7 +32,7 @@ from PIL import Image
 
 from distkd import config, labelstore, storage
 from distkd.data.source import Split, decode
-from distkd.distill.loop import loss_of, shown, teacher_targets
+from distkd.distill.loop import shown, teacher_targets
 from distkd.job import Job
 from distkd.labels.formats import to_numpy
 from distkd.methods.optim import RowSchedule, optimizer
@@ -160,7 +160,7 @@ def plain_training(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     epochs: int | None = None,
 ) -> PlainResult:
-    """distkd's per-batch code (``shown``, ``loss_of``, the learning-rate schedule) in one process without Ray
+    """distkd's per-batch code (``shown``, the task's ``loss``, the learning-rate schedule) in one process without Ray
     or DDP, over tensors held in memory. ``columns``: cached soft labels (see ``cached_columns``); ``teacher``:
     online distillation instead, the teacher run on exactly the images the student is shown. Each epoch
     validates on ``val``, as distkd's loop does."""
@@ -184,7 +184,7 @@ def plain_training(
                 with torch.no_grad():
                     batch["teacher_logits"] = teacher(x)
             targets = teacher_targets(batch, view, run.views, torch.device("cpu"))
-            loss = loss_of(run.distill, model(x), batch["label"], targets, scheduler.done / len(labels))
+            loss = run.task.loss(run.distill, model(x), batch["label"], targets, scheduler.done / len(labels))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -32,6 +32,7 @@ from distkd.models.registry import read_state_dict
 from distkd.models.sources import first_line as _first_line
 from distkd.registry import Registry
 from distkd.specs import ModelSpec
+from distkd.tasks import CLASSIFICATION, TASKS, Task
 
 SHOWN = 5  # classes, keys or rows named in one message before "..."
 MAX_SLICES = 100  # values of one 'evaluate.slices' column: each is a slice of every metric in metrics.json
@@ -52,12 +53,21 @@ ENTRIES: dict[type[Entry], tuple[Registry, Callable[[], tuple]]] = {
 def settings(config: JobConfig) -> None:
     """The names the job picks from registries exist and take the arguments given, and the rules across keys that
     need a registry hold: what the config's schema cannot know."""
+    if config.task not in TASKS:
+        raise ConfigError(f"key 'task': unknown task '{config.task}'; known: {', '.join(TASKS)}")
+    task = TASKS[config.task]
     for key, entry in job_entries(config).items():
-        known(key, entry)
+        known(key, entry, task.losses if isinstance(entry, LossConfig) else None)
+    try:  # only the dtype is tried: any class count
+        task.label_format(config.softlabels, 2, config.distill.temperature)
+    except ValueError as e:
+        raise ConfigError(
+            f"key 'softlabels.dtype': {e} ('softlabels.format: {config.softlabels.format}', task '{config.task}')"
+        ) from None
     kinds.settings(config.data)
     loss, labels = config.distill.loss, config.softlabels
     kd = config.distill.alpha > 0 and not config.evaluate.models
-    if kd and labels.format == "topk" and not defined_on_topk(loss.name, loss.kwargs, loss.standardize):
+    if kd and labels.format == "topk" and not defined_on_topk(loss.name, loss.kwargs, loss.standardize, task.losses):
         raise ConfigError(
             f"key 'distill.loss': the '{loss.name}' loss{' with standardize' if loss.standardize else ''} needs the "
             "teacher's logits on every class, which top-k soft labels do not keep: use 'softlabels.format: "
@@ -74,10 +84,12 @@ def job_entries(config: JobConfig) -> dict[str, Entry]:
     return found
 
 
-def known(key: str, entry: Entry) -> None:
-    """``entry`` names an entry of its registry that takes its kwargs: called once on tiny inputs when it is given
-    any, so that it refuses what it cannot take (``momentum: 1.5``); its own defaults are not tried."""
-    registry, trial = ENTRIES[type(entry)]
+def known(key: str, entry: Entry, registry: Registry | None = None) -> None:
+    """``entry`` names an entry of its registry (``registry``, else its kind's in ``ENTRIES``) that takes its
+    kwargs: called once on tiny inputs when it is given any, so that it refuses what it cannot take
+    (``momentum: 1.5``); its own defaults are not tried."""
+    default, trial = ENTRIES[type(entry)]
+    registry = registry or default
     arguments = trial()
     if problem := registry.refusal(entry.name, entry.kwargs, len(arguments)):
         raise ConfigError(f"key '{key}': {problem}")
@@ -106,9 +118,6 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
     for key, split in splits.items():
         unique_ids(split)
         labels_in_range(split, labels[key], num_classes, inferred=config.data.num_classes is None)
-    if config.softlabels.kept(num_classes) > num_classes:
-        raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
-    ensemble(config, num_classes)
     kd_loss(config, train, labels[train_key])
     for key in trained(config):
         workers = config.training_resources(key).max_workers
@@ -118,6 +127,13 @@ def data(config: JobConfig, splits: dict[str, Split]) -> int:
         which = "labelled training rows" if n < rows else "training rows"
         rows_per_worker(f"{key}.train.batch_size", n, workers, workers_key, batch_size, which)
     return num_classes
+
+
+def classes(config: JobConfig, num_classes: int) -> None:
+    """The soft-label settings fit what the models predict one of (``Task.classes``: a class, a token)."""
+    if config.softlabels.kept(num_classes) > num_classes:
+        raise ConfigError(f"key 'softlabels.top_k': {config.softlabels.top_k} is more than the {num_classes} classes")
+    ensemble(config, num_classes)
 
 
 def labels_alone(config: JobConfig) -> list[str]:
@@ -153,7 +169,8 @@ def fully_labelled(key: str, split: Split, labels: np.ndarray) -> None:
 def kd_loss(config: JobConfig, split: Split, labels: np.ndarray) -> None:
     """A KD loss that reads each row's label (DKD splits the target class off) needs one in every training row."""
     loss = config.distill.loss
-    if "student" not in trained(config) or config.distill.alpha == 0 or not reads_labels(loss.name, loss.kwargs):
+    reads = reads_labels(loss.name, loss.kwargs, TASKS[config.task].losses)
+    if "student" not in trained(config) or config.distill.alpha == 0 or not reads:
         return
     if len(missing := np.flatnonzero(labels == UNLABELLED)):
         raise ConfigError(
@@ -197,6 +214,12 @@ def _input(split: Split) -> str:
 
 def inputs(config: JobConfig, kind: InputKind, splits: dict[str, Split]) -> None:
     """The job asks nothing of its input kind that the kind cannot do, and the kind can use every row."""
+    task = TASKS[config.task]
+    if task.target not in (LABEL, *kind.columns):
+        raise ConfigError(
+            f"key 'task': the {task.name} task trains on the column '{task.target}' of each batch, which a "
+            f"{kind.name} input does not prepare (it prepares {', '.join(kind.columns)} and the label of each row)"
+        )
     if not kind.augments:
         asked = ["softlabels.views"] if config.softlabels.views else []
         asked += [f"{key}.train.augment" for key in trained(config) if config.trainable(key).train.augment]
@@ -357,10 +380,15 @@ def build(key: str, model: ModelSpec) -> nn.Module:
 
 
 def forward(
-    key: str, model: nn.Module, shape: tuple[int, ...], num_classes: int, batch: torch.Tensor | Columns | None = None
+    key: str,
+    model: nn.Module,
+    shape: tuple[int, ...],
+    num_classes: int,
+    batch: torch.Tensor | Columns | None = None,
+    task: Task = CLASSIFICATION,
 ) -> None:
     """One forward pass of a batch of the data's shape (``batch``: 2 rows of model input, None: zeros of ``shape``):
-    kwargs that build a model need not make one that runs."""
+    kwargs that build a model need not make one that runs, nor one with the ``task``'s outputs."""
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(2, *shape) if batch is None else batch)
@@ -369,10 +397,10 @@ def forward(
             f"keys '{key}.name', '{key}.kwargs': the model fails on a batch of the data's shape "
             f"{list(shape)} (channels, height, width; or tokens of a text input): {_first_line(e)}"
         ) from None
-    if tuple(out.shape) != (2, num_classes):
+    if tuple(out.shape) != (expected := task.output_shape(2, num_classes, shape)):
         raise ConfigError(
             f"keys '{key}.name', '{key}.kwargs': the model gives outputs of shape {list(out.shape)} for a batch "
-            f"of 2, expected [2, {num_classes}] (one logit per class)"
+            f"of 2, expected {list(expected)} ({task.outputs})"
         )
 
 

@@ -210,7 +210,7 @@ Teachers = Annotated[
 
 class SoftLabelConfig(Strict):
     format: Literal["dense", "topk"] = "dense"
-    dtype: Literal["float16", "float32"] = "float16"
+    dtype: Literal["float16", "float32", "uint8"] = "float16"  # uint8: a language model's topk labels alone
     top_k: int | None = Field(default=None, gt=0)  # classes kept per row with format: topk (None: every class)
     views: int = Field(default=0, ge=0)  # augmented views recorded per image (0: the clean image)
     view_seed: int = 0
@@ -242,7 +242,7 @@ class SoftLabelConfig(Strict):
 
 
 class LossConfig(Entry):
-    name: str = "hinton"  # methods/losses.py: hinton, dkd, dist
+    name: str = "hinton"  # methods/losses.py: hinton, dkd, dist; a language_model task: methods/token_losses.py
     standardize: bool = False  # z-score both sides' logits in the KD term (Sun et al., CVPR 2024)
 
 
@@ -293,6 +293,7 @@ class JobConfig(Strict):
     store: str
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray instance
     stages: list[Stage] = Field(default=list(STAGES), min_length=1)
+    task: str = "classification"  # what the models learn (tasks.py: classification, language_model)
     data: DataConfig
     teacher: Teachers  # a mapping: one teacher; a list: an ensemble
     student: StudentConfig

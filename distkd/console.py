@@ -69,6 +69,12 @@ timeline = Timeline()
 _printing = threading.Lock()
 
 
+def table(rows: list[tuple[str, ...]] | list[list[str]]) -> list[str]:
+    """A plain-text table, a line a row: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+
+
 def say(line: str) -> None:
     """One line to stdout in one write: the students' stages run on threads of their own, and ``print`` writes the
     text and its newline apart, so two lines printed at once could share one."""

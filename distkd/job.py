@@ -15,9 +15,9 @@ from distkd.data import tokenizer as tokenizers
 from distkd.data.kinds import InputKind
 from distkd.data.source import DataError, Split
 from distkd.labels.ensemble import Ensemble
-from distkd.labels.formats import FORMATS
 from distkd.models import sources, weights_hash
 from distkd.specs import EvalSpec, ModelSpec, SoftLabelSpec, SoftTargets, TrainingRun, Weights
+from distkd.tasks import TASKS, Task
 
 Hasher = Callable[[str], str]  # weights URI -> sha256
 
@@ -94,6 +94,8 @@ class Job:
             checks.same_input(splits)
             kind = inputs.for_data(train, data, config.store)
             checks.inputs(config, kind, splits)
+            num_classes = TASKS[config.task].classes(num_classes, kind)
+            checks.classes(config, num_classes)
             if config.evaluate.slices:
                 checks.slice_columns(config.evaluate.slices, evaluated)
         except (ConfigError, DataError) as e:
@@ -137,7 +139,8 @@ class Job:
                 identity = checks.identity(key, name, code)
                 built = ModelSpec(name, kwargs, num_classes, reads.shape, identity, code, own)
                 network = checks.build(key, built)
-                checks.forward(key, network, reads.shape, num_classes, checks.example(key, network, reads, train))
+                batch = checks.example(key, network, reads, train)
+                checks.forward(key, network, reads.shape, num_classes, batch, TASKS[config.task])
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:
@@ -163,6 +166,11 @@ class Job:
         return cls(config, train, val, evaluated, num_classes, kind, teachers, student, checkpoints)
 
     @property
+    def task(self) -> Task:
+        """What the job's models learn (``task``)."""
+        return TASKS[self.config.task]
+
+    @property
     def labelled(self) -> Split:
         """The training split as the training runs read it: its labels past ``data.labelled_rows`` hidden (the soft
         labels read ``train``, every row, whatever labels the runs see: the setting never relabels)."""
@@ -182,7 +190,7 @@ class Job:
         resources = c.training_resources(key)
         reads = model.reads(self.inputs)
         common = (c.store, c.name, model, c.trainable(key).train, self.labelled, self.val, reads, resources)
-        return TrainingRun(role, *common, c.data, c.tracking, **kd)
+        return TrainingRun(role, *common, c.data, c.tracking, self.task, **kd)
 
     def teacher_run(self, i: int = 0) -> TrainingRun | None:
         """Stage 0 of teacher ``i``, or None when the job gives its weights (or names a program, which holds
@@ -201,7 +209,7 @@ class Job:
     def softlabel_spec(self, teacher_weights: str, sha256: Hasher = weights_hash, i: int = 0) -> SoftLabelSpec:
         """Stage 1 of teacher ``i``: its own entry, whatever other teachers the job has."""
         c = self.config.softlabels
-        fmt = FORMATS[c.format].format(c.dtype, c.kept(self.num_classes), self.config.distill.temperature)
+        fmt = self.task.label_format(c, self.num_classes, self.config.distill.temperature)
         return SoftLabelSpec(
             store=self.config.store,
             teacher=Weights(self.teachers[i].model, teacher_weights, sha256(teacher_weights)),
@@ -213,6 +221,7 @@ class Job:
             shard_rows=c.shard_rows,
             precision=c.precision,
             execution=c,
+            task=self.task,
         )
 
     def ensemble(self, members: tuple[str, ...]) -> Ensemble:
@@ -257,4 +266,5 @@ class Job:
             execution=c.evaluate,
             ensemble=ensemble,
             distill=c.distill,
+            task=self.task,
         )

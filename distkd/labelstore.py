@@ -53,6 +53,9 @@ class Manifest:
     rows_per_second: float | None
     distkd_version: str
     created: str
+    unit: str = "row"  # what a label is of (``Task.unit``): a row, or a language model's token
+    positions: int = 1  # units a row: a language model's block length
+    bytes_per_unit: float | None = None  # bytes / (rows * positions); None in a manifest from before
 
     @property
     def format(self) -> Format:

@@ -88,7 +88,7 @@ def plan(job: Job, stages: list[Stage] | None = None) -> list[Step]:
         for t, spec in zip(job.teachers, labels):
             labelled = step("softlabels", t.labels, spec.uri if spec else None, t.role)
             if spec and labelled.action != "reuse":
-                labelled = dataclasses.replace(labelled, detail=describe(cache.shard_plan(spec)))
+                labelled = dataclasses.replace(labelled, detail=describe(cache.shard_plan(spec), spec))
             steps.append(labelled)
     if last >= STAGES.index("distill"):
         steps.append(step("distill", "distilled", students["distilled"] and students["distilled"].uri, "softlabels"))

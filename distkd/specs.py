@@ -31,6 +31,7 @@ from distkd.hashing import digest, plain
 from distkd.labels.ensemble import Ensemble
 from distkd.labels.formats import Format
 from distkd.models import load_weights, sources
+from distkd.tasks import CLASSIFICATION, Task
 
 FORMAT_VERSION = 3  # of the soft-label cache's layout: part of every key (3: shards shared by their inputs)
 
@@ -144,6 +145,7 @@ class TrainingRun:
     resources: ResourcesConfig
     feed: DataConfig  # how the training data is fed (data.cache, data.shuffle_buffer): not part of the identity
     tracking: TrackingConfig  # where the curves go besides TensorBoard: not part of the identity
+    task: Task  # what the model learns (``tasks.py``): its target, its losses; in the identity unless classification
     distill: DistillConfig | None = None  # the KD loss and its weight, against ``softlabels``
     softlabels: SoftTargets | None = None  # the committed cache entries the KD term reads
     views: int = 0  # recorded views in the soft labels: train on one of them per sample
@@ -161,6 +163,7 @@ class TrainingRun:
             self.inputs.identity_key: self.inputs.identity(),
             "num_workers": self.resources.num_workers,
             "precision": self.resources.precision,
+            **self.task.identity(),
         }
         if self.distill is not None:
             d = self.distill
@@ -206,6 +209,7 @@ class SoftLabelSpec:
     shard_rows: int
     precision: str  # of the teacher's forward pass: fp32, or bf16/fp16 autocast on a GPU
     execution: SoftLabelConfig  # pool size, batch size, CPUs and GPUs: not part of the key
+    task: Task = CLASSIFICATION  # what a label is of (``Task.unit``): the format's layout is in the key, not this
 
     def identity(self) -> dict:
         """The key's inputs, in the readable form the manifest records."""
@@ -257,11 +261,13 @@ class EvalSpec:
     execution: EvaluateConfig  # pool and batch sizes: not part of the identity; its slices are
     ensemble: Ensemble | None = None  # the teachers (by role) combined as the students' teacher, when several
     distill: DistillConfig | None = None  # an ensemble's teachers combine at its temperature
+    task: Task = CLASSIFICATION  # how the models are scored (``evaluate/scoring.py``); in the identity unless that
 
     def identity(self) -> dict:
         # a report of one teacher keeps its key; an ensemble's holds how its teachers combine, at which temperature
         ensemble = {**plain(self.ensemble), "temperature": self.distill.temperature} if self.ensemble else None
         return {
+            **self.task.identity(),
             "models": {role: w.identity() for role, w in self.models.items()},
             **({"ensemble": ensemble} if ensemble else {}),
             "data": self.data.identity(),

@@ -42,6 +42,7 @@ from distkd import console, content, storage
 from distkd.config import MAX_LENGTH, ConfigError, DataConfig, Strict, validated
 from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
+from distkd.data.blocks import DocumentBlocks
 from distkd.data.errors import DataError
 from distkd.data.kinds import STRINGS, InputKind, Kind, OneColumn
 from distkd.data.places import row
@@ -301,9 +302,24 @@ TEXT = Kind(
     recorded=recorded_texts,
 )
 
+
+def _blocks(schema: pa.Schema, column: str | None, settings: Strict | None, label: str) -> tuple | None:
+    """The blocks kind's ``find``: a text column, when the job gives 'data.blocks' (else the column is a text's)."""
+    return None if settings is None else OneColumn(STRINGS)(schema, column, settings, label)
+
+
+BLOCKS = Kind(  # a language model's documents: data/blocks.py, tokenised as the text kind tokenises
+    _blocks,
+    lambda split, data, settings, store: DocumentBlocks(text_input(split, data, settings, store)),
+    "strings, one document a row",
+    column="text",
+    settings=("blocks", TokenizerConfig),
+)
+
 INPUTS.register("image")(IMAGE)
 INPUTS.register("text")(TEXT)
 INPUTS.register("tabular")(TABULAR)  # feature columns: data/tabular.py
+INPUTS.register("blocks")(BLOCKS)
 
 
 def settings(data: DataConfig) -> dict[str, Strict]:

@@ -20,18 +20,24 @@ import ray.train
 import torch
 from ray.data import ExecutionOptions
 
-from distkd.data.source import UNLABELLED
 from distkd.distill.ddp import all_reduce, gathered
+from distkd.tasks import CLASSIFICATION, Task
 
 
 class Batch(NamedTuple):
     """This worker's part of one step: its ids and their columns, and the step's rows on all workers together
-    (``rows``), ``labelled`` of them with a label (what the step's cross-entropy is averaged over)."""
+    (``rows``) and their ``units``: what the step's KD term and hard term are averaged over (``Task.units``: rows
+    and labelled rows of a classifier, real tokens twice of a language model)."""
 
     ids: np.ndarray
     columns: dict[str, torch.Tensor]
     rows: int
-    labelled: int
+    units: tuple[int, int]
+
+    @property
+    def labelled(self) -> int:
+        """The step's units of the hard term (a classifier's rows with a label)."""
+        return self.units[1]
 
 
 Rows = dict[str, np.ndarray]  # a batch as Ray Data yields it: columns of equal length, ``id`` among them
@@ -53,13 +59,14 @@ def training_batches(
     rank: int,
     world: int,
     device: str | torch.device = "cpu",
+    task: Task = CLASSIFICATION,
 ) -> Batches:
     """The strategy for a worker's training shard: streamed (``split``; a worker's batches of 2 rows at least,
-    unless the job asks for batches of one) or held."""
+    unless the job asks for batches of one) or held; each step counts its ``task``'s units."""
     if split:
         size = max(min(batch_size, 2), batch_size // world)
-        return StreamedBatches(shard, size, shuffle_buffer, device, rank, world)
-    return HeldBatches(shard, batch_size, rank, world)
+        return StreamedBatches(shard, size, shuffle_buffer, device, rank, world, task)
+    return HeldBatches(shard, batch_size, rank, world, task)
 
 
 class HeldBatches:
@@ -70,7 +77,9 @@ class HeldBatches:
     (``worker_of``; a worker's single row of a batch goes to another: ``owners``): each id is trained on exactly
     once an epoch, whatever the worker count, and the shuffle is over the whole data set, not a buffer."""
 
-    def __init__(self, shard: ray.data.DataIterator, batch_size: int, rank: int, world: int):
+    def __init__(
+        self, shard: ray.data.DataIterator, batch_size: int, rank: int, world: int, task: Task = CLASSIFICATION
+    ):
         blocks = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
         ids = np.concatenate([b["id"] for b in blocks]) if blocks else np.array([])
         order = np.argsort(ids, kind="stable")
@@ -81,7 +90,7 @@ class HeldBatches:
             if name != "id"
         }
         self.workers = torch.from_numpy(worker_of(self.ids, world))
-        self.labelled = self.columns["label"] != UNLABELLED if blocks else torch.zeros(0, dtype=torch.bool)
+        self.units = task.units(self.columns[task.target]) if blocks else torch.zeros(0, 2, dtype=torch.long)
         self.batch_size, self.rank, self.world = batch_size, rank, world
 
     def epoch(self, seed: int) -> Iterator[Batch]:
@@ -91,7 +100,8 @@ class HeldBatches:
             owner = torch.tensor(owners(torch.bincount(workers, minlength=self.world).tolist()))
             rows = step[owner[workers] == self.rank]
             columns = {name: values[rows] for name, values in self.columns.items()}
-            yield Batch(self.ids[rows.numpy()], columns, len(step), int(self.labelled[step].sum()))
+            kd_units, ce_units = self.units[step].sum(dim=0).tolist()
+            yield Batch(self.ids[rows.numpy()], columns, len(step), (kd_units, ce_units))
 
 
 class StreamedBatches:
@@ -108,9 +118,10 @@ class StreamedBatches:
         device: str | torch.device,
         rank: int = 0,
         world: int = 1,
+        task: Task = CLASSIFICATION,
     ):
         self.shard, self.size, self.shuffle_buffer, self.device = shard, size, shuffle_buffer, device
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.task = rank, world, task
 
     def epoch(self, seed: int) -> Iterator[Batch]:
         batches = folded(
@@ -122,18 +133,19 @@ class StreamedBatches:
         )
         while True:
             own = next(batches, None)
-            counts = torch.zeros(2, self.world, dtype=torch.int64, device=self.device)  # rows, labelled rows
+            counts = torch.zeros(3, self.world, dtype=torch.int64, device=self.device)  # rows, KD and hard units
             if own is not None:
-                counts[:, self.rank] = torch.tensor([row_count(own), int((own["label"] != UNLABELLED).sum())])
-            counts, labelled = all_reduce(counts).tolist()  # every worker's rows of this step
+                units = self.task.units(torch.from_numpy(own[self.task.target])).sum(dim=0)
+                counts[:, self.rank] = torch.cat([torch.tensor([row_count(own)]), units])
+            counts, kd_units, ce_units = all_reduce(counts).tolist()  # every worker's rows of this step
             if sum(counts) == 0:
                 return
-            mine = self.exchanged(own, counts)
+            mine, units = self.exchanged(own, counts), (sum(kd_units), sum(ce_units))
             if mine is None:
-                yield Batch(np.array([]), {}, sum(counts), sum(labelled))
+                yield Batch(np.array([]), {}, sum(counts), units)
             else:
                 columns = {k: torch.from_numpy(v) for k, v in mine.items() if k != "id"}
-                yield Batch(mine["id"], columns, sum(counts), sum(labelled))
+                yield Batch(mine["id"], columns, sum(counts), units)
 
     def exchanged(self, own: Rows | None, counts: list[int]) -> Rows | None:
         """This worker's rows of the step once each worker with one row has handed it to its ``owners`` worker

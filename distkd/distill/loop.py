@@ -16,14 +16,12 @@ import ray.data
 import ray.train
 import torch
 
-from distkd.config import DistillConfig
-from distkd.data.source import UNLABELLED
 from distkd.data.transforms import crop_flip, random_crop_flip
 from distkd.devices import autocast_dtype
 from distkd.distill.batches import id_checksum, training_batches
 from distkd.distill.ddp import all_reduce, gathered, idle_step, rank0_buffers
 from distkd.labels.formats import TARGET_PREFIX
-from distkd.methods.losses import Targets, Terms, labelled_cross_entropy, terms, warmup
+from distkd.methods.losses import Targets
 from distkd.methods.optim import RowSchedule, optimizer
 from distkd.models import placed
 from distkd.specs import TrainingRun
@@ -67,27 +65,29 @@ def train_loop(config: dict) -> None:
     train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
     curves = RunMetrics(run.uri, run.role, run_params(run), run.tracking.mlflow) if rank == 0 else None
     batches = training_batches(
-        train_shard, train.batch_size, run.feed.shuffle_buffer, worker.split, rank, world, device
+        train_shard, train.batch_size, run.feed.shuffle_buffer, worker.split, rank, world, device, run.task
     )
 
     for epoch in range(start_epoch, train.epochs):
         started = time.perf_counter()
         generator.manual_seed((train.seed * 1000 + epoch) * 1000 + rank)  # a resumed epoch draws the same
         model.train()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # summed KD and CE terms, samples, labelled ones
+        # summed KD and CE terms; samples, those with a target; the KD and CE terms' units (``Task.units``)
+        sums = torch.zeros(6, dtype=torch.float64, device=device)
         checksum = 0  # of the ids trained on
         for step in batches.epoch(train.seed * 1000 + epoch):
             ids, batch = step.ids, step.columns
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if len(ids):
                     inputs, view = shown(run, batch, generator)
-                    x, y = run.inputs.model_input(inputs, device), batch["label"].to(device)
+                    x, y = run.inputs.model_input(inputs, device), batch[run.task.target].to(device)
                     logits = model(x).float()
                     epochs_done = state.schedule.done / worker.rows_per_epoch  # all workers' rows: the same on each
-                    loss = loss_terms(kd, logits, y, teacher_targets(batch, view, run.views, device), epochs_done)
+                    targets = teacher_targets(batch, view, run.views, device)
+                    loss = run.task.terms(kd, logits, y, targets, epochs_done)
                     # DDP averages the workers' gradients: so scaled, they are the global batch's mean loss's (each
-                    # term averaged over the rows it covers in the whole step)
-                    scaled = loss.mean(step.rows, step.labelled) * world
+                    # term averaged over the units it covers in the whole step)
+                    scaled = loss.mean(*step.units) * world
                 else:  # no rows of this step here: join the gradient all-reduce with zeros (BatchNorm untouched)
                     scaled = idle_step(model, run.inputs.model_input(run.inputs.example(1), device))
             opt.zero_grad(set_to_none=True)
@@ -96,21 +96,22 @@ def train_loop(config: dict) -> None:
             scaler.update()
             state.schedule.step(step.rows)
             if len(ids):
-                rows = torch.tensor([len(ids), (y != UNLABELLED).sum()], device=device)
+                units = run.task.units(y)
+                rows = torch.stack([torch.tensor(len(ids), device=device), (units[:, 1] > 0).sum(), *units.sum(dim=0)])
                 sums += torch.cat([torch.stack([loss.kd.detach(), loss.ce.detach()]).double(), rows.double()])
                 checksum += id_checksum(ids)
         train_seconds = time.perf_counter() - started
         val_accuracy = accuracy(module, val_shard, run, device)
         workers = gathered({"rank": rank, "node": ray.get_runtime_context().get_node_id(), "samples": int(sums[2])})
         sums, checksum = all_reduce(sums), all_reduce(torch.tensor(checksum, dtype=torch.int64, device=device))
-        kd_sum, ce_sum, samples, labelled = sums.tolist()
-        kd_mean, ce_mean = kd_sum / samples, ce_sum / max(labelled, 1)  # each over the rows it covers
+        kd_sum, ce_sum, samples, labelled, kd_units, ce_units = sums.tolist()
+        kd_mean, ce_mean = kd_sum / max(kd_units, 1), ce_sum / max(ce_units, 1)  # each over the units it covers
         history.append(
             {
                 "epoch": epoch + 1,
                 "loss": kd_mean + ce_mean,
-                "kd": kd_mean,  # the weighted KD term of the loss, the mean over every row
-                "ce": ce_mean,  # the weighted CE term, the mean over the labelled rows
+                "kd": kd_mean,  # the weighted KD term of the loss, the mean over every row (a language model's token)
+                "ce": ce_mean,  # the weighted CE term, the mean over the labelled rows (real tokens)
                 "labelled": int(labelled),  # of the samples: the rows with a label (the CE term's)
                 "val_accuracy": val_accuracy,
                 "samples_per_s": samples / train_seconds,
@@ -141,7 +142,7 @@ def shown(run: TrainingRun, batch: dict, generator: torch.Generator) -> tuple[di
     """The input columns the model trains on, and which recorded view each row is (0 without views): with
     views, exactly a view the teacher saw, drawn per sample and epoch; else the configured augmentation. Both
     are image augmentations: asked of another input kind, they are refused before work (``checks.inputs``)."""
-    view = torch.zeros(len(batch["label"]), dtype=torch.long)
+    view = torch.zeros(len(batch[run.task.target]), dtype=torch.long)
     if run.views:
         images = batch["image"]
         view = torch.randint(0, run.views, (len(images),), generator=generator)
@@ -163,24 +164,6 @@ def teacher_targets(batch: dict, view: torch.Tensor, views: int, device: torch.d
     return Targets(**{name.removeprefix(TARGET_PREFIX): of_view(name) for name in teacher})
 
 
-def loss_terms(
-    kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
-) -> Terms:
-    """Cross-entropy alone for a teacher or a baseline, else the job's KD objective (``distill.loss``), its KD
-    term warmed up over ``distill.warmup_epochs``: as sums over the rows (``Terms``)."""
-    if kd is None:
-        return Terms(torch.zeros((), device=logits.device), labelled_cross_entropy(logits, labels))
-    loss, ramp = kd.loss, warmup(kd.warmup_epochs, epochs_done)
-    return terms(loss.name, logits, targets, labels, kd.alpha, kd.temperature, loss.standardize, ramp, **loss.kwargs)
-
-
-def loss_of(
-    kd: DistillConfig | None, logits: torch.Tensor, labels: torch.Tensor, targets: Targets, epochs_done: float
-) -> torch.Tensor:
-    """``loss_terms`` as the one batch's loss (a plain loop's, without workers)."""
-    return loss_terms(kd, logits, labels, targets, epochs_done).batch_mean(labels)
-
-
 @torch.inference_mode()
 def accuracy(module: torch.nn.Module, shard: ray.data.DataIterator, run: TrainingRun, device: torch.device) -> float:
     """The accuracy of rank 0's model on the validation shards of all workers. ``module`` is the model
@@ -190,9 +173,8 @@ def accuracy(module: torch.nn.Module, shard: ray.data.DataIterator, run: Trainin
     module.eval()
     counts = torch.zeros(2, device=device)  # correct, total
     for batch in shard.iter_torch_batches(batch_size=1024):
-        predicted = module(run.inputs.model_input(batch, device)).argmax(-1)
         counts += torch.stack(
-            [(predicted == batch["label"].to(device)).sum(), torch.tensor(len(predicted), device=device)]
+            run.task.hits(module(run.inputs.model_input(batch, device)), batch[run.task.target].to(device))
         )
     counts = all_reduce(counts)
     return (counts[0] / counts[1].clamp(min=1)).item()

@@ -18,6 +18,7 @@ from distkd.distill.loop import Worker
 from distkd.labels.ensemble import TARGET
 from distkd.resources import training_needs
 from distkd.specs import SoftTargets, TrainingRun, recorded, require
+from distkd.tasks import CLASSIFICATION, Task
 
 
 def decoded(split: Split, inputs: InputKind) -> ray.data.Dataset:
@@ -36,14 +37,15 @@ def train_run(run: TrainingRun, stage: str, compute: bool) -> str:
         info = {"job": run.job, "role": run.role, **recorded(run)}
         storage.write_json(run.info_uri, info)
         inputs = run.inputs
-        val = in_memory(decoded(run.val, inputs), [*inputs.columns, "label"])
+        val = in_memory(decoded(run.val, inputs), list(dict.fromkeys([*inputs.columns, run.task.target])))
         resources, softlabels = run.resources, run.softlabels if run.distill else None
         streamed = streaming.choose(run.feed.cache, run.data, inputs) == "stream"
         if streamed:
-            train = streaming.stream(run.data, trained_columns(inputs, softlabels), inputs, softlabels, run.distill)
+            columns = trained_columns(inputs, run.task, softlabels)
+            train = streaming.stream(run.data, columns, inputs, softlabels, run.distill)
             resources = streaming.reserve_data_cpus(resources)
         else:
-            train = rows_in_memory(run.data, softlabels, inputs, run.distill)
+            train = rows_in_memory(run.data, softlabels, inputs, run.distill, run.task)
         worker = Worker(run.trained_rows(), split=streamed, threads=max(1, int(resources.cpus_per_worker)))
         fit(run, worker, train, val, resources)
     return run.uri
@@ -82,11 +84,11 @@ def in_memory(ds: ray.data.Dataset, columns: list[str]) -> ray.data.Dataset:
     return ds.select_columns(columns).materialize()
 
 
-def trained_columns(inputs: InputKind, labels: SoftTargets | None) -> list[str]:
-    """The columns a training step reads: the rows' (their input as ``inputs`` prepares it), and those of the
-    soft labels of ``labels`` (an ensemble's: its combined target; with the views' parameters where views were
-    recorded)."""
-    rows = ["id", *inputs.columns, "label"]
+def trained_columns(inputs: InputKind, task: Task, labels: SoftTargets | None) -> list[str]:
+    """The columns a training step reads: the rows' (their input as ``inputs`` prepares it, the ``task``'s target),
+    and those of the soft labels of ``labels`` (an ensemble's: its combined target; with the views' parameters
+    where views were recorded)."""
+    rows = list(dict.fromkeys(["id", *inputs.columns, task.target]))
     if labels is None:
         return rows
     manifest = labelstore.manifest(labels.entries[0])
@@ -95,11 +97,15 @@ def trained_columns(inputs: InputKind, labels: SoftTargets | None) -> list[str]:
 
 
 def rows_in_memory(
-    split: Split, labels: SoftTargets | None, inputs: InputKind, distill: DistillConfig | None = None
+    split: Split,
+    labels: SoftTargets | None,
+    inputs: InputKind,
+    distill: DistillConfig | None = None,
+    task: Task = CLASSIFICATION,
 ) -> ray.data.Dataset:
     """The training rows (with the soft labels of ``labels``) held in the object store, read by the streamed
     reader once: each unit of the split beside its own shard (every teacher's), both checked (the shard's
     checksum, its ids those of the unit in order), so every id is labelled exactly once and no join (a shuffle)
     is needed."""
-    columns = trained_columns(inputs, labels)
+    columns = trained_columns(inputs, task, labels)
     return in_memory(streaming.stream(split, columns, inputs, labels, distill), columns)

@@ -21,8 +21,26 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
+
+
+class Scored(NamedTuple):
+    """One evaluator batch as a task's scoring reduces it (``scoring.Scoring.block``): role -> ``logits``, the
+    ``batch``'s prepared columns, the students' teacher's role (``reference``; the ``teachers``' roles have none),
+    role -> its baseline's role, and column -> the batch's values of each slice column."""
+
+    logits: Mapping[str, np.ndarray]
+    batch: Mapping[str, np.ndarray]
+    reference: str
+    teachers: set[str]
+    baselines: Mapping[str, str]
+    slices: Mapping[str, np.ndarray]
+
+    def teacher(self, role: str) -> np.ndarray | None:
+        """The logits the model of ``role`` is compared with: its teacher's, none for a teacher."""
+        return self.logits.get(self.reference) if role not in self.teachers else None
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -59,16 +77,12 @@ def block_stats(
     k = min(top_k, c)
     # Rank of the true class: how many classes score strictly higher.
     rank = (log_p > label_log_p[:, None]).sum(axis=1)
-    conf = np.exp(log_p.max(axis=1))
-    bins = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
     correct = pred == labels
 
     stats = {
         "confusion": np.bincount(labels * c + pred, minlength=c * c).astype(np.int64).reshape(c, c),
         f"top{k}_correct": np.int64((rank < k).sum()),
-        "bin_count": np.bincount(bins, minlength=num_bins).astype(np.int64),
-        "bin_confidence": np.bincount(bins, weights=conf, minlength=num_bins),
-        "bin_correct": np.bincount(bins[correct], minlength=num_bins).astype(np.int64),
+        **calibration(log_p, correct, num_bins),
         "nll_sum": np.float64(-label_log_p.sum()),
     }
     if teacher_logits is not None:
@@ -84,6 +98,24 @@ def block_stats(
         stats["only_model"] = np.int64((correct & ~baseline_correct).sum())
         stats["only_baseline"] = np.int64((baseline_correct & ~correct).sum())
     return {key: np.asarray(v)[None] for key, v in stats.items()}
+
+
+def calibration(log_p: np.ndarray, correct: np.ndarray, num_bins: int) -> dict[str, np.ndarray]:
+    """Counts, summed confidence and hits of the predictions (``log_p`` [N, C], ``correct`` [N]) in equal-width,
+    right-closed bins of their confidence over [0, 1]: what the expected calibration error is computed from."""
+    conf = np.exp(log_p.max(axis=1))
+    bins = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
+    return {
+        "bin_count": np.bincount(bins, minlength=num_bins).astype(np.int64),
+        "bin_confidence": np.bincount(bins, weights=conf, minlength=num_bins),
+        "bin_correct": np.bincount(bins[correct], minlength=num_bins).astype(np.int64),
+    }
+
+
+def ece(stats: dict[str, np.ndarray]) -> float:
+    """The expected calibration error from summed ``calibration`` statistics."""
+    gap = np.abs(stats["bin_correct"] - stats["bin_confidence"])  # |acc - conf| * count
+    return float(_div(gap.sum(), stats["bin_count"].sum()))
 
 
 def sum_stats(blocks: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -135,8 +167,6 @@ def compute_metrics(stats: dict[str, np.ndarray], class_names: list[str] | None 
     f1 = _div(2 * tp, cm.sum(axis=0) + support)
     weights = _div(support, count)
 
-    bin_count = stats["bin_count"]
-    bin_gap = np.abs(stats["bin_correct"] - stats["bin_confidence"])  # |acc - conf| * count
     metrics = {
         "count": count,
         "accuracy": float(_div(tp.sum(), count)),
@@ -152,7 +182,7 @@ def compute_metrics(stats: dict[str, np.ndarray], class_names: list[str] | None 
             {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(names, precision, recall, f1, support)
         ],
-        "ece": float(_div(bin_gap.sum(), bin_count.sum())),
+        "ece": ece(stats),
         "nll": float(_div(stats["nll_sum"], count)),
         "confusion": cm.tolist(),
     }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
 import tempfile
 from pathlib import Path
 
@@ -17,18 +16,10 @@ from distkd import console, devices, storage
 from distkd.catalog import run_record
 from distkd.config import ConfigError, DistillConfig
 from distkd.data.kinds import InputKind
-from distkd.evaluate import ranking, summary
+from distkd.evaluate import summary
 from distkd.evaluate.cost import model_cost, summed_cost
-from distkd.evaluate.metrics import (
-    baselines,
-    block_stats,
-    compute_metrics,
-    slice_gaps,
-    slice_metrics,
-    slice_stats,
-    sum_slices,
-    sum_stats,
-)
+from distkd.evaluate.metrics import Scored, baselines
+from distkd.evaluate.scoring import SCORINGS
 from distkd.labels.ensemble import Ensemble
 from distkd.models import placed, sources
 from distkd.models.columns import ColumnModel, Columns, model_input
@@ -36,15 +27,12 @@ from distkd.specs import EvalSpec, Weights
 
 TEACHER = "teacher"
 ENSEMBLE = "ensemble"  # an ensemble's combined outputs: the students' teacher where there is one
-SLICES = "slices"  # the column of the evaluators' output that holds a block's per-slice statistics
-RANKING = "ranking"  # the column that holds a block's ranking statistics, per model (evaluate/ranking.py)
-TRUNCATED = "truncated"  # a text input's: rows longer than max_length tokens (``TextInput.prepare``)
 
 
 class Evaluator:
     """All models side by side in one actor, so each student is compared with its teacher on the same batch. With
     an ``ensemble``, its teachers' outputs are combined as the students distil from them (``Ensemble``) and are
-    the students' teacher."""
+    the students' teacher. The ``task``'s scoring (``scoring.SCORINGS``) reduces each batch to its statistics."""
 
     def __init__(
         self,
@@ -54,9 +42,10 @@ class Evaluator:
         threads: int = 1,
         ensemble: Ensemble | None = None,
         distill: DistillConfig | None = None,
+        task: str = "classification",
     ) -> None:
         torch.set_num_threads(threads)
-        self.device, self.weights = devices.device(), models
+        self.device, self.weights, self.scoring = devices.device(), models, SCORINGS[task]
         self.inputs, self.slices, self.ensemble, self.distill = inputs, slices, ensemble, distill
         self.baselines = baselines({role: w.model for role, w in models.items()})
 
@@ -85,22 +74,8 @@ class Evaluator:
             members = [logits[role] for role in self.ensemble.members]
             logits[ENSEMBLE] = self.ensemble.predictions(members, self.distill.temperature)
         reference, teachers = (ENSEMBLE, {ENSEMBLE, *self.ensemble.members}) if self.ensemble else (TEACHER, {TEACHER})
-        out, sliced, ranked = {}, [], []
         values = {column: batch[column] for column in self.slices}
-        for i, (role, z) in enumerate(logits.items()):
-            teacher = logits.get(reference) if role not in teachers else None
-            baseline = logits.get(self.baselines.get(role))
-            stats = block_stats(z, batch["label"], teacher, baseline_logits=baseline)
-            out.update({f"m{i}_{key}": v for key, v in stats.items()})
-            if self.slices:
-                sliced.append(slice_stats(values, z, batch["label"], teacher_logits=teacher, baseline_logits=baseline))
-            ranked.append(ranking.block(batch["id"], batch["label"], z, baseline, values))
-        if self.slices:  # column -> value -> statistics, per model: nested, so one pickled cell per block
-            out[SLICES] = np.array([pickle.dumps(sliced)], dtype=object)
-        out[RANKING] = np.array([pickle.dumps(ranked)], dtype=object)
-        if TRUNCATED in batch:  # a text input's rows cut to max_length tokens
-            out[TRUNCATED] = np.array([int(batch[TRUNCATED].sum())])
-        return out
+        return self.scoring.block(Scored(logits, batch, reference, teachers, self.baselines, values))
 
 
 def evaluate(spec: EvalSpec) -> str:
@@ -129,6 +104,7 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
                 "threads": max(1, int(cfg.cpus_per_actor)),
                 "ensemble": spec.ensemble,
                 "distill": spec.distill,
+                "task": spec.task.name,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.actors),
             batch_size=cfg.batch_size,
@@ -137,46 +113,19 @@ def evaluate_into(folder: str, spec: EvalSpec) -> None:
             num_gpus=cfg.gpus_per_actor,
         )
     )
+    scoring = SCORINGS[spec.task.name]
     batches = stats.iter_batches(batch_size=None, batch_format="numpy")
     rows = spec.data.num_rows()
-    blocks = list(console.progress(batches, rows, "evaluate", lambda b: int(b["m0_confusion"].sum())))
+    blocks = list(console.progress(batches, rows, "evaluate", scoring.rows))
     costs = ray.get(
         measure_costs.options(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor).remote(
             spec.models, spec.inputs, max(1, int(cfg.cpus_per_actor))
         )
     )
-    results, class_names = [], list(spec.class_names) if spec.class_names else None
-    paired: dict[str, dict | None] = {}  # role -> its paired ranking sums against its baseline
-    for i, about in enumerate(described(spec, costs).values()):
-        summed = sum_stats(
-            {k.removeprefix(f"m{i}_"): v for k, v in b.items() if k.startswith(f"m{i}_")} for b in blocks
-        )
-        # a block holds one row per evaluator call, or several
-        ranks = ranking.merge_blocks(pickle.loads(cell)[i] for b in blocks for cell in b[RANKING])
-        results.append(
-            {
-                **about,
-                "metrics": {**compute_metrics(summed, class_names), **ranking.of(ranks["all"], summed)},
-                **({TRUNCATED: sum(int(b[TRUNCATED].sum()) for b in blocks)} if TRUNCATED in blocks[0] else {}),
-            }
-        )
-        paired[about["role"]] = ranks.get("paired")
-        if slices:
-            summed_slices = sum_slices(pickle.loads(cell)[i] for b in blocks for cell in b[SLICES])
-            results[-1]["slices"] = slice_metrics(summed_slices, class_names)
-            for column, values in summed_slices.items():
-                for value, stats in values.items():
-                    results[-1]["slices"][column][value].update(ranking.of(ranks["slices"][column][value], stats))
-    by_role = {r["role"]: r for r in results}
-    for role, baseline in baselines({role: w.model for role, w in spec.models.items()}).items():
-        b = by_role[baseline]
-        by_role[role]["baseline"] = {"role": baseline, "name": b["name"], "seed": b.get("settings", {}).get("seed")}
-        by_role[role]["metrics"]["ranking_vs_baseline"] = ranking.paired_gain(
-            paired[role], by_role[role]["metrics"], b["metrics"]
-        )
-        if slices:
-            by_role[role]["slice_gaps"] = slice_gaps(by_role[role]["slices"], b["slices"])
-    save_report(folder, results, f"distkd report: {spec.job}", job=spec.job, split=spec.data.record())
+    paired = baselines({role: w.model for role, w in spec.models.items()})
+    results = scoring.results(blocks, described(spec, costs), paired, spec)
+    title = f"distkd report: {spec.job}"
+    save_report(folder, results, title, spec.task.name, job=spec.job, split=spec.data.record())
     storage.commit(folder)
     print(f"[evaluate] report: {storage.join(folder, 'report.html')}", flush=True)
 
@@ -243,15 +192,14 @@ def model_costs(models: dict[str, Weights], inputs: InputKind, threads: int) -> 
 measure_costs = ray.remote(model_costs)
 
 
-def save_report(folder: str, models: list[dict], title: str, **about: object) -> None:
-    """``metrics.json``, ``report.md``, ``report.html`` and the plots, into ``folder`` (any store URI)."""
-    from distkd.evaluate.report import write_report  # matplotlib: on the driver, not in every actor
-
+def save_report(folder: str, models: list[dict], title: str, task: str, **about: object) -> None:
+    """``metrics.json``, ``report.md``, ``report.html`` and the plots, into ``folder`` (any store URI), as the
+    ``task``'s scoring writes them."""
     with tempfile.TemporaryDirectory() as local:
-        write_report(local, models, title=title)
+        SCORINGS[task].report(local, models, title)
         for path in Path(local).iterdir():
             storage.write_bytes(storage.join(folder, path.name), path.read_bytes())
-    storage.write_json(storage.join(folder, summary.METRICS), {"title": title, **about, "models": models})
+    storage.write_json(storage.join(folder, summary.METRICS), {"title": title, "task": task, **about, "models": models})
 
 
 def combine(folders: list[str], out: str) -> str:
@@ -273,7 +221,7 @@ def combine(folders: list[str], out: str) -> str:
         for model in found:
             name = f"{folder.rsplit('/', 1)[-1]}: {model['name']}" if len(folders) > 1 else model["name"]
             models.append({**model, "name": name})
-    save_report(out, models, title="distkd report", job="combined", sources=folders)
+    save_report(out, models, "distkd report", summary.task(folders[0]), job="combined", sources=folders)
     return out
 
 

@@ -7,8 +7,7 @@ import json
 
 from distkd import storage
 from distkd.config import ConfigError
-from distkd.evaluate import ranking
-from distkd.evaluate.metrics import gain_text, worst_slice
+from distkd.evaluate.scoring import SCORINGS
 
 METRICS = "metrics.json"  # what the evaluate stage writes into a report folder, beside report.md and the plots
 
@@ -29,34 +28,17 @@ def models(report: str) -> list[dict]:
     return found
 
 
+def task(report: str) -> str:
+    """The task whose models the report folder ``report`` scored (a report from before tasks: a classifier's)."""
+    return json.loads(storage.read_bytes(storage.join(report, METRICS))).get("task", "classification")
+
+
 def summary(report: str, stages: str = "") -> str:
-    """The comparison table of the report's models, each distilled student's gain over its baseline with its 95%
-    interval, the rows of each kind each trained model trained on, ``stages`` (the time each stage took, as the
-    console's timeline says it) and where the report is."""
+    """The report's models as its task's scoring tells them (``scoring.SCORINGS``: the comparison table, each
+    distilled student's gain over its baseline with its 95% interval), the rows of each kind each trained model
+    trained on, ``stages`` (the time each stage took, as the console's timeline says it) and where the report is."""
     evaluated = models(report)
-    ranked = all(ranking.judged_by_ranking(m["metrics"]) for m in evaluated)  # binary: AUC and logloss beside
-    header = ("model", "params", "accuracy", "macro F1", "agreement with teacher") + ranked * ("ROC AUC", "logloss")
-    rows = [header] + [
-        (
-            m["name"],
-            f"{m['cost']['params']:,}",
-            f"{100 * m['metrics']['accuracy']:.2f}%",
-            f"{m['metrics']['f1_macro']:.4f}",
-            "" if m["metrics"].get("teacher_agreement") is None else f"{100 * m['metrics']['teacher_agreement']:.2f}%",
-        )
-        + ((f"{m['metrics']['roc_auc']:.4f}", f"{m['metrics']['logloss']:.4f}") if ranked else ())
-        for m in evaluated
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    compared = [m for m in evaluated if "baseline" in m]
-    for m in compared:
-        what = "distilled student vs from scratch" if len(compared) == 1 else f"{m['name']} vs {m['baseline']['name']}"
-        lines.append(f"{what}: {gain_text(m)}")
-        if ranked:
-            lines.append(f"  {ranking.gain_text(m['metrics']['ranking_vs_baseline'])}")
-        if "slice_gaps" in m:
-            lines.append(f"  {worst_slice(m)}")
+    lines = SCORINGS[task(report)].summary(evaluated)
     if trained := [m for m in evaluated if "trained_rows" in m]:
         counts = (
             f"{m['name']} {m['trained_rows']['labelled']:,} + {m['trained_rows']['unlabelled']:,}" for m in trained

@@ -7,6 +7,9 @@ which training columns those are read back as, and the logits those give back.
 - ``topk``: the k most probable classes and their log-probabilities at the stored temperature;
   the mass outside them is ``1 - sum(exp(logprob))``, so a top-k label is exact on the stored
   classes and, with that remainder, sums to one (see ``methods.losses.topk_kl``).
+- ``tokens``: a language model's labels, per position: the k most probable next tokens, their
+  log-probabilities at temperature 1 and the log of the mass outside them, ids in the narrowest integer,
+  values in float16 or an 8-bit code (``labels/tokens.py``).
 
 With V recorded views a row holds V blocks of these (view-major) and the views' parameters. A training
 column is ``TARGET_PREFIX`` and the name of the ``methods.losses.Targets`` field it fills.
@@ -14,6 +17,7 @@ column is ``TARGET_PREFIX`` and the name of the ``methods.losses.Targets`` field
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from distkd.labels import tokens
 from distkd.registry import Registry
 
 ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
@@ -29,10 +34,10 @@ TARGET_PREFIX = "teacher_"  # a training column holding the teacher's side of a 
 
 @dataclass(frozen=True)
 class Format:
-    layout: str  # an entry of FORMATS: dense | topk
-    dtype: str  # float16 | float32
+    layout: str  # an entry of FORMATS: dense | topk | tokens
+    dtype: str  # float16 | float32; tokens: float16 | uint8 (``labels/tokens.py``)
     top_k: int | None = None
-    temperature: float | None = None  # topk log-probabilities are at this temperature
+    temperature: float | None = None  # topk log-probabilities are at this temperature (tokens: 1, not recorded)
 
     def columns(self, logits: torch.Tensor) -> dict[str, pa.Array]:
         """Teacher logits [N, V, C] (float32) -> the stored columns (one row per sample)."""
@@ -45,8 +50,7 @@ class Format:
 
     def training_columns(self, table: pa.Table) -> dict[str, np.ndarray]:
         """Stored columns -> what the training loop reads (float32 logits or index + log-prob)."""
-        training = FORMATS[self.layout].training
-        return {name: to_numpy(table[stored], dtype) for name, (stored, dtype) in training.items()}
+        return FORMATS[self.layout].read(self, table)
 
     def logits(self, columns: dict[str, np.ndarray], views: int) -> np.ndarray:
         """Training columns -> the teacher's logits [N, V, C], up to a constant per row and view."""
@@ -61,12 +65,17 @@ class Layout:
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
         """The format of this layout for the ``softlabels`` settings (top_k: the kept classes, the class count
-        when not given; temperature: of the stored labels)."""
+        when not given; temperature: of the stored labels); a ``ValueError`` for a dtype it does not store."""
         raise NotImplementedError
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
         raise NotImplementedError
+
+    @classmethod
+    def read(cls, fmt: Format, table: pa.Table) -> dict[str, np.ndarray]:
+        """Stored columns -> the training columns: each stored column as its dtype."""
+        return {name: to_numpy(table[stored], dtype) for name, (stored, dtype) in cls.training.items()}
 
     @staticmethod
     def logits(fmt: Format, columns: dict[str, np.ndarray], views: int) -> np.ndarray:
@@ -82,7 +91,7 @@ class Dense(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("dense", dtype)
+        return Format("dense", stored_as(dtype, ARROW_DTYPES))
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -104,7 +113,7 @@ class TopK(Layout):
 
     @staticmethod
     def format(dtype: str, top_k: int, temperature: float) -> Format:
-        return Format("topk", dtype, top_k, temperature)
+        return Format("topk", stored_as(dtype, ARROW_DTYPES), top_k, temperature)
 
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
@@ -125,6 +134,54 @@ class TopK(Layout):
         dense = np.empty_like(logprob)
         np.put_along_axis(dense, index, logprob, axis=-1)
         return fmt.temperature * dense
+
+
+@FORMATS.register("tokens")
+class Tokens(Layout):
+    """Per position of a block (logits [N, L, V]: the positions where other layouts have views), the top-k next
+    tokens at temperature 1 and the log of the teacher's mass outside them (``labels/tokens.py``)."""
+
+    training = {
+        f"{TARGET_PREFIX}index": ("token_index", np.int64),
+        f"{TARGET_PREFIX}logprob": ("token_logprob", np.float32),
+        f"{TARGET_PREFIX}tail": ("token_tail", np.float32),
+    }
+
+    @staticmethod
+    def format(dtype: str, top_k: int, temperature: float) -> Format:
+        return Format("tokens", stored_as(dtype, tokens.VALUE_TYPES), top_k)  # at T = 1, whatever the KD temperature
+
+    @staticmethod
+    def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
+        n, _, vocab = logits.shape
+        index, logprob, tail = tokens.top_k(logits, fmt.top_k)
+        ids = index.reshape(n, -1).numpy().astype(tokens.id_type(vocab))
+        values = {"token_logprob": logprob.reshape(n, -1).numpy(), "token_tail": tail.reshape(n, -1).numpy()}
+        stored = {name: tokens.encode(v, fmt.dtype) for name, v in values.items()}
+        return {
+            "token_index": fixed_list(ids, pa.from_numpy_dtype(ids.dtype)),
+            **{name: fixed_list(v, pa.from_numpy_dtype(v.dtype)) for name, v in stored.items()},
+        }
+
+    @classmethod
+    def read(cls, fmt: Format, table: pa.Table) -> dict[str, np.ndarray]:
+        """The ids as int64, the values decoded from their stored type to float32 log-probabilities."""
+        out = {}
+        for name, (stored, dtype) in cls.training.items():
+            column = to_numpy(table[stored], table.schema.field(stored).type.value_type.to_pandas_dtype())
+            out[name] = column.astype(dtype) if stored == "token_index" else tokens.decode(column)
+        return out
+
+    @staticmethod
+    def logits(fmt: Format, columns: dict[str, np.ndarray], views: int) -> np.ndarray:
+        raise ValueError("per-token top-k labels keep k tokens of the vocabulary: their logits are not known")
+
+
+def stored_as(dtype: str, types: Iterable[str]) -> str:
+    """``dtype``, if the layout stores values in it."""
+    if dtype not in types:
+        raise ValueError(f"{dtype} values are not stored by this format; it takes {', '.join(types)}")
+    return dtype
 
 
 def fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:

@@ -20,11 +20,13 @@ from distkd.registry import Registry
 
 class Targets(NamedTuple):
     """The teacher's side of a batch: ``logits`` [N, C] (dense labels), or ``index`` [N, k] with ``logprob``,
-    the teacher's log-probabilities on those classes at the stored temperature (top-k labels)."""
+    the teacher's log-probabilities on those classes at the stored temperature (top-k labels); per-token labels
+    add ``tail``, the log of the mass outside the k (``labels/tokens.py``, read by ``methods/token_losses.py``)."""
 
     logits: torch.Tensor | None = None
     index: torch.Tensor | None = None
     logprob: torch.Tensor | None = None
+    tail: torch.Tensor | None = None
 
 
 KDLoss = Callable[..., torch.Tensor]  # (student logits, Targets, labels, temperature, **kwargs) -> KD term
@@ -66,17 +68,19 @@ def terms(
     temperature: float,
     standardize: bool = False,
     ramp: float = 1.0,
+    family: Registry[KDLoss] = LOSSES,
     **kwargs,
 ) -> Terms:
     """``ramp * alpha * KD`` and ``(1 - alpha) * CE(student, labels)`` as sums (``Terms``); alpha 0 is plain
     cross-entropy. ``standardize``: the KD term sees z-scored logits (Sun et al., CVPR 2024), the cross-entropy the
-    raw ones. ``ramp``: the KD term's share of its weight during a warm-up (``warmup``)."""
+    raw ones. ``ramp``: the KD term's share of its weight during a warm-up (``warmup``). ``family``: the registry
+    ``name`` is looked up in (a task's loss family: ``methods/token_losses.py`` for a language model's tokens)."""
     hard = labelled_cross_entropy(student, labels)
     if alpha == 0:
         return Terms(torch.zeros((), device=student.device), hard)
     if standardize:
         student, targets = zscore(student), Targets(logits=zscore(dense(targets, "logit standardisation")))
-    kd = LOSSES[name](student, targets, labels, temperature, **kwargs) * len(student)
+    kd = family[name](student, targets, labels, temperature, **kwargs) * len(student)
     return Terms(ramp * alpha * kd, (1 - alpha) * hard)
 
 
@@ -95,21 +99,24 @@ def warmup(epochs: float, epochs_done: float) -> float:
     return 1.0 if epochs <= 0 else min(1.0, epochs_done / epochs)
 
 
-def defined_on_topk(name: str, kwargs: dict, standardize: bool) -> bool:
-    """Whether the loss can be computed from top-k soft labels: tried on one row of two classes, top 1."""
-    student, targets = torch.zeros(1, 2), Targets(index=torch.zeros(1, 1, dtype=torch.long), logprob=torch.zeros(1, 1))
+def defined_on_topk(name: str, kwargs: dict, standardize: bool, family: Registry[KDLoss] = LOSSES) -> bool:
+    """Whether the loss (of ``family``) can be computed from top-k soft labels: tried on one row of two classes,
+    top 1 (and a tail, which per-token labels have)."""
+    index, logprob, tail = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1), torch.zeros(1, 1)
+    student, targets = torch.zeros(1, 2), Targets(index=index, logprob=logprob, tail=tail)
     try:
-        objective(name, student, targets, torch.zeros(1, dtype=torch.long), 1.0, 1.0, standardize, **kwargs)
+        labels = torch.zeros(1, dtype=torch.long)
+        objective(name, student, targets, labels, 1.0, 1.0, standardize, family=family, **kwargs)
     except UndefinedOnTopK:
         return False
     return True
 
 
-def reads_labels(name: str, kwargs: dict) -> bool:
-    """Whether the KD loss reads the rows' labels (DKD does), so that it cannot teach a row without one: tried on
-    one row of three classes, under two labels."""
+def reads_labels(name: str, kwargs: dict, family: Registry[KDLoss] = LOSSES) -> bool:
+    """Whether the KD loss (of ``family``) reads the rows' labels (DKD does), so that it cannot teach a row without
+    one: tried on one row of three classes, under two labels."""
     student, targets = torch.tensor([[0.3, -0.2, 0.5]]), Targets(logits=torch.tensor([[1.0, 0.1, -0.4]]))
-    kd = [LOSSES[name](student, targets, torch.tensor([label]), 2.0, **kwargs) for label in (0, 1)]
+    kd = [family[name](student, targets, torch.tensor([label]), 2.0, **kwargs) for label in (0, 1)]
     return not torch.equal(*kd)
 
 

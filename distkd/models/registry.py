@@ -14,6 +14,7 @@ from torch import nn
 
 from distkd import storage
 from distkd.data.errors import InputChanged
+from distkd.models.causal import CausalTransformer
 from distkd.models.students import LeNet5, ResNet9
 from distkd.models.tabular import DCNv2, TabularMLP, TabularWide
 from distkd.models.text import TextCNN, TextTransformer
@@ -47,6 +48,7 @@ MODELS.register("lenet5")(LeNet5)
 MODELS.register("resnet9")(ResNet9)
 MODELS.register("text_transformer")(TextTransformer)
 MODELS.register("text_cnn")(TextCNN)
+MODELS.register("lm_transformer")(CausalTransformer)
 for _name in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large"):
     MODELS.register(_name)(_torchvision(_name))
 MODELS.register("dcn_v2")(DCNv2)

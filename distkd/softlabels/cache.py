@@ -107,7 +107,7 @@ def commit(
     kept (its shards are the same files) and returned.
 
     ``computed_shards``, ``rows`` and ``seconds`` say what this job did (the other shards were there)."""
-    entry = spec.uri
+    entry, positions = spec.uri, spec.task.positions(spec.inputs)
     manifest = Manifest(
         key=spec.key,
         format_version=FORMAT_VERSION,
@@ -121,6 +121,9 @@ def commit(
         rows_per_second=round(rows / seconds, 1) if rows else None,
         distkd_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        unit=spec.task.unit,
+        positions=positions,
+        bytes_per_unit=round(sum(s.bytes for s in shards) / max(1, sum(s.rows for s in shards) * positions), 3),
     )
     uri = storage.join(entry, MANIFEST)
     with errors(uri):

@@ -35,7 +35,7 @@ def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     with leases.hold(spec.store, leases.WRITERS):
         leases.wait_for_collectors(spec.store)
         plan = cache.shard_plan(spec)
-        what = f"labelling with teacher {spec.teacher.model.name}: {describe(plan)}"
+        what = f"labelling with teacher {spec.teacher.model.name}: {describe(plan, spec)}"
         with console.computing("softlabels", what, entry):
             started = time.perf_counter()
             written = {r["index"]: r for r in label_units(spec, plan.to_write)}
@@ -48,9 +48,11 @@ def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
             computed = sum(1 for r in written.values() if r["labelled"])
             labelled = sum(r["labelled"] for r in written.values())
             manifest = cache.commit(spec, shards, computed, labelled, time.perf_counter() - started)
+            unit, per_row = manifest.unit, manifest.positions
+            size = f"{manifest.bytes / (manifest.rows * per_row):.1f} bytes/{unit}"
             print(
-                f"[softlabels] committed {manifest.rows} rows in {len(shards)} shards "
-                f"({manifest.bytes / manifest.rows:.1f} bytes/row; the teacher ran on {labelled})",
+                f"[softlabels] committed {manifest.rows * per_row} {unit}s in {len(shards)} shards "
+                f"({size}; the teacher ran on {labelled * per_row})",
                 flush=True,
             )
             if compiled := [r["compile_seconds"] for r in written.values() if r["compile_seconds"]]:
@@ -59,13 +61,15 @@ def generate(spec: SoftLabelSpec, compute: bool = True) -> str:
     return entry
 
 
-def describe(plan: cache.ShardPlan) -> str:
-    """``<to label> of <total> rows to label``, and where the other shards come from."""
+def describe(plan: cache.ShardPlan, spec: SoftLabelSpec) -> str:
+    """``<to label> of <total> rows to label`` (a language model's tokens: ``Task.unit``), and where the other shards
+    come from."""
     reused = [f"{n} from {key}" for key, n in plan.reused_from().items()]
     if plan.present:
         reused.append(f"{len(plan.present)} written by an unfinished job, to check")
     shards = f"; shards reused: {', '.join(reused)}" if reused else ""
-    return f"{plan.to_label} of {plan.rows} rows to label ({len(plan.units)} shards{shards})"
+    per_row, unit = spec.task.positions(spec.inputs), spec.task.unit
+    return f"{plan.to_label * per_row} of {plan.rows * per_row} {unit}s to label ({len(plan.units)} shards{shards})"
 
 
 def writer_arguments(spec: SoftLabelSpec, units: list[Unit]) -> dict:

@@ -59,8 +59,9 @@ class TeacherPredictor:
             views = [self.logits({"image": crop_flip(images, params[:, v])}) for v in range(self.views)]
             logits = torch.stack(views, dim=1)
             columns["views"] = fixed_list(params.reshape(rows, self.views * PARAMS).numpy(), pa.int16())
-        else:
-            logits = self.logits(batch)[:, None]
+        else:  # [N, 1, C] of one class a row, [N, L, V] of a language model: its positions where views would be
+            logits = self.logits(batch)
+            logits = logits.reshape(rows, -1, logits.shape[-1])
         return pa.table({**columns, **self.fmt.columns(logits)})
 
     def logits(self, batch: dict[str, np.ndarray | torch.Tensor]) -> torch.Tensor:

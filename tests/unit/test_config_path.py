@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from distkd import config
-from distkd.distill.loop import Worker, loss_of
+from distkd.distill.loop import Worker
 from distkd.job import Job
 from distkd.methods.losses import Targets, objective
 from distkd.methods.optim import RowSchedule, optimizer
 from distkd.specs import TrainingRun
+from distkd.tasks import CLASSIFICATION
 
 
 def prepared(cifar10: Path, tmp_path: Path) -> Job:
@@ -65,7 +66,7 @@ def test_the_defaults_the_loop_uses_are_the_configs_and_its_entries():
     logits, labels = torch.zeros(2, 3), torch.tensor([0, 1])
     teacher = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
     expected = objective("hinton", logits, Targets(logits=teacher), labels, 0.9, 4.0)
-    assert loss_of(distill, logits, labels, Targets(logits=teacher), epochs_done=0).item() == expected.item()
+    assert CLASSIFICATION.loss(distill, logits, labels, Targets(logits=teacher), 0).item() == expected.item()
 
 
 def test_a_kd_warm_up_names_another_run_and_no_warm_up_keeps_the_name(cifar10, tmp_path):

@@ -66,8 +66,8 @@ def test_a_grown_snapshot_labels_only_its_new_file_and_names_the_entry_it_reuses
     assert (plan.to_label, plan.rows) == (ROWS, 3 * ROWS)
     assert [u.file for u in plan.to_write] == [str(tmp_path / "b" / "train-00002.parquet")] * 3
     assert plan.reused_from() == {first.key: 6}
-    assert describe(plan) == f"60 of 180 rows to label (9 shards; shards reused: 6 from {first.key})"
-    step = Step("softlabels", "softlabels", grown.uri, "compute", describe(plan))
+    assert describe(plan, grown) == f"60 of 180 rows to label (9 shards; shards reused: 6 from {first.key})"
+    step = Step("softlabels", "softlabels", grown.uri, "compute", describe(plan, grown))
     assert format_plan([step]).splitlines()[1].strip().startswith("60 of 180 rows to label")
 
     second = write_entry(grown)

@@ -174,7 +174,10 @@ def test_a_kind_declared_in_its_own_module_runs_through_prepare_plan_and_a_batch
         ({"vector": {"length": 0}}, "key 'data.vector.length': Input should be greater than 0 (got 0)"),
         ({"vector": {"length": 4, "width": 2}}, "unknown key 'data.vector.width'"),
         ({"vector": {"length": 3}}, "key 'data.vector.length': column 'vector' holds vectors of 4 numbers"),
-        ({"vectors": {"length": 4}}, "unknown key 'data.vectors' (the input kinds' settings are 'data.features', "),
+        (
+            {"vectors": {"length": 4}},
+            "unknown key 'data.vectors' (the input kinds' settings are 'data.blocks', 'data.features', ",
+        ),
     ],
     ids=["schema", "unknown-setting", "kind's-own-check", "unknown-kind-key"],
 )

@@ -20,11 +20,11 @@ from distkd.catalog import run_record
 from distkd.data.source import LABEL, UNLABELLED, Split
 from distkd.distill import batches
 from distkd.distill.batches import HeldBatches, StreamedBatches
-from distkd.distill.loop import loss_of
 from distkd.evaluate.report import write_report
 from distkd.evaluate.summary import summary
 from distkd.job import Job
 from distkd.methods.losses import Targets, objective, reads_labels, terms
+from distkd.tasks import CLASSIFICATION
 from tests.conftest import CIFAR10, REVIEWS
 from tests.unit.test_batches import Collectives, FakeShard
 from tests.unit.test_report import make_models
@@ -73,7 +73,7 @@ def test_a_batch_without_labels_has_the_kd_term_alone_and_a_finite_gradient():
     assert loss.item() == pytest.approx(0.75 * kd_by_hand(2.0), rel=1e-6)  # CE 0, not NaN
     loss.backward()
     assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
-    only_ce = loss_of(None, STUDENT.clone(), torch.full((4,), N), Targets(), epochs_done=0)  # a baseline's batch
+    only_ce = CLASSIFICATION.loss(None, STUDENT.clone(), torch.full((4,), N), Targets(), 0)  # a baseline's batch
     assert only_ce.item() == 0.0
 
 
