@@ -1,4 +1,4 @@
-"""A tabular job through every stage on the session's Ray, locally and on S3: the adult set's feature columns
+"""A tabular job through every stage on the session's Ray, its data and store on S3: the adult set's feature columns
 encoded through statistics computed once and kept in the store, a DCN-v2 teacher, an embedding-MLP student and
 its twin, evaluated by AUC and logloss overall and per gender, with the distilled student's paired gain."""
 
@@ -67,24 +67,20 @@ def check_outputs(job: Job, out: dict[str, str]) -> None:
     assert storage.exists(storage.join(out["report"], "roc.png"))
 
 
-def test_a_tabular_job_through_every_stage_with_statistics_computed_once(ray_cluster, adult, tmp_path, capsys):
-    store = str(tmp_path / "store")
-    job = tabular_job(str(adult), store)
-    out = pipeline.run(job)
-    check_outputs(job, out)
-    assert f"[inputs] keeping the statistics of 10 feature columns -> {job.inputs.folder}" in capsys.readouterr().out
-
-    again = tabular_job(str(adult), store)  # another job, the same data and settings: every output reused
-    assert again.inputs.statistics == job.inputs.statistics
-    assert all(step.action == "reuse" for step in pipeline.plan(again))
-    assert pipeline.run(again) == out
-
-
-def test_a_tabular_job_on_s3(ray_cluster, s3_server, adult):
+def test_a_tabular_job_on_s3_through_every_stage_with_statistics_computed_once(ray_cluster, s3_server, adult, capsys):
+    """Data and store both on S3 (one run serves both: every other stage's test covers a local store)."""
     data = f"s3://{BUCKET}/datasets/adult-slice"
     for name in ("train-00000-of-00002", "test-00000-of-00001"):
         sink = io.BytesIO()
         pq.write_table(pq.read_table(adult / f"{name}.parquet").slice(0, ROWS), sink)
         storage.write_bytes(storage.join(data, f"{name}.parquet"), sink.getvalue())
-    job = tabular_job(data, f"s3://{BUCKET}/tabular-store")
-    check_outputs(job, pipeline.run(job))
+    store = f"s3://{BUCKET}/tabular-store"
+    job = tabular_job(data, store)
+    out = pipeline.run(job)
+    check_outputs(job, out)
+    assert f"[inputs] keeping the statistics of 10 feature columns -> {job.inputs.folder}" in capsys.readouterr().out
+
+    again = tabular_job(data, store)  # another job, the same data and settings: every output reused
+    assert again.inputs.statistics == job.inputs.statistics
+    assert all(step.action == "reuse" for step in pipeline.plan(again))
+    assert pipeline.run(again) == out
