@@ -50,11 +50,21 @@ def from_code(code: np.ndarray) -> np.ndarray:
 
 def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits [..., V] -> the k most probable ids [..., k], their log-probabilities at temperature 1 [..., k] and the
-    log of the mass outside them [...] (-inf when k >= V), taken in log space so that a small tail is exact."""
+    log of the mass outside them [...] (-inf when k >= V), taken in log space so that a small tail is exact.
+
+    The tail is a logsumexp of the other tokens shifted by their largest, the (k+1)-th of one ``topk``, computed in
+    place on the log-probabilities: no copy of the [..., V] tensor, which made the tail cost more than the top-k
+    (benchmarks/lm_labels.py)."""
+    vocab = logits.shape[-1]
     logprob = torch.log_softmax(logits, dim=-1)
-    top = logprob.topk(min(k, logits.shape[-1]), dim=-1)
-    tail = logprob.scatter(-1, top.indices, float("-inf")).logsumexp(dim=-1)
-    return top.indices, top.values, tail
+    top = logprob.topk(min(k + 1, vocab), dim=-1)
+    indices, values = top.indices[..., :k], top.values[..., :k]
+    if k >= vocab:
+        return indices, values, torch.full(logits.shape[:-1], float("-inf"), device=logits.device)
+    largest = top.values[..., k:]  # of the tail: each of its terms shifted by it is at most 1, and one is 1
+    tail = logprob.scatter_(-1, indices, float("-inf")).sub_(largest).exp_().sum(dim=-1).log_()
+    largest = largest[..., 0]
+    return indices, values, torch.where(largest.isneginf(), largest, tail + largest)  # a tail of mass 0: -inf
 
 
 def encode(values: np.ndarray, value_type: str) -> np.ndarray:
