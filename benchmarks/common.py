@@ -60,8 +60,13 @@ def merged(base: dict, changes: dict) -> dict:
 
 def quickstart_job(changes: dict, name: str = "bench") -> Job:
     """The quick start's job with ``changes`` (e.g. ``{"data": {"limit": 2000}, "store": ...}``)."""
-    raw = merged(yaml.safe_load(Path(QUICKSTART).read_text()), {"name": name, **changes})
-    return Job.prepare(config.parse(raw, f"{QUICKSTART} with {changes}"))
+    return job_file(QUICKSTART, changes, name)
+
+
+def job_file(path: str, changes: dict, name: str = "bench") -> Job:
+    """The job of the file at ``path`` with ``changes``, as ``quickstart_job``."""
+    raw = merged(yaml.safe_load(Path(path).read_text()), {"name": name, **changes})
+    return Job.prepare(config.parse(raw, f"{path} with {changes}"))
 
 
 def scratch_folder(prefix: str) -> str:
@@ -153,17 +158,18 @@ class PlainResult:
 
 def plain_training(
     run: TrainingRun,
-    images: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
     labels: torch.Tensor,
     columns: dict[str, torch.Tensor] | None = None,
     teacher: torch.nn.Module | None = None,
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     epochs: int | None = None,
 ) -> PlainResult:
-    """distkd's per-batch code (``shown``, the task's ``loss``, the learning-rate schedule) in one process without Ray
-    or DDP, over tensors held in memory. ``columns``: cached soft labels (see ``cached_columns``); ``teacher``:
-    online distillation instead, the teacher run on exactly the images the student is shown. Each epoch
-    validates on ``val``, as distkd's loop does."""
+    """distkd's per-batch code (``shown``, the input kind's ``model_input``, the task's ``loss``, the learning-rate
+    schedule) in one process without Ray or DDP, over tensors held in memory: ``inputs``, the kind's prepared columns
+    (``{"image": images}``), ``labels`` the task's targets. ``columns``: cached soft labels (see ``cached_columns``);
+    ``teacher``: online distillation instead, the teacher run on exactly the inputs the student is shown. Each epoch
+    validates on ``val`` (images), as distkd's loop does."""
     torch.set_num_threads(max(1, int(run.resources.cpus_per_worker)))
     torch.manual_seed(run.train.seed)
     model = placed(run.model.build(), CPU)  # the layout distkd's loop trains in
@@ -177,14 +183,15 @@ def plain_training(
         order = torch.randperm(len(labels), generator=generator)
         for i in range(0, len(labels) - size + 1, size):
             idx = order[i : i + size]
-            batch = {"image": images[idx], "label": labels[idx], **{k: v[idx] for k, v in (columns or {}).items()}}
-            shown_images, view = shown(run, batch, generator)
-            x = run.inputs.normalize(shown_images)
+            batch = {k: v[idx] for k, v in (inputs | (columns or {})).items()}
+            batch[run.task.target] = labels[idx]
+            shown_inputs, view = shown(run, batch, generator)
+            x = run.inputs.model_input(shown_inputs, CPU)
             if teacher is not None:
                 with torch.no_grad():
                     batch["teacher_logits"] = teacher(x)
-            targets = teacher_targets(batch, view, run.views, torch.device("cpu"))
-            loss = run.task.loss(run.distill, model(x), batch["label"], targets, scheduler.done / len(labels))
+            targets = teacher_targets(batch, view, run.views, CPU)
+            loss = run.task.loss(run.distill, model(x), labels[idx], targets, scheduler.done / len(labels))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

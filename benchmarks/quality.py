@@ -89,7 +89,7 @@ def main() -> None:
             teacher = pipeline.run(ojob, ["train_teacher"])["teacher"]
             spec = ojob.distilled_run(ojob.softlabel_spec(teacher))  # alpha, T; no views
             spec = dataclasses.replace(spec, train=spec.train.model_copy(update={"augment": True}))
-            student = plain_training(spec, images, labels, teacher=loaded(ojob.teacher, teacher)).model
+            student = plain_training(spec, {"image": images}, labels, teacher=loaded(ojob.teacher, teacher)).model
             results.setdefault(ONLINE, []).append(accuracy(student, test_images, test_labels, spec))
         print(f"seed {seed} done: { ({k: f'{v[-1]:.2%}' for k, v in results.items()}) }", flush=True)
 

@@ -78,7 +78,7 @@ def main() -> None:
 
         scratch = quickstart_job(base).scratch_run()
         plain = scratch
-        seconds = {"plain": plain_training(plain, images, labels, val=val).epoch_seconds}
+        seconds = {"plain": plain_training(plain, {"image": images}, labels, val=val).epoch_seconds}
         runs = {"plain": scratch}
         for fmt in args.formats.split(",") if n == 0 else ["dense"]:
             fjob = quickstart_job(merged(base, {"softlabels": FORMATS[fmt]}))
@@ -87,11 +87,11 @@ def main() -> None:
             runs[f"cached {fmt}"] = fjob.distilled_run(labels_spec)
             spec = runs[f"cached {fmt}"]
             seconds[f"cached {fmt}"] = plain_training(
-                spec, images, labels, cached_columns(entry, ids), val=val
+                spec, {"image": images}, labels, cached_columns(entry, ids), val=val
             ).epoch_seconds
         online = dataclasses.replace(runs["cached dense"], views=0)
         teacher = loaded(job.teacher, base["teacher"]["weights"])
-        seconds["online"] = plain_training(online, images, labels, teacher=teacher, val=val).epoch_seconds
+        seconds["online"] = plain_training(online, {"image": images}, labels, teacher=teacher, val=val).epoch_seconds
 
         ray_seconds = {}
         if args.ray_train and n == 0:

@@ -50,11 +50,30 @@ def from_code(code: np.ndarray) -> np.ndarray:
 
 def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits [..., V] -> the k most probable ids [..., k], their log-probabilities at temperature 1 [..., k] and the
-    log of the mass outside them [...] (-inf when k >= V), taken in log space so that a small tail is exact."""
-    logprob = torch.log_softmax(logits, dim=-1)
-    top = logprob.topk(min(k, logits.shape[-1]), dim=-1)
-    tail = logprob.scatter(-1, top.indices, float("-inf")).logsumexp(dim=-1)
-    return top.indices, top.values, tail
+    log of the mass outside them [...] (-inf when k >= V), taken in log space so that a small tail is exact.
+
+    One pass of ``exp`` serves the normaliser and the tail: each token's probability relative to the most probable
+    one's, at most 1, summed over all tokens and over those outside the top k, so the tail is a sum of positive
+    terms (no ``1 - sum`` cancellation). Where every tail term underflows (all under ``exp(-87)`` of the most
+    probable's) it is summed again shifted by its own largest, the (k+1)-th of the one ``topk``. Half the passes over
+    [..., V] of a log-softmax followed by a masked logsumexp (benchmarks/lm_labels.py)."""
+    vocab = logits.shape[-1]
+    top = logits.topk(min(k + 1, vocab), dim=-1)
+    best = top.values[..., :1]
+    relative = (logits - best).exp_()  # p / p_max
+    total = relative.sum(dim=-1, keepdim=True)
+    normaliser = best + total.log()  # logsumexp
+    indices, values = top.indices[..., :k], top.values[..., :k] - normaliser
+    if k >= vocab:
+        return indices, values, torch.full(logits.shape[:-1], float("-inf"), device=logits.device)
+    rest = relative.scatter_(-1, indices, 0.0).sum(dim=-1)
+    tail = (rest / total[..., 0]).log()
+    largest = top.values[..., k]  # the tail's largest logit: -inf where the tail has no mass
+    under = (rest == 0) & largest.isfinite()
+    if under.any():
+        shifted = logits[under].scatter(-1, indices[under], float("-inf")) - largest[under, None]
+        tail[under] = shifted.exp().sum(dim=-1).log() + largest[under] - normaliser[under][..., 0]
+    return indices, values, tail
 
 
 def encode(values: np.ndarray, value_type: str) -> np.ndarray:

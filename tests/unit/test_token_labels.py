@@ -2,6 +2,7 @@
 and the tail's log-mass, in float16 or the 8-bit code, read back through a Parquet file as the shards are."""
 
 import io
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -70,6 +71,24 @@ def test_k_of_the_whole_vocabulary_leaves_a_tail_of_exactly_zero(dtype):
     _, _, got = labelled(6, 6, dtype)
     assert np.isneginf(got["tail"]).all()
     assert np.isfinite(got["logprob"]).all()
+
+
+def test_the_tail_is_exact_in_log_space_however_small_and_minus_infinity_where_the_rest_has_no_mass():
+    logits = torch.randn(2, 3, 50, generator=torch.Generator().manual_seed(0)) * 3
+    logits[0, 0] = -200.0
+    logits[0, 0, :4] = 0.0  # the other 46 tokens hold about 46 exp(-200) / 4: 1 - sum(top 4) is 0 in float32
+    logits[1, 1, 4:] = float("-inf")  # no mass outside the top 4
+    index, logprob, tail = tokens.top_k(logits, 4)
+    exact = torch.log_softmax(logits.double(), dim=-1)
+    top = exact.topk(4, dim=-1)
+    expected = exact.scatter(-1, top.indices, float("-inf")).logsumexp(dim=-1)
+    assert torch.equal(index, top.indices)
+    assert torch.allclose(logprob.double(), top.values, atol=1e-5)
+    assert abs(tail[0, 0].item() - (math.log(46 / 4) - 200)) < 1e-3
+    assert tail[1, 1].item() == float("-inf")
+    finite = expected.isfinite()
+    assert torch.equal(finite, tail.isfinite())
+    assert torch.allclose(tail.double()[finite], expected[finite], atol=1e-4)
 
 
 def test_the_8_bit_code_rounds_to_sixteenths_of_a_nat_and_clamps_at_its_floor():
