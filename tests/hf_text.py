@@ -47,3 +47,34 @@ def tiny_bert(folder: Path, vocab_size: int = 120, layers: int = 2, width: int =
         config.save_pretrained(folder)
     tok.save(str(folder / "tokenizer.json"))
     return folder
+
+
+def tiny_causal(folder: Path, vocab_size: int = 300, width: int = 16, embedded: int | None = None) -> Path:
+    """A 2-layer Llama causal language model of ``width`` (random weights, ``save_pretrained``) with a byte-level BPE
+    tokenizer of at most ``vocab_size`` ids trained on ``SENTENCES``, its first id ``<|endoftext|>`` (a document's
+    end, as in SmolLM2's); the model embeds ``embedded`` ids (default: the tokenizer's)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
+    tok.train_from_iterator(SENTENCES, trainer)
+    config = transformers.LlamaConfig(
+        vocab_size=embedded or tok.get_vocab_size(),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder

@@ -363,19 +363,27 @@ def finder(data: DataConfig) -> Finder:
 
 
 def read_by(kind: InputKind, tokenizer: str | None, max_length: int | None) -> InputKind:
-    """How one model reads the job's input: a text tokenised with the model's own tokenizer (saved in the folder
-    ``tokenizer``, its special tokens added) and cut at the model's own ``max_length``, where it has them; else
-    ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is refused (a
-    ``ConfigError``)."""
+    """How one model reads the job's input: a text tokenised with the model's own tokenizer (saved at
+    ``tokenizer``, its special tokens added) and cut at the model's own ``max_length``, where it has them; a
+    language model's documents (blocks) likewise, their ids alone (no special tokens: a document ends with the
+    separator); else ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is
+    refused (a ``ConfigError``)."""
+    if isinstance(kind, DocumentBlocks):
+        text = _read_text(kind.text, tokenizer, max_length, specials=False)
+        return kind if text is kind.text else DocumentBlocks(text)
     if not isinstance(kind, TextInput):
         if max_length is not None:
             raise ConfigError(f"'max_length' cuts a text input's tokens; a {kind.name} input has none: leave it out")
         return kind
+    return _read_text(kind, tokenizer, max_length, specials=True)
+
+
+def _read_text(kind: TextInput, tokenizer: str | None, max_length: int | None, specials: bool) -> TextInput:
     length = max_length or kind.tokenizer.max_length
     if tokenizer is None:
         cut = dataclasses.replace(kind.tokenizer, max_length=length)
         return kind if cut == kind.tokenizer else dataclasses.replace(kind, tokenizer=cut)
-    own = tokenizers.saved(tokenizer, length, specials=True)  # a TokenizerError when it does not load
+    own = tokenizers.saved(tokenizer, length, specials=specials)  # a TokenizerError when it does not load
     return TextInput(kind.column, own, f"sha256:{content.sha256(own.uri)}")
 
 
