@@ -197,7 +197,7 @@ def check_own(name: str, num_classes: int, task: str = CLASSIFICATION) -> None:
     kind, rest = split(name)
     if kind != "hf":
         raise SourceError(f"'{OWN}' names the weights in an hf: folder; '{name}' has none of its own")
-    head, folder = HEADS.get(task), _hf_where(rest)
+    head, folder = HEADS[task], _hf_where(rest)
     if _is_gguf(folder):
         architectures, classes, weights = ["ForCausalLM"], None, True  # llama.cpp's files hold causal LMs
     else:
@@ -205,13 +205,12 @@ def check_own(name: str, num_classes: int, task: str = CLASSIFICATION) -> None:
         architectures = config.get("architectures") or []
         classes = len(config.get("id2label") or {}) or config.get("num_labels")
         weights = storage.exists(storage.join(folder, HF_WEIGHTS))
-    holds = head is not None and any(a.endswith(head.architectures) for a in architectures)
+    holds = any(a.endswith(head.architectures) for a in architectures)
     if not holds or (head.labelled and classes != num_classes) or not weights:
-        what = f"a classifier of the data's {num_classes} classes" if head is None or head.labelled else "a causal LM"
         raise SourceError(
-            f"{rest}: '{OWN}' needs a folder that holds {what} and its {HF_WEIGHTS} (it holds {architectures}"
-            f"{f' with {classes} labels' if classes else ''}); leave 'weights' out to train one from the folder's "
-            "weights"
+            f"{rest}: '{OWN}' needs a folder that holds {head.holds.format(classes=num_classes)} and its "
+            f"{HF_WEIGHTS} (it holds {architectures}{f' with {classes} labels' if classes else ''}); leave 'weights' "
+            "out to train one from the folder's weights"
         )
 
 
@@ -440,6 +439,7 @@ class Head:
     autos: dict[bool, tuple[str, Callable[[nn.Module, int | None], nn.Module]]]
     architectures: tuple[str, ...]
     labelled: bool
+    holds: str  # such a model, as a message says it ({classes}: the data's class count)
 
 
 HEADS: dict[str, Head] = {  # by the job's task (``tasks.TASKS``)
@@ -450,16 +450,19 @@ HEADS: dict[str, Head] = {  # by the job's task (``tasks.TASKS``)
         },
         ("ForSequenceClassification", "ForImageClassification"),
         labelled=True,
+        holds="a classifier of the data's {classes} classes",
     ),
-    "language_model": Head({True: ("AutoModelForCausalLM", HFCausalLM)}, ("ForCausalLM",), labelled=False),
+    "language_model": Head(
+        {True: ("AutoModelForCausalLM", HFCausalLM)}, ("ForCausalLM",), labelled=False, holds="a causal LM"
+    ),
 }
 
 
 def _head(rest: str, task: str, text: bool) -> tuple[Head, str, Callable[[nn.Module, int | None], nn.Module]]:
     """The head of ``task`` for a text input or not, its auto-class and its wrapper; a ``SourceError`` when there
     is none (a language model of images)."""
-    head = HEADS.get(task)
-    if head is None or text not in head.autos:
+    head = HEADS[task]
+    if text not in head.autos:
         raise SourceError(f"{rest}: an hf: model of {'text' if text else 'images'} for the task '{task}' is not built")
     return head, *head.autos[text]
 
