@@ -1,9 +1,10 @@
-"""Pretrained causal language models as teachers (issue 31): an ``hf:`` folder (or Hub id) built as
+"""Pretrained causal language models as teachers (issue 31): an ``hf:`` folder, Hub id or ``.gguf`` file built as
 ``AutoModelForCausalLM`` when the job's task is language_model, reading the documents with its own tokenizer, which
 the student shares; a mismatch of vocabulary or tokenizer refused before any work, naming both."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from distkd.config import ConfigError
 from distkd.job import Job
 from distkd.models import sources
 from distkd.models.sources import NEVER, HFCausalLM
-from tests.hf_text import tiny_causal
+from tests.hf_text import tiny_causal, tiny_gguf
 from tests.unit.test_language_model import LENGTH, documents, lm_config  # noqa: F401 - documents: a fixture
 from tests.unit.test_text_inputs import review
 
@@ -111,3 +112,21 @@ def test_own_weights_need_a_causal_lm_in_a_language_models_job(documents, causal
     with pytest.raises(ConfigError, match=rf"key 'teacher.weights': {bare}: 'own' needs a folder that holds a causal "
                        r"LM and its model.safetensors \(it holds \['LlamaModel'\]\)"):
         Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(bare), **reading(bare)))
+
+
+def test_a_gguf_file_is_a_teacher_of_its_own_weights_reading_with_the_tokenizer_inside_it(documents, tmp_path):
+    folder = tiny_causal(tmp_path / "lm")
+    gguf = tiny_gguf(tmp_path / "tiny.gguf", folder)  # the folder's weights and tokenizer in one file
+    job = Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(gguf), **reading(gguf)))
+    saved = Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(folder), **reading(folder)))
+    assert job.teacher.reads(job.inputs).tokenizer.uri == str(gguf) and job.num_classes == saved.num_classes
+    assert job.teacher_run() is None and job.teacher_weights_uri() == str(gguf)  # the file holds its weights
+    assert job.teacher.source == "sha256:" + hashlib.sha256(
+        f"tiny.gguf:{hashlib.sha256(gguf.read_bytes()).hexdigest()};".encode()
+    ).hexdigest()
+    rows = {"id": np.array(["a", "b"]), "text": np.array(["great dress", review(5)], dtype=object), "label": [0, 1]}
+    tokens = job.inputs.prepare(rows)["tokens"]
+    np.testing.assert_array_equal(tokens, saved.inputs.prepare(rows)["tokens"])  # the same tokens, from the file
+    with torch.no_grad():
+        logits = job.teacher.build().eval()(torch.from_numpy(tokens))
+        torch.testing.assert_close(logits, saved.teacher.build().eval()(torch.from_numpy(tokens)))
