@@ -263,14 +263,17 @@ def _texts_of(split: Split, column: str) -> Callable[[], list[list[str]]]:
     return read
 
 
-def text_input(split: Split, data: DataConfig, settings: TokenizerConfig | None, store: str) -> TextInput:
+def text_input(
+    split: Split, data: DataConfig, settings: TokenizerConfig | None, store: str, key: str = "tokenizer"
+) -> TextInput:
+    """The text kind for the tokenizer ``settings`` (``data.<key>``): a saved one, or one to train in the store."""
     settings = settings or TokenizerConfig()
     (column,) = split.input.columns
     if settings.name.startswith(tokenizers.HF):
         try:
             saved = tokenizers.saved(settings.name.removeprefix(tokenizers.HF), settings.max_length)
         except tokenizers.TokenizerError as e:
-            raise ConfigError(f"key 'data.tokenizer.name': {e}") from None
+            raise ConfigError(f"key 'data.{key}.name': {e}") from None
         return TextInput(column, saved, f"sha256:{content.sha256(saved.uri)}")
     made_of = {"data": split.identity(), "column": column, "settings": settings.model_dump()}
     folder = tokenizers.location(store, made_of)
@@ -310,7 +313,7 @@ def _blocks(schema: pa.Schema, column: str | None, settings: Strict | None, labe
 
 BLOCKS = Kind(  # a language model's documents: data/blocks.py, tokenised as the text kind tokenises
     _blocks,
-    lambda split, data, settings, store: DocumentBlocks(text_input(split, data, settings, store)),
+    lambda split, data, settings, store: DocumentBlocks(text_input(split, data, settings, store, "blocks")),
     "strings, one document a row",
     column="text",
     settings=("blocks", TokenizerConfig),

@@ -130,3 +130,10 @@ def test_a_gguf_file_is_a_teacher_of_its_own_weights_reading_with_the_tokenizer_
     with torch.no_grad():
         logits = job.teacher.build().eval()(torch.from_numpy(tokens))
         torch.testing.assert_close(logits, saved.teacher.build().eval()(torch.from_numpy(tokens)))
+
+
+def test_a_tokenizer_of_the_blocks_that_is_not_there_is_refused_naming_its_key(documents, causal, tmp_path):
+    missing = {"data.blocks": {"name": "hf:package:distkd_no_such_package/lm.gguf", "max_length": LENGTH}}
+    with pytest.raises(ConfigError, match="key 'data.blocks.name': 'package:distkd_no_such_package/lm.gguf': no "
+                       "installed package 'distkd_no_such_package'"):
+        Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(causal), **missing))
