@@ -51,8 +51,10 @@ from torch import nn
 
 from distkd import packages, storage
 from distkd.data.tokenizer import FILE as TOKENIZER_FILE
-from distkd.data.tokenizer import GGUF  # an hf: model in one file (llama.cpp's): config, tokenizer, weights
-from distkd.data.tokenizer import PAD
+from distkd.data.tokenizer import (
+    GGUF,  # an hf: model in one file (llama.cpp's): config, tokenizer, weights
+    PAD,
+)
 from distkd.models.boosters import BOOSTERS, BoosterError
 from distkd.models.registry import MODELS
 from distkd.registry import Registry

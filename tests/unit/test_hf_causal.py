@@ -17,8 +17,16 @@ from distkd.job import Job
 from distkd.models import sources
 from distkd.models.sources import NEVER, HFCausalLM
 from tests.hf_text import tiny_causal, tiny_gguf
-from tests.unit.test_language_model import LENGTH, documents, lm_config  # noqa: F401 - documents: a fixture
-from tests.unit.test_text_inputs import review
+from tests.unit.test_language_model import LENGTH, lm_config
+from tests.unit.test_text_inputs import ROWS, review, write
+
+
+@pytest.fixture
+def documents(tmp_path: Path) -> Path:
+    """Reviews of a few words, a split of ``ROWS`` each, as the language model tests read them."""
+    for split, start in (("train", 0), ("test", 1)):
+        write(tmp_path / "data", split, [review(start + i) for i in range(ROWS)])
+    return tmp_path / "data"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +46,9 @@ def reading(folder: Path | str) -> dict:
     return {"data.blocks": {"name": f"hf:{folder}", "max_length": LENGTH}}
 
 
-def test_an_hf_causal_lm_labels_as_it_is_reading_its_own_tokenizer_which_the_student_shares(documents, causal, tmp_path):
+def test_an_hf_causal_lm_labels_as_it_is_reading_its_own_tokenizer_which_the_student_shares(
+    documents, causal, tmp_path
+):
     job = Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(causal), **reading(causal)))
     vocab = json.loads((causal / "tokenizer.json").read_text())["model"]["vocab"]
     assert job.num_classes == len(vocab) + 1  # the tokenizer's ids and padding: not the 4 ids more it embeds
@@ -66,15 +76,21 @@ def _pieces(folder: Path) -> list[str]:
 
 def test_a_teacher_whose_vocabulary_is_not_the_students_is_refused_naming_both_tokenizers(documents, causal, tmp_path):
     trained = lm_config(documents, tmp_path / "store", **teacher_of(causal))  # data.blocks: a wordpiece of 200
-    with pytest.raises(ConfigError, match=rf"key 'teacher.name': 'hf:{causal}' reads the text with the tokenizer "
-                       rf"{causal}/tokenizer.json \(\d+ tokens, cut at 8\); the job's 'data.blocks'.* is the "
-                       r"tokenizer .*/tokenizers/\w+/tokenizer.json \(200 tokens, cut at 8\): the language_model "
-                       "task's teacher and student must share the vocabulary"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"key 'teacher.name': 'hf:{causal}' reads the text with the tokenizer "
+        rf"{causal}/tokenizer.json \(\d+ tokens, cut at 8\); the job's 'data.blocks'.* is the "
+        r"tokenizer .*/tokenizers/\w+/tokenizer.json \(200 tokens, cut at 8\): the language_model "
+        "task's teacher and student must share the vocabulary",
+    ):
         Job.prepare(trained)
     other = tiny_causal(tmp_path / "other", vocab_size=280)  # another tokenizer of the same alphabet
     student = {"student": {"name": f"hf-config:{other}", "train": {"batch_size": 8, "augment": False}}}
-    with pytest.raises(ConfigError, match=rf"key 'student.name': 'hf-config:{other}' reads the text with the "
-                       rf"tokenizer {other}/tokenizer.json .* is the tokenizer {causal}/tokenizer.json"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"key 'student.name': 'hf-config:{other}' reads the text with the "
+        rf"tokenizer {other}/tokenizer.json .* is the tokenizer {causal}/tokenizer.json",
+    ):
         Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(causal), **reading(causal), **student))
 
 
@@ -90,11 +106,16 @@ def test_a_hub_id_is_a_folder_once_downloaded_and_refused_before_work_when_it_ca
     import huggingface_hub
 
     offline = lm_config(documents, tmp_path / "store", **teacher_of("distkd-test/no-such-lm@main"), **reading(causal))
-    with pytest.raises(ConfigError, match="key 'teacher.name': 'distkd-test/no-such-lm@main' is no folder here, "
-                       "and as a Hugging Face Hub id it could not be downloaded"):
+    with pytest.raises(
+        ConfigError,
+        match="key 'teacher.name': 'distkd-test/no-such-lm@main' is no folder here, "
+        "and as a Hugging Face Hub id it could not be downloaded",
+    ):
         Job.prepare(offline)
     asked = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision: asked.append(revision) or str(causal))
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda repo, revision: asked.append(revision) or str(causal)
+    )
     monkeypatch.setattr(sources, "_HF_FOLDERS", {})
     hub = Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of("org/tiny-lm@v1"), **reading(causal)))
     folder = Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(causal), **reading(causal)))
@@ -109,8 +130,11 @@ def test_own_weights_need_a_causal_lm_in_a_language_models_job(documents, causal
     for file in causal.iterdir():
         (bare / file.name).write_bytes(file.read_bytes())
     (bare / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaModel"]}))
-    with pytest.raises(ConfigError, match=rf"key 'teacher.weights': {bare}: 'own' needs a folder that holds a causal "
-                       r"LM and its model.safetensors \(it holds \['LlamaModel'\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"key 'teacher.weights': {bare}: 'own' needs a folder that holds a causal "
+        r"LM and its model.safetensors \(it holds \['LlamaModel'\]\)",
+    ):
         Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(bare), **reading(bare)))
 
 
@@ -121,9 +145,11 @@ def test_a_gguf_file_is_a_teacher_of_its_own_weights_reading_with_the_tokenizer_
     saved = Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(folder), **reading(folder)))
     assert job.teacher.reads(job.inputs).tokenizer.uri == str(gguf) and job.num_classes == saved.num_classes
     assert job.teacher_run() is None and job.teacher_weights_uri() == str(gguf)  # the file holds its weights
-    assert job.teacher.source == "sha256:" + hashlib.sha256(
-        f"tiny.gguf:{hashlib.sha256(gguf.read_bytes()).hexdigest()};".encode()
-    ).hexdigest()
+    assert (
+        job.teacher.source
+        == "sha256:"
+        + hashlib.sha256(f"tiny.gguf:{hashlib.sha256(gguf.read_bytes()).hexdigest()};".encode()).hexdigest()
+    )
     rows = {"id": np.array(["a", "b"]), "text": np.array(["great dress", review(5)], dtype=object), "label": [0, 1]}
     tokens = job.inputs.prepare(rows)["tokens"]
     np.testing.assert_array_equal(tokens, saved.inputs.prepare(rows)["tokens"])  # the same tokens, from the file
@@ -134,6 +160,9 @@ def test_a_gguf_file_is_a_teacher_of_its_own_weights_reading_with_the_tokenizer_
 
 def test_a_tokenizer_of_the_blocks_that_is_not_there_is_refused_naming_its_key(documents, causal, tmp_path):
     missing = {"data.blocks": {"name": "hf:package:distkd_no_such_package/lm.gguf", "max_length": LENGTH}}
-    with pytest.raises(ConfigError, match="key 'data.blocks.name': 'package:distkd_no_such_package/lm.gguf': no "
-                       "installed package 'distkd_no_such_package'"):
+    with pytest.raises(
+        ConfigError,
+        match="key 'data.blocks.name': 'package:distkd_no_such_package/lm.gguf': no "
+        "installed package 'distkd_no_such_package'",
+    ):
         Job.prepare(lm_config(documents, tmp_path / "store", **teacher_of(causal), **missing))
