@@ -274,7 +274,7 @@ def trained(config: JobConfig) -> list[str]:
     teachers = [
         key
         for key, teacher in config.teachers().items()
-        if stage0 and not sources.given_weights(teacher.weights, teacher.name)
+        if stage0 and not (teacher.weights or sources.own_weights(teacher.name))  # 'own' resolved by spec: a Hub id
     ]
     return teachers + (["student"] if "distill" in config.stages else [])
 
@@ -364,6 +364,27 @@ def identity(key: str, name: str, code: tuple[str, ...]) -> str | None:
         return sources.identity(name, code)
     except (sources.SourceError, OSError) as e:
         raise ConfigError(f"key '{key}.name': {storage.redact(_first_line(e))}") from None
+
+
+def one_reading(task: Task, key: str, name: str, reads: InputKind, job: InputKind, kind: str) -> None:
+    """Where the task needs every model to read the input alike (``Task.one_reading``: a language model's teacher
+    and student predict the next token of one tokenizer, position by position), a ``ConfigError`` naming the
+    model, its tokenizer and the job's (the ``kind`` input's setting, which the models without their own read
+    with) unless the model at ``key`` reads the input as the job does."""
+    if task.one_reading and reads.identity() != job.identity():
+        setting = f"data.{kinds.INPUTS[kind].settings[0]}"
+        raise ConfigError(
+            f"key '{key}.name': '{name}' reads the text with {_reading(reads)}; the job's '{setting}', which the "
+            f"models without a tokenizer of their own read with, is {_reading(job)}: the {task.name} task's "
+            f"teacher and student must share the vocabulary and the tokens; name the model's tokenizer in "
+            f"'{setting}.name' (hf:<its folder or .gguf file>) so that every model reads with it"
+        )
+
+
+def _reading(kind: InputKind) -> str:
+    """A text reading as a message names it: its tokenizer's file, vocabulary and length."""
+    tokenizer = kind.tokenizer
+    return f"the tokenizer {tokenizer.uri} ({tokenizer.vocab_size - 1:,} tokens, cut at {tokenizer.max_length})"
 
 
 def build(key: str, model: ModelSpec) -> nn.Module:

@@ -27,6 +27,7 @@ from distkd.data.source import Split
 from distkd.models import load_weights
 from distkd.registry import Registry
 from distkd.specs import ModelSpec, TrainingRun
+from distkd.tasks import CLASSIFICATION
 
 TOLERANCE = 1e-4
 ROWS = 64  # rows of the run's data the program is checked on
@@ -114,7 +115,8 @@ def trained_model(run: str, code: tuple[str, ...] = ()) -> tuple[nn.Module, dict
         )
     info = storage.read_json(storage.join(run, TrainingRun.INFO))
     m = info["model"]
-    spec = ModelSpec(m["name"], m["kwargs"], m["num_classes"], tuple(m["input_shape"]), code=code)
+    task = info.get("task", CLASSIFICATION.name)  # what an hf: model was built for (run.json names any other)
+    spec = ModelSpec(m["name"], m["kwargs"], m["num_classes"], tuple(m["input_shape"]), code=code, task=task)
     return load_weights(spec.build(), storage.join(run, TrainingRun.WEIGHTS)).eval(), info
 
 

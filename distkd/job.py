@@ -106,6 +106,7 @@ class Job:
             )
 
         trained = checks.trained(config)
+        task = TASKS[config.task]
 
         def spec(key: str, model: ModelConfig) -> ModelSpec:
             try:
@@ -119,7 +120,7 @@ class Job:
                 )
             if model.weights == sources.OWN:
                 try:
-                    sources.check_own(model.name, num_classes)
+                    sources.check_own(model.name, num_classes, config.task)
                 except sources.SourceError as e:
                     raise ConfigError(f"{source}: key '{key}.weights': {e}") from None
             loads = model.weights not in (None, sources.OWN) and model.weights != sources.own_weights(model.name)
@@ -135,12 +136,13 @@ class Job:
                 raise ConfigError(f"{source}: key '{key}.max_length': {e}") from None
             kwargs = {**model.kwargs, **reads.model_kwargs()}
             try:
+                checks.one_reading(task, key, model.name, reads, kind, train.input.kind)
                 own = reads if reads is not kind else None
                 identity = checks.identity(key, name, code)
-                built = ModelSpec(name, kwargs, num_classes, reads.shape, identity, code, own)
+                built = ModelSpec(name, kwargs, num_classes, reads.shape, identity, code, own, config.task)
                 network = checks.build(key, built)
                 batch = checks.example(key, network, reads, train)
-                checks.forward(key, network, reads.shape, num_classes, batch, TASKS[config.task])
+                checks.forward(key, network, reads.shape, num_classes, batch, task)
                 if loads:
                     checks.weights(f"{key}.weights", network, model.weights)
             except ConfigError as e:

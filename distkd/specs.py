@@ -61,7 +61,8 @@ class ModelSpec:
     (the hash of a program, a Hugging Face folder or the job's ``code:``; a package version), in the identity
     only when there is one, so built-in models keep their keys; ``code`` is where that code is, not identity.
     ``inputs`` is the model's own reading of the input (its tokenizer, its ``max_length``) where it has one, in
-    its identity then; None: it reads the job's (``Job.inputs``)."""
+    its identity then; None: it reads the job's (``Job.inputs``). ``task`` is the job's task's name, which picks
+    what a source that builds for several builds (``sources.HEADS``); the runs' and reports' identities hold it."""
 
     name: str
     kwargs: dict
@@ -70,10 +71,11 @@ class ModelSpec:
     source: str | None = None
     code: tuple[str, ...] = ()
     inputs: InputKind | None = None
+    task: str = CLASSIFICATION.name
 
     def build(self) -> torch.nn.Module:
         *_, c, h = (1, *self.input_shape[:2])  # (C, H, W); a text input's (L,): 1 channel of L tokens
-        return sources.build(self.name, self.num_classes, c, h, self.code, **self.kwargs)
+        return sources.build(self.name, self.num_classes, c, h, self.code, self.task, **self.kwargs)
 
     def identity(self) -> dict:
         out = {

@@ -42,6 +42,9 @@ class Task:
     objective: ClassVar[Callable[..., Terms]]  # as losses.terms: (name, student, teacher, targets, ...)
     outputs: ClassVar[str]  # what a model's logits are, as a message says it
     unit: ClassVar[str]  # what one soft label is of, as the console and the manifest count them: a row, a token
+    # Every model reads the input as the job's input kind does (a language model's labels are per token of one
+    # tokenizer); else a model may read it its own way (a classifier's own tokenizer): ``checks.one_reading``.
+    one_reading: ClassVar[bool]
 
     def label_format(self, softlabels: SoftLabelConfig, num_classes: int, temperature: float) -> Format:
         """How the teacher's outputs are stored for the job's ``softlabels`` settings."""
@@ -114,6 +117,7 @@ class Classification(Task):
 
     outputs: ClassVar[str] = "one logit per class"
     unit: ClassVar[str] = "row"
+    one_reading: ClassVar[bool] = False
 
     def classes(self, labelled: int, inputs: InputKind) -> int:
         return labelled
@@ -154,6 +158,7 @@ class LanguageModel(Task):
 
     outputs: ClassVar[str] = "at each position, one logit per token of the vocabulary"
     unit: ClassVar[str] = "token"  # a block's position, padding included: each holds a label
+    one_reading: ClassVar[bool] = True
 
     def classes(self, labelled: int, inputs: InputKind) -> int:
         return inputs.model_kwargs()["vocab_size"]

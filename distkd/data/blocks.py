@@ -71,6 +71,11 @@ class DocumentBlocks:
     def shape(self) -> tuple[int, ...]:
         return self.text.shape
 
+    @property
+    def tokenizer(self):
+        """The text kind's tokenizer (``tokenizer.Tokenizer``), which reads the documents."""
+        return self.text.tokenizer
+
     def prepare(self, batch: dict[str, np.ndarray], pool: Executor | None = None) -> dict[str, np.ndarray]:
         text = self.text.prepare(batch)
         blocks = [pack([ids[:n]], len(ids), SEPARATOR) for ids, n in zip(text["tokens"], text["length"])]

@@ -263,14 +263,17 @@ def _texts_of(split: Split, column: str) -> Callable[[], list[list[str]]]:
     return read
 
 
-def text_input(split: Split, data: DataConfig, settings: TokenizerConfig | None, store: str) -> TextInput:
+def text_input(
+    split: Split, data: DataConfig, settings: TokenizerConfig | None, store: str, key: str = "tokenizer"
+) -> TextInput:
+    """The text kind for the tokenizer ``settings`` (``data.<key>``): a saved one, or one to train in the store."""
     settings = settings or TokenizerConfig()
     (column,) = split.input.columns
     if settings.name.startswith(tokenizers.HF):
         try:
             saved = tokenizers.saved(settings.name.removeprefix(tokenizers.HF), settings.max_length)
         except tokenizers.TokenizerError as e:
-            raise ConfigError(f"key 'data.tokenizer.name': {e}") from None
+            raise ConfigError(f"key 'data.{key}.name': {e}") from None
         return TextInput(column, saved, f"sha256:{content.sha256(saved.uri)}")
     made_of = {"data": split.identity(), "column": column, "settings": settings.model_dump()}
     folder = tokenizers.location(store, made_of)
@@ -310,7 +313,7 @@ def _blocks(schema: pa.Schema, column: str | None, settings: Strict | None, labe
 
 BLOCKS = Kind(  # a language model's documents: data/blocks.py, tokenised as the text kind tokenises
     _blocks,
-    lambda split, data, settings, store: DocumentBlocks(text_input(split, data, settings, store)),
+    lambda split, data, settings, store: DocumentBlocks(text_input(split, data, settings, store, "blocks")),
     "strings, one document a row",
     column="text",
     settings=("blocks", TokenizerConfig),
@@ -363,19 +366,27 @@ def finder(data: DataConfig) -> Finder:
 
 
 def read_by(kind: InputKind, tokenizer: str | None, max_length: int | None) -> InputKind:
-    """How one model reads the job's input: a text tokenised with the model's own tokenizer (saved in the folder
-    ``tokenizer``, its special tokens added) and cut at the model's own ``max_length``, where it has them; else
-    ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is refused (a
-    ``ConfigError``)."""
+    """How one model reads the job's input: a text tokenised with the model's own tokenizer (saved at
+    ``tokenizer``, its special tokens added) and cut at the model's own ``max_length``, where it has them; a
+    language model's documents (blocks) likewise, their ids alone (no special tokens: a document ends with the
+    separator); else ``kind`` itself, which every other model reads alike. ``max_length`` asked of another kind is
+    refused (a ``ConfigError``)."""
+    if isinstance(kind, DocumentBlocks):
+        text = _read_text(kind.text, tokenizer, max_length, specials=False)
+        return kind if text is kind.text else DocumentBlocks(text)
     if not isinstance(kind, TextInput):
         if max_length is not None:
             raise ConfigError(f"'max_length' cuts a text input's tokens; a {kind.name} input has none: leave it out")
         return kind
+    return _read_text(kind, tokenizer, max_length, specials=True)
+
+
+def _read_text(kind: TextInput, tokenizer: str | None, max_length: int | None, specials: bool) -> TextInput:
     length = max_length or kind.tokenizer.max_length
     if tokenizer is None:
         cut = dataclasses.replace(kind.tokenizer, max_length=length)
         return kind if cut == kind.tokenizer else dataclasses.replace(kind, tokenizer=cut)
-    own = tokenizers.saved(tokenizer, length, specials=True)  # a TokenizerError when it does not load
+    own = tokenizers.saved(tokenizer, length, specials=specials)  # a TokenizerError when it does not load
     return TextInput(kind.column, own, f"sha256:{content.sha256(own.uri)}")
 
 

@@ -1,4 +1,6 @@
-"""Tokenisers that need no download: trained once on the training split, or a saved one (``hf:<folder>``).
+"""Tokenisers that need no download: trained once on the training split, or a saved one (``hf:<folder>``, a folder
+holding ``tokenizer.json``, or ``hf:<file>.gguf``, whose tokenizer transformers reads from the file; either may be
+``package:<module>/<path>``, inside an installed package).
 
 A trained tokeniser is an output in the store like any other, named by what it is made of (the training
 split's identity, the text column and the settings): ``<store>/tokenizers/<hash>/tokenizer.json``, with
@@ -14,15 +16,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from distkd import storage
+from distkd import packages, storage
 from distkd.hashing import digest
 from distkd.registry import Registry
 
-HF = "hf:"  # a saved tokenizer: hf:<folder holding tokenizer.json>
+HF = "hf:"  # a saved tokenizer: hf:<folder holding tokenizer.json>, or hf:<model file>.gguf
 FILE, META = "tokenizer.json", "meta.json"
+GGUF = ".gguf"
 SPECIALS = ["[PAD]", "[UNK]"]
 PAD = 0  # the id of padding in the token ids the models see
 TRAIN_BATCH = 1_000  # texts per batch fed to the trainer and counted for truncation
@@ -118,10 +122,26 @@ class Tokenizer:
 
 @functools.lru_cache(maxsize=4)
 def _load(uri: str):
-    """The tokenizer at ``uri``, once per process (each Ray worker loads it at its first batch)."""
+    """The tokenizer at ``uri`` (a ``tokenizer.json``, or a ``.gguf`` file's), once per process (each Ray worker
+    loads it at its first batch)."""
     from tokenizers import Tokenizer as HFTokenizer
 
-    return HFTokenizer.from_str(storage.read_bytes(uri).decode())
+    return _gguf_tokenizer(uri) if uri.endswith(GGUF) else HFTokenizer.from_str(storage.read_bytes(uri).decode())
+
+
+def _gguf_tokenizer(uri: str):
+    """The tokenizer inside the GGUF file at ``uri``, as transformers converts it (the 'gguf' extra); a remote file is
+    copied to a local one first."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    local = storage.absolute(uri)
+    if storage.is_remote(uri):
+        local = f"{tempfile.mkdtemp(prefix='distkd-gguf-')}/{uri.rsplit('/', 1)[-1]}"
+        Path(local).write_bytes(storage.read_bytes(uri))
+    folder, _, name = local.rpartition("/")
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name).backend_tokenizer
 
 
 @functools.lru_cache(maxsize=4)
@@ -136,15 +156,19 @@ def _load_truncating(uri: str, max_length: int):
     return tok
 
 
-def saved(folder: str, max_length: int, specials: bool = False) -> Tokenizer:
-    """The tokenizer saved in ``folder`` (``tokenizer.json``, as ``save_pretrained`` writes it); a
-    ``TokenizerError`` saying why when it does not load. ``specials``: as the model saved with it reads (its
-    special tokens added)."""
-    uri = storage.join(storage.absolute(folder), FILE)
+def saved(where: str, max_length: int, specials: bool = False) -> Tokenizer:
+    """The tokenizer saved at ``where``: a folder's ``tokenizer.json`` (as ``save_pretrained`` writes it), or a
+    ``.gguf`` file's; ``package:<module>/<path>`` inside an installed package. A ``TokenizerError`` saying why when
+    it does not load. ``specials``: as the model saved with it reads (its special tokens added)."""
+    try:
+        where = packages.path(where) if packages.named(where) else storage.absolute(where)
+    except packages.PackageError as e:
+        raise TokenizerError(str(e)) from None
+    uri = where if where.endswith(GGUF) else storage.join(where, FILE)
     try:
         vocab = _load(uri).get_vocab_size()
     except Exception as e:  # noqa: BLE001 - missing file, bad JSON, unknown model type: all mean unusable
-        raise TokenizerError(f"{folder}: no tokenizer that loads ({type(e).__name__}: {e})") from None
+        raise TokenizerError(f"{where}: no tokenizer that loads ({type(e).__name__}: {e})") from None
     return Tokenizer(uri, max_length, vocab + 1, specials)
 
 

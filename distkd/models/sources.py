@@ -13,11 +13,14 @@ A model's ``name`` is a built-in name (``resnet9``, ...: ``MODELS``) or ``<sourc
 | ``lightgbm``, ``xgboost`` | a saved booster (path or URI) | ``models/boosters.py``: raw columns in, inference only |
 | ``import`` | ``<module>:<callable>`` | the user's class or builder, from the job's ``code:`` paths |
 
-``hf`` builds ``AutoModelForSequenceClassification`` when the input is text (its kwargs hold the tokenizer's
-``vocab_size``: ``TextInput.model_kwargs``), reading with the folder's own tokenizer where it has one
-(``own_tokenizer``), else ``AutoModelForImageClassification``; from the folder's weights, or from its config
-alone with random weights (``hf-config``). A Hub id (``<org>/<name>[@<revision>]``) is downloaded once through
-``huggingface_hub`` and is then a folder like any other, named by its files' content.
+``hf`` builds the auto-class the job's task picks (``HEADS``): for a classification,
+``AutoModelForSequenceClassification`` when the input is text (its kwargs hold the tokenizer's ``vocab_size``:
+``TextInput.model_kwargs``), else ``AutoModelForImageClassification``; for a language model,
+``AutoModelForCausalLM``. A text model reads with the folder's own tokenizer where it has one (``own_tokenizer``);
+from the folder's weights, or from its config alone with random weights (``hf-config``). A Hub id
+(``<org>/<name>[@<revision>]``) is downloaded once through ``huggingface_hub`` and is then a folder like any other,
+named by its files' content; a ``.gguf`` file is a folder of that one file (``from_pretrained(gguf_file=...)``,
+the ``gguf`` extra), its tokenizer inside it.
 
 Each source is one ``SOURCES`` entry; adding one is one registered ``Source``. ``identity`` names what
 defines a model beyond its name (the bytes of a program, a Hugging Face folder or the user's code; the
@@ -26,9 +29,9 @@ package version for timm), so a changed class body retrains and an unchanged one
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
-import importlib.resources
 import importlib.util
 import inspect
 import io
@@ -46,9 +49,12 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
-from distkd import storage
+from distkd import packages, storage
 from distkd.data.tokenizer import FILE as TOKENIZER_FILE
-from distkd.data.tokenizer import PAD
+from distkd.data.tokenizer import (
+    GGUF,  # an hf: model in one file (llama.cpp's): config, tokenizer, weights
+    PAD,
+)
 from distkd.models.boosters import BOOSTERS, BoosterError
 from distkd.models.registry import MODELS
 from distkd.registry import Registry
@@ -67,15 +73,17 @@ class Source:
     ``check(rest, code)`` resolves the name without building (raises ``SourceError``); ``identity(rest, code)``
     is what defines the model beyond its name, or None."""
 
-    build: Callable[[str, int, int, int, dict, tuple[str, ...]], nn.Module]
+    build: Callable[..., nn.Module]
     check: Callable[[str, tuple[str, ...]], None]
     identity: Callable[[str, tuple[str, ...]], str | None] = lambda rest, code: None
     trainable: bool = True  # False: a program (its weights are in the file; inference only)
     path: bool = False  # its rest is a file or folder (a path or URI): made absolute, and named by its bytes alone
     reads_columns: bool = False  # True: a ``ColumnModel``, called with the split's raw columns (models/columns.py)
+    per_task: bool = False  # True: ``build`` also takes the job's task name, which picks what it builds (``HEADS``)
 
-    def __call__(self, *args: object) -> nn.Module:
-        return self.build(*args)
+    def __call__(self, rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code, task: str):
+        shape = (rest, num_classes, in_channels, image_size, kwargs, code)
+        return self.build(*shape, task) if self.per_task else self.build(*shape)
 
 
 SOURCES: Registry[Source] = Registry("model source")
@@ -128,10 +136,21 @@ def check(name: str, code: Iterable[str] = ()) -> None:
     source.check(rest, tuple(code))
 
 
-def build(name: str, num_classes: int, in_channels: int, image_size: int, code: Iterable[str] = (), **kwargs):
-    """The model ``name`` for ``num_classes`` classes and inputs of ``in_channels`` x ``image_size``."""
+CLASSIFICATION = "classification"  # the task of a model built without one (``tasks.TASKS`` names them all)
+
+
+def build(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    code: Iterable[str] = (),
+    task: str = CLASSIFICATION,
+    **kwargs,
+):
+    """The model ``name`` for ``num_classes`` classes and inputs of ``in_channels`` x ``image_size``, for ``task``."""
     source, rest = _source(name)
-    return source(rest, num_classes, in_channels, image_size, kwargs, tuple(code))
+    return source(rest, num_classes, in_channels, image_size, kwargs, tuple(code), task)
 
 
 def trainable(name: str) -> bool:
@@ -167,29 +186,34 @@ def given_weights(weights: str | None, name: str) -> str | None:
 
 
 def _own_file(rest: str) -> str:
-    """The weights file of the Hugging Face folder ``rest``, as ``weights: own`` names it."""
-    return storage.join(storage.absolute(_hf_where(rest)), HF_WEIGHTS)
+    """The weights file of the Hugging Face folder ``rest`` (a ``.gguf`` file: itself), as ``weights: own`` names
+    it."""
+    where = storage.absolute(_hf_where(rest))
+    return where if _is_gguf(where) else storage.join(where, HF_WEIGHTS)
 
 
-def check_own(name: str, num_classes: int) -> None:
-    """A ``SourceError`` unless ``name`` is an ``hf:`` folder that holds a classifier of ``num_classes`` classes
-    with its weights: what ``weights: own`` labels with as it is (a folder without one would get a random head)."""
+def check_own(name: str, num_classes: int, task: str = CLASSIFICATION) -> None:
+    """A ``SourceError`` unless ``name`` is an ``hf:`` folder that holds the task's model (``HEADS``: a classifier
+    of ``num_classes`` classes, a causal language model) with its weights, or a ``.gguf`` file of a language model:
+    what ``weights: own`` labels with as it is (a folder without one would get a random head)."""
     kind, rest = split(name)
     if kind != "hf":
         raise SourceError(f"'{OWN}' names the weights in an hf: folder; '{name}' has none of its own")
-    folder = _hf_where(rest)
-    config = json.loads(storage.read_bytes(storage.join(folder, "config.json")))
-    heads = [a for a in config.get("architectures") or [] if a.endswith(CLASSIFIERS)]
-    classes = len(config.get("id2label") or {}) or config.get("num_labels")
-    if not heads or classes != num_classes or not storage.exists(storage.join(folder, HF_WEIGHTS)):
+    head, folder = HEADS[task], _hf_where(rest)
+    if _is_gguf(folder):
+        architectures, classes, weights = ["ForCausalLM"], None, True  # llama.cpp's files hold causal LMs
+    else:
+        config = json.loads(storage.read_bytes(storage.join(folder, "config.json")))
+        architectures = config.get("architectures") or []
+        classes = len(config.get("id2label") or {}) or config.get("num_labels")
+        weights = storage.exists(storage.join(folder, HF_WEIGHTS))
+    holds = any(a.endswith(head.architectures) for a in architectures)
+    if not holds or (head.labelled and classes != num_classes) or not weights:
         raise SourceError(
-            f"{rest}: '{OWN}' needs a folder that holds a classifier of the data's {num_classes} classes and its "
-            f"{HF_WEIGHTS} (its config.json names {config.get('architectures')} with {classes} labels); leave "
-            "'weights' out to train one from the folder's weights"
+            f"{rest}: '{OWN}' needs a folder that holds {head.holds.format(classes=num_classes)} and its "
+            f"{HF_WEIGHTS} (it holds {architectures}{f' with {classes} labels' if classes else ''}); leave 'weights' "
+            "out to train one from the folder's weights"
         )
-
-
-CLASSIFIERS = ("ForSequenceClassification", "ForImageClassification")
 
 
 def identity(name: str, code: Iterable[str] = ()) -> str | None:
@@ -280,22 +304,8 @@ def _folder_files(uri: str) -> list[str]:
     return files
 
 
-PACKAGE = "package:"  # hf:package:<module>/<folder>: a folder inside an installed Python package
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?")  # hf:<org>/<name>[@<revision>]
 _HF_FOLDERS: dict[str, str] = {}  # URI or Hub id -> local folder, per process
-
-
-def _package_folder(rest: str) -> str:
-    """The path of ``package:<module>/<folder>`` in this environment (site-packages differs per venv), found
-    through ``importlib.resources``."""
-    module, _, inner = rest.removeprefix(PACKAGE).partition("/")
-    try:
-        found = importlib.util.find_spec(module) if module else None
-    except (ImportError, ValueError):
-        found = None
-    if found is None:
-        raise SourceError(f"'{rest}': no installed package '{module}' (pip install the package that provides it)")
-    return str(importlib.resources.files(module).joinpath(inner))
 
 
 def _hub_folder(rest: str) -> str:
@@ -317,31 +327,62 @@ def _hub_folder(rest: str) -> str:
 def _hf_where(rest: str) -> str:
     """Where the folder of ``hf:<rest>`` is: a package's folder or a Hub id resolved to a local one, else
     ``rest`` (a path or URI)."""
-    if rest.startswith(PACKAGE):
-        return _package_folder(rest)
+    if packages.named(rest):
+        try:
+            return packages.path(rest)
+        except packages.PackageError as e:
+            raise SourceError(str(e)) from None
     if not storage.is_remote(rest) and not Path(rest).exists() and HUB_ID.fullmatch(rest):
         return _hub_folder(rest)
     return rest
 
 
+def _is_gguf(where: str) -> bool:
+    return where.endswith(GGUF)
+
+
+def _hf_files(rest: str) -> list[str]:
+    """The files of ``hf:<rest>``: a folder's, or a ``.gguf`` file alone."""
+    where = _hf_where(rest)
+    return [where] if _is_gguf(where) else _folder_files(where)
+
+
 def _hf_local(uri: str) -> str:
-    """A local folder with the files of the Hugging Face folder at ``uri`` (copied once per process if remote)."""
+    """A local folder (or ``.gguf`` file) with the files of the Hugging Face folder (or file) at ``uri``, copied
+    once per process if remote."""
     uri = _hf_where(uri)
     if not storage.is_remote(uri):
         return storage.absolute(uri)
     if uri not in _HF_FOLDERS:
         local = tempfile.mkdtemp(prefix="distkd-hf-")
-        for file in _folder_files(uri):
+        for file in _hf_files(uri):
             (Path(local) / file.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(file))
-        _HF_FOLDERS[uri] = local
+        _HF_FOLDERS[uri] = storage.join(local, uri.rsplit("/", 1)[-1]) if _is_gguf(uri) else local
     return _HF_FOLDERS[uri]
+
+
+def _hf_load(rest: str) -> tuple[str, dict]:
+    """What transformers' ``from_pretrained`` reads ``hf:<rest>`` from: a local folder, and for a ``.gguf`` file
+    its folder and ``gguf_file`` (its tensors dequantised as transformers loads them: the ``gguf`` extra)."""
+    local = _hf_local(rest)
+    if not _is_gguf(local):
+        return local, {}
+    for module in ("gguf", "accelerate"):
+        _extra(module, "gguf")
+    folder, _, file = local.rpartition("/")
+    return folder, {"gguf_file": file}
 
 
 def _hf_check(rest: str, code: tuple[str, ...]) -> None:
     _extra("transformers", "hf")
-    config = storage.join(_hf_where(rest), "config.json")
+    where = _hf_where(rest)
+    if _is_gguf(where):
+        if not storage.exists(where):
+            raise SourceError(f"{rest}: no such GGUF file")
+        return
+    config = storage.join(where, "config.json")
     if not storage.exists(config):
-        raise SourceError(f"{rest}: no config.json (expected a folder written by save_pretrained)")
+        raise SourceError(f"{rest}: no config.json (expected a folder written by save_pretrained, or a .gguf file)")
     try:
         json.loads(storage.read_bytes(config))
     except ValueError as e:
@@ -373,76 +414,134 @@ class HFTextClassifier(nn.Module):
         return self.model(input_ids=(tokens - 1).clamp(min=0), attention_mask=real.long()).logits
 
 
+NEVER = -1e4  # the logit of the padding id (0), which no target is: no probability, and finite in fp16
+
+
+class HFCausalLM(nn.Module):
+    """A transformers causal language model as a plain module: a blocks input's token ids in (the tokenizer's ids
+    + 1; padding, 0, only after a block's real tokens, which never attend to it), logits [N, L, vocab] out over
+    those ids: ``NEVER`` for padding, then the model's logits of its tokenizer's ``vocab - 1`` ids (a model may
+    embed more, rounding its matrix up)."""
+
+    def __init__(self, model: nn.Module, vocab: int) -> None:
+        super().__init__()
+        self.model, self.vocab = model, vocab
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=(tokens.long() - 1).clamp(min=0), use_cache=False).logits
+        return nn.functional.pad(logits[..., : self.vocab - 1], (1, 0), value=NEVER)
+
+
+@dataclass(frozen=True)
+class Head:
+    """What an ``hf:`` model is for one task: per input (text or not), the transformers auto-class and the wrapper
+    (``(model, vocab)`` -> a plain module); the architectures a folder's config names when it holds such a model
+    (``weights: own``); and whether its outputs are the data's classes (``num_labels``), not its vocabulary."""
+
+    autos: dict[bool, tuple[str, Callable[[nn.Module, int | None], nn.Module]]]
+    architectures: tuple[str, ...]
+    labelled: bool
+    holds: str  # such a model, as a message says it ({classes}: the data's class count)
+
+
+HEADS: dict[str, Head] = {  # by the job's task (``tasks.TASKS``)
+    CLASSIFICATION: Head(
+        {
+            False: ("AutoModelForImageClassification", lambda model, vocab: HFClassifier(model)),
+            True: ("AutoModelForSequenceClassification", lambda model, vocab: HFTextClassifier(model)),
+        },
+        ("ForSequenceClassification", "ForImageClassification"),
+        labelled=True,
+        holds="a classifier of the data's {classes} classes",
+    ),
+    "language_model": Head(
+        {True: ("AutoModelForCausalLM", HFCausalLM)}, ("ForCausalLM",), labelled=False, holds="a causal LM"
+    ),
+}
+
+
+def _head(rest: str, task: str, text: bool) -> tuple[Head, str, Callable[[nn.Module, int | None], nn.Module]]:
+    """The head of ``task`` for a text input or not, its auto-class and its wrapper; a ``SourceError`` when there
+    is none (a language model of images)."""
+    head = HEADS[task]
+    if text not in head.autos:
+        raise SourceError(f"{rest}: an hf: model of {'text' if text else 'images'} for the task '{task}' is not built")
+    return head, *head.autos[text]
+
+
 def _hf_config(rest: str, kwargs: dict):
     """The folder's config with ``kwargs`` applied; a ``SourceError`` when the folder holds no model config."""
     transformers = _extra("transformers", "hf")
-    local = _hf_local(rest)
+    local, gguf = _hf_load(rest)
     try:  # the folder's own config, before the kwargs are applied: whether the folder is a model at all
-        transformers.AutoConfig.from_pretrained(local)
+        transformers.AutoConfig.from_pretrained(local, **gguf)
     except Exception as e:  # noqa: BLE001 - a bad config.json raises what its contents make it raise
         raise SourceError(f"{rest}: not a save_pretrained model folder that loads: {first_line(e)}") from None
-    return transformers.AutoConfig.from_pretrained(local, **kwargs)
+    return transformers.AutoConfig.from_pretrained(local, **gguf, **kwargs)
 
 
-def _hf_model(rest: str, num_classes: int, kwargs: dict, pretrained: bool) -> nn.Module:
-    """An image classifier, or a text classifier when the input is text (its kwargs hold the tokenizer's
-    ``vocab_size``, ``TextInput.model_kwargs``), from the folder's weights or (``pretrained`` False) from its
-    config alone, with random weights; ``kwargs`` set the config's fields."""
+def _hf_model(rest: str, num_classes: int, kwargs: dict, pretrained: bool, task: str) -> nn.Module:
+    """The task's model (``HEADS``): an image classifier, or a text classifier when the input is text (its kwargs
+    hold the tokenizer's ``vocab_size``, ``TextInput.model_kwargs``); a causal language model of a blocks input;
+    from the folder's weights or (``pretrained`` False) from its config alone, with random weights; ``kwargs`` set
+    the config's fields."""
     transformers = _extra("transformers", "hf")
     transformers.logging.set_verbosity_error()  # its load reports and progress bars: the console is distkd's
     transformers.logging.disable_progress_bar()
     kwargs = dict(kwargs)
     vocab = kwargs.pop("vocab_size", None)  # ids the model sees: its tokenizer's + 1 (0 is padding)
-    if vocab is None:
-        auto, wrapper = transformers.AutoModelForImageClassification, HFClassifier
-    else:
-        auto, wrapper = transformers.AutoModelForSequenceClassification, HFTextClassifier
-    if vocab is not None or not pretrained:  # a pretrained image classifier keeps its head, as it always has
+    head, auto, wrapper = _head(rest, task, vocab is not None)
+    auto = getattr(transformers, auto)
+    if head.labelled and (vocab is not None or not pretrained):  # a pretrained image classifier keeps its head
         kwargs["num_labels"] = num_classes
     config = _hf_config(rest, kwargs)
     if not pretrained:
         if vocab is not None:
             config.vocab_size = vocab - 1  # a model from a config alone embeds exactly its tokenizer's ids
-        return wrapper(auto.from_config(config))
+        return wrapper(auto.from_config(config), vocab)
     if vocab is not None and config.vocab_size < vocab - 1:
         raise SourceError(
             f"{rest}: the model embeds {config.vocab_size} token ids, fewer than its tokenizer's {vocab - 1}"
         )
-    model = wrapper(auto.from_pretrained(_hf_local(rest), config=config))
+    local, gguf = _hf_load(rest)
+    with contextlib.redirect_stderr(io.StringIO()):  # the GGUF loader's own progress bar, which logging leaves on
+        model = wrapper(auto.from_pretrained(local, config=config, **gguf), vocab)
     model.weights_uri = _own_file(rest)  # holds its folder's weights: what ``weights: own`` loads (load_weights)
     return model
 
 
-def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple) -> nn.Module:
-    return _hf_model(rest, num_classes, kwargs, pretrained=True)
+def _hf(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple, task: str):
+    return _hf_model(rest, num_classes, kwargs, pretrained=True, task=task)
 
 
-def _hf_from_config(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code: tuple):
-    return _hf_model(rest, num_classes, kwargs, pretrained=False)
+def _hf_from_config(rest: str, num_classes: int, in_channels: int, image_size: int, kwargs: dict, code, task: str):
+    return _hf_model(rest, num_classes, kwargs, pretrained=False, task=task)
 
 
 def _hf_identity(rest: str, code: tuple[str, ...]) -> str:
-    files = _folder_files(_hf_where(rest))
-    return _files_sha256((f.rsplit("/", 1)[-1], storage.read_bytes(f)) for f in files)
+    return _files_sha256((f.rsplit("/", 1)[-1], storage.read_bytes(f)) for f in _hf_files(rest))
 
 
 def _hf_config_identity(rest: str, code: tuple[str, ...]) -> str:
-    """A model from a config alone is its config and its tokenizer, never the folder's weights."""
-    named = ((f.rsplit("/", 1)[-1], f) for f in _folder_files(_hf_where(rest)))
-    return _files_sha256((name, storage.read_bytes(f)) for name, f in named if name in HF_CONFIG_FILES)
+    """A model from a config alone is its config and its tokenizer, never the folder's weights (a ``.gguf`` file
+    holds all three: its bytes)."""
+    named = ((f.rsplit("/", 1)[-1], f) for f in _hf_files(rest))
+    kept = ((name, f) for name, f in named if name in HF_CONFIG_FILES or _is_gguf(name))
+    return _files_sha256((name, storage.read_bytes(f)) for name, f in kept)
 
 
 HF_CONFIG_FILES = ("config.json", TOKENIZER_FILE)
 
 
 def own_tokenizer(name: str) -> str | None:
-    """The folder whose tokenizer the model ``name`` reads a text with (a Hugging Face folder that holds one:
-    ``tokenizer.json``), or None: it reads with the job's (``data.tokenizer``)."""
+    """Where the tokenizer the model ``name`` reads a text with is (a Hugging Face folder that holds one,
+    ``tokenizer.json``, or a ``.gguf`` file, which always does), or None: it reads with the job's
+    (``data.tokenizer``, ``data.blocks``)."""
     kind, rest = split(name)
     if kind not in HF_SOURCES or not rest:
         return None
-    folder = _hf_where(rest)
-    return folder if storage.exists(storage.join(folder, TOKENIZER_FILE)) else None
+    where = _hf_where(rest)
+    return where if _is_gguf(where) or storage.exists(storage.join(where, TOKENIZER_FILE)) else None
 
 
 class Program(nn.Module):
@@ -593,8 +692,8 @@ def _import_identity(rest: str, code: tuple[str, ...]) -> str | None:
 SOURCES.register(BUILTIN)(Source(_builtin, _builtin_check))
 SOURCES.register("torchvision")(Source(_torchvision, _torchvision_check, lambda rest, code: _torchvision_version()))
 SOURCES.register("timm")(Source(_timm, _timm_check, lambda rest, code: _version("timm", "timm")))
-SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity, path=True))
-SOURCES.register("hf-config")(Source(_hf_from_config, _hf_check, _hf_config_identity, path=True))
+SOURCES.register("hf")(Source(_hf, _hf_check, _hf_identity, path=True, per_task=True))
+SOURCES.register("hf-config")(Source(_hf_from_config, _hf_check, _hf_config_identity, path=True, per_task=True))
 SOURCES.register("torchscript")(Source(_torchscript, _program_check, _program_identity, trainable=False, path=True))
 SOURCES.register("export")(Source(_exported, _program_check, _program_identity, trainable=False, path=True))
 SOURCES.register("import")(Source(_imported, _import_check, _import_identity))
