@@ -13,14 +13,16 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
 from distkd.data.kinds import InputKind
 from distkd.data.source import Split
 from distkd.data.tokenizer import PAD
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE = -100  # the target of a position with no next token: F.cross_entropy's ignore_index
 # A document's end: the id of the tokenizer's own first token (its '[PAD]' when trained here), which no text
@@ -85,6 +87,8 @@ class DocumentBlocks:
         return {"id": batch["id"], "tokens": tokens, "next": following, "label": batch["label"]}
 
     def on_device(self, batch: dict[str, np.ndarray], device: torch.device, pool: Executor) -> dict[str, torch.Tensor]:
+        import torch  # here, not at the top: data/inputs.py says why
+
         prepared = self.prepare(batch)
         return {name: torch.from_numpy(prepared[name]).to(device) for name in self.columns}
 
@@ -92,6 +96,8 @@ class DocumentBlocks:
         return self.text.model_input(batch, device)
 
     def example(self, rows: int) -> dict[str, torch.Tensor]:
+        import torch
+
         tokens = self.text.example(rows)["tokens"]
         following = torch.full(tokens.shape, IGNORE, dtype=torch.int64)
         following[:, 0] = SEPARATOR  # the example's one real token, then its document's end

@@ -20,6 +20,9 @@ the training split; its shape is (F,), with ``cardinalities`` and ``numeric`` in
 
 ``finder`` finds a split's kind, ``settings`` validates the kinds' settings a job gives, ``for_data`` builds
 the training split's kind.
+
+torch is imported in the methods that run on a device (``on_device``, ``example``): Ray Data's tasks unpickle
+a kind to ``prepare`` rows, with numpy alone, and a task that imports torch spends 2 s of CPU on it.
 """
 
 from __future__ import annotations
@@ -29,18 +32,16 @@ import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import torch
 from pydantic import Field, field_validator
 
 from distkd import console, content, storage
 from distkd.config import MAX_LENGTH, ConfigError, DataConfig, Strict, validated
-from distkd.data import gpu_decode
 from distkd.data import tokenizer as tokenizers
 from distkd.data.blocks import DocumentBlocks
 from distkd.data.errors import DataError
@@ -50,6 +51,9 @@ from distkd.data.source import Finder, Input, Split, decode_batch, image_shape
 from distkd.data.tabular import TABULAR
 from distkd.data.transforms import Normalize
 from distkd.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 INPUTS: Registry[Kind] = Registry("input kind")
 MAX_VOCAB_SIZE = 1_000_000  # a text model's embedding is allocated from it before anything reads the data
@@ -75,6 +79,8 @@ class ImageInput:
         return decode_batch(batch, self.image_shape, pool, self.column)
 
     def on_device(self, batch: dict[str, np.ndarray], device: torch.device, pool: Executor) -> dict[str, torch.Tensor]:
+        from distkd.data import gpu_decode
+
         encoded = {**batch, "image": batch[self.column]}
         return {"image": gpu_decode.decoder(device)(encoded, self.image_shape, device, pool)}
 
@@ -82,6 +88,8 @@ class ImageInput:
         return self.normalize(batch["image"].to(device, non_blocking=True))
 
     def example(self, rows: int) -> dict[str, torch.Tensor]:
+        import torch
+
         return {"image": torch.zeros(rows, *self.image_shape, dtype=torch.uint8)}
 
     def row_bytes(self) -> int:
@@ -167,12 +175,16 @@ class TextInput:
         return {**out, "label": batch["label"]}
 
     def on_device(self, batch: dict[str, np.ndarray], device: torch.device, pool: Executor) -> dict[str, torch.Tensor]:
+        from distkd.data import gpu_decode
+
         return {"tokens": gpu_decode.host_to_device(self.prepare(batch)["tokens"], device)}
 
     def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         return batch["tokens"].to(device, non_blocking=True).long()
 
     def example(self, rows: int) -> dict[str, torch.Tensor]:
+        import torch
+
         tokens = torch.zeros(rows, self.tokenizer.max_length, dtype=torch.int32)
         tokens[:, 0] = 1  # one real token: a row of padding alone is not what the data holds
         return {"tokens": tokens}

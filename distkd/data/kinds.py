@@ -7,14 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from distkd.config import DataConfig, Strict
 from distkd.data.source import Input, Split
+
+if TYPE_CHECKING:
+    import torch
 
 
 class InputKind(Protocol):

@@ -27,21 +27,22 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from pydantic import Field, model_validator
 
 from distkd import storage
 from distkd.config import ConfigError, DataConfig, Strict
-from distkd.data import gpu_decode
 from distkd.data.kinds import STRINGS, Kind
 from distkd.data.source import LABEL, Split
 from distkd.hashing import digest
+
+if TYPE_CHECKING:
+    import torch
 
 FILE = "statistics.json"
 OOV = 0  # the index of nulls, rare values and values unseen in training
@@ -264,12 +265,16 @@ class TabularInput:
         return {"id": batch["id"], "features": self.statistics.encode(batch), "label": batch["label"]}
 
     def on_device(self, batch: dict[str, np.ndarray], device: torch.device, pool: Executor) -> dict[str, torch.Tensor]:
+        from distkd.data import gpu_decode  # here, not at the top: data/inputs.py says why
+
         return {"features": gpu_decode.host_to_device(self.statistics.encode(batch), device)}
 
     def model_input(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         return batch["features"].to(device, non_blocking=True).float()
 
     def example(self, rows: int) -> dict[str, torch.Tensor]:
+        import torch
+
         return {"features": torch.zeros(rows, self.statistics.width)}  # index 0 and the means: a valid row
 
     def row_bytes(self) -> int:

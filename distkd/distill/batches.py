@@ -1,6 +1,6 @@
 """The training batches of one worker, behind one iterator per epoch (``Batches.epoch``), whether the data is
 held in memory (``HeldBatches``: every worker holds every row and trains on the rows whose id hashes to its
-rank) or streamed (``StreamedBatches``: each worker reads its own share, ``UnequalSplit``).
+rank) or streamed (``StreamedBatches``: each worker reads its own share, ``split.UnequalSplit``).
 
 No worker is handed a batch of one row (BatchNorm cannot train on one value per channel, which is what it
 gets when a model shrinks the image to 1x1): an epoch's last row joins the batch before it (``folded``), and
@@ -9,16 +9,13 @@ still trained on exactly once an epoch, and the workers still take the same step
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import ray.data
-import ray.train
 import torch
-from ray.data import ExecutionOptions
 
 from distkd.distill.ddp import all_reduce, gathered
 from distkd.tasks import CLASSIFICATION, Task
@@ -204,28 +201,3 @@ def worker_of(ids: np.ndarray, world: int) -> np.ndarray:
 def id_checksum(ids: np.ndarray) -> int:
     """A sum of per-id hashes: equal to the split's iff no id was dropped or repeated (up to a collision)."""
     return sum(zlib.crc32(str(i).encode()) for i in ids)
-
-
-class UnequalSplit(ray.train.DataConfig):
-    """Ray Train's dataset config, except that the datasets it splits are cut unequally: its equal split
-    leaves out up to ``world - 1`` rows an epoch to even the shares, while here every row goes to exactly one
-    worker (``StreamedBatches`` keeps the workers in step; validation only sums at the end). It keeps its own
-    copy of what it splits and with which options: Ray's are private attributes."""
-
-    def __init__(self, datasets_to_split: list[str], execution_options: dict[str, ExecutionOptions] | None = None):
-        super().__init__(datasets_to_split=datasets_to_split, execution_options=execution_options)
-        self.split = frozenset(datasets_to_split)
-        self.options = execution_options or {}
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        split = self.split & set(datasets)  # Ray Train V2 configures one dataset at a time
-        whole = {name: ds for name, ds in datasets.items() if name not in split}
-        output = super().configure(whole, world_size, worker_handles, worker_node_ids, **kwargs)
-        for name in split:
-            ds = datasets[name].copy(datasets[name])
-            ds.set_name(name)
-            ds.context.execution_options = copy.deepcopy(self.options.get(name) or self.default_ingest_options())
-            shards = ds.streaming_split(world_size, equal=False, locality_hints=worker_node_ids)
-            for shard, iterator in zip(output, shards):
-                shard[name] = iterator
-        return output

@@ -16,8 +16,8 @@ from ray.train.torch import TorchTrainer
 from distkd import storage
 from distkd.config import ResourcesConfig
 from distkd.distill import streaming
-from distkd.distill.batches import UnequalSplit
 from distkd.distill.loop import CHECKPOINT_FILE, Worker, train_loop
+from distkd.distill.split import UnequalSplit
 from distkd.specs import TrainingRun
 from distkd.tracking import EpochPrinter
 

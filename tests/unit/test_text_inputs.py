@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,9 @@ from distkd import config, storage
 from distkd.config import ConfigError
 from distkd.data import inputs, tokenizer
 from distkd.data.source import DataError, Split
+from distkd.data.transforms import Normalize
 from distkd.distill import streaming
+from distkd.distill.split import UnequalSplit
 from distkd.evaluate.classification import SLICES
 from distkd.evaluate.stage import Evaluator, prepared
 from distkd.job import Job
@@ -253,3 +257,25 @@ def test_the_smallest_tokenizer_is_what_training_keeps_at_any_vocab_size(name: s
     tok, trainer = tokenizer.TRAINERS[name](len(tokenizer.SPECIALS))
     tok.train_from_iterator(texts, trainer=trainer)
     assert tokenizer.smallest(name, texts) == tok.get_vocab_size()
+
+
+PREPARES = """
+import pickle, sys
+kinds, batch, split = pickle.loads(sys.stdin.buffer.read())
+for kind in kinds:
+    kind.prepare(batch) if kind.name == "text" else None
+print(sorted(m for m in ("torch", "distkd.models", "distkd.distill.batches") if m in sys.modules))
+"""
+
+
+def test_a_process_that_prepares_rows_imports_no_torch(data: Path, tmp_path: Path) -> None:
+    """Ray Data's tasks unpickle the input kinds to prepare rows, and Ray Train's dataset manager its dataset
+    config: torch costs each such process 2 s of CPU to import, and neither needs it."""
+    text = Job.prepare(job_config(data, tmp_path / "store")).inputs
+    text.ready()
+    image = inputs.ImageInput("image", (3, 32, 32), Normalize((0.5,) * 3, (0.25,) * 3))
+    rows = Split.open(str(data), "train").read_table(["id", "text", "label"]).to_pydict()
+    batch = {name: np.array(values, dtype=object) for name, values in rows.items()}
+    pickled = pickle.dumps(([text, image], batch, UnequalSplit(["train"])))
+    done = subprocess.run([sys.executable, "-c", PREPARES], input=pickled, capture_output=True)
+    assert done.returncode == 0 and done.stdout.decode().strip() == "[]", done.stdout + done.stderr[-2000:]
