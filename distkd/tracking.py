@@ -12,7 +12,11 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
+from collections.abc import Callable
+from typing import ClassVar
 
+import ray
 from ray.train import UserCallback
 from ray.util.queue import Empty, Queue
 
@@ -68,42 +72,98 @@ class RunMetrics:
 class EpochPrinter:
     """Prints one line per epoch on the driver, from the metrics rank 0 reports.
 
-    ``callback`` goes into Ray Train's ``RunConfig(callbacks=...)``: it runs on the train
-    controller and forwards the metrics through a Ray queue that a thread here prints from.
+    ``callback`` goes into Ray Train's ``RunConfig(callbacks=...)``: it runs on the train controller and forwards
+    the metrics, with this run's key, through the process's one Ray queue (``EpochQueue``), whose thread prints each
+    line for the run it belongs to.
     """
 
     def __init__(self, label: str, epochs: int) -> None:
         self.label, self.epochs = label, epochs
         self.latest: dict | None = None  # the last epoch's metrics, once printed
-        self.queue = Queue(actor_options={"num_cpus": 0})
-        self.callback = ForwardMetrics(self.queue)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._print_until_done, daemon=True)
+        self.key = uuid.uuid4().hex
+        self.lines = EpochQueue.current()
+        self.callback = ForwardMetrics(self.lines.queue, self.key)
 
-    def _print_until_done(self) -> None:
-        while True:
-            try:
-                metrics = self.queue.get(timeout=0.5)
-            except Empty:
-                if self._done.is_set():
-                    return
-                continue
-            self.latest = metrics
-            say(epoch_line(self.label, self.epochs, metrics))
+    def show(self, metrics: dict) -> None:
+        self.latest = metrics
+        say(epoch_line(self.label, self.epochs, metrics))
 
     def __enter__(self) -> EpochPrinter:
-        self._thread.start()
+        self.lines.add(self.key, self.show)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self.queue.shutdown()
+        self.lines.remove(self.key)  # the run's reports were all queued before its fit returned: each is printed
+
+
+class EpochQueue:
+    """One Ray queue for the epoch metrics of every run this process trains, however many at once (a queue of their
+    own was an actor, a process of 2 s of CPU, each run), and, while a run trains, the thread that hands each to its
+    run's printer."""
+
+    _current: ClassVar[EpochQueue | None] = None
+    _made = threading.Lock()
+
+    @classmethod
+    def current(cls) -> EpochQueue:
+        """This Ray connection's queue: a new connection, a new queue (the last one went with its connection)."""
+        context = ray.get_runtime_context()
+        connection = (context.get_node_id(), context.get_job_id())  # a cluster started again has new nodes
+        with cls._made:
+            if cls._current is None or cls._current.connection != connection:
+                cls._current = cls(connection)
+            return cls._current
+
+    def __init__(self, connection: tuple[str, str]) -> None:
+        self.connection = connection
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._printers: dict[str, Callable[[dict], None]] = {}
+        self._members = threading.Lock()  # runs come and go from their own threads
+        self._reading = threading.Lock()  # an item is taken and printed under it: a drain misses none
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, key: str, printer: Callable[[dict], None]) -> None:
+        with self._members:
+            self._printers[key] = printer
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._print_until_stopped, daemon=True)
+                self._thread.start()
+
+    def remove(self, key: str) -> None:
+        """Print what is queued, then forget ``key``'s printer; the thread stops with the last run."""
+        with self._members:
+            self.drain()
+            del self._printers[key]
+            if self._printers or self._thread is None:
+                return
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def drain(self) -> None:
+        with self._reading:
+            for item in self.queue.get_nowait_batch(self.queue.qsize()):
+                self._print(*item)
+
+    def _print_until_stopped(self) -> None:
+        while not self._stop.is_set():
+            with self._reading:
+                try:
+                    item = self.queue.get(timeout=0.5)
+                except Empty:
+                    continue
+                self._print(*item)
+
+    def _print(self, key: str, metrics: dict) -> None:
+        if (printer := self._printers.get(key)) is not None:  # a run's items all come before its printer leaves
+            printer(metrics)
 
 
 class ForwardMetrics(UserCallback):
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
+    def __init__(self, queue: Queue, key: str) -> None:
+        self.queue, self.key = queue, key
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.queue.put(metrics[0])  # rank 0's: its all-reduced figures are the run's
+        self.queue.put((self.key, metrics[0]))  # rank 0's: its all-reduced figures are the run's

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from distkd import config, console
 from distkd.evaluate.report import write_report
 from distkd.models import sources
+from distkd.tracking import EpochPrinter
 from tests.unit.test_report import make_models
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,23 @@ def test_report_shows_training_settings_cost_and_curves(tmp_path):
     assert "| tiny distilled | 3 | 1,200 | 300 | 0.5 | 4 | dense float16 | 2 | 2.40K | 12.0 | 36 s |" in md
     assert "| resnet teacher | 3 |  |  |  |  |  |  |  | 10.0 | 30 s |" in md
     assert 'alt="training_curves.png"' in paths["report.html"].read_text()
+
+
+def test_runs_that_train_at_once_share_one_queue_and_each_prints_its_own_epochs(ray_cluster, capsys):
+    """The distilled student and its baseline train at once: their controllers send their epochs through the
+    process's one queue (an actor, a process of its own), and each epoch line and ``latest`` is its own run's."""
+    scratch, distilled = EpochPrinter("student-scratch", 2), EpochPrinter("student-kd", 2)
+    assert scratch.lines is distilled.lines
+    with scratch, distilled:
+        for epoch, printer in ((1, distilled), (1, scratch), (2, scratch), (2, distilled)):
+            loss = epoch + (printer is distilled) / 2
+            metrics = {"epoch": epoch, "loss": loss, "kd": 0.0, "ce": loss, "val_accuracy": 0.5}
+            printer.callback.after_report(None, [{**metrics, "samples_per_s": 10.0, "seconds": 1.0}], None)
+    printed = capsys.readouterr().out
+    assert (scratch.latest["loss"], distilled.latest["loss"]) == (2, 2.5)
+    for label, losses in (("student-scratch", ("1.0000", "2.0000")), ("student-kd", ("1.5000", "2.5000"))):
+        lines = [line for line in printed.splitlines() if line.startswith(f"[{label}]")]
+        assert [line.split("loss ")[1][:6] for line in lines] == list(losses)
 
 
 def test_a_fresh_local_run_prints_only_distkd_lines(cifar10, tmp_path):
