@@ -27,10 +27,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
     Ray's token (Ray 2.60 turns token authentication on) is made once, here, before pytest-xdist starts its
     workers: each worker's first ``ray.init`` would otherwise write ~/.ray/auth_token of its own on a fresh
-    machine, and a process joining one worker's Ray could read the other's."""
+    machine, and a process joining one worker's Ray could read the other's.
+
+    Ray Train's preemption watcher is off: an actor a run that watches for nodes a cloud reclaims, which this
+    machine's never are; 0.8 of the 11 CPU s a trivial run costs (benchmarks/train_settings.py), and the suite
+    starts about 40 runs. Set before any Ray starts, so the test processes, their Ray workers and the `ray start`
+    clusters inherit it."""
     import torch
 
     torch.set_num_threads(1)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist), not an xdist worker
         subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True)
 

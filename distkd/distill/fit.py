@@ -23,7 +23,7 @@ from distkd.tracking import EpochPrinter
 
 # Ray Train's controller takes each worker's ``ray.train.report`` only when it polls the workers, every 2 s unless
 # this variable says otherwise: a wait at each epoch's end and at a run's start and end, most of a small model's
-# run (benchmarks/train_poll.py: a run of 3 reports, 18 s at 2 s, 9 s at 0.2 s). Set, the variable wins.
+# run (benchmarks/train_settings.py: a run of 3 reports, 15 s at 2 s, 7 s at 0.2 s). Set, the variable wins.
 POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 
 
