@@ -40,7 +40,8 @@ class Format:
     temperature: float | None = None  # topk log-probabilities are at this temperature (tokens: 1, not recorded)
 
     def columns(self, logits: torch.Tensor) -> dict[str, pa.Array]:
-        """Teacher logits [N, V, C] (float32) -> the stored columns (one row per sample)."""
+        """Teacher logits [N, V, C] (float32) -> the stored columns (one row per sample). Overwrites a language
+        model's logits (``tokens.top_k_``): the teacher's, used once."""
         return FORMATS[self.layout].encode(self, logits)
 
     @property
@@ -154,7 +155,7 @@ class Tokens(Layout):
     @staticmethod
     def encode(fmt: Format, logits: torch.Tensor) -> dict[str, pa.Array]:
         n, _, vocab = logits.shape
-        index, logprob, tail = tokens.top_k(logits, fmt.top_k)
+        index, logprob, tail = tokens.top_k_(logits, fmt.top_k)
         ids = index.reshape(n, -1).numpy().astype(tokens.id_type(vocab))
         values = {"token_logprob": logprob.reshape(n, -1).numpy(), "token_tail": tail.reshape(n, -1).numpy()}
         stored = {name: tokens.encode(v, fmt.dtype) for name, v in values.items()}

@@ -26,6 +26,7 @@ STEP = 1 / 16  # nats per step of the 8-bit code
 ZERO = 255  # the 8-bit code of probability 0
 FLOOR = -(ZERO - 1) * STEP  # the smallest log-probability the 8-bit code holds above 0
 VALUE_TYPES = ("float16", "uint8")  # how the log-probabilities are stored
+UNDERFLOW = -87.0  # float32 exp of less is under its smallest normal number: a sum of such terms may be 0
 
 
 def id_type(vocab_size: int) -> np.dtype:
@@ -48,31 +49,37 @@ def from_code(code: np.ndarray) -> np.ndarray:
     return np.where(code == ZERO, np.float32(-np.inf), logprob)
 
 
-def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_k_(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits [..., V] -> the k most probable ids [..., k], their log-probabilities at temperature 1 [..., k] and the
     log of the mass outside them [...] (-inf when k >= V), taken in log space so that a small tail is exact.
+    Overwrites ``logits`` (the trailing ``_``, as torch's in-place methods): pass a copy to keep them.
 
-    One pass of ``exp`` serves the normaliser and the tail: each token's probability relative to the most probable
-    one's, at most 1, summed over all tokens and over those outside the top k, so the tail is a sum of positive
-    terms (no ``1 - sum`` cancellation). Where every tail term underflows (all under ``exp(-87)`` of the most
-    probable's) it is summed again shifted by its own largest, the (k+1)-th of the one ``topk``. Half the passes over
-    [..., V] of a log-softmax followed by a masked logsumexp (benchmarks/lm_labels.py)."""
+    One pass of ``exp``, in place, serves the normaliser and the tail: each token's probability relative to the
+    most probable one's, at most 1, summed over all tokens and over those outside the top k, so the tail is a sum
+    of positive terms (no ``1 - sum`` cancellation). Where every tail term underflows (all under ``exp(-87)`` of the
+    most probable's) it is summed again shifted by its own largest, the (k+1)-th of the one ``topk``, from a copy of
+    those rows' logits taken before the pass. As many passes over [..., V] as a log-softmax and its top-k, with no
+    [..., V] copy (the bare loop of benchmarks/lm_labels.py)."""
     vocab = logits.shape[-1]
     top = logits.topk(min(k + 1, vocab), dim=-1)
     best = top.values[..., :1]
-    relative = (logits - best).exp_()  # p / p_max
+    indices, largest = top.indices[..., :k], top.values[..., k:]  # largest: the tail's largest logit, if a tail
+    if k < vocab:
+        may_underflow = (largest[..., 0] - best[..., 0] < UNDERFLOW) & largest[..., 0].isfinite()
+        kept = logits[may_underflow]  # the few rows whose tail may sum to 0 below: a copy
+    relative = logits.sub_(best).exp_()  # p / p_max
     total = relative.sum(dim=-1, keepdim=True)
     normaliser = best + total.log()  # logsumexp
-    indices, values = top.indices[..., :k], top.values[..., :k] - normaliser
+    values = top.values[..., :k] - normaliser
     if k >= vocab:
         return indices, values, torch.full(logits.shape[:-1], float("-inf"), device=logits.device)
     rest = relative.scatter_(-1, indices, 0.0).sum(dim=-1)
     tail = (rest / total[..., 0]).log()
-    largest = top.values[..., k]  # the tail's largest logit: -inf where the tail has no mass
-    under = (rest == 0) & largest.isfinite()
+    under = (rest == 0) & may_underflow  # a tail of mass that underflowed, not one of none (-inf logits)
     if under.any():
-        shifted = logits[under].scatter(-1, indices[under], float("-inf")) - largest[under, None]
-        tail[under] = shifted.exp().sum(dim=-1).log() + largest[under] - normaliser[under][..., 0]
+        rows, first = under[may_underflow], largest[under]  # ``under`` among the kept rows; their largest
+        shifted = kept[rows].scatter(-1, indices[under], float("-inf")) - first
+        tail[under] = shifted.exp().sum(dim=-1).log() + first[:, 0] - normaliser[under][..., 0]
     return indices, values, tail
 
 

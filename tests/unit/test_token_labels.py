@@ -26,7 +26,7 @@ def through_parquet(columns: dict[str, pa.Array]) -> pa.Table:
 def labelled(vocab: int, k: int, dtype: str, rows: int = 3, positions: int = 5):
     logits = torch.randn(rows, positions, vocab, generator=torch.Generator().manual_seed(vocab)) * 3
     fmt = FORMATS["tokens"].format(dtype, k, 4.0)
-    table = through_parquet(fmt.columns(logits))
+    table = through_parquet(fmt.columns(logits.clone()))
     read = fmt.training_columns(table)
     shaped = {name.removeprefix(TARGET_PREFIX): v.reshape(rows, positions, -1) for name, v in read.items()}
     return logits, table, shaped
@@ -78,7 +78,7 @@ def test_the_tail_is_exact_in_log_space_however_small_and_minus_infinity_where_t
     logits[0, 0] = -200.0
     logits[0, 0, :4] = 0.0  # the other 46 tokens hold about 46 exp(-200) / 4: 1 - sum(top 4) is 0 in float32
     logits[1, 1, 4:] = float("-inf")  # no mass outside the top 4
-    index, logprob, tail = tokens.top_k(logits, 4)
+    index, logprob, tail = tokens.top_k_(logits.clone(), 4)
     exact = torch.log_softmax(logits.double(), dim=-1)
     top = exact.topk(4, dim=-1)
     expected = exact.scatter(-1, top.indices, float("-inf")).logsumexp(dim=-1)

@@ -68,7 +68,7 @@ def by_hand(name: str, k: int | None, alpha: float, T: float, **kwargs) -> float
 
 def top_k_targets(k: int) -> Targets:
     """As the training loop reads per-token labels: [N, L * k] ids and log-probabilities, [N, L] tail."""
-    index, logprob, tail = tokens.top_k(TEACHER, k)
+    index, logprob, tail = tokens.top_k_(TEACHER.clone(), k)
     n = len(TEACHER)
     return Targets(index=index.reshape(n, -1), logprob=logprob.double().reshape(n, -1), tail=tail.double())
 
@@ -123,7 +123,7 @@ def test_padding_takes_no_part_in_the_loss_or_its_gradient(name):
 @pytest.mark.parametrize("name", sorted(TOKEN_LOSSES))
 @pytest.mark.parametrize("k", [K, V])
 def test_float32_gradients_stay_finite_for_a_confident_student_and_labels_read_from_8_bits(name, k):
-    index, logprob, tail = tokens.top_k(TEACHER.float(), k)
+    index, logprob, tail = tokens.top_k_(TEACHER.float(), k)  # a copy
     decode = lambda x: torch.from_numpy(tokens.from_code(tokens.to_code(x.numpy())))  # noqa: E731
     targets = Targets(index=index.reshape(2, -1), logprob=decode(logprob).reshape(2, -1), tail=decode(tail))
     student = (STUDENT.float() * 20).requires_grad_()
