@@ -73,7 +73,8 @@ def main() -> None:
             for i, setting in enumerate(args.settings):
                 runs[setting].append(one_run(setting, args.reports, storage, f"setting-{i}-{r}"))
     first = [statistics.median(m[j] for m in runs[args.settings[0]]) for j in (0, 1)]
-    print(f"| setting | median run (s) | runs (s) | ratio | median CPU s | CPU s | ratio |\n|---|---:|---|---:|---:|---|---:|")
+    print("| setting | median run (s) | runs (s) | ratio | median CPU s | CPU s | ratio |")
+    print("|---|---:|---|---:|---:|---|---:|")
     for setting, measured in runs.items():
         seconds, cpu = ([m[j] for m in measured] for j in (0, 1))
         cells = [f"{statistics.median(v):.1f} | {' '.join(f'{x:.1f}' for x in v)} | {statistics.median(v) / f:.2f}"
