@@ -20,23 +20,18 @@ import time
 
 import ray
 import ray.train
+from common import header, table, timed
 from ray.train.torch import TorchTrainer
 
 from distkd.distill.fit import POLL_ENV, POLL_S
 
 DEFAULT = [f"{POLL_ENV}=2.0", f"{POLL_ENV}={POLL_S}", f"{POLL_ENV}={POLL_S} RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0"]
+EXITS_S = 2  # the helper actors' exits after a run, which its CPU seconds count
 
 
 def trivial(config: dict) -> None:
     for i in range(config["reports"]):
         ray.train.report({"step": i})
-
-
-def busy_cpu_seconds() -> float:
-    """The machine's CPU seconds spent outside idle and iowait since boot."""
-    with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def one_run(setting: str, reports: int, storage: str, name: str) -> tuple[float, float]:
@@ -49,11 +44,11 @@ def one_run(setting: str, reports: int, storage: str, name: str) -> tuple[float,
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage),
     )
-    cpu, start = busy_cpu_seconds(), time.perf_counter()
     try:
-        trainer.fit()
-        time.sleep(2)  # the helper actors' exits, which the CPU seconds count
-        return time.perf_counter() - start - 2, busy_cpu_seconds() - cpu
+        with timed() as t:
+            trainer.fit()
+            time.sleep(EXITS_S)
+        return t["seconds"] - EXITS_S, t["machine_cpu"]
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -65,6 +60,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--reports", type=int, default=3, help="ray.train.report calls a run (epochs)")
     args = parser.parse_args()
+    header("Ray Train's settings: seconds and CPU seconds of a trivial run")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     runs: dict[str, list[tuple[float, float]]] = {s: [] for s in args.settings}
     with tempfile.TemporaryDirectory() as storage:
@@ -73,13 +69,14 @@ def main() -> None:
             for i, setting in enumerate(args.settings):
                 runs[setting].append(one_run(setting, args.reports, storage, f"setting-{i}-{r}"))
     first = [statistics.median(m[j] for m in runs[args.settings[0]]) for j in (0, 1)]
-    print("| setting | median run (s) | runs (s) | ratio | median CPU s | CPU s | ratio |")
-    print("|---|---:|---|---:|---:|---|---:|")
+    rows = []
     for setting, measured in runs.items():
-        seconds, cpu = ([m[j] for m in measured] for j in (0, 1))
-        cells = [f"{statistics.median(v):.1f} | {' '.join(f'{x:.1f}' for x in v)} | {statistics.median(v) / f:.2f}"
-                 for v, f in zip((seconds, cpu), first)]  # fmt: skip
-        print(f"| `{setting}` | {' | '.join(cells)} |")
+        cells = []
+        for j, unit in enumerate(first):
+            values = [m[j] for m in measured]
+            cells += [statistics.median(values), " ".join(f"{v:.1f}" for v in values), statistics.median(values) / unit]
+        rows.append([f"`{setting}`", *cells])
+    print(table(["setting", "median run (s)", "runs (s)", "ratio", "median CPU s", "CPU s", "ratio"], rows))
 
 
 if __name__ == "__main__":
