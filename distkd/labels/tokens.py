@@ -62,10 +62,10 @@ def top_k_(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, to
     [..., V] copy (the bare loop of benchmarks/lm_labels.py)."""
     vocab = logits.shape[-1]
     top = logits.topk(min(k + 1, vocab), dim=-1)
-    best = top.values[..., :1]
-    indices, largest = top.indices[..., :k], top.values[..., k:]  # largest: the tail's largest logit, if a tail
+    best, indices = top.values[..., :1], top.indices[..., :k]
     if k < vocab:
-        may_underflow = (largest[..., 0] - best[..., 0] < UNDERFLOW) & largest[..., 0].isfinite()
+        largest = top.values[..., k]  # the tail's largest logit: -inf where the tail has no mass
+        may_underflow = (largest - best[..., 0] < UNDERFLOW) & largest.isfinite()
         kept = logits[may_underflow]  # the few rows whose tail may sum to 0 below: a copy
     relative = logits.sub_(best).exp_()  # p / p_max
     total = relative.sum(dim=-1, keepdim=True)
@@ -77,9 +77,8 @@ def top_k_(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, to
     tail = (rest / total[..., 0]).log()
     under = (rest == 0) & may_underflow  # a tail of mass that underflowed, not one of none (-inf logits)
     if under.any():
-        rows, first = under[may_underflow], largest[under]  # ``under`` among the kept rows; their largest
-        shifted = kept[rows].scatter(-1, indices[under], float("-inf")) - first
-        tail[under] = shifted.exp().sum(dim=-1).log() + first[:, 0] - normaliser[under][..., 0]
+        shifted = kept[under[may_underflow]].scatter(-1, indices[under], float("-inf")) - largest[under, None]
+        tail[under] = shifted.exp().sum(dim=-1).log() + largest[under] - normaliser[under][..., 0]
     return indices, values, tail
 
 
