@@ -103,9 +103,9 @@ def run() -> None:
     benchmarks/RESULTS.md, "Issue 22") has nothing left to do for anyone, so it is skipped."""
     code = main()
     if "ray" in sys.modules:
-        import ray
+        from distkd import console
 
-        ray.shutdown()  # what Ray's exit hook does: stop the processes of a local instance
+        console.shutdown_ray()  # what Ray's exit hook does: stop the processes of a local instance
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

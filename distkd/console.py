@@ -240,13 +240,16 @@ class RayThreadsToLog(io.TextIOBase):
     """``sys.stdout`` of a quiet console: what Ray's own driver threads print goes to the log, the rest to the
     terminal. Ray's thread that listens for the raylet's notices prints them to ``sys.stdout`` whatever
     ``log_to_driver`` says (such as the worker pool's "8 PYTHON worker processes have been started ...", when
-    two training runs start at once)."""
+    two training runs start at once). Ray's log deduplicator holds back a notice that repeats, and
+    ``ray.shutdown`` prints what it held on the thread that shuts Ray down: ``shutting_down`` sends that to the
+    log too."""
 
     def __init__(self, terminal: IO[str]) -> None:
         self.terminal = terminal
+        self.shutting_down = False
 
     def write(self, text: str) -> int:
-        if not threading.current_thread().name.startswith("ray_"):
+        if not (self.shutting_down or threading.current_thread().name.startswith("ray_")):
             return self.terminal.write(text)
         if text.strip():  # print's own newline comes apart from the text
             logging.getLogger("ray.driver_output").warning(text.rstrip("\n"))
@@ -264,6 +267,21 @@ class RayThreadsToLog(io.TextIOBase):
     @property
     def encoding(self) -> str:
         return self.terminal.encoding
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()``; on a quiet console, what Ray prints as it disconnects goes to the log."""
+    import ray
+
+    out = sys.stdout
+    quiet = isinstance(out, RayThreadsToLog)
+    if quiet:
+        out.shutting_down = True
+    try:
+        ray.shutdown()
+    finally:
+        if quiet:
+            out.shutting_down = False
 
 
 def _hold_native_stderr() -> IO[bytes] | None:

@@ -2,6 +2,7 @@ import base64
 import io
 import logging
 import re
+import sys
 import threading
 
 import numpy as np
@@ -203,6 +204,23 @@ def test_what_rays_driver_threads_print_goes_to_the_log_and_the_rest_to_the_term
         listener.join()
         print("[student-kd] done in 5m32s", file=out)
     assert terminal.getvalue() == "[student-kd] done in 5m32s\n"
+    assert [r.getMessage() for r in caplog.records if r.name == "ray.driver_output"] == [notice]
+
+
+def test_what_ray_prints_as_it_shuts_down_goes_to_the_log(caplog, monkeypatch) -> None:
+    """``ray.shutdown`` prints the notices its log deduplicator held back on the calling thread: a quiet console's
+    last line is still distkd's."""
+    import ray
+
+    terminal = io.StringIO()
+    notice = "(raylet) WARNING: 8 PYTHON worker processes have been started [repeated 2x across cluster]"
+    monkeypatch.setattr(ray, "shutdown", lambda: print(notice))
+    monkeypatch.setattr(sys, "stdout", console.RayThreadsToLog(terminal))
+    with caplog.at_level(logging.WARNING):
+        print("report: report.html")
+        console.shutdown_ray()
+        print("after")
+    assert terminal.getvalue() == "report: report.html\nafter\n"
     assert [r.getMessage() for r in caplog.records if r.name == "ray.driver_output"] == [notice]
 
 
