@@ -8,6 +8,7 @@ plain lines every ``PLAIN_INTERVAL`` seconds.
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import logging.handlers
@@ -175,6 +176,7 @@ class RayLogs:
         self.native = None if verbose else _hold_native_stderr()
         if not verbose and sys.stdout is sys.__stdout__ and sys.stdout is not None:
             sys.stdout = RayThreadsToLog(sys.stdout)
+            atexit.register(shutdown_ray)  # runs before Ray's own exit hook, registered as Ray was imported
         self._redirect()
 
     def ray_init_options(self) -> dict:
@@ -270,7 +272,8 @@ class RayThreadsToLog(io.TextIOBase):
 
 
 def shutdown_ray() -> None:
-    """``ray.shutdown()``; on a quiet console, what Ray prints as it disconnects goes to the log."""
+    """``ray.shutdown()``; on a quiet console, what Ray prints as it disconnects goes to the log. The ``distkd``
+    command calls it as it ends; a quiet console also runs it at exit, ahead of Ray's own exit hook."""
     import ray
 
     out = sys.stdout

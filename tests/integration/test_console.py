@@ -109,6 +109,42 @@ def test_runs_that_train_at_once_share_one_queue_and_each_prints_its_own_epochs(
         assert [line.split("loss ")[1][:6] for line in lines] == list(losses)
 
 
+# a quiet console over a local Ray of 1 CPU whose 16 idle actors make the raylet warn at 8, 9, 10 ... worker
+# processes: its log deduplicator prints the first notice and holds the rest back until Ray shuts down
+REPEATED_NOTICES = """
+import sys
+from distkd import address, console
+address.loopback_only(None)
+logs = console.RayLogs(verbose=False)
+import ray
+ray.init(num_cpus=1, include_dashboard=False, **logs.ray_init_options())
+print(f"Ray's logs: {logs.open()}")
+Idle = ray.remote(num_cpus=0)(type("Idle", (), {"ping": lambda self: 1}))
+actors = []
+for _ in range(16):
+    actors.append(Idle.remote())
+    ray.get(actors[-1].ping.remote())
+print("[idle] 16 actors")
+sys.exit(0)  # Ray shuts down in its exit hook
+"""
+
+
+def test_notices_ray_holds_back_until_it_shuts_down_go_to_the_log():
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    done = subprocess.run(
+        [sys.executable, "-c", REPEATED_NOTICES],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[1:] == ["[idle] 16 actors"]
+    log = Path(re.match(r"Ray's logs: (\S+)", done.stdout).group(1)).read_text()
+    assert log.count("PYTHON worker processes have been started") >= 2
+
+
 def test_a_fresh_local_run_prints_only_distkd_lines(cifar10, tmp_path):
     """A command that starts its own local Ray instance (Ray's token-auth notice at ray.init, the C++ core's
     ``core_worker.cc`` line as Ray Data starts an actor pool): every line it prints is distkd's, on stdout."""
