@@ -215,7 +215,8 @@ def test_evaluation_job_on_any_checkpoint_and_split(run, tmp_path, capsys):
     path = tmp_path / "evaluate.yaml"
     path.write_text(yaml.safe_dump(evaluation))
     assert main(["evaluate", str(path)]) == 0
-    folder = re.search(r"^report: (\S+)$", capsys.readouterr().out, re.M).group(1)  # Ray's notices may print too
+    # the outputs the command lists ("    report: URI"), wherever Ray's notices print
+    folder = re.search(r"^ *report: (\S+)$", capsys.readouterr().out, re.M).group(1)
     metrics = storage.read_json(storage.join(folder, "metrics.json"))
     assert metrics["split"]["split"] == "train" and metrics["split"]["limit"] == 200
     assert [(m["role"], m["metrics"]["count"]) for m in metrics["models"]] == [("teacher", 200), ("distilled", 200)]
