@@ -5,25 +5,38 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+# Seconds each phase of a timing (warm-up, timed calls) may take before it stops early: a model whose forward
+# takes seconds (a language model's batch of 256 blocks on the CPU) is timed on one call after one.
+PHASE_BUDGET_S = 5.0
+WARMUP = 3  # untimed calls before each timing
 
-def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` after ``warmup`` untimed calls (synchronising CUDA around each)."""
+
+def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device, budget_s: float) -> float:
+    """Median wall time of up to ``repeats`` timed calls of ``fn()`` after up to ``WARMUP`` untimed ones (synchronising
+    CUDA around each), each phase cut short once it has taken ``budget_s``."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    def calls(n: int) -> Iterator[float]:
+        spent = 0.0
+        for _ in range(n):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            took = time.perf_counter() - start
+            yield took
+            spent += took
+            if spent >= budget_s:
+                return
+
+    for _ in calls(WARMUP):
+        pass
+    return statistics.median(calls(repeats))
 
 
 def model_cost(
@@ -33,10 +46,12 @@ def model_cost(
     device: str | torch.device = "cpu",
     batch_size: int = 256,
     repeats: int = 20,
+    phase_budget_s: float = PHASE_BUDGET_S,
 ) -> dict:
     """Parameters, serialised size, FLOPs per sample, batch-1 latency and batched throughput, on the model
     inputs ``example(rows)`` makes (on the CPU; any input kind's: ``InputKind.example``).
 
+    Each timing's phases (warm-up, timed calls) stop early once they have taken ``phase_budget_s``.
     Moves ``model`` to ``device`` and puts it in eval mode (and leaves it so). FLOPs are what
     ``FlopCounterMode`` counts: 2 per multiply-add of convolutions and matmuls, nothing for
     elementwise ops.
@@ -51,8 +66,8 @@ def model_cost(
     with torch.inference_mode():
         with FlopCounterMode(display=False) as counter:
             model(one)
-        latency = _median_seconds(lambda: model(one), repeats, device)
-        batch_time = _median_seconds(lambda: model(batch), max(3, repeats // 4), device)
+        latency = _median_seconds(lambda: model(one), repeats, device, phase_budget_s)
+        batch_time = _median_seconds(lambda: model(batch), max(3, repeats // 4), device, phase_budget_s)
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "size_bytes": buffer.getbuffer().nbytes,

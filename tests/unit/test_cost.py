@@ -1,7 +1,10 @@
+import time
+
+import pytest
 import torch
 from torch import nn
 
-from distkd.evaluate.cost import model_cost
+from distkd.evaluate.cost import PHASE_BUDGET_S, model_cost
 
 
 def test_tiny_convnet_counts() -> None:
@@ -29,3 +32,32 @@ def test_flops_scale_with_input() -> None:
     big = model_cost(model, lambda n: torch.randn(n, 1, 8, 8), batch_size=2, repeats=1)["flops_per_sample"]
     assert small == 2 * 2 * 16 * 9 and big == 4 * small
     assert torch.is_grad_enabled()
+
+
+class Clocked(nn.Module):
+    """Counts its forwards, each of which moves the test's clock by ``seconds``."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        super().__init__()
+        self.layer, self.clock, self.seconds, self.calls = nn.Linear(2, 2), clock, seconds, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.clock[0] += self.seconds
+        return self.layer(x)
+
+
+@pytest.mark.parametrize(
+    "seconds, calls",
+    [
+        (1e-3, 1 + (3 + 20) + (3 + 5)),  # the FLOP count's call, then latency and throughput, each warmed up
+        (PHASE_BUDGET_S, 1 + (1 + 1) + (1 + 1)),  # a forward as long as a phase may take: one call each
+    ],
+)
+def test_a_slow_forward_is_timed_on_fewer_calls(monkeypatch, seconds: float, calls: int) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    model = Clocked(clock, seconds)
+    cost = model_cost(model, lambda n: torch.randn(n, 2), batch_size=4, repeats=20)
+    assert model.calls == calls
+    assert cost["latency_ms"] == pytest.approx(seconds * 1e3) and cost["throughput"] == pytest.approx(4 / seconds)
