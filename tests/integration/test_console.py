@@ -129,17 +129,24 @@ sys.exit(0)  # Ray shuts down in its exit hook
 """
 
 
-def test_notices_ray_holds_back_until_it_shuts_down_go_to_the_log():
+def on_a_ray_of_its_own(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Python run with ``argv`` in a process that starts a local Ray instance of its own, not the test session's;
+    its output, once it has ended well."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     done = subprocess.run(
-        [sys.executable, "-c", REPEATED_NOTICES],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=ROOT,
+        cwd=cwd,
         env={**env, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_notices_ray_holds_back_until_it_shuts_down_go_to_the_log():
+    done = on_a_ray_of_its_own(["-c", REPEATED_NOTICES], ROOT)
     assert done.stdout.splitlines()[1:] == ["[idle] 16 actors"]
     log = Path(re.match(r"Ray's logs: (\S+)", done.stdout).group(1)).read_text()
     assert log.count("PYTHON worker processes have been started") >= 2
@@ -161,17 +168,8 @@ def test_a_fresh_local_run_prints_only_distkd_lines(cifar10, tmp_path):
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys; from distkd.cli import main; sys.exit(main(sys.argv[1:]))"]
-        + ["evaluate", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env={**env, "PYTHONPATH": str(ROOT)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    command = "import sys; from distkd.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = on_a_ray_of_its_own(["-c", command, "evaluate", str(path)], tmp_path)
     assert done.stderr == ""
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Ray's logs: ") and "[evaluate] done in" in done.stdout
